@@ -1,0 +1,120 @@
+"""synthetic_fundus: the embedded default dataset, generated on the spot (no download).
+
+Fundus-like photos (orange-red disc on black, vessels, optic disc, darker macula; full circle, cut
+circle and borderless framings; varied size, brightness and colour cast) whose lesions follow the
+international DR scale, with APTOS 2019 grade frequencies. Features and splits match `aptos2019`:
+`image`, `id_code`, `label` (5 named classes; -1 on the unlabeled `test` split), `train` /
+`validation` / `test`. Deterministic from the config's seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from eyegazer_keras import GRADE_NAMES, fundus
+
+try:  # Package import (wheel / editable install) or TFDS import by path (`tfds build <folder>`).
+    from eyegazer_datasets.synthetic_fundus import generator
+except ImportError:  # pragma: no cover - exercised by `tfds build datasets/synthetic_fundus`
+    import importlib.util
+
+    _spec = importlib.util.spec_from_file_location(
+        "synthetic_fundus_generator", os.path.join(os.path.dirname(__file__), "generator.py")
+    )
+    generator = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(generator)
+
+
+@dataclasses.dataclass
+class SyntheticFundusConfig(tfds.core.BuilderConfig):
+    """What changes the bytes on disk: stored resolution, Ben Graham, counts and seed."""
+
+    image_size: int = 128
+    ben_graham: bool = False
+    num_train: int = 2000
+    num_validation: int = 400
+    num_test: int = 200
+    seed: int = 2019
+    photo_size: int = 320
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+    """DatasetBuilder for synthetic_fundus."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    BUILDER_CONFIGS = [
+        SyntheticFundusConfig(name="default", description="2,600 photos stored at 128 px."),
+        SyntheticFundusConfig(
+            name="ben_graham", description="As default, Ben Graham normalised.", ben_graham=True
+        ),
+        SyntheticFundusConfig(
+            name="tiny",
+            description="120 photos at 64 px, for tests.",
+            image_size=64,
+            num_train=80,
+            num_validation=24,
+            num_test=16,
+            photo_size=160,
+        ),
+    ]
+    DEFAULT_CONFIG_NAME = "default"
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        size = self.builder_config.image_size
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(size, size, 3), encoding_format="png"),
+                    "id_code": tfds.features.Text(),
+                    "label": tfds.features.ClassLabel(names=list(GRADE_NAMES)),
+                    "framing": tfds.features.ClassLabel(names=list(generator.FRAMINGS)),
+                    "original_height": tf.int32,
+                    "original_width": tf.int32,
+                }
+            ),
+            supervised_keys=("image", "label"),
+            homepage="https://github.com/eyegazer/eyegazer-keras",
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # Nothing to download.
+        cfg = self.builder_config
+        return {
+            "train": self._generate_examples("train", cfg.num_train),
+            "validation": self._generate_examples("validation", cfg.num_validation),
+            "test": self._generate_examples("test", cfg.num_test),
+        }
+
+    def _generate_examples(self, split: str, count: int):
+        cfg = self.builder_config
+        split_offset = {"train": 0, "validation": 1, "test": 2}[split]
+        preprocess = tf.function(
+            lambda image: fundus.preprocess_fundus(image, cfg.image_size, cfg.ben_graham),
+            input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)],
+        )
+
+        def make(index: int):
+            seed = np.random.SeedSequence([cfg.seed, split_offset, index])
+            rng = np.random.default_rng(seed)
+            grade = generator.sample_grade(rng)
+            photo, framing = generator.render(int(rng.integers(2**31)), grade, cfg.photo_size)
+            stored = preprocess(tf.constant(photo)).numpy()
+            id_code = f"syn{split_offset}{index:06d}"
+            return id_code, {
+                "image": stored,
+                "id_code": id_code,
+                "label": -1 if split == "test" else grade,
+                "framing": framing,
+                "original_height": photo.shape[0],
+                "original_width": photo.shape[1],
+            }
+
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+            yield from pool.map(make, range(count))

@@ -1,0 +1,335 @@
+"""TFDS split -> label mode -> (cache) -> shuffle -> batch -> augment -> prefetch.
+
+One input pipeline for every model. Images are decoded and fundus-cropped ONCE, by the dataset
+builders; this module only resizes the stored `uint8` images to the model size (the same
+`fundus.resize_for_model` that serving uses), caches them as `uint8`, and augments batches.
+
+Example:
+
+```python
+from eyegazer_keras import data
+
+split = data.load_split("synthetic_fundus", "train")
+train = data.make_dataset(split, label_mode="grade", image_size=64, batch_size=32, training=True)
+```
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from eyegazer_keras import fundus
+
+logger = logging.getLogger(__name__)
+
+DATASETS = ("synthetic_fundus", "aptos2019")
+LABEL_MODES = ("grade", "binary", "regression")
+
+
+class DataNotPreparedError(RuntimeError):
+    """The dataset has not been built in the data dir; the message says which command builds it."""
+
+
+def default_data_dir(data_dir: str | None = None) -> str:
+    """`data_dir`, else `$EYEGAZER_DATA_DIR`, else `$TFDS_DATA_DIR`, else ~/tensorflow_datasets."""
+    if data_dir:
+        return os.path.expanduser(data_dir)
+    return os.path.expanduser(
+        os.environ.get("EYEGAZER_DATA_DIR")
+        or os.environ.get("TFDS_DATA_DIR")
+        or os.path.join("~", "tensorflow_datasets")
+    )
+
+
+def builder_class(name: str) -> type:
+    """Imports the TFDS builder class of `name` from the shipped `eyegazer_datasets` package."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}")
+    module = importlib.import_module(f"eyegazer_datasets.{name}.{name}_dataset_builder")
+    return module.Builder
+
+
+def get_builder(
+    name: str, data_dir: str | None = None, config: str | None = None, **kwargs
+) -> tfds.core.DatasetBuilder:
+    """Returns the TFDS builder of `name` (`synthetic_fundus` or `aptos2019`).
+
+    Args:
+        name: str. Dataset name.
+        data_dir: str. Where prepared TFRecords live. Defaults to `default_data_dir()`.
+        config: str. Builder config name. Defaults to the builder's default.
+        **kwargs: passed to the builder constructor.
+    """
+    cls = builder_class(name)
+    if config is not None:
+        kwargs["config"] = config
+    return cls(data_dir=default_data_dir(data_dir), **kwargs)
+
+
+def prepare(
+    name: str,
+    data_dir: str | None = None,
+    config: str | None = None,
+    manual_dir: str | None = None,
+) -> tfds.core.DatasetBuilder:
+    """Builds a dataset into `data_dir` (decode + crop + resize once) and returns its builder."""
+    builder = get_builder(name, data_dir, config)
+    download_config = tfds.download.DownloadConfig(
+        manual_dir=os.path.expanduser(manual_dir) if manual_dir else None
+    )
+    builder.download_and_prepare(download_config=download_config)
+    return builder
+
+
+def prepared_builder(
+    name: str, data_dir: str | None = None, config: str | None = None
+) -> tfds.core.DatasetBuilder:
+    """Returns the builder if `name` is prepared in `data_dir`, else raises `DataNotPreparedError`."""
+    builder = get_builder(name, data_dir, config)
+    if not tf.io.gfile.exists(os.path.join(builder.data_dir, "dataset_info.json")):
+        manual = " --manual-dir DIR_WITH_KAGGLE_ZIP" if name == "aptos2019" else ""
+        cfg = f" --config {config}" if config else ""
+        raise DataNotPreparedError(
+            f"dataset '{name}' is not prepared in {default_data_dir(data_dir)}; run: "
+            f"eyegazer prepare {name}{manual}{cfg} --data-dir {default_data_dir(data_dir)}"
+        )
+    return builder
+
+
+def source_size(builder: tfds.core.DatasetBuilder) -> int:
+    """The side, in pixels, of the images the builder stored."""
+    return int(builder.info.features["image"].shape[0])
+
+
+def load_split(
+    name: str,
+    split: str,
+    data_dir: str | None = None,
+    config: str | None = None,
+    max_examples: int | None = None,
+) -> tf.data.Dataset:
+    """Loads a prepared split as a dataset of dicts (`image` uint8, `label` int64, `id_code`)."""
+    builder = prepared_builder(name, data_dir, config)
+    if split not in builder.info.splits:
+        raise ValueError(
+            f"dataset '{name}' has no split '{split}'; it has: {', '.join(builder.info.splits)}"
+        )
+    ds = builder.as_dataset(split=split, shuffle_files=False)
+    if max_examples:
+        ds = ds.take(max_examples)
+    return ds
+
+
+def split_labels(
+    name: str,
+    split: str,
+    data_dir: str | None = None,
+    config: str | None = None,
+    max_examples: int | None = None,
+) -> np.ndarray:
+    """All labels of a split, read without decoding images."""
+    builder = prepared_builder(name, data_dir, config)
+    ds = builder.as_dataset(
+        split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()}
+    )
+    if max_examples:
+        ds = ds.take(max_examples)
+    return np.fromiter(ds.map(lambda ex: ex["label"]).as_numpy_iterator(), dtype=np.int64)
+
+
+def has_labels(labels: np.ndarray) -> bool:
+    """False for unlabeled splits (APTOS / synthetic `test`: label -1)."""
+    return labels.size > 0 and bool(np.all(labels >= 0))
+
+
+def transform_label(label: tf.Tensor, label_mode: str) -> tf.Tensor:
+    """grade: int 0-4; binary: 0 (no DR) vs 1 (grades 1-4); regression: float32 grade."""
+    if label_mode == "grade":
+        return tf.cast(label, tf.int32)
+    if label_mode == "binary":
+        return tf.cast(label > 0, tf.int32)
+    if label_mode == "regression":
+        return tf.cast(label, tf.float32)
+    raise ValueError(f"label_mode '{label_mode}' is not one of {', '.join(LABEL_MODES)}")
+
+
+def transform_labels_np(labels: np.ndarray, label_mode: str) -> np.ndarray:
+    """NumPy twin of `transform_label` for metrics."""
+    if label_mode == "binary":
+        return (labels > 0).astype(np.int64)
+    if label_mode == "regression":
+        return labels.astype(np.float32)
+    return labels.astype(np.int64)
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
+    """Balanced class weights (sklearn), `n / (k * count)`; absent classes get weight 0."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.unique(labels)
+    weights = compute_class_weight("balanced", classes=present, y=labels)
+    out = {int(c): 0.0 for c in range(num_classes)}
+    out.update({int(c): float(w) for c, w in zip(present, weights, strict=True)})
+    return out
+
+
+def make_augmenter(seed: int = 0) -> keras.Sequential:
+    """Fundus-appropriate batch augmentation on float 0..255 images.
+
+    Flips (the fundus has no canonical orientation across eyes), full rotation, mild zoom,
+    brightness/contrast/saturation jitter. Returns a `keras.Sequential` usable inside tf.data.
+    """
+    return keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal_and_vertical", seed=seed),
+            keras.layers.RandomRotation(0.5, fill_mode="constant", seed=seed + 1),
+            keras.layers.RandomZoom((-0.1, 0.1), fill_mode="constant", seed=seed + 2),
+            keras.layers.RandomBrightness(0.1, value_range=(0, 255), seed=seed + 3),
+            keras.layers.RandomContrast(0.15, value_range=(0, 255), seed=seed + 4),
+            keras.layers.RandomSaturation((0.4, 0.6), value_range=(0, 255), seed=seed + 5),
+        ],
+        name="fundus_augment",
+    )
+
+
+def make_dataset(
+    ds: tf.data.Dataset,
+    *,
+    label_mode: str = "grade",
+    image_size: int = 224,
+    batch_size: int = 32,
+    training: bool = False,
+    augment: bool = True,
+    seed: int = 0,
+    class_weight: dict[int, float] | None = None,
+    balanced_sampling: bool = False,
+    num_classes: int = 5,
+    cache: bool = True,
+    drop_remainder: bool = False,
+    with_ids: bool = False,
+) -> tf.data.Dataset:
+    """Turns a split (dicts from `load_split`) into batches of `(image, label[, weight])`.
+
+    Images become `float32 [B, image_size, image_size, 3]` in 0..255 (models normalise inside).
+    Resized images are cached as `uint8`, so each epoch costs a cache read, not a decode.
+
+    Args:
+        ds: dataset of dicts with `image` (uint8) and `label`.
+        label_mode: str. `grade`, `binary` or `regression`. Defaults to `grade`.
+        image_size: int. Model input side. Defaults to 224.
+        batch_size: int. Global batch size. Defaults to 32.
+        training: bool. Shuffle (seeded) and augment. Defaults to False.
+        augment: bool. Apply `make_augmenter` when training. Defaults to True.
+        seed: int. Shuffle/augmentation seed; pass `seed + epoch` for a per-epoch order that a
+            resumed run reproduces. Defaults to 0.
+        class_weight: dict. Per-class weights; adds a third element (sample weight).
+        balanced_sampling: bool. Draw classes equally often (training only). Defaults to False.
+        num_classes: int. Number of classes of the raw `label`. Defaults to 5.
+        cache: bool. Cache resized uint8 images in memory. Defaults to True.
+        drop_remainder: bool. Drop the last partial batch. Defaults to False.
+        with_ids: bool. Add `id_code` as the last element (evaluation). Defaults to False.
+    """
+    if label_mode not in LABEL_MODES:
+        raise ValueError(f"label_mode '{label_mode}' is not one of {', '.join(LABEL_MODES)}")
+
+    def _resize(ex):
+        image = tf.cast(fundus.resize_for_model(ex["image"], image_size), tf.uint8)
+        return {"image": image, "label": ex["label"], "id_code": ex["id_code"]}
+
+    ds = ds.map(_resize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if cache:
+        ds = ds.cache()
+    if training and balanced_sampling:
+        per_class = [
+            ds.filter(lambda ex, c=c: tf.equal(ex["label"], c)).repeat().shuffle(512, seed=seed + c)
+            for c in range(num_classes)
+        ]
+        n = int(ds.reduce(0, lambda acc, _: acc + 1).numpy())
+        present = [
+            d for d, c in zip(per_class, range(num_classes), strict=True) if _has_class(ds, c)
+        ]
+        ds = tf.data.Dataset.sample_from_datasets(present, seed=seed, stop_on_empty_dataset=False)
+        ds = ds.take(n)
+    elif training:
+        ds = ds.shuffle(4096, seed=seed, reshuffle_each_iteration=False)
+
+    weights_table = None
+    if class_weight:
+        keys = tf.constant(sorted(class_weight), dtype=tf.int64)
+        values = tf.constant([class_weight[k] for k in sorted(class_weight)], dtype=tf.float32)
+        weights_table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(keys, values), default_value=1.0
+        )
+
+    def _to_tuple(ex):
+        label = tf.cast(ex["label"], tf.int64)
+        out = [tf.cast(ex["image"], tf.float32), transform_label(label, label_mode)]
+        if weights_table is not None:
+            out.append(weights_table.lookup(label))
+        if with_ids:
+            out.append(ex["id_code"])
+        return tuple(out)
+
+    ds = ds.map(_to_tuple, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if training and augment:
+        augmenter = make_augmenter(seed)
+
+        def _augment(image, *rest):
+            return (augmenter(image, training=True), *rest)
+
+        ds = ds.map(_augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    options.deterministic = True
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _has_class(ds: tf.data.Dataset, c: int) -> bool:
+    return bool(
+        ds.filter(lambda ex: tf.equal(ex["label"], c)).take(1).reduce(0, lambda a, _: a + 1) > 0
+    )
+
+
+def load_numpy(
+    name: str,
+    split: str,
+    image_size: int,
+    data_dir: str | None = None,
+    config: str | None = None,
+    max_examples: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A split as NumPy: `uint8 [N, S, S, 3]` images, int64 labels, id strings.
+
+    The image array is allocated once, as uint8, and filled in place: no float32 copy of the
+    set ever exists (AutoKeras models normalise inside).
+    """
+    labels = split_labels(name, split, data_dir, config, max_examples)
+    n = labels.size
+    images = np.empty((n, image_size, image_size, 3), dtype=np.uint8)
+    ids = np.empty((n,), dtype=object)
+    ds = load_split(name, split, data_dir, config, max_examples)
+    ds = ds.map(
+        lambda ex: (
+            tf.cast(fundus.resize_for_model(ex["image"], image_size), tf.uint8),
+            ex["label"],
+            ex["id_code"],
+        ),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    ).batch(256)
+    i = 0
+    for batch_images, batch_labels, batch_ids in ds.as_numpy_iterator():
+        k = batch_images.shape[0]
+        images[i : i + k] = batch_images
+        labels[i : i + k] = batch_labels
+        ids[i : i + k] = [b.decode() for b in batch_ids]
+        i += k
+    return images[:i], labels[:i], ids[:i]

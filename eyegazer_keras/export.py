@@ -1,0 +1,442 @@
+"""SavedModel export: raw JPEG/PNG bytes in, grades out, with the training preprocessing inside.
+
+keras-hub exports carry no preprocessor, so a plain `model.export()` would make every server
+re-implement the fundus crop and resize. `export_saved_model` instead writes a SavedModel whose
+endpoints run exactly the build + training path from `eyegazer_keras.fundus` in the graph:
+
+* `serving_default`: `image_bytes` (`tf.string [batch]`, JPEG or PNG of any size)
+  -> `fundus.serving_transform` per image -> model -> named outputs;
+* `serving_images`: `images` (`uint8 [batch, H, W, 3]`, already decoded)
+  -> `fundus.preprocess_fundus` + `fundus.resize_for_model` per image -> model -> same outputs;
+* `metadata`: no input -> `metadata_json` (`tf.string` scalar): task, class names, sizes,
+  cut-offs, config, versions and the not-a-medical-device notice.
+
+The same JSON is written to `assets.extra/eyegazer_metadata.json` (readable without
+TensorFlow; TF Serving ignores `assets.extra`), and a model card (`MODEL_CARD.md` +
+`model_card.json`) is written next to `saved_model.pb`.
+
+The outputs per task are listed in `OUTPUTS` (and in `docs/serving.md`). Garbage bytes make the
+endpoints raise `tf.errors.InvalidArgumentError`.
+
+Example:
+
+```python
+import keras
+from eyegazer_keras import export
+
+inputs = keras.Input((32, 32, 3))
+x = keras.layers.Rescaling(1 / 255.0)(inputs)
+x = keras.layers.GlobalAveragePooling2D()(x)
+model = keras.Model(inputs, keras.layers.Dense(5, activation="softmax")(x))
+path = export.export_saved_model(model, "/tmp/eyegazer_export", task="grade",
+                                 image_size=32, source_size=64)
+```
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+from collections.abc import Mapping, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import eyegazer_keras
+from eyegazer_keras import GRADE_NAMES, NOT_A_MEDICAL_DEVICE, fundus, metrics
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("grade", "binary", "regression")
+BYTES_SIGNATURE = "serving_default"
+IMAGES_SIGNATURE = "serving_images"
+METADATA_SIGNATURE = "metadata"
+BYTES_INPUT = "image_bytes"
+IMAGES_INPUT = "images"
+METADATA_OUTPUT = "metadata_json"
+METADATA_FILENAME = "eyegazer_metadata.json"
+MODEL_CARD_MD = "MODEL_CARD.md"
+MODEL_CARD_JSON = "model_card.json"
+METADATA_FORMAT_VERSION = 1
+
+# Outputs of `serving_default` and `serving_images`, per task: name -> (dtype, shape, meaning).
+OUTPUTS: dict[str, dict[str, tuple[str, str, str]]] = {
+    "grade": {
+        "probabilities": ("float32", "[B, 5]", "softmax over grades 0..4"),
+        "predicted_class": ("int64", "[B]", "argmax grade 0..4"),
+        "class_name": ("string", "[B]", "name of predicted_class"),
+        "expected_grade": ("float32", "[B]", "sum_k p_k * k"),
+        "referable_probability": ("float32", "[B]", "p_2 + p_3 + p_4 (grade >= 2)"),
+    },
+    "binary": {
+        "probabilities": ("float32", "[B, 2]", "softmax over (no_dr, dr)"),
+        "predicted_class": ("int64", "[B]", "argmax 0 = no_dr, 1 = dr"),
+        "class_name": ("string", "[B]", "name of predicted_class"),
+        "dr_probability": ("float32", "[B]", "p_1"),
+    },
+    "regression": {
+        "grade": ("float32", "[B]", "continuous grade from the model"),
+        "predicted_grade": ("int64", "[B]", "grade 0..4 from the baked-in cut-offs"),
+        "class_name": ("string", "[B]", "name of predicted_grade"),
+        "referable": ("bool", "[B]", "predicted_grade >= 2"),
+    },
+}
+
+_NUM_OUTPUTS = {"grade": len(GRADE_NAMES), "binary": len(metrics.BINARY_NAMES), "regression": 1}
+
+_DEFAULT_INTENDED_USE = (
+    "Research and teaching: reproducing diabetic-retinopathy grading experiments on fundus "
+    "photographs. Not for clinical use."
+)
+_DEFAULT_LIMITS = (
+    "Trained and validated on one public dataset (or synthetic images); performance on other "
+    "cameras, populations, image qualities and disease mixes is unknown. Labels contain "
+    "grader disagreement and known duplicates with conflicting grades. Probabilities are not "
+    "calibrated for any clinical threshold."
+)
+
+
+def _versions() -> dict[str, str]:
+    def dist(name: str) -> str:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    return {
+        "eyegazer_keras": eyegazer_keras.__version__,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "keras_hub": dist("keras-hub"),
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _check_model_output(model, task: str, image_size: int) -> None:
+    """Runs the model once on a black batch so a wrong head fails here, not in a server."""
+    out = model(tf.zeros([1, image_size, image_size, 3], tf.float32), training=False)
+    shape = tuple(out.shape)
+    want = _NUM_OUTPUTS[task]
+    if len(shape) != 2 or shape[1] != want:
+        raise ValueError(
+            f"task={task!r} needs a model output of shape [batch, {want}], but the model returns "
+            f"{list(shape)}. Pass the task the model was trained for (grade: 5-way softmax, "
+            "binary: 2-way softmax, regression: one float)."
+        )
+
+
+def _outputs_fn(task: str, class_names: Sequence[str], cutoffs: Sequence[float] | None):
+    """Returns `fn(model_output) -> dict` building the named outputs of `OUTPUTS[task]`."""
+    names = tf.constant(list(class_names), tf.string)
+
+    if task == "regression":
+        cut = tf.constant(cutoffs, tf.float32)
+
+        def regression(out):
+            grade = tf.reshape(tf.cast(out, tf.float32), [-1])
+            # np.digitize(grade, cutoffs), as `metrics.apply_cutoffs`.
+            predicted = tf.reduce_sum(
+                tf.cast(grade[:, tf.newaxis] >= cut[tf.newaxis, :], tf.int64), axis=1
+            )
+            return {
+                "grade": grade,
+                "predicted_grade": predicted,
+                "class_name": tf.gather(names, predicted),
+                "referable": predicted >= metrics.REFERABLE_MIN_GRADE,
+            }
+
+        return regression
+
+    def classification(out):
+        probs = tf.cast(out, tf.float32)
+        predicted = tf.argmax(probs, axis=-1, output_type=tf.int64)
+        result = {
+            "probabilities": probs,
+            "predicted_class": predicted,
+            "class_name": tf.gather(names, predicted),
+        }
+        if task == "grade":
+            grades = tf.range(len(class_names), dtype=tf.float32)
+            result["expected_grade"] = tf.reduce_sum(probs * grades, axis=-1)
+            result["referable_probability"] = tf.reduce_sum(
+                probs[:, metrics.REFERABLE_MIN_GRADE :], axis=-1
+            )
+        else:
+            result["dr_probability"] = probs[:, 1]
+        return result
+
+    return classification
+
+
+def _build_metadata(
+    *,
+    task: str,
+    class_names: Sequence[str],
+    image_size: int,
+    source_size: int,
+    use_ben_graham: bool,
+    cutoffs: Sequence[float] | None,
+    extra: Mapping | None,
+) -> dict:
+    meta = {
+        "format_version": METADATA_FORMAT_VERSION,
+        "task": task,
+        "class_names": list(class_names),
+        "image_size": int(image_size),
+        "source_size": int(source_size),
+        "use_ben_graham": bool(use_ben_graham),
+        "cutoffs": list(cutoffs) if cutoffs is not None else None,
+        "referable_min_grade": metrics.REFERABLE_MIN_GRADE,
+        "preprocessing": (
+            "decode JPEG/PNG -> fundus.preprocess_fundus(crop black border, pad to square, "
+            f"antialiased resize to {source_size}"
+            + (", Ben Graham" if use_ben_graham else "")
+            + f") -> fundus.resize_for_model({image_size}) -> model (normalisation inside)"
+        ),
+        "signatures": {
+            BYTES_SIGNATURE: {"inputs": {BYTES_INPUT: "string [B]"}, "outputs": OUTPUTS[task]},
+            IMAGES_SIGNATURE: {
+                "inputs": {IMAGES_INPUT: "uint8 [B, H, W, 3]"},
+                "outputs": OUTPUTS[task],
+            },
+            METADATA_SIGNATURE: {"inputs": {}, "outputs": {METADATA_OUTPUT: "string []"}},
+        },
+        "versions": _versions(),
+        "exported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "not_a_medical_device": NOT_A_MEDICAL_DEVICE,
+    }
+    for key, value in (extra or {}).items():
+        if key in meta:
+            raise ValueError(
+                f"metadata key {key!r} is set by export_saved_model itself; pass it as a "
+                f"keyword argument instead or rename it (reserved: {sorted(meta)})."
+            )
+        meta[key] = value
+    return metrics.json_safe(meta)
+
+
+def export_saved_model(
+    model,
+    output_dir: str | os.PathLike,
+    *,
+    task: str,
+    image_size: int,
+    source_size: int,
+    use_ben_graham: bool = False,
+    class_names: Sequence[str] | None = None,
+    cutoffs: Sequence[float] | None = None,
+    metadata: Mapping | None = None,
+    model_card: Mapping | None = None,
+) -> str:
+    """Writes a servable SavedModel (bytes + tensor endpoints, metadata) and its model card.
+
+    Args:
+        model: a built Keras model taking `float32 [B, image_size, image_size, 3]` in 0..255
+            (normalisation inside). grade: softmax `[B, 5]`; binary: softmax `[B, 2]`;
+            regression: `[B, 1]` float grade.
+        output_dir: str or path. Directory for `saved_model.pb` and the model card; created if
+            missing, files in it are overwritten.
+        task: str. `"grade"`, `"binary"` or `"regression"`.
+        image_size: int. Model input side in pixels.
+        source_size: int. Side the dataset builder stored (`fundus.preprocess_fundus` size).
+        use_ben_graham: bool. Whether the dataset applied Ben Graham. Defaults to False.
+        class_names: sequence of str. Names per class id. Defaults to `GRADE_NAMES` for grade and
+            regression, `("no_dr", "dr")` for binary.
+        cutoffs: 4 increasing floats turning a regression output into grades 0..4
+            (`metrics.apply_cutoffs`). Regression only. Defaults to `(0.5, 1.5, 2.5, 3.5)`.
+        metadata: dict. Extra JSON-serialisable fields stored in the SavedModel metadata, e.g.
+            `{"config": {...}, "run": "workdir/name"}`. Defaults to None.
+        model_card: dict. Model card content: any of `model_name`, `data`, `training`,
+            `validation_metrics`, `intended_use`, `limits`, plus free keys. Missing parts get
+            explicit "not recorded" text. Defaults to None.
+
+    Returns:
+        The SavedModel directory as a string.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task={task!r} is not one of {TASKS}.")
+    if class_names is None:
+        class_names = metrics.BINARY_NAMES if task == "binary" else GRADE_NAMES
+    class_names = tuple(str(n) for n in class_names)
+    expected = len(metrics.BINARY_NAMES) if task == "binary" else len(GRADE_NAMES)
+    if len(class_names) != expected:
+        raise ValueError(f"task={task!r} needs {expected} class_names, got {list(class_names)}.")
+    if task == "regression":
+        cutoffs = metrics.DEFAULT_CUTOFFS if cutoffs is None else cutoffs
+        metrics.apply_cutoffs([0.0], cutoffs)  # raises a ValueError naming the fix when invalid
+        cutoffs = [float(c) for c in cutoffs]
+    elif cutoffs is not None:
+        raise ValueError(f"cutoffs only apply to task='regression', not task={task!r}.")
+    image_size, source_size = int(image_size), int(source_size)
+    use_ben_graham = bool(use_ben_graham)
+    _check_model_output(model, task, image_size)
+
+    meta = _build_metadata(
+        task=task,
+        class_names=class_names,
+        image_size=image_size,
+        source_size=source_size,
+        use_ben_graham=use_ben_graham,
+        cutoffs=cutoffs,
+        extra=metadata,
+    )
+    meta_json = json.dumps(meta, indent=2, sort_keys=True)
+    outputs = _outputs_fn(task, class_names, cutoffs)
+    model_input = tf.TensorSpec([image_size, image_size, 3], tf.float32)
+
+    def predict_model_input(x):
+        return outputs(model(x, training=False))
+
+    def serve_bytes(image_bytes):
+        x = tf.map_fn(
+            lambda b: fundus.serving_transform(b, source_size, image_size, use_ben_graham),
+            image_bytes,
+            fn_output_signature=model_input,
+        )
+        return predict_model_input(x)
+
+    def serve_images(images):
+        x = tf.map_fn(
+            lambda im: fundus.resize_for_model(
+                fundus.preprocess_fundus(im, source_size, use_ben_graham), image_size
+            ),
+            images,
+            fn_output_signature=model_input,
+        )
+        return predict_model_input(x)
+
+    def serve_metadata():
+        return {METADATA_OUTPUT: tf.constant(meta_json)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        BYTES_SIGNATURE,
+        serve_bytes,
+        input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)],
+    )
+    archive.add_endpoint(
+        IMAGES_SIGNATURE,
+        serve_images,
+        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name=IMAGES_INPUT)],
+    )
+    archive.add_endpoint(METADATA_SIGNATURE, serve_metadata, input_signature=[])
+    output_dir = os.fspath(output_dir)
+    archive.write_out(output_dir, verbose=False)
+
+    extra_dir = os.path.join(output_dir, "assets.extra")
+    os.makedirs(extra_dir, exist_ok=True)
+    with open(os.path.join(extra_dir, METADATA_FILENAME), "w", encoding="utf-8") as f:
+        f.write(meta_json + "\n")
+    write_model_card(output_dir, meta, model_card)
+    logger.info("Exported %s SavedModel to %s", task, output_dir)
+    return output_dir
+
+
+def _md_value(value, indent: int = 0) -> list[str]:
+    pad = "  " * indent
+    if isinstance(value, Mapping):
+        lines = []
+        for k, v in value.items():
+            if isinstance(v, Mapping | list) and v:
+                lines.append(f"{pad}- **{k}**:")
+                lines.extend(_md_value(v, indent + 1))
+            else:
+                lines.append(f"{pad}- **{k}**: {_md_scalar(v)}")
+        return lines
+    if isinstance(value, list):
+        if all(not isinstance(v, Mapping | list) for v in value):
+            return [f"{pad}- {_md_scalar(v)}" for v in value]
+        return [f"{pad}```json", *json.dumps(value, indent=2).splitlines(), f"{pad}```"]
+    return [f"{pad}{_md_scalar(value)}"]
+
+
+def _md_scalar(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if value is None:
+        return "n/a"
+    return str(value)
+
+
+def write_model_card(output_dir: str | os.PathLike, meta: Mapping, card: Mapping | None) -> dict:
+    """Writes `MODEL_CARD.md` and `model_card.json` into `output_dir`.
+
+    Args:
+        output_dir: str or path. The SavedModel directory.
+        meta: dict. The SavedModel metadata (see `export_saved_model`).
+        card: dict or None. Model card content (`model_name`, `data`, `training`,
+            `validation_metrics`, `intended_use`, `limits`, free keys). Missing parts are
+            written as "not recorded".
+
+    Returns:
+        The model card as a dict (what `model_card.json` holds).
+    """
+    card = dict(card or {})
+    not_recorded = "not recorded"
+    full = {
+        "model_name": card.pop("model_name", f"eyegazer-keras {meta['task']} model"),
+        "task": meta["task"],
+        "class_names": meta["class_names"],
+        "data": card.pop("data", not_recorded),
+        "training": card.pop("training", not_recorded),
+        "validation_metrics": card.pop("validation_metrics", not_recorded),
+        "preprocessing": {
+            "pipeline": meta["preprocessing"],
+            "source_size": meta["source_size"],
+            "image_size": meta["image_size"],
+            "use_ben_graham": meta["use_ben_graham"],
+            "cutoffs": meta["cutoffs"],
+        },
+        "intended_use": card.pop("intended_use", _DEFAULT_INTENDED_USE),
+        "limits": card.pop("limits", _DEFAULT_LIMITS),
+        "not_a_medical_device": NOT_A_MEDICAL_DEVICE,
+        "signatures": {
+            name: {"inputs": sig["inputs"], "outputs": sorted(sig["outputs"])}
+            for name, sig in meta["signatures"].items()
+        },
+        "versions": meta["versions"],
+        "exported_at": meta["exported_at"],
+    }
+    full.update(card)  # free keys (e.g. "authors", "license") keep their place at the end
+    full = metrics.json_safe(full)
+
+    titles = {
+        "data": "Data and split",
+        "training": "Training configuration",
+        "validation_metrics": "Validation metrics",
+        "preprocessing": "Preprocessing",
+        "intended_use": "Intended use",
+        "limits": "Limitations",
+        "signatures": "Serving signatures",
+        "versions": "Versions",
+    }
+    lines = [
+        f"# {full['model_name']}",
+        "",
+        f"> **Not a medical device.** {NOT_A_MEDICAL_DEVICE}",
+        "",
+        f"- **task**: {full['task']}",
+        f"- **classes**: {', '.join(full['class_names'])}",
+        f"- **exported**: {full['exported_at']}",
+        "",
+    ]
+    skip = {"model_name", "task", "class_names", "exported_at", "not_a_medical_device"}
+    for key, value in full.items():
+        if key in skip:
+            continue
+        lines += [f"## {titles.get(key, key.replace('_', ' ').capitalize())}", ""]
+        lines += _md_value(value) + [""]
+    output_dir = os.fspath(output_dir)
+    with open(os.path.join(output_dir, MODEL_CARD_MD), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    with open(os.path.join(output_dir, MODEL_CARD_JSON), "w", encoding="utf-8") as f:
+        json.dump(full, f, indent=2)
+        f.write("\n")
+    return full

@@ -1,0 +1,521 @@
+"""Evaluation metrics for diabetic-retinopathy grading (sklearn underneath).
+
+Every public function takes numpy arrays (or anything ``np.asarray`` accepts) and returns plain,
+JSON-serialisable Python: ``int``, ``float``, ``bool``, ``str``, ``None``, lists and dicts. A
+metric that is undefined on the given data (for example AUROC when ``y_true`` holds one class
+only) is ``None``, never NaN, so ``json.dumps(..., allow_nan=False)`` always works.
+
+Example:
+
+```python
+import numpy as np
+from eyegazer_keras import metrics
+
+y_true = np.array([0, 0, 1, 1])
+probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8]])
+m = metrics.classification_metrics(y_true, probs, task="binary")
+assert m["accuracy"] == 1.0 and m["auroc"] == 1.0
+```
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.exceptions import UndefinedMetricWarning
+from sklearn.metrics import (
+    accuracy_score,
+    cohen_kappa_score,
+    confusion_matrix,
+    mean_absolute_error,
+    mean_squared_error,
+    roc_auc_score,
+)
+
+from eyegazer_keras import GRADE_NAMES
+
+logger = logging.getLogger(__name__)
+
+BINARY_NAMES = ("no_dr", "dr")
+NUM_GRADES = len(GRADE_NAMES)
+REFERABLE_MIN_GRADE = 2
+DEFAULT_CUTOFFS = (0.5, 1.5, 2.5, 3.5)
+DEFAULT_COLLAPSE_THRESHOLD = 0.95
+TASKS = {"grade": GRADE_NAMES, "binary": BINARY_NAMES}
+
+__all__ = [
+    "BINARY_NAMES",
+    "DEFAULT_CUTOFFS",
+    "apply_cutoffs",
+    "class_names",
+    "classification_metrics",
+    "collapse_fraction",
+    "json_safe",
+    "optimize_cutoffs",
+    "quadratic_weighted_kappa",
+    "regression_metrics",
+    "sensitivity_specificity",
+]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def json_safe(obj):
+    """Converts numpy scalars/arrays, tuples and non-finite floats to plain JSON values.
+
+    Args:
+        obj: any nesting of dicts, lists, tuples, numpy arrays and scalars.
+
+    Returns:
+        The same structure with numpy types replaced by Python types, tuples by lists and
+        NaN/inf floats by ``None``.
+    """
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, bool | np.bool_):
+        return bool(obj)
+    if isinstance(obj, int | np.integer):
+        return int(obj)
+    if isinstance(obj, float | np.floating):
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    return obj
+
+
+def _float_or_none(value) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def class_names(task: str) -> tuple[str, ...]:
+    """Returns the class names of a task.
+
+    Args:
+        task: str. ``"grade"`` (five ICDR grades) or ``"binary"`` (no DR / DR).
+
+    Returns:
+        Tuple of class names, index = class id.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task={task!r} is not one of {sorted(TASKS)}; pass 'grade' or 'binary'.")
+    return TASKS[task]
+
+
+def _as_labels(y_true, n_classes: int, name: str = "y_true") -> np.ndarray:
+    """Validates integer class labels (or one-hot rows) and returns an int64 vector."""
+    y = np.asarray(y_true)
+    if y.ndim == 2 and y.shape[1] == n_classes and n_classes > 1:
+        y = np.argmax(y, axis=1)
+    elif y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise ValueError(
+            f"{name} has shape {y.shape}; expected a vector of class ids [n] "
+            f"(or one-hot [n, {n_classes}])."
+        )
+    if y.size == 0:
+        raise ValueError(f"{name} is empty; evaluate on at least one example.")
+    if not np.issubdtype(y.dtype, np.number) and y.dtype != np.bool_:
+        raise ValueError(
+            f"{name} has dtype {y.dtype}; expected integer class ids 0..{n_classes - 1}."
+        )
+    yf = y.astype(np.float64)
+    bad = ~np.isfinite(yf) | (yf != np.round(yf)) | (yf < 0) | (yf > n_classes - 1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"{name} row {row}: label {y[row]!r} is not a class id in 0..{n_classes - 1}; "
+            "check the label mode (grade vs binary) of the split."
+        )
+    return yf.astype(np.int64)
+
+
+def _as_probs(probs, n_classes: int, n: int) -> np.ndarray:
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != n_classes:
+        raise ValueError(
+            f"probs has shape {p.shape}; expected [n, {n_classes}] class probabilities for this "
+            "task (grade: 5 columns, binary: 2 columns)."
+        )
+    if p.shape[0] != n:
+        raise ValueError(f"probs has {p.shape[0]} rows but y_true has {n}; pass matching arrays.")
+    bad = ~np.isfinite(p).all(axis=1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"probs row {row} is not finite ({p[row].tolist()}); the model diverged?")
+    return p
+
+
+def _as_scores(y_pred, n: int, name: str = "y_pred") -> np.ndarray:
+    s = np.asarray(y_pred, dtype=np.float64)
+    if s.ndim == 2 and s.shape[1] == 1:
+        s = s[:, 0]
+    if s.ndim != 1:
+        raise ValueError(f"{name} has shape {s.shape}; expected [n] or [n, 1] scores.")
+    if s.shape[0] != n:
+        raise ValueError(f"{name} has {s.shape[0]} rows but y_true has {n}; pass matching arrays.")
+    bad = ~np.isfinite(s)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{name} row {row} is {s[row]}; predictions must be finite.")
+    return s
+
+
+def quadratic_weighted_kappa(y_true, y_pred, n_classes: int = NUM_GRADES) -> float | None:
+    """Quadratic weighted Cohen's kappa (``sklearn.metrics.cohen_kappa_score``).
+
+    Args:
+        y_true: int array [n]. true classes.
+        y_pred: int array [n]. predicted classes.
+        n_classes: int. number of classes; labels are fixed to ``0..n_classes-1``. Defaults to 5.
+
+    Returns:
+        The kappa, or ``None`` where it is undefined (e.g. every label and prediction is the
+        same single class).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        value = cohen_kappa_score(
+            np.asarray(y_true),
+            np.asarray(y_pred),
+            labels=list(range(n_classes)),
+            weights="quadratic",
+            replace_undefined_by=np.nan,
+        )
+    return _float_or_none(value)
+
+
+def _fast_qwk(cm: np.ndarray, weights: np.ndarray) -> float:
+    """QWK from a confusion matrix (same formula as sklearn); -inf where undefined."""
+    n = cm.sum()
+    expected = np.outer(cm.sum(axis=1), cm.sum(axis=0)) / n
+    denom = (weights * expected).sum()
+    if denom <= 0:
+        return -math.inf
+    return 1.0 - (weights * cm).sum() / denom
+
+
+def _binary_auroc(y_binary: np.ndarray, score: np.ndarray) -> float | None:
+    if np.unique(y_binary).size < 2:
+        return None
+    return _float_or_none(roc_auc_score(y_binary, score))
+
+
+def sensitivity_specificity(
+    y_true_binary, y_score, threshold: float = 0.5
+) -> tuple[float | None, float | None]:
+    """Sensitivity and specificity of ``y_score >= threshold`` as the positive call.
+
+    Args:
+        y_true_binary: array [n] of 0/1 (or bool). 1 = positive (disease).
+        y_score: float array [n]. score or probability of the positive class.
+        threshold: float. a score at or above it is called positive. Defaults to 0.5.
+
+    Returns:
+        ``(sensitivity, specificity)``; each is ``None`` when there are no positives
+        (sensitivity) or no negatives (specificity) in ``y_true_binary``.
+    """
+    y = _as_labels(y_true_binary, 2, name="y_true_binary").astype(bool)
+    score = _as_scores(y_score, y.size, name="y_score")
+    called = score >= threshold
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    sens = float((called & y).sum() / n_pos) if n_pos else None
+    spec = float((~called & ~y).sum() / n_neg) if n_neg else None
+    return sens, spec
+
+
+def collapse_fraction(preds, n_classes: int | None = None) -> float:
+    """Largest fraction of predictions that fall in a single class.
+
+    Args:
+        preds: int array [n]. predicted classes.
+        n_classes: int or None. number of classes (only used to size the histogram).
+            Defaults to ``max(preds) + 1``.
+
+    Returns:
+        A float in (0, 1]; 1.0 means every prediction is the same class.
+    """
+    p = np.asarray(preds).astype(np.int64).ravel()
+    if p.size == 0:
+        raise ValueError("preds is empty; collapse_fraction needs at least one prediction.")
+    counts = np.bincount(p, minlength=n_classes or 0)
+    return float(counts.max() / p.size)
+
+
+def _distribution(preds: np.ndarray, names: Sequence[str]) -> dict[str, float]:
+    counts = np.bincount(preds, minlength=len(names))
+    return {name: float(c / preds.size) for name, c in zip(names, counts, strict=True)}
+
+
+# --------------------------------------------------------------------------- classification
+
+
+def classification_metrics(
+    y_true,
+    probs,
+    task: str,
+    threshold: float = 0.5,
+    referable_threshold: float = 0.5,
+    majority_class: int | None = None,
+    collapse_threshold: float = DEFAULT_COLLAPSE_THRESHOLD,
+) -> dict:
+    """Metrics of a softmax classifier (5-grade or binary) on one split.
+
+    Predictions are ``argmax(probs)`` for ``task="grade"`` and ``probs[:, 1] >= threshold`` for
+    ``task="binary"``.
+
+    Args:
+        y_true: int array [n] of class ids (or one-hot [n, k]).
+        probs: float array [n, 5] (grade) or [n, 2] (binary) of class probabilities.
+        task: str. ``"grade"`` or ``"binary"``.
+        threshold: float. binary mode: p(DR) at or above it is called DR. Defaults to 0.5.
+        referable_threshold: float. grade mode: ``p(grade 2) + p(3) + p(4)`` at or above it is
+            called referable DR (grade >= 2). Defaults to 0.5.
+        majority_class: int or None. class of the majority baseline, normally the most
+            frequent class of the TRAIN split. Defaults to the most frequent class of
+            ``y_true`` (ties: the lowest class id).
+        collapse_threshold: float. ``collapsed`` is True when at least this fraction of
+            predictions fall in one class. Defaults to 0.95.
+
+    Returns:
+        Dict with ``n``, ``task``, ``classes``, ``accuracy``, ``majority_class``,
+        ``majority_class_name``, ``majority_class_source`` (``"given"`` or ``"y_true"``),
+        ``majority_baseline`` (accuracy of always predicting the majority class), ``qwk``,
+        ``auroc`` (binary AUROC of p(DR), or one-vs-rest macro AUROC over the grades present),
+        ``auroc_per_class`` (grade only; ``None`` for a class absent from ``y_true``),
+        ``sensitivity``/``specificity``/``threshold`` (binary only), ``referable`` (grade
+        only: ``sensitivity``, ``specificity``, ``auroc``, ``threshold``, ``n_positive``,
+        ``n_negative``), ``per_class_recall``, ``class_support``, ``confusion_matrix`` (rows =
+        true, columns = predicted, every class), ``prediction_distribution``,
+        ``collapse_fraction``, ``collapse_threshold`` and ``collapsed``. Undefined values are
+        ``None``.
+    """
+    names = class_names(task)
+    k = len(names)
+    y = _as_labels(y_true, k)
+    p = _as_probs(probs, k, y.size)
+    preds = (p[:, 1] >= threshold).astype(np.int64) if task == "binary" else np.argmax(p, axis=1)
+
+    support = np.bincount(y, minlength=k)
+    if majority_class is None:
+        majority = int(np.argmax(support))
+        source = "y_true"
+    else:
+        majority = int(majority_class)
+        if not 0 <= majority < k:
+            raise ValueError(f"majority_class={majority_class!r} is not a class id in 0..{k - 1}.")
+        source = "given"
+
+    cm = confusion_matrix(y, preds, labels=list(range(k)))
+    recall = {
+        name: (float(cm[i, i] / support[i]) if support[i] else None) for i, name in enumerate(names)
+    }
+    frac = collapse_fraction(preds, k)
+    out = {
+        "n": int(y.size),
+        "task": task,
+        "classes": list(names),
+        "accuracy": float(accuracy_score(y, preds)),
+        "majority_class": majority,
+        "majority_class_name": names[majority],
+        "majority_class_source": source,
+        "majority_baseline": float(np.mean(y == majority)),
+        "qwk": quadratic_weighted_kappa(y, preds, k),
+        "per_class_recall": recall,
+        "class_support": {name: int(c) for name, c in zip(names, support, strict=True)},
+        "confusion_matrix": cm.tolist(),
+        "prediction_distribution": _distribution(preds, names),
+        "collapse_fraction": frac,
+        "collapse_threshold": float(collapse_threshold),
+        "collapsed": bool(frac >= collapse_threshold),
+    }
+    if task == "binary":
+        sens, spec = sensitivity_specificity(y, p[:, 1], threshold)
+        out.update(
+            auroc=_binary_auroc(y, p[:, 1]),
+            sensitivity=sens,
+            specificity=spec,
+            threshold=float(threshold),
+        )
+    else:
+        per_class = {name: _binary_auroc(y == i, p[:, i]) for i, name in enumerate(names)}
+        defined = [v for v in per_class.values() if v is not None]
+        y_ref = (y >= REFERABLE_MIN_GRADE).astype(np.int64)
+        score_ref = p[:, REFERABLE_MIN_GRADE:].sum(axis=1)
+        sens, spec = sensitivity_specificity(y_ref, score_ref, referable_threshold)
+        out.update(
+            auroc=float(np.mean(defined)) if defined else None,
+            auroc_per_class=per_class,
+            referable={
+                "definition": f"grade >= {REFERABLE_MIN_GRADE}",
+                "threshold": float(referable_threshold),
+                "sensitivity": sens,
+                "specificity": spec,
+                "auroc": _binary_auroc(y_ref, score_ref),
+                "n_positive": int(y_ref.sum()),
+                "n_negative": int(y_ref.size - y_ref.sum()),
+            },
+        )
+    if out["collapsed"]:
+        logger.warning(
+            "Predictions collapsed: %.1f%% of %d predictions are one class (%s).",
+            100 * frac,
+            y.size,
+            out["prediction_distribution"],
+        )
+    return json_safe(out)
+
+
+# --------------------------------------------------------------------------- regression
+
+
+def _check_cutoffs(cutoffs) -> tuple[float, float, float, float]:
+    c = np.asarray(cutoffs, dtype=np.float64).ravel()
+    if c.size != NUM_GRADES - 1 or not np.isfinite(c).all() or np.any(np.diff(c) <= 0):
+        raise ValueError(
+            f"cutoffs={list(np.asarray(cutoffs).ravel())} must be {NUM_GRADES - 1} finite, "
+            f"strictly increasing numbers, e.g. {DEFAULT_CUTOFFS}."
+        )
+    return tuple(float(v) for v in c)
+
+
+def apply_cutoffs(pred, cutoffs: Sequence[float] = DEFAULT_CUTOFFS) -> np.ndarray:
+    """Turns continuous grade predictions into grades 0..4 with four cut-offs.
+
+    ``pred < cutoffs[0]`` is grade 0, ``cutoffs[0] <= pred < cutoffs[1]`` grade 1, and so on
+    (``np.digitize``). The default ``(0.5, 1.5, 2.5, 3.5)`` equals clipped rounding, except that
+    an exact ``x.5`` goes up (``np.rint`` rounds half to even).
+
+    Args:
+        pred: float array [n] or [n, 1]. regression outputs.
+        cutoffs: 4 strictly increasing floats. Defaults to ``(0.5, 1.5, 2.5, 3.5)``.
+
+    Returns:
+        int64 array [n] of grades in 0..4.
+    """
+    c = _check_cutoffs(cutoffs)
+    s = np.atleast_1d(np.asarray(pred, dtype=np.float64))
+    s = _as_scores(s, s.shape[0], name="pred")
+    return np.digitize(s, c).astype(np.int64)
+
+
+def optimize_cutoffs(
+    y_true,
+    y_pred,
+    initial: Sequence[float] = DEFAULT_CUTOFFS,
+    max_passes: int = 20,
+    max_candidates: int = 2000,
+) -> tuple[float, float, float, float]:
+    """Finds four grade cut-offs that maximise QWK, starting from plain rounding.
+
+    A deterministic coordinate search: each cut-off in turn moves to the candidate (a midpoint
+    between consecutive distinct predictions, kept strictly between its neighbours) that raises
+    QWK most; passes repeat until none improves. Only strict improvements are accepted, so the
+    result is never worse than ``initial`` and stays sorted. Tune on a split other than the one
+    you report, or the tuned QWK is optimistic.
+
+    Args:
+        y_true: int array [n]. true grades 0..4.
+        y_pred: float array [n] or [n, 1]. regression outputs.
+        initial: 4 strictly increasing floats to start from. Defaults to
+            ``(0.5, 1.5, 2.5, 3.5)``.
+        max_passes: int. upper bound on full passes over the four cut-offs. Defaults to 20.
+        max_candidates: int. when there are more distinct midpoints than this, use this many
+            evenly spaced quantiles of them instead. Defaults to 2000.
+
+    Returns:
+        Tuple of 4 floats, strictly increasing.
+    """
+    y = _as_labels(y_true, NUM_GRADES)
+    s = _as_scores(y_pred, y.size)
+    cut = np.array(_check_cutoffs(initial))
+    k = NUM_GRADES
+    weights = np.subtract.outer(np.arange(k), np.arange(k)) ** 2 / (k - 1) ** 2
+
+    def score(c: np.ndarray) -> float:
+        cm = np.bincount(y * k + np.digitize(s, c), minlength=k * k).reshape(k, k)
+        return _fast_qwk(cm.astype(np.float64), weights)
+
+    uniq = np.unique(s)
+    cands = (uniq[:-1] + uniq[1:]) / 2
+    if cands.size > max_candidates:
+        cands = np.unique(np.quantile(cands, np.linspace(0, 1, max_candidates)))
+    best = score(cut)
+    start = best
+    for _ in range(max_passes):
+        improved = False
+        for i in range(k - 1):
+            lo = cut[i - 1] if i > 0 else -np.inf
+            hi = cut[i + 1] if i < k - 2 else np.inf
+            for value in cands[(cands > lo) & (cands < hi)]:
+                trial = cut.copy()
+                trial[i] = value
+                q = score(trial)
+                if q > best + 1e-12:
+                    best, cut, improved = q, trial, True
+        if not improved:
+            break
+    result = _check_cutoffs(cut)
+    # Guard against any numeric disagreement with sklearn: never hand back something worse.
+    init_q = quadratic_weighted_kappa(y, apply_cutoffs(s, initial))
+    new_q = quadratic_weighted_kappa(y, apply_cutoffs(s, result))
+    if init_q is not None and (new_q is None or new_q < init_q):
+        return _check_cutoffs(initial)
+    logger.info("optimize_cutoffs: QWK %.4f -> %.4f with cut-offs %s", start, best, result)
+    return result
+
+
+def regression_metrics(y_true, y_pred, cutoffs: Sequence[float] | None = None) -> dict:
+    """Metrics of a grade regressor: errors, and QWK after rounding and after cut-offs.
+
+    Args:
+        y_true: int array [n]. true grades 0..4.
+        y_pred: float array [n] or [n, 1]. regression outputs.
+        cutoffs: 4 strictly increasing floats, e.g. from ``optimize_cutoffs`` on another split.
+            Defaults to ``None``: plain rounding cut-offs ``(0.5, 1.5, 2.5, 3.5)``.
+
+    Returns:
+        Dict with ``n``, ``rmse``, ``mae``, ``qwk_rounded`` (``clip(rint(pred), 0, 4)``),
+        ``accuracy_rounded``, ``confusion_matrix_rounded``, ``qwk_tuned``, ``accuracy_tuned``,
+        ``confusion_matrix_tuned`` (grades from ``cutoffs``), ``cutoffs``,
+        ``prediction_distribution`` (tuned grades), ``collapse_fraction`` and ``collapsed``.
+    """
+    y = _as_labels(y_true, NUM_GRADES)
+    s = _as_scores(y_pred, y.size)
+    used = _check_cutoffs(DEFAULT_CUTOFFS if cutoffs is None else cutoffs)
+    rounded = np.clip(np.rint(s), 0, NUM_GRADES - 1).astype(np.int64)
+    tuned = apply_cutoffs(s, used)
+    labels = list(range(NUM_GRADES))
+    frac = collapse_fraction(tuned, NUM_GRADES)
+    out = {
+        "n": int(y.size),
+        "task": "regression",
+        "classes": list(GRADE_NAMES),
+        "rmse": float(np.sqrt(mean_squared_error(y, s))),
+        "mae": float(mean_absolute_error(y, s)),
+        "qwk_rounded": quadratic_weighted_kappa(y, rounded),
+        "accuracy_rounded": float(accuracy_score(y, rounded)),
+        "confusion_matrix_rounded": confusion_matrix(y, rounded, labels=labels).tolist(),
+        "qwk_tuned": quadratic_weighted_kappa(y, tuned),
+        "accuracy_tuned": float(accuracy_score(y, tuned)),
+        "confusion_matrix_tuned": confusion_matrix(y, tuned, labels=labels).tolist(),
+        "cutoffs": list(used),
+        "cutoffs_source": "default" if cutoffs is None else "given",
+        "prediction_distribution": _distribution(tuned, GRADE_NAMES),
+        "collapse_fraction": frac,
+        "collapse_threshold": DEFAULT_COLLAPSE_THRESHOLD,
+        "collapsed": bool(frac >= DEFAULT_COLLAPSE_THRESHOLD),
+    }
+    return json_safe(out)

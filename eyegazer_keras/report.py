@@ -1,0 +1,384 @@
+"""Evaluation reports: ``metrics_<split>.json`` and confusion-matrix / ROC / training-curve PNGs.
+
+Figures are drawn with ``matplotlib.figure.Figure`` on an explicit ``FigureCanvasAgg``: no
+``pyplot``, so importing or calling this module never changes the user's matplotlib backend and
+works headless. Every file is written atomically (temporary file in the same folder, then
+``os.replace``), so a crash never leaves half a JSON or PNG behind.
+
+Example:
+
+```python
+import numpy as np
+from eyegazer_keras import report
+
+y_true = np.array([0, 1, 2, 3, 4, 2])
+probs = np.eye(5)[[0, 1, 2, 3, 4, 1]] * 0.9 + 0.02
+metrics = report.write_report("eval_out", y_true, probs, task="grade")
+# eval_out/metrics_validation.json, confusion_matrix_validation.png, roc_validation.png
+```
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from eyegazer_keras import GRADE_NAMES, metrics
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "plot_confusion_matrix",
+    "plot_predictions_vs_true",
+    "plot_roc",
+    "plot_training_curves",
+    "write_metrics_json",
+    "write_regression_report",
+    "write_report",
+]
+
+
+# --------------------------------------------------------------------------- file writing
+
+
+def _atomic_write(path: str | os.PathLike, write_fn, mode: str = "w") -> Path:
+    """Calls ``write_fn(file)`` on a temporary file next to ``path``, then renames it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A unique sibling name opened with "x": same filesystem for os.replace, normal umask perms.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(
+            tmp, mode.replace("w", "x"), **({"encoding": "utf-8"} if "b" not in mode else {})
+        ) as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_metrics_json(path: str | os.PathLike, metrics_dict: Mapping) -> Path:
+    """Writes a metrics dict as JSON atomically (sorted keys, indent 2, NaN stored as null).
+
+    Args:
+        path: str or PathLike. destination file; missing parent folders are created.
+        metrics_dict: dict. metrics, e.g. from ``metrics.classification_metrics``; numpy values
+            are converted and NaN/inf become ``null``.
+
+    Returns:
+        The path written, as a ``pathlib.Path``.
+    """
+    text = json.dumps(
+        metrics.json_safe(dict(metrics_dict)), sort_keys=True, indent=2, allow_nan=False
+    )
+    return _atomic_write(path, lambda f: f.write(text + "\n"))
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_figure(fig: Figure, path: str | os.PathLike) -> Path:
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    return _atomic_write(path, lambda f: fig.savefig(f, format=fmt), mode="wb")
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def plot_confusion_matrix(
+    cm, class_names: Sequence[str], path: str | os.PathLike, title: str | None = None
+) -> Path:
+    """Draws a confusion matrix: counts in each cell, colour = fraction of the true row.
+
+    Args:
+        cm: int array [k, k]. rows = true class, columns = predicted class.
+        class_names: k names, index = class id.
+        path: str or PathLike. PNG to write.
+        title: str or None. figure title. Defaults to ``"Confusion matrix"``.
+
+    Returns:
+        The path written.
+    """
+    cm = np.asarray(cm, dtype=np.int64)
+    k = len(class_names)
+    if cm.shape != (k, k):
+        raise ValueError(
+            f"cm has shape {cm.shape} but there are {k} class_names; pass a [k, k] matrix."
+        )
+    rows = cm.sum(axis=1, keepdims=True)
+    frac = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=np.float64), where=rows > 0)
+    fig = _new_figure(1.2 * k + 2.5, 1.1 * k + 1.8)
+    ax = fig.add_subplot()
+    im = ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(im, ax=ax, label="fraction of true class")
+    for i in range(k):
+        for j in range(k):
+            color = "white" if frac[i, j] > 0.5 else "black"
+            ax.text(
+                j,
+                i,
+                f"{cm[i, j]}\n{frac[i, j]:.0%}",
+                ha="center",
+                va="center",
+                color=color,
+                fontsize=9,
+            )
+    ax.set_xticks(range(k), labels=list(class_names), rotation=30, ha="right")
+    ax.set_yticks(range(k), labels=list(class_names))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    n = int(cm.sum())
+    acc = float(np.trace(cm) / n) if n else float("nan")
+    ax.set_title(f"{title or 'Confusion matrix'}\n(n={n}, accuracy={acc:.3f})", fontsize=10)
+    return _save_figure(fig, path)
+
+
+def _roc_line(ax, y_binary: np.ndarray, score: np.ndarray, label: str, **kwargs) -> bool:
+    if np.unique(y_binary).size < 2:
+        return False
+    fpr, tpr, _ = roc_curve(y_binary, score)
+    auc = roc_auc_score(y_binary, score)
+    ax.plot(fpr, tpr, label=f"{label} (AUC={auc:.3f})", **kwargs)
+    return True
+
+
+def plot_roc(y_true, probs, task: str, path: str | os.PathLike, title: str | None = None) -> Path:
+    """Draws ROC curves: DR vs no DR (binary), or one-vs-rest per grade plus referable DR.
+
+    Classes absent from ``y_true`` (or present in every row) have no curve; if no curve can be
+    drawn the figure says so instead of failing.
+
+    Args:
+        y_true: int array [n] of class ids.
+        probs: float array [n, 5] (grade) or [n, 2] (binary).
+        task: str. ``"grade"`` or ``"binary"``.
+        path: str or PathLike. PNG to write.
+        title: str or None. figure title. Defaults to ``"ROC"``.
+
+    Returns:
+        The path written.
+    """
+    names = metrics.class_names(task)
+    y = metrics._as_labels(y_true, len(names))
+    p = metrics._as_probs(probs, len(names), y.size)
+    fig = _new_figure(6.0, 5.5)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance")
+    drawn = 0
+    if task == "binary":
+        drawn += _roc_line(ax, y == 1, p[:, 1], "DR vs no DR", linewidth=2)
+    else:
+        for i, name in enumerate(names):
+            drawn += _roc_line(ax, y == i, p[:, i], f"{i} {name} vs rest", linewidth=1.2)
+        ref = metrics.REFERABLE_MIN_GRADE
+        drawn += _roc_line(
+            ax,
+            y >= ref,
+            p[:, ref:].sum(axis=1),
+            f"referable (grade>={ref})",
+            linewidth=2.5,
+            color="black",
+        )
+    if not drawn:
+        ax.text(0.5, 0.5, "ROC undefined:\nonly one class in y_true", ha="center", va="center")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false positive rate (1 - specificity)")
+    ax.set_ylabel("true positive rate (sensitivity)")
+    ax.set_title(f"{title or 'ROC'} (n={y.size})", fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save_figure(fig, path)
+
+
+def plot_training_curves(history: Mapping[str, Sequence[float]], path: str | os.PathLike) -> Path:
+    """Draws one panel per metric family (``loss``, ``accuracy``, ...): train vs ``val_``.
+
+    Args:
+        history: dict of metric name to per-epoch values, e.g. ``keras.callbacks.History.history``
+            (a ``History`` object is accepted too). ``val_<name>`` joins the ``<name>`` panel;
+            ``None``/NaN values leave gaps.
+        path: str or PathLike. PNG to write.
+
+    Returns:
+        The path written.
+    """
+    history = getattr(history, "history", history)
+    series = {str(k): v for k, v in dict(history).items() if v is not None and len(v) > 0}
+    if not series:
+        raise ValueError(
+            "history is empty; pass History.history from a fit with at least one epoch."
+        )
+    families: list[str] = []
+    for key in series:
+        family = key.removeprefix("val_")
+        if family not in families:
+            families.append(family)
+    ncols = min(3, len(families))
+    nrows = math.ceil(len(families) / ncols)
+    fig = _new_figure(4.2 * ncols, 3.2 * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, family in zip(axes, families, strict=False):
+        for key, label, style in ((family, "train", "-"), (f"val_{family}", "validation", "--")):
+            if key not in series:
+                continue
+            values = np.array(
+                [np.nan if v is None else float(v) for v in series[key]], dtype=np.float64
+            )
+            epochs = np.arange(1, values.size + 1)
+            ax.plot(epochs, values, style, marker="o", markersize=3, label=label)
+        ax.set_title(family, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in axes[len(families) :]:
+        ax.set_visible(False)
+    return _save_figure(fig, path)
+
+
+def plot_predictions_vs_true(
+    y_true, y_pred, path: str | os.PathLike, cutoffs: Sequence[float] | None = None
+) -> Path:
+    """Draws regression outputs per true grade (violin + jittered points) with the cut-offs.
+
+    Args:
+        y_true: int array [n]. true grades 0..4.
+        y_pred: float array [n] or [n, 1]. regression outputs.
+        path: str or PathLike. PNG to write.
+        cutoffs: 4 floats or None. drawn as horizontal lines. Defaults to ``None`` (rounding).
+
+    Returns:
+        The path written.
+    """
+    y = metrics._as_labels(y_true, len(GRADE_NAMES))
+    s = metrics._as_scores(y_pred, y.size)
+    cut = metrics._check_cutoffs(metrics.DEFAULT_CUTOFFS if cutoffs is None else cutoffs)
+    fig = _new_figure(7.0, 5.0)
+    ax = fig.add_subplot()
+    present = [g for g in range(len(GRADE_NAMES)) if np.any(y == g)]
+    violin = [g for g in present if np.unique(s[y == g]).size > 1]
+    if violin:
+        ax.violinplot([s[y == g] for g in violin], positions=violin, widths=0.8, showmedians=True)
+    jitter = np.random.default_rng(0).uniform(-0.15, 0.15, y.size)
+    ax.scatter(y + jitter, s, s=6, alpha=0.4, color="black")
+    for c in cut:
+        ax.axhline(c, color="red", linestyle="--", linewidth=0.8)
+    grades = range(len(GRADE_NAMES))
+    ax.plot([0, 4], [0, 4], color="grey", linestyle=":", linewidth=1)
+    ax.set_xticks(
+        list(grades), labels=[f"{g}\n{n}" for g, n in zip(grades, GRADE_NAMES, strict=True)]
+    )
+    ax.set_xlabel("true grade")
+    ax.set_ylabel("predicted grade (continuous)")
+    ax.set_title(
+        f"Predicted vs true grade (n={y.size}); red = cut-offs {', '.join(f'{c:.2f}' for c in cut)}",
+        fontsize=9,
+    )
+    return _save_figure(fig, path)
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def write_report(
+    out_dir: str | os.PathLike,
+    y_true,
+    probs,
+    task: str,
+    history: Mapping[str, Sequence[float]] | None = None,
+    split: str = "validation",
+    **metric_kwargs,
+) -> dict:
+    """Computes classification metrics on one split and writes them with their plots.
+
+    Writes ``metrics_<split>.json``, ``confusion_matrix_<split>.png``, ``roc_<split>.png`` and,
+    when ``history`` is given, ``training_curves.png`` into ``out_dir``.
+
+    Args:
+        out_dir: str or PathLike. folder for the files (created if missing).
+        y_true: int array [n] of class ids.
+        probs: float array [n, 5] (grade) or [n, 2] (binary).
+        task: str. ``"grade"`` or ``"binary"``.
+        history: dict or None. ``History.history`` of the fit. Defaults to ``None``.
+        split: str. split name used in file names and stored as ``"split"``. Defaults to
+            ``"validation"``.
+        **metric_kwargs: passed to ``metrics.classification_metrics`` (``threshold``,
+            ``referable_threshold``, ``majority_class``, ``collapse_threshold``).
+
+    Returns:
+        The metrics dict (as written to the JSON).
+    """
+    out = Path(out_dir)
+    result = metrics.classification_metrics(y_true, probs, task, **metric_kwargs)
+    result["split"] = split
+    names = result["classes"]
+    plot_confusion_matrix(
+        result["confusion_matrix"],
+        names,
+        out / f"confusion_matrix_{split}.png",
+        title=f"{task} - {split}",
+    )
+    plot_roc(y_true, probs, task, out / f"roc_{split}.png", title=f"ROC {task} - {split}")
+    if history:
+        plot_training_curves(history, out / "training_curves.png")
+    path = write_metrics_json(out / f"metrics_{split}.json", result)
+    logger.info("Wrote %s (accuracy=%s, qwk=%s)", path, result["accuracy"], result["qwk"])
+    return result
+
+
+def write_regression_report(
+    out_dir: str | os.PathLike,
+    y_true,
+    y_pred,
+    cutoffs: Sequence[float] | None,
+    split: str = "validation",
+) -> dict:
+    """Computes regression metrics on one split and writes them with their plots.
+
+    Writes ``metrics_<split>.json``, ``confusion_matrix_<split>.png`` (grades from ``cutoffs``)
+    and ``predictions_<split>.png`` (predicted vs true grade) into ``out_dir``.
+
+    Args:
+        out_dir: str or PathLike. folder for the files (created if missing).
+        y_true: int array [n]. true grades 0..4.
+        y_pred: float array [n] or [n, 1]. regression outputs.
+        cutoffs: 4 increasing floats (e.g. ``metrics.optimize_cutoffs`` on another split) or
+            ``None`` for plain rounding.
+        split: str. split name used in file names and stored as ``"split"``. Defaults to
+            ``"validation"``.
+
+    Returns:
+        The metrics dict (as written to the JSON).
+    """
+    out = Path(out_dir)
+    result = metrics.regression_metrics(y_true, y_pred, cutoffs)
+    result["split"] = split
+    cut_text = ", ".join(f"{c:.2f}" for c in result["cutoffs"])
+    plot_confusion_matrix(
+        result["confusion_matrix_tuned"],
+        GRADE_NAMES,
+        out / f"confusion_matrix_{split}.png",
+        title=f"regression - {split} (cut-offs {cut_text})",
+    )
+    plot_predictions_vs_true(y_true, y_pred, out / f"predictions_{split}.png", result["cutoffs"])
+    path = write_metrics_json(out / f"metrics_{split}.json", result)
+    logger.info("Wrote %s (rmse=%s, qwk_tuned=%s)", path, result["rmse"], result["qwk_tuned"])
+    return result

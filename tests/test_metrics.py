@@ -1,0 +1,285 @@
+"""Metrics against small cases worked out by hand (values in the comments)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import cohen_kappa_score
+
+from eyegazer_keras import GRADE_NAMES, metrics
+
+# Binary case, threshold 0.5:
+#   y    = 1    1    1    1    0    0    0    0    0    0
+#   p1   = 0.9  0.8  0.7  0.3  0.6  0.2  0.1  0.1  0.1  0.1
+#   call = 1    1    1    0    1    0    0    0    0    0
+# TP=3 FN=1 FP=1 TN=5 -> sensitivity 3/4, specificity 5/6, accuracy 8/10.
+# AUROC: of the 4*6=24 (pos, neg) pairs only (0.3, 0.6) is mis-ordered -> 23/24.
+# Kappa (2 classes, quadratic = unweighted): po=0.8, pe=0.6*0.6+0.4*0.4=0.52 -> 0.28/0.48 = 7/12.
+Y_BIN = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+P1 = np.array([0.9, 0.8, 0.7, 0.3, 0.6, 0.2, 0.1, 0.1, 0.1, 0.1])
+PROBS_BIN = np.stack([1 - P1, P1], axis=1)
+
+
+def one_hot_probs(preds, k=5, on=0.8):
+    """Probabilities whose argmax is `preds`."""
+    p = np.full((len(preds), k), (1 - on) / (k - 1))
+    p[np.arange(len(preds)), preds] = on
+    return p
+
+
+def test_sensitivity_specificity_by_hand():
+    sens, spec = metrics.sensitivity_specificity(Y_BIN, P1, 0.5)
+    assert sens == pytest.approx(3 / 4)
+    assert spec == pytest.approx(5 / 6)
+    # Threshold 0.65 drops the false positive at 0.6: TP=3 FN=1 FP=0 TN=6.
+    sens, spec = metrics.sensitivity_specificity(Y_BIN, P1, 0.65)
+    assert (sens, spec) == (pytest.approx(0.75), 1.0)
+    # No positives -> sensitivity undefined (None), not NaN or a crash.
+    assert metrics.sensitivity_specificity([0, 0], [0.1, 0.9], 0.5) == (None, 0.5)
+
+
+def test_binary_metrics_by_hand():
+    m = metrics.classification_metrics(Y_BIN, PROBS_BIN, task="binary")
+    assert m["n"] == 10
+    assert m["classes"] == ["no_dr", "dr"]
+    assert m["accuracy"] == pytest.approx(0.8)
+    assert m["sensitivity"] == pytest.approx(0.75)
+    assert m["specificity"] == pytest.approx(5 / 6)
+    assert m["auroc"] == pytest.approx(23 / 24)
+    assert m["qwk"] == pytest.approx(7 / 12)
+    assert m["confusion_matrix"] == [[5, 1], [1, 3]]
+    assert m["per_class_recall"] == {"no_dr": pytest.approx(5 / 6), "dr": pytest.approx(0.75)}
+    assert m["prediction_distribution"] == {"no_dr": pytest.approx(0.6), "dr": pytest.approx(0.4)}
+    # Majority class of y_true is 0 (6 of 10).
+    assert (m["majority_class"], m["majority_class_name"]) == (0, "no_dr")
+    assert m["majority_class_source"] == "y_true"
+    assert m["majority_baseline"] == pytest.approx(0.6)
+    assert m["collapsed"] is False
+    assert "referable" not in m
+
+
+def test_binary_threshold_moves_predictions():
+    m = metrics.classification_metrics(Y_BIN, PROBS_BIN, task="binary", threshold=0.65)
+    assert m["threshold"] == 0.65
+    assert m["specificity"] == 1.0
+    assert m["confusion_matrix"] == [[6, 0], [1, 3]]
+    assert m["auroc"] == pytest.approx(23 / 24)  # threshold-free
+
+
+def test_qwk_known_values():
+    assert metrics.quadratic_weighted_kappa([0, 1, 2, 3, 4], [0, 1, 2, 3, 4]) == 1.0
+    # Fully reversed extremes: observed weighted disagreement 2, expected 1 -> 1 - 2/1 = -1.
+    assert metrics.quadratic_weighted_kappa([0, 4], [4, 0]) == pytest.approx(-1.0)
+    # y=[0..4], pred=[0,1,2,3,3]: sum(W*O) = 1/16; column sums [1,1,1,2,0], column weight sums
+    # [30,15,10,15,30]/16 -> sum(W*E) = (30+15+10+30)/(16*5) = 85/80 -> 1 - (1/16)/(85/80) = 16/17.
+    assert metrics.quadratic_weighted_kappa([0, 1, 2, 3, 4], [0, 1, 2, 3, 3]) == pytest.approx(
+        16 / 17
+    )
+    # One class everywhere: undefined -> None, never NaN.
+    assert metrics.quadratic_weighted_kappa([2, 2, 2], [2, 2, 2]) is None
+
+
+def test_fast_qwk_matches_sklearn():
+    rng = np.random.default_rng(0)
+    k = 5
+    w = np.subtract.outer(np.arange(k), np.arange(k)) ** 2 / (k - 1) ** 2
+    for _ in range(5):
+        y, p = rng.integers(0, k, 200), rng.integers(0, k, 200)
+        cm = np.bincount(y * k + p, minlength=k * k).reshape(k, k).astype(float)
+        expected = cohen_kappa_score(y, p, weights="quadratic")
+        assert metrics._fast_qwk(cm, w) == pytest.approx(expected)
+
+
+def test_grade_metrics_perfect_with_absent_class():
+    y = np.array([0, 0, 1, 2, 2, 4])  # grade 3 absent
+    m = metrics.classification_metrics(y, one_hot_probs(y), task="grade")
+    assert m["accuracy"] == 1.0
+    assert m["qwk"] == 1.0
+    assert m["auroc"] == 1.0
+    assert m["auroc_per_class"]["severe"] is None
+    assert m["auroc_per_class"]["no_dr"] == 1.0
+    assert m["per_class_recall"]["severe"] is None
+    assert m["class_support"] == {
+        "no_dr": 2,
+        "mild": 1,
+        "moderate": 2,
+        "severe": 0,
+        "proliferative": 1,
+    }
+    assert np.array(m["confusion_matrix"]).shape == (5, 5)
+    assert list(m["per_class_recall"]) == list(GRADE_NAMES)
+    ref = m["referable"]
+    assert (ref["sensitivity"], ref["specificity"], ref["auroc"]) == (1.0, 1.0, 1.0)
+    assert (ref["n_positive"], ref["n_negative"]) == (3, 3)
+    json.dumps(m, allow_nan=False)
+
+
+def test_referable_uses_summed_probabilities():
+    # Row 0 is grade 2 but argmax says no_dr (0.4); p(2)+p(3)+p(4) = 0.2+0.2+0.1 = 0.5 >= 0.5,
+    # so it IS called referable. Row 1 (grade 0): referable score 0.1 -> not referable.
+    probs = np.array([[0.4, 0.1, 0.2, 0.2, 0.1], [0.8, 0.1, 0.05, 0.03, 0.02]])
+    y = np.array([2, 0])
+    m = metrics.classification_metrics(y, probs, task="grade")
+    assert m["accuracy"] == 0.5
+    assert m["referable"]["sensitivity"] == 1.0
+    assert m["referable"]["specificity"] == 1.0
+    m = metrics.classification_metrics(y, probs, task="grade", referable_threshold=0.6)
+    assert m["referable"]["sensitivity"] == 0.0
+    assert m["referable"]["threshold"] == 0.6
+
+
+def test_majority_baseline_given_class():
+    y = np.array([0, 0, 0, 2, 2, 1])
+    probs = one_hot_probs(y)
+    m = metrics.classification_metrics(y, probs, task="grade")
+    assert (m["majority_class"], m["majority_baseline"]) == (0, 0.5)
+    m = metrics.classification_metrics(y, probs, task="grade", majority_class=2)
+    assert m["majority_class"] == 2 and m["majority_class_name"] == "moderate"
+    assert m["majority_class_source"] == "given"
+    assert m["majority_baseline"] == pytest.approx(2 / 6)
+
+
+def test_collapse_detection():
+    preds = np.array([0] * 19 + [1])
+    assert metrics.collapse_fraction(preds) == 0.95
+    assert metrics.collapse_fraction([0] * 18 + [1, 2]) == 0.9
+    y = np.arange(20) % 5
+    collapsed = metrics.classification_metrics(y, one_hot_probs(preds), task="grade")
+    assert collapsed["collapsed"] is True
+    assert collapsed["prediction_distribution"]["no_dr"] == 0.95
+    not_collapsed = metrics.classification_metrics(y, one_hot_probs([0] * 18 + [1, 2]), "grade")
+    assert not_collapsed["collapsed"] is False
+    lower = metrics.classification_metrics(
+        y, one_hot_probs([0] * 18 + [1, 2]), "grade", collapse_threshold=0.9
+    )
+    assert lower["collapsed"] is True
+
+
+def test_single_class_split_gives_none_not_nan():
+    y = np.zeros(6, dtype=int)
+    probs = np.random.default_rng(1).dirichlet(np.ones(5), size=6)
+    m = metrics.classification_metrics(y, probs, task="grade")
+    assert m["auroc"] is None
+    assert all(v is None for v in m["auroc_per_class"].values())
+    assert m["referable"]["auroc"] is None and m["referable"]["sensitivity"] is None
+    text = json.dumps(m, allow_nan=False)
+    assert "NaN" not in text
+    mb = metrics.classification_metrics([1, 1], [[0.3, 0.7], [0.6, 0.4]], task="binary")
+    assert mb["auroc"] is None and mb["specificity"] is None
+    json.dumps(mb, allow_nan=False)
+
+
+def test_one_hot_labels_accepted():
+    y = np.array([0, 3, 4])
+    m1 = metrics.classification_metrics(y, one_hot_probs(y), "grade")
+    m2 = metrics.classification_metrics(np.eye(5)[y], one_hot_probs(y), "grade")
+    assert m1 == m2
+
+
+@pytest.mark.parametrize(
+    "y, probs, task, match",
+    [
+        ([0, 1], np.ones((2, 2)) / 2, "grade", r"\[n, 5\]"),
+        ([0, 7], np.ones((2, 5)) / 5, "grade", "row 1"),
+        ([0, 1, 1], np.ones((2, 2)) / 2, "binary", "rows"),
+        ([0, 1], [[0.5, np.nan], [0.5, 0.5]], "binary", "row 0"),
+        ([0, 1], np.ones((2, 2)) / 2, "multi", "grade"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(y, probs, task, match):
+    with pytest.raises(ValueError, match=match):
+        metrics.classification_metrics(y, probs, task)
+
+
+# --------------------------------------------------------------------------- regression
+
+
+def test_apply_cutoffs_default_equals_rounding():
+    rng = np.random.default_rng(0)
+    pred = rng.uniform(-1, 5.5, 500)
+    pred = pred[np.abs(pred - np.floor(pred) - 0.5) > 1e-6]  # no exact .5 ties
+    expected = np.clip(np.rint(pred), 0, 4).astype(int)
+    np.testing.assert_array_equal(metrics.apply_cutoffs(pred), expected)
+    np.testing.assert_array_equal(
+        metrics.apply_cutoffs([[0.2], [0.7], [3.2]], (0.6, 1, 2, 3)), [0, 1, 4]
+    )
+    with pytest.raises(ValueError, match="increasing"):
+        metrics.apply_cutoffs([1.0], (0.5, 2.5, 1.5, 3.5))
+    with pytest.raises(ValueError, match="increasing"):
+        metrics.apply_cutoffs([1.0], (0.5, 1.5, 2.5))
+
+
+def test_regression_metrics_by_hand():
+    y = np.array([0, 1, 2, 3])
+    pred = np.array([0.4, 1.0, 3.0, 3.0])
+    # errors 0.4, 0, 1, 0 -> MAE 1.4/4 = 0.35, RMSE sqrt(1.16/4)
+    m = metrics.regression_metrics(y, pred)
+    assert m["mae"] == pytest.approx(0.35)
+    assert m["rmse"] == pytest.approx(math.sqrt(1.16 / 4))
+    assert m["cutoffs"] == [0.5, 1.5, 2.5, 3.5]
+    assert m["cutoffs_source"] == "default"
+    assert m["confusion_matrix_rounded"] == m["confusion_matrix_tuned"]
+    assert m["accuracy_rounded"] == 0.75
+    assert m["qwk_rounded"] == m["qwk_tuned"] < 1.0
+    m = metrics.regression_metrics(y, pred[:, None], cutoffs=(0.5, 1.5, 3.5, 4.0))
+    assert m["cutoffs_source"] == "given"
+    # 3.0 now falls in grade 2 (2.5 <= x < 3.5 moved to 1.5 <= x < 3.5): row 3 predicted 2.
+    assert m["confusion_matrix_tuned"][3] == [0, 0, 1, 0, 0]
+    json.dumps(m, allow_nan=False)
+
+
+def test_optimize_cutoffs_fixes_constant_shift():
+    # Every grade predicted 0.6 too high: rounding lands one grade up; cut-offs at the
+    # midpoints (1.1, 2.1, 3.1, 4.1) recover every grade exactly.
+    y = np.repeat(np.arange(5), 6)
+    pred = y + 0.6 + np.tile(np.linspace(-0.05, 0.05, 6), 5)
+    rounded = metrics.regression_metrics(y, pred)
+    assert rounded["qwk_rounded"] < 1.0
+    cut = metrics.optimize_cutoffs(y, pred)
+    assert len(cut) == 4 and all(isinstance(c, float) for c in cut)
+    assert list(cut) == sorted(cut)
+    for c, g in zip(cut, range(4), strict=True):
+        assert g + 0.65 < c < g + 1.55  # between the grade-g and grade-(g+1) clusters
+    tuned = metrics.regression_metrics(y, pred, cut)
+    assert tuned["qwk_tuned"] == 1.0
+    assert tuned["accuracy_tuned"] == 1.0
+
+
+def test_optimize_cutoffs_fixes_plus_0_4_with_spread():
+    # +0.4 shift with spread: many predictions cross x.5 and round one grade up.
+    rng = np.random.default_rng(3)
+    y = np.repeat(np.arange(5), 20)
+    pred = y + 0.4 + rng.uniform(-0.3, 0.3, y.size)
+    init_q = metrics.regression_metrics(y, pred)["qwk_rounded"]
+    cut = metrics.optimize_cutoffs(y, pred)
+    assert init_q < 1.0
+    assert metrics.regression_metrics(y, pred, cut)["qwk_tuned"] == 1.0
+
+
+def test_optimize_cutoffs_never_worse_and_deterministic():
+    rng = np.random.default_rng(7)
+    for trial in range(5):
+        y = rng.integers(0, 5, 150)
+        pred = y * rng.uniform(0.5, 1.2) + rng.normal(0, 1.0, y.size)
+        init = (0.5, 1.5, 2.5, 3.5) if trial % 2 else (0.2, 1.0, 2.9, 3.3)
+        cut = metrics.optimize_cutoffs(y, pred, initial=init)
+        assert cut == metrics.optimize_cutoffs(y, pred, initial=init)
+        assert all(a < b for a, b in zip(cut, cut[1:], strict=False))
+        q0 = metrics.quadratic_weighted_kappa(y, metrics.apply_cutoffs(pred, init))
+        q1 = metrics.quadratic_weighted_kappa(y, metrics.apply_cutoffs(pred, cut))
+        assert q1 >= q0
+
+
+def test_optimize_cutoffs_keeps_initial_when_already_perfect():
+    y = np.array([0, 1, 2, 3, 4, 4])
+    pred = y.astype(float)
+    assert metrics.optimize_cutoffs(y, pred) == (0.5, 1.5, 2.5, 3.5)
+
+
+def test_json_safe():
+    out = metrics.json_safe(
+        {"a": np.float32(0.5), "b": np.nan, "c": (np.int64(2), np.inf), "d": np.bool_(True)}
+    )
+    assert out == {"a": 0.5, "b": None, "c": [2, None], "d": True}
+    assert type(out["c"][0]) is int and type(out["d"]) is bool

@@ -1,0 +1,330 @@
+"""Tests for eyegazer_keras.models.vit_lora on tiny random ViTs (no network)."""
+
+import json
+import re
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+
+from eyegazer_keras.models import vit_lora
+from eyegazer_keras.models.vit_lora import (
+    adapter_size_report,
+    build_info,
+    build_vit_classifier,
+    count_parameters,
+    format_trainable_parameters,
+    load_adapter,
+    lora_parameter_count,
+    save_adapter,
+)
+
+SIZE, PATCH, LAYERS, HEADS, HIDDEN, MLP = 28, 7, 2, 2, 48, 96
+TINY = dict(patch_size=PATCH, num_layers=LAYERS, num_heads=HEADS, hidden_dim=HIDDEN, mlp_dim=MLP)
+
+
+def _images(n=2, size=SIZE, seed=0):
+    return np.random.default_rng(seed).uniform(0, 255, (n, size, size, 3)).astype("float32")
+
+
+def _randomize_lora_b(model, seed=1):
+    rng = np.random.default_rng(seed)
+    for v in model.trainable_weights:
+        if v.path.endswith("lora_kernel_b"):
+            v.assign(rng.normal(0, 0.5, v.shape).astype("float32"))
+
+
+@pytest.fixture(scope="module")
+def preset_dir(tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.ViTBackbone(image_shape=(SIZE, SIZE, 3), **TINY)
+    path = tmp_path_factory.mktemp("vit_preset")
+    backbone.save_to_preset(str(path))
+    return str(path)
+
+
+def _hf_checkpoint(path, *, preprocessor=None, seed=0):
+    """Writes a tiny HF `ViTForImageClassification` checkpoint (config + safetensors)."""
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    rng = np.random.default_rng(seed)
+
+    def w(*shape):
+        return rng.normal(0, 0.05, shape).astype("float32")
+
+    n = (SIZE // PATCH) ** 2 + 1
+    t = {
+        "vit.embeddings.cls_token": w(1, 1, HIDDEN),
+        "vit.embeddings.position_embeddings": w(1, n, HIDDEN),
+        "vit.embeddings.patch_embeddings.projection.weight": w(HIDDEN, 3, PATCH, PATCH),
+        "vit.embeddings.patch_embeddings.projection.bias": w(HIDDEN),
+        "vit.layernorm.weight": 1 + w(HIDDEN),
+        "vit.layernorm.bias": w(HIDDEN),
+        "classifier.weight": w(5, HIDDEN),
+        "classifier.bias": w(5),
+    }
+    for i in range(LAYERS):
+        p = f"vit.encoder.layer.{i}."
+        for name in ("query", "key", "value"):
+            t[p + f"attention.attention.{name}.weight"] = w(HIDDEN, HIDDEN)
+            t[p + f"attention.attention.{name}.bias"] = w(HIDDEN)
+        t[p + "attention.output.dense.weight"] = w(HIDDEN, HIDDEN)
+        t[p + "attention.output.dense.bias"] = w(HIDDEN)
+        for ln in ("layernorm_before", "layernorm_after"):
+            t[p + f"{ln}.weight"] = 1 + w(HIDDEN)
+            t[p + f"{ln}.bias"] = w(HIDDEN)
+        t[p + "intermediate.dense.weight"] = w(MLP, HIDDEN)
+        t[p + "intermediate.dense.bias"] = w(MLP)
+        t[p + "output.dense.weight"] = w(HIDDEN, MLP)
+        t[p + "output.dense.bias"] = w(HIDDEN)
+    config = {
+        "model_type": "vit",
+        "architectures": ["ViTForImageClassification"],
+        "image_size": SIZE,
+        "patch_size": PATCH,
+        "num_channels": 3,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "hidden_size": HIDDEN,
+        "intermediate_size": MLP,
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "qkv_bias": True,
+        "id2label": {str(i): str(i) for i in range(5)},
+    }
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(config))
+    if preprocessor is not None:
+        (path / "preprocessor_config.json").write_text(json.dumps(preprocessor))
+    safetensors_numpy.save_file(t, str(path / "model.safetensors"))
+    return t
+
+
+def _var(model, suffix):
+    matches = [v for v in model.weights if v.path.endswith(suffix)]
+    assert len(matches) == 1, (suffix, [v.path for v in matches])
+    return matches[0]
+
+
+def test_config_source_outputs_probabilities():
+    for pooling, num_classes in (("token", 5), ("gap", 2)):
+        model = build_vit_classifier(
+            "config",
+            backbone_config=TINY,
+            num_classes=num_classes,
+            image_size=SIZE,
+            pooling=pooling,
+            lora_rank=2,
+            head_dropout=0.1,
+        )
+        probs = keras.ops.convert_to_numpy(model(_images()))
+        assert probs.shape == (2, num_classes) and probs.dtype == np.float32
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+        assert model.get_layer("predictions").units == num_classes
+        assert build_info(model)["backbone"]["type"] == "config"
+
+
+def test_lora_parameter_counts_exact():
+    r = 4
+    model = build_vit_classifier(
+        "config", backbone_config=TINY, num_classes=5, image_size=SIZE, lora_rank=r
+    )
+    head = HIDDEN * 5 + 5
+    lora = lora_parameter_count(num_layers=LAYERS, hidden_dim=HIDDEN, num_heads=HEADS, rank=r)
+    # Keras EinsumDense LoRA: A (h, heads, r) + B (r, h/heads), on query and value of L blocks.
+    assert lora["keras"] == LAYERS * 2 * (HIDDEN * HEADS * r + r * HIDDEN // HEADS)
+    assert lora["peft"] == LAYERS * 2 * (HIDDEN * r + r * HIDDEN)
+    counts = count_parameters(model)
+    assert counts["trainable"] == lora["keras"] + head
+    trainable = {v.path for v in model.trainable_weights}
+    assert all(
+        p.endswith(("lora_kernel_a", "lora_kernel_b")) or "predictions" in p for p in trainable
+    )
+    assert len(trainable) == LAYERS * 2 * 2 + 2
+    # q/v biases are frozen (PEFT bias="none").
+    assert not _var(model, "transformer_block_1/mha/query/bias").trainable
+    text = format_trainable_parameters(model)
+    assert re.fullmatch(
+        r"trainable params: [\d,]+ \|\| all params: [\d,]+ \|\| trainable%: \d+\.\d{4}", text
+    )
+    assert f"{counts['trainable']:,d}" in text
+
+    full = build_vit_classifier(
+        "config", backbone_config=TINY, num_classes=5, image_size=SIZE, lora_rank=0
+    )
+    c = count_parameters(full)
+    assert c["trainable"] == c["total"] == counts["total"] - lora["keras"]
+    assert c["percent"] == 100.0
+
+
+def test_alpha_scales_the_lora_update(preset_dir):
+    r = 2
+    models = {
+        alpha: build_vit_classifier(
+            preset_dir, num_classes=5, image_size=SIZE, lora_rank=r, lora_alpha=alpha
+        )
+        for alpha in (r, 2 * r)
+    }
+    _randomize_lora_b(models[r])
+    for src, dst in zip(models[r].trainable_weights, models[2 * r].trainable_weights, strict=True):
+        dst.assign(src.value)  # same A, B and head: only alpha differs
+    base = keras.ops.convert_to_numpy(_var(models[r], "block_1/mha/query/kernel").value)
+    deltas = {}
+    for alpha, model in models.items():
+        layer = next(
+            la
+            for la in model._flatten_layers()
+            if la.name == "query" and la._kernel.path.endswith("block_1/mha/query/kernel")
+        )
+        assert layer.lora_alpha == alpha
+        deltas[alpha] = keras.ops.convert_to_numpy(layer.kernel) - base
+    np.testing.assert_allclose(deltas[2 * r], 2 * deltas[r], rtol=1e-4, atol=1e-6)
+    x = _images()
+    out = {a: keras.ops.convert_to_numpy(m(x)) for a, m in models.items()}
+    assert np.abs(out[r] - out[2 * r]).max() > 1e-4
+
+
+def test_preset_dir_source_and_resize(preset_dir):
+    backbone = keras_hub.models.Backbone.from_preset(preset_dir)
+    model = build_vit_classifier(preset_dir, num_classes=5, image_size=SIZE, lora_rank=0)
+    for v in backbone.weights:
+        np.testing.assert_array_equal(v.numpy(), _var(model, v.path).numpy())
+    assert build_info(model)["backbone"] == {"type": "keras_preset", "preset": preset_dir}
+    # No converter in the preset -> mean = std = 0.5 (0..255 -> -1..1).
+    norm = model.get_layer("normalization")
+    np.testing.assert_allclose(norm.scale, [1 / 127.5] * 3)
+    np.testing.assert_allclose(norm.offset, [-1.0] * 3)
+
+    big = build_vit_classifier(preset_dir, num_classes=5, image_size=2 * SIZE, lora_rank=2)
+    assert big(_images(size=2 * SIZE)).shape == (2, 5)
+    old = backbone.get_layer("vit_patching_and_embedding").position_embedding.embeddings.numpy()
+    new = _var(big, "position_embedding/embeddings").numpy()
+    assert new.shape == ((2 * SIZE // PATCH) ** 2 + 1, HIDDEN)
+    np.testing.assert_array_equal(new[0], old[0])  # class-token position kept
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        build_vit_classifier(preset_dir, num_classes=5, image_size=30)
+
+
+def test_hf_checkpoint_source(tmp_path):
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    t = _hf_checkpoint(
+        tmp_path / "hf", preprocessor={"image_mean": mean, "image_std": std, "do_rescale": True}
+    )
+    model = build_vit_classifier(str(tmp_path / "hf"), num_classes=2, image_size=SIZE)
+    assert build_info(model)["backbone"]["type"] == "hf_checkpoint"
+    q = t["vit.encoder.layer.1.attention.attention.query.weight"]
+    np.testing.assert_allclose(
+        _var(model, "transformer_block_2/mha/query/kernel").numpy(),
+        q.T.reshape(HIDDEN, HEADS, HIDDEN // HEADS),
+    )
+    norm = model.get_layer("normalization")
+    np.testing.assert_allclose(norm.scale, 1 / (255 * np.array(std)), rtol=1e-6)
+    np.testing.assert_allclose(norm.offset, -np.array(mean) / np.array(std), rtol=1e-6)
+    assert model(_images()).shape == (2, 2)
+
+    # Without preprocessor_config.json: HF ViT default mean = std = 0.5.
+    _hf_checkpoint(tmp_path / "hf_plain")
+    plain = build_vit_classifier(str(tmp_path / "hf_plain"), num_classes=5, image_size=SIZE)
+    np.testing.assert_allclose(plain.get_layer("normalization").scale, [1 / 127.5] * 3)
+
+
+def test_adapter_round_trip_after_training(preset_dir, tmp_path):
+    kwargs = dict(num_classes=5, image_size=SIZE, lora_rank=4, lora_alpha=8)
+    model = build_vit_classifier(preset_dir, **kwargs)
+    bias_before = _var(model, "block_1/mha/value/bias").numpy().copy()
+    _randomize_lora_b(model)  # so that LoRA A gets gradients too
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    x, y = _images(8), np.arange(8) % 5
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+
+    path = tmp_path / "run.adapter.npz"
+    size = save_adapter(model, path)
+    with np.load(path) as data:
+        assert set(data.files) == {v.path for v in model.trainable_weights} | {"__metadata__"}
+    report = adapter_size_report(model, path)
+    assert report["adapter_bytes"] == size < report["full_model_bytes"]
+
+    fresh = build_vit_classifier(preset_dir, **kwargs)
+    before = keras.ops.convert_to_numpy(fresh(x))
+    meta = load_adapter(fresh, path)
+    assert meta["build"]["lora_alpha"] == 8
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(fresh(x)), keras.ops.convert_to_numpy(model(x)), atol=1e-6
+    )
+    assert np.abs(before - keras.ops.convert_to_numpy(model(x))).max() > 1e-4
+    # Frozen q/v biases: untouched by training, identical in the fresh model.
+    for m in (model, fresh):
+        np.testing.assert_array_equal(_var(m, "block_1/mha/value/bias").numpy(), bias_before)
+
+    wrong_rank = build_vit_classifier(preset_dir, **{**kwargs, "lora_rank": 2})
+    with pytest.raises(ValueError, match="lora_rank=4"):
+        load_adapter(wrong_rank, path)
+    wrong_alpha = build_vit_classifier(preset_dir, **{**kwargs, "lora_alpha": 4})
+    with pytest.raises(ValueError, match="lora_alpha"):
+        load_adapter(wrong_alpha, path)
+    other_base = build_vit_classifier("config", backbone_config=TINY, **kwargs)
+    with pytest.raises(ValueError, match="frozen backbone weights differ"):
+        load_adapter(other_base, path)
+
+
+def test_adapter_key_errors(preset_dir, tmp_path):
+    model = build_vit_classifier(preset_dir, num_classes=5, image_size=SIZE, lora_rank=2)
+    path = tmp_path / "a.npz"
+    save_adapter(model, path)
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    meta = json.loads(str(arrays["__metadata__"]))
+    meta["build"] = {}  # skip the metadata checks to reach the key checks
+    arrays["__metadata__"] = np.array(json.dumps(meta))
+    key = "predictions/kernel"
+    bad = dict(arrays, **{key: np.zeros((HIDDEN, 3), "float32")})
+    np.savez(tmp_path / "shape.npz", **bad)
+    with pytest.raises(ValueError, match=re.escape(key) + ".*shape"):
+        load_adapter(model, tmp_path / "shape.npz")
+    np.savez(tmp_path / "missing.npz", **{k: v for k, v in arrays.items() if k != key})
+    with pytest.raises(ValueError, match="missing from file: \\['predictions/kernel'\\]"):
+        load_adapter(model, tmp_path / "missing.npz")
+    np.savez(tmp_path / "extra.npz", **arrays, **{"foo/bar": np.zeros(1)})
+    with pytest.raises(ValueError, match="not in model: \\['foo/bar'\\]"):
+        load_adapter(model, tmp_path / "extra.npz")
+
+
+def test_keras_save_and_load_model(preset_dir, tmp_path):
+    model = build_vit_classifier(
+        preset_dir, num_classes=5, image_size=SIZE, lora_rank=2, pooling="gap", head_dropout=0.1
+    )
+    _randomize_lora_b(model)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    x = _images()
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(loaded(x)), keras.ops.convert_to_numpy(model(x)), atol=1e-5
+    )
+    assert isinstance(loaded.get_layer("normalization"), vit_lora.PixelNormalization)
+
+
+def test_builds_and_fits_in_mirrored_strategy(preset_dir):
+    import tensorflow as tf
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        model = build_vit_classifier(preset_dir, num_classes=2, image_size=SIZE, lora_rank=2)
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    lora_a = next(v for v in model.trainable_weights if v.path.endswith("lora_kernel_a"))
+    assert isinstance(lora_a.value, tf.distribute.DistributedValues)
+    history = model.fit(_images(4), np.array([0, 1, 0, 1]), batch_size=2, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_mixed_precision_outputs_float32():
+    model = build_vit_classifier(
+        "config",
+        backbone_config=TINY,
+        num_classes=5,
+        image_size=SIZE,
+        lora_rank=2,
+        dtype="mixed_bfloat16",
+    )
+    probs = model(_images())
+    assert keras.backend.standardize_dtype(probs.dtype) == "float32"
