@@ -199,6 +199,20 @@ def make_augmenter(seed: int = 0) -> keras.Sequential:
     )
 
 
+def cached_images(ds: tf.data.Dataset, image_size: int) -> tf.data.Dataset:
+    """Resizes a split's stored images to `image_size` once and caches them in memory as uint8.
+
+    Build per-epoch pipelines on top with `make_dataset(..., cache=False)`: every epoch then
+    reads the cache instead of decoding the stored PNGs again.
+    """
+
+    def _resize(ex):
+        image = tf.cast(fundus.resize_for_model(ex["image"], image_size), tf.uint8)
+        return {"image": image, "label": ex["label"], "id_code": ex["id_code"]}
+
+    return ds.map(_resize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).cache()
+
+
 def make_dataset(
     ds: tf.data.Dataset,
     *,
@@ -239,13 +253,15 @@ def make_dataset(
     if label_mode not in LABEL_MODES:
         raise ValueError(f"label_mode '{label_mode}' is not one of {', '.join(LABEL_MODES)}")
 
-    def _resize(ex):
-        image = tf.cast(fundus.resize_for_model(ex["image"], image_size), tf.uint8)
-        return {"image": image, "label": ex["label"], "id_code": ex["id_code"]}
-
-    ds = ds.map(_resize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if cache:
-        ds = ds.cache()
+        ds = cached_images(ds, image_size)
+    else:
+
+        def _resize(ex):
+            image = tf.cast(fundus.resize_for_model(ex["image"], image_size), tf.uint8)
+            return {"image": image, "label": ex["label"], "id_code": ex["id_code"]}
+
+        ds = ds.map(_resize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if training and balanced_sampling:
         per_class = [
             ds.filter(lambda ex, c=c: tf.equal(ex["label"], c)).repeat().shuffle(512, seed=seed + c)

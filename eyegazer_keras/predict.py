@@ -142,7 +142,7 @@ def _decode_error(path: str, error: tf.errors.OpError) -> str:
     detail = _clean_tf_error(error)
     if "Unknown image file format" in detail:
         return f"{label}: not an image (unknown file format); expected a JPEG or PNG file."
-    return f"{label}: corrupt or truncated image ({detail}); re-export or re-copy the file."
+    return f"{label}: corrupt or truncated image ({detail}); re-save or re-copy the file."
 
 
 def _rows(outputs: dict[str, np.ndarray], n: int, task: str) -> list[dict]:

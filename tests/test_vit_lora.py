@@ -222,10 +222,22 @@ def test_hf_checkpoint_source(tmp_path):
     np.testing.assert_allclose(norm.offset, -np.array(mean) / np.array(std), rtol=1e-6)
     assert model(_images()).shape == (2, 2)
 
-    # Without preprocessor_config.json: HF ViT default mean = std = 0.5.
-    _hf_checkpoint(tmp_path / "hf_plain")
-    plain = build_vit_classifier(str(tmp_path / "hf_plain"), num_classes=5, image_size=SIZE)
+    assert model.get_layer("backbone").layer_norm_epsilon == 1e-12  # HF default
+
+    # `ViTModel` checkpoint (keys without "vit.", keras-hub #3007) and no
+    # preprocessor_config.json: same weights, HF ViT default mean = std = 0.5.
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    plain_dir = tmp_path / "hf_vitmodel"
+    _hf_checkpoint(plain_dir)
+    config = json.loads((plain_dir / "config.json").read_text())
+    config["architectures"] = ["ViTModel"]
+    (plain_dir / "config.json").write_text(json.dumps(config))
+    tensors = {k[len("vit.") :]: v for k, v in t.items() if k.startswith("vit.")}
+    safetensors_numpy.save_file(tensors, str(plain_dir / "model.safetensors"))
+    plain = build_vit_classifier(str(plain_dir), num_classes=5, image_size=SIZE)
     np.testing.assert_allclose(plain.get_layer("normalization").scale, [1 / 127.5] * 3)
+    for v in plain.non_trainable_weights:
+        np.testing.assert_array_equal(v.numpy(), _var(model, v.path).numpy())
 
 
 def test_adapter_round_trip_after_training(preset_dir, tmp_path):
@@ -328,3 +340,25 @@ def test_mixed_precision_outputs_float32():
     )
     probs = model(_images())
     assert keras.backend.standardize_dtype(probs.dtype) == "float32"
+
+
+def test_save_weights_merges_lora_and_adapter_guard_catches_it(preset_dir, tmp_path):
+    """Keras core trap: save/load_weights merges LoRA into kernels and zeroes A and B.
+
+    The outputs survive, but LoRA would get zero gradients after `load_weights`, and an adapter
+    saved from such a model is relative to the merged kernels: `load_adapter` refuses it.
+    """
+    kwargs = dict(num_classes=5, image_size=SIZE, lora_rank=2)
+    model = build_vit_classifier(preset_dir, **kwargs)
+    _randomize_lora_b(model)
+    model.save_weights(str(tmp_path / "w.weights.h5"))
+    reloaded = build_vit_classifier(preset_dir, **kwargs)
+    reloaded.load_weights(str(tmp_path / "w.weights.h5"))
+    x = _images()
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(reloaded(x)), keras.ops.convert_to_numpy(model(x)), atol=1e-5
+    )
+    assert all(not np.any(v.numpy()) for v in reloaded.trainable_weights if "lora_kernel" in v.path)
+    save_adapter(reloaded, tmp_path / "merged.npz")
+    with pytest.raises(ValueError, match="frozen backbone weights differ"):
+        load_adapter(build_vit_classifier(preset_dir, **kwargs), tmp_path / "merged.npz")

@@ -145,14 +145,16 @@ class FrugalTunerMixin:
 
     def _build_and_fit_model(self, trial, *args, **kwargs):
         import keras
+        import tree
         from autokeras.utils import utils
 
         model = self._try_build(trial.hyperparameters)
-        pipeline, (kwargs["x"], kwargs["y"]), kwargs["validation_data"] = (
-            self._prepare_model_build(trial.hyperparameters, **kwargs)
+        pipeline, (kwargs["x"], kwargs["y"]), kwargs["validation_data"] = self._prepare_model_build(
+            trial.hyperparameters, **kwargs
         )
         pipeline.save(self._pipeline_path(trial.trial_id))
-        keras.src.backend.compute_output_spec(model, kwargs["x"][:1])
+        one = tree.map_structure(lambda a: a[:1], kwargs["x"])
+        keras.src.backend.compute_output_spec(model, one if isinstance(one, list) else [one])
         self.adapt(model, kwargs["x"])
         _, history = utils.fit_with_adaptive_batch_size(model, **kwargs)
         return history
@@ -233,6 +235,9 @@ def float_input_model(model, image_size: int):
     import keras
 
     inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="image")
-    twin = keras.models.clone_model(model, input_tensors=inputs)
+    twin = keras.models.clone_model(model, input_tensors=[inputs])
     twin.set_weights(model.get_weights())
+    for layer in twin.layers:
+        if hasattr(layer, "finalize_state"):  # Normalization: mean/variance from adapt_* weights
+            layer.finalize_state()
     return twin

@@ -19,10 +19,18 @@ Decisions, so that training, saving and reloading agree:
   rank*head_dim`` parameters per target layer. That is *not* PEFT's ``hidden*rank +
   rank*hidden`` for the same rank (ViT-B/16, rank 8, q+v: 1,781,760 vs PEFT's 294,912).
   ``count_parameters`` reports what Keras really trains.
+* ``model.save(".keras")`` and ``model.save_weights`` store the LoRA update *merged* into the
+  kernels (Keras core behaviour). ``load_weights`` into a LoRA model then sets A and B to zero,
+  so outputs match but LoRA gets zero gradients afterwards: resume training from
+  `save_adapter`/`load_adapter` or ``tf.train.Checkpoint(model=..., optimizer=...)``, which keep
+  A/B as they are.
 
 Example:
 
 ```python
+import numpy as np
+from eyegazer_keras.models.vit_lora import build_vit_classifier
+
 model = build_vit_classifier(
     "config",
     backbone_config=dict(patch_size=7, num_layers=2, num_heads=2, hidden_dim=48, mlp_dim=96),
@@ -59,6 +67,7 @@ __all__ = [
     "format_trainable_parameters",
     "load_adapter",
     "lora_parameter_count",
+    "read_adapter_metadata",
     "save_adapter",
 ]
 
@@ -204,13 +213,17 @@ def build_vit_classifier(
 
     vit, source, source_norm = _load_backbone(backbone, backbone_config, image_size, dtype)
     vit = _resize_backbone(vit, image_size)
+    vit.name = "backbone"  # stable layer name (variable paths do not include it)
     scale, offset = _resolve_normalization(normalization, source_norm)
 
     inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="images")
     x = PixelNormalization(scale, offset, name="normalization")(inputs)
     x = vit(x)
     x = ViTPooling(
-        pooling, num_prefix_tokens=1 if vit.use_class_token else 0, dtype=vit.dtype_policy
+        pooling,
+        num_prefix_tokens=1 if vit.use_class_token else 0,
+        dtype=vit.dtype_policy,
+        name="pooling",
     )(x)
     if head_dropout:
         x = keras.layers.Dropout(head_dropout, name="head_dropout")(x)
@@ -284,19 +297,41 @@ def _load_backbone(backbone, backbone_config, image_size, dtype):
                 f"{backbone}: no config.json. Pass a directory written by "
                 "ViTBackbone.save_to_preset or a Hugging Face ViT checkpoint directory."
             )
-    kind = _preset_kind(backbone)
+    kind, config = _preset_kind(backbone)
     kwargs = {} if dtype is None else {"dtype": dtype}
-    try:
+    if kind == "hf_checkpoint":
+        # keras-hub's converter drops HF's layer_norm_eps (HF default 1e-12, keras-hub 1e-6).
+        kwargs["layer_norm_epsilon"] = config.get("layer_norm_eps", 1e-12)
+    if kind == "hf_checkpoint" and (config.get("architectures") or [""])[0] == "ViTModel":
+        vit = _load_hf_vitmodel(backbone, config, kwargs)
+    else:
         vit = keras_hub.models.ViTBackbone.from_preset(backbone, **kwargs)
-    except KeyError as err:  # keras-hub #3007: HF `ViTModel` keys lack the `vit.` prefix
-        raise ValueError(
-            f"{backbone}: keras-hub could not map the checkpoint weight {err}. HF `ViTModel` "
-            "checkpoints (e.g. google/vit-base-patch16-224-in21k) store keys without the "
-            "'vit.' prefix (keras-hub #3007): use a `ViTForImageClassification` checkpoint "
-            "or a keras-hub preset such as vit_base_patch16_224_imagenet21k."
-        ) from err
     source = {"type": kind, "preset": backbone}
     return vit, source, _preset_normalization(backbone, kind)
+
+
+def _load_hf_vitmodel(preset, config, kwargs):
+    """Loads an HF `ViTModel` checkpoint, whose keys lack the `vit.` prefix (keras-hub #3007).
+
+    Same keras-hub converter, with a weight loader that also tries the key without `vit.`.
+    """
+    from keras_hub.src.utils.transformers import convert_vit
+    from keras_hub.src.utils.transformers.safetensor_utils import SafetensorLoader
+
+    class _Loader(SafetensorLoader):
+        def get_tensor(self, hf_weight_key):
+            try:
+                return super().get_tensor(hf_weight_key)
+            except Exception:
+                if not hf_weight_key.startswith("vit."):
+                    raise
+                self.prefix = None
+                return super().get_tensor(hf_weight_key[len("vit.") :])
+
+    vit = keras_hub.models.ViTBackbone.from_preset(preset, load_weights=False, **kwargs)
+    with _Loader(preset) as loader:
+        convert_vit.convert_weights(vit, loader, config)
+    return vit
 
 
 def _preset_kind(preset):
@@ -304,9 +339,9 @@ def _preset_kind(preset):
 
     config = preset_utils.load_json(preset, preset_utils.CONFIG_FILE)
     if "registered_name" in config:
-        return "keras_preset"
+        return "keras_preset", config
     if config.get("model_type") == "vit":
-        return "hf_checkpoint"
+        return "hf_checkpoint", config
     raise ValueError(
         f"{preset}: config.json describes {config.get('model_type') or 'an unknown model'}, "
         "not a ViT. Pass a keras-hub ViT preset or a Hugging Face ViT checkpoint."

@@ -1,0 +1,255 @@
+"""`eyegazer`: the command line. Thin: parse, call one library function, print.
+
+Exit code 0 on success; on bad input a one-line reason on stderr and a non-zero code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, RuntimeError, OSError, KeyError)
+
+
+def _quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def cmd_prepare(args) -> int:
+    from eyegazer_keras import data
+
+    builder = data.prepare(args.dataset, args.data_dir, args.config, args.manual_dir)
+    _print(f"prepared {args.dataset}/{builder.builder_config.name} in {builder.data_dir}")
+    for split, info in builder.info.splits.items():
+        labels = data.split_labels(args.dataset, split, args.data_dir, args.config)
+        if data.has_labels(labels):
+            counts = {
+                name: int((labels == k).sum())
+                for k, name in enumerate(builder.info.features["label"].names)
+            }
+            _print(f"  {split}: {info.num_examples} examples, per grade {json.dumps(counts)}")
+        else:
+            _print(f"  {split}: {info.num_examples} examples, unlabeled")
+    report_path = os.path.join(builder.data_dir, "build_report.json")
+    if os.path.exists(report_path):
+        _print(f"  build report: {report_path}")
+    if args.preview:
+        path = preview_grid(args.dataset, args.data_dir, args.config, args.preview)
+        _print(f"  preview: {path}")
+    return 0
+
+
+def preview_grid(dataset: str, data_dir, config, path: str, per_grade: int = 6) -> str:
+    """Writes a PNG grid: one row per grade, `per_grade` validation images each."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from eyegazer_keras import GRADE_NAMES, data
+
+    images = {g: [] for g in range(5)}
+    for ex in data.load_split(dataset, "validation", data_dir, config).as_numpy_iterator():
+        g = int(ex["label"])
+        if 0 <= g < 5 and len(images[g]) < per_grade:
+            images[g].append(ex["image"])
+        if all(len(v) >= per_grade for v in images.values()):
+            break
+    fig = Figure(figsize=(per_grade * 1.6, 5 * 1.7))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(5, per_grade, squeeze=False)
+    for g in range(5):
+        for k in range(per_grade):
+            ax = axes[g][k]
+            ax.axis("off")
+            if k < len(images[g]):
+                ax.imshow(np.asarray(images[g][k]))
+            if k == 0:
+                ax.set_title(f"{g}: {GRADE_NAMES[g]}", fontsize=8, loc="left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    return path
+
+
+def _load_config(name: str, overrides, workdir=None):
+    from eyegazer_keras import configs
+
+    config = configs.apply_overrides(configs.get_config(name), overrides)
+    return config
+
+
+def cmd_train(args) -> int:
+    from eyegazer_keras import configs, train
+
+    config = _load_config(args.config, args.set)
+    if not isinstance(config, configs.TrainConfig):
+        raise ValueError(f"config '{args.config}' is a search config; use `eyegazer search`")
+    if args.data_dir:
+        config.data_dir = args.data_dir
+    workdir = args.workdir or os.path.join("runs", config.name)
+    summary = train.run_training(config, workdir, progress=_print)
+    if summary.get("chief"):
+        m = summary.get("metrics", {})
+        _print(
+            "validation: "
+            + json.dumps({k: m.get(k) for k in ("accuracy", "majority_baseline", "qwk", "auroc")})
+        )
+        _print(f"run written to {os.path.abspath(workdir)}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from eyegazer_keras import train
+
+    m = train.evaluate_run(args.workdir, args.split)
+    _print(json.dumps({k: m.get(k) for k in ("n", "accuracy", "majority_baseline", "qwk", "auroc")}))
+    _print(f"metrics and plots written to {os.path.abspath(args.workdir)}")
+    return 0
+
+
+def cmd_search(args) -> int:
+    from eyegazer_keras import configs, search
+
+    config = _load_config(args.config, args.set)
+    if not isinstance(config, configs.SearchConfig):
+        raise ValueError(f"config '{args.config}' is a training config; use `eyegazer train`")
+    if args.data_dir:
+        config.data_dir = args.data_dir
+    workdir = args.workdir or os.path.join("runs", config.name)
+    summary = search.run_search(config, workdir, progress=_print)
+    _print(json.dumps(summary.get("metrics", summary), default=str)[:2000])
+    return 0
+
+
+def cmd_export(args) -> int:
+    from eyegazer_keras import train
+
+    path = train.export_run(args.workdir, args.output)
+    _print(f"SavedModel written to {path}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from eyegazer_keras import predict
+
+    results = predict.predict_paths(args.model, args.images, stdin=sys.stdin.buffer)
+    for line in predict.format_prediction_lines(results):
+        _print(line)
+    return 1 if any("error" in r for r in results) else 0
+
+
+def cmd_demo(args) -> int:
+    """prepare synthetic_fundus -> train (demo config) -> evaluate -> export -> predict."""
+    from eyegazer_keras import configs, data, train
+
+    os.makedirs(args.workdir, exist_ok=True)
+    _print("1/4 preparing synthetic_fundus (generated on the spot, no download)")
+    cmd_prepare(
+        argparse.Namespace(
+            dataset="synthetic_fundus",
+            data_dir=args.data_dir,
+            config=None,
+            manual_dir=None,
+            preview=os.path.join(args.workdir, "preview.png") if args.workdir else None,
+        )
+    )
+    config = configs.apply_overrides(configs.get_config("demo"), args.set)
+    config.data_dir = args.data_dir
+    _print("2/4 training ViT + LoRA (demo config)")
+    summary = train.run_training(config, args.workdir, progress=_print)
+    _print(f"    {summary['trainable_parameters']}")
+    _print("3/4 evaluating on the validation split")
+    m = train.evaluate_run(args.workdir, "validation")
+    _print(
+        "    "
+        + json.dumps(
+            {k: m.get(k) for k in ("accuracy", "majority_baseline", "qwk", "auroc")}, default=str
+        )
+    )
+    _print(f"4/4 exported SavedModel: {summary.get('export')}")
+    del data
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="eyegazer",
+        description="Diabetic-retinopathy grading with Keras. Research software, NOT a medical device.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="build a dataset (synthetic_fundus or aptos2019)")
+    p.add_argument("dataset", choices=["synthetic_fundus", "aptos2019"])
+    p.add_argument("--manual-dir", help="folder holding aptos2019-blindness-detection.zip or its extracted files")
+    p.add_argument("--data-dir", help="where prepared TFRecords go (default ~/tensorflow_datasets)")
+    p.add_argument("--config", help="builder config (e.g. 512, 512_ben_graham, tiny)")
+    p.add_argument("--preview", metavar="PNG", help="write a grid of validation images per grade")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="ViT + LoRA fit (checkpoints, metrics, adapter, SavedModel)")
+    p.add_argument("--config", required=True, help="demo | blog-run1 | blog-run2 | blog-run3")
+    p.add_argument("--workdir", help="run directory (default runs/<config>)")
+    p.add_argument("--data-dir")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics.json + plots for a trained run")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--split", default="validation")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("search", help="AutoKeras ImageRegressor search, cut-offs tuned on QWK, export")
+    p.add_argument("--config", required=True, help="search-demo | search-aptos")
+    p.add_argument("--workdir")
+    p.add_argument("--data-dir")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("export", help="SavedModel (+ model card) from a run")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--output", required=True)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("predict", help="one JSON line per image (use - for stdin)")
+    p.add_argument("--model", required=True, help="exported SavedModel directory")
+    p.add_argument("images", nargs="+")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("demo", help="prepare synthetic data, train, evaluate and export in one go")
+    p.add_argument("--workdir", default=os.path.join("runs", "demo"))
+    p.add_argument("--data-dir")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    _quiet_tensorflow()
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("eyegazer: interrupted", file=sys.stderr)
+        return 130
+    except EXPECTED_ERRORS as err:
+        if args.verbose:
+            raise
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"eyegazer {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

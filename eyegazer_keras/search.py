@@ -1,0 +1,323 @@
+"""`eyegazer search`: AutoKeras ImageRegressor search -> cut-offs tuned on QWK -> report -> export.
+
+config -> numpy uint8 arrays (`data.load_numpy`) -> `models.regressor.build_regressor` search in
+`workdir/search/` -> continuous grades on validation -> `metrics.optimize_cutoffs` (starting from
+plain rounding) -> `report.write_regression_report` -> `export.export_saved_model` with the
+cut-offs baked in.
+
+Resumable: the search state (keras-tuner oracle + trials) lives in `workdir/search/regressor/`;
+re-running the same command after an interruption keeps the finished trials and continues.
+`overwrite=True` starts afresh.
+
+Files in `workdir`: `config.json`, `metrics_validation.json`, `confusion_matrix_validation.png`,
+`predictions_validation.png`, `model.keras` (best model, float32 input), `search_summary.json`,
+`export/` (SavedModel + model card), `search/` (AutoKeras / keras-tuner state).
+
+Example:
+
+```python
+from eyegazer_keras import configs, search
+
+config = configs.apply_overrides(configs.get_config("search-demo"), ["max_trials=1"])
+summary = search.run_search(config, "runs/search-demo", progress=print)
+print(summary["metrics"]["qwk_tuned"])
+```
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from eyegazer_keras import configs, data
+
+logger = logging.getLogger(__name__)
+
+SEARCH_DIR = "search"
+PROJECT_NAME = "regressor"
+EXPORT_DIR = "export"
+MODEL_FILE = "model.keras"
+SUMMARY_FILE = "search_summary.json"
+PREDICT_BATCH = 256
+
+
+def _progress_callback(tuner, max_trials: int, epochs: int, objective: str, emit):
+    """A Keras callback that reports "trial n of N" and the best score so far.
+
+    keras-tuner deep-copies callbacks for every trial; `__deepcopy__` keeps the shared tuner.
+    """
+    import keras
+
+    class SearchProgress(keras.callbacks.Callback):
+        def __deepcopy__(self, memo):
+            return SearchProgress()
+
+        def _state(self):
+            oracle = tuner.oracle
+            done = [t for t in oracle.trials.values() if t.status == "COMPLETED"]
+            best = oracle.get_best_trials(1)
+            score = best[0].score if best and best[0].score is not None else None
+            best_text = "n/a" if score is None else f"{score:.4f}"
+            return len(oracle.trials), len(done), best_text
+
+        def on_train_begin(self, logs=None):
+            n, done, best = self._state()
+            emit(
+                f"trial {n} of {max_trials} started ({done} finished, "
+                f"best {objective} so far: {best})"
+            )
+
+        def on_epoch_end(self, epoch, logs=None):
+            n, _, best = self._state()
+            value = (logs or {}).get(objective)
+            now = "n/a" if value is None else f"{value:.4f}"
+            emit(
+                f"trial {n} of {max_trials}, epoch {epoch + 1}/{epochs}: {objective}={now} "
+                f"(best so far: {best})"
+            )
+
+    return SearchProgress()
+
+
+def _predict(model, images, batch_size: int = PREDICT_BATCH):
+    """Continuous grades `[N]` for uint8 images, converting one batch at a time to float32."""
+    import numpy as np
+
+    out = [
+        np.asarray(model.predict_on_batch(images[i : i + batch_size].astype("float32")))
+        for i in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(out).reshape(-1).astype("float64")
+
+
+def fit_search(config, search_dir, x_train, y_train, x_val, y_val, emit=None):
+    """Builds the AutoKeras search in `search_dir` and runs (or resumes) it on uint8 arrays.
+
+    Args:
+        config: `configs.SearchConfig`.
+        search_dir: str or path. Search state folder (`workdir/search`).
+        x_train: uint8 array `[N, S, S, 3]`. Training images; never copied to float.
+        y_train: int array `[N]`. Training grades 0..4.
+        x_val: uint8 array `[M, S, S, 3]`. Validation images (the search objective).
+        y_val: int array `[M]`. Validation grades.
+        emit: callable taking one line of progress text. Defaults to `logger.info`.
+
+    Returns:
+        The fitted `ak.AutoModel`.
+    """
+    import keras
+
+    from eyegazer_keras.models import regressor
+
+    emit = emit or logger.info
+    keras.utils.set_random_seed(config.seed)
+    auto_model = regressor.build_regressor(config, str(search_dir), PROJECT_NAME)
+    tuner = auto_model.tuner
+    finished = sum(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
+    if finished and not config.overwrite:
+        emit(f"resuming search in {search_dir}: {finished} of {config.max_trials} trials done")
+    callbacks = [
+        # An EarlyStopping of our own (the one AutoKeras would insert, same settings) also stops
+        # AutoKeras from re-training the best model from scratch after the search: the best
+        # trial's checkpoint is the result.
+        keras.callbacks.EarlyStopping(monitor=config.objective, patience=10, min_delta=1e-4),
+        _progress_callback(tuner, config.max_trials, config.epochs, config.objective, emit),
+    ]
+    auto_model.fit(
+        x_train,
+        y_train.astype("float32"),
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        validation_data=(x_val, y_val.astype("float32")),
+        callbacks=callbacks,
+        verbose=0,
+    )
+    return auto_model
+
+
+def run_search(config, workdir, progress: Callable[[str], None] | None = None) -> dict:
+    """Runs (or resumes) the AutoKeras grade-regression search and evaluates/exports the best model.
+
+    Args:
+        config: `configs.SearchConfig`.
+        workdir: str or path. Run folder; the search state goes to `workdir/search/`.
+        progress: callable taking one line of text (e.g. `print`). Lines are also logged at
+            INFO. Defaults to None.
+
+    Returns:
+        Summary dict: `workdir`, `trials` (finished), `max_trials`, `best_trial_id`,
+        `best_score`, `objective`, `cutoffs`, `metrics` (rmse, mae, qwk_rounded, qwk_tuned, ...),
+        `num_train`, `num_validation`, `train_bytes_uint8`, `wall_time_s`, `export_dir`.
+
+    Raises:
+        data.DataNotPreparedError: the dataset is not prepared (message names the command).
+    """
+    start = time.monotonic()
+
+    def emit(line: str) -> None:
+        logger.info(line)
+        if progress is not None:
+            progress(line)
+
+    if not isinstance(config, configs.SearchConfig):
+        raise TypeError(
+            f"run_search needs a SearchConfig, got {type(config).__name__}; "
+            "use a search config such as `--config search-demo`"
+        )
+    # Fail fast, before any heavy import or data loading.
+    builder = data.prepared_builder(config.dataset, config.data_dir, config.dataset_config)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(
+        json.dumps(configs.to_dict(config), indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
+
+    from eyegazer_keras import metrics, report
+    from eyegazer_keras.models import regressor
+
+    emit(f"loading {config.dataset} train/validation as uint8 at {config.image_size} px")
+    x_train, y_train, _ = data.load_numpy(
+        config.dataset,
+        "train",
+        config.image_size,
+        config.data_dir,
+        config.dataset_config,
+        config.max_train_examples,
+    )
+    x_val, y_val, _ = data.load_numpy(
+        config.dataset,
+        "validation",
+        config.image_size,
+        config.data_dir,
+        config.dataset_config,
+        config.max_eval_examples,
+    )
+    emit(
+        f"train {x_train.shape} {x_train.dtype} ({x_train.nbytes / 2**20:.1f} MiB), "
+        f"validation {x_val.shape} {x_val.dtype} ({x_val.nbytes / 2**20:.1f} MiB)"
+    )
+
+    auto_model = fit_search(config, workdir / SEARCH_DIR, x_train, y_train, x_val, y_val, emit)
+    tuner = auto_model.tuner
+    best_trial = tuner.oracle.get_best_trials(1)[0]
+    done = sum(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
+    emit(
+        f"search finished: {done} of {config.max_trials} trials, best trial "
+        f"{best_trial.trial_id} {config.objective}={best_trial.score:.4f}"
+    )
+
+    model = regressor.float_input_model(auto_model.export_model(), config.image_size)
+    model.save(workdir / MODEL_FILE)
+    y_pred = _predict(model, x_val)
+    cutoffs = metrics.optimize_cutoffs(y_val, y_pred)
+    result = report.write_regression_report(workdir, y_val, y_pred, cutoffs, split="validation")
+    emit(
+        f"validation: rmse={result['rmse']:.4f} mae={result['mae']:.4f} "
+        f"qwk_rounded={result['qwk_rounded']:.4f} qwk_tuned={result['qwk_tuned']:.4f} "
+        f"cut-offs={[round(c, 3) for c in cutoffs]}"
+    )
+
+    export_dir = None
+    if config.export:
+        export_dir = _export(model, config, builder, cutoffs, result, workdir, done)
+        emit(f"exported SavedModel to {export_dir}")
+
+    summary = {
+        "workdir": str(workdir),
+        "trials": done,
+        "max_trials": config.max_trials,
+        "best_trial_id": best_trial.trial_id,
+        "best_score": float(best_trial.score),
+        "objective": config.objective,
+        "cutoffs": [float(c) for c in cutoffs],
+        "metrics": result,
+        "num_train": int(len(x_train)),
+        "num_validation": int(len(x_val)),
+        "train_bytes_uint8": int(x_train.nbytes),
+        "validation_bytes_uint8": int(x_val.nbytes),
+        "wall_time_s": round(time.monotonic() - start, 1),
+        "export_dir": export_dir,
+    }
+    (workdir / SUMMARY_FILE).write_text(
+        json.dumps(metrics.json_safe(summary), indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
+    return summary
+
+
+def _export(model, config, builder, cutoffs, result, workdir: Path, trials: int) -> str | None:
+    """Exports the best model through `eyegazer_keras.export` (cut-offs baked in, model card)."""
+    try:
+        from eyegazer_keras import export
+    except ImportError:  # pragma: no cover - the export module ships with the package
+        logger.warning("eyegazer_keras.export is not available; skipping the SavedModel export")
+        return None
+    card = {
+        "model_name": f"eyegazer AutoKeras grade regressor ({config.name})",
+        "data": {
+            "dataset": config.dataset,
+            "dataset_config": config.dataset_config,
+            "image_size": config.image_size,
+        },
+        "training": {
+            "method": "AutoKeras 3 AutoModel search: ImageInput -> ImageBlock -> RegressionHead "
+            "(MSE on the grade), cut-offs tuned on validation QWK",
+            "tuner": config.tuner,
+            "max_trials": config.max_trials,
+            "trials_finished": trials,
+            "epochs_per_trial": config.epochs,
+            "block_type": config.block_type or "searched",
+            "objective": config.objective,
+        },
+        "validation_metrics": {
+            key: result[key]
+            for key in ("rmse", "mae", "qwk_rounded", "qwk_tuned", "cutoffs")
+            if key in result
+        },
+        "cutoffs_note": "Cut-offs were tuned on the validation split, so qwk_tuned on that "
+        "split is optimistic; judge them on a held-out split.",
+    }
+    return export.export_saved_model(
+        model,
+        os.fspath(workdir / EXPORT_DIR),
+        task="regression",
+        image_size=config.image_size,
+        source_size=data.source_size(builder),
+        use_ben_graham=bool(getattr(builder.builder_config, "ben_graham", False)),
+        cutoffs=cutoffs,
+        metadata={"config": configs.to_dict(config), "run": str(workdir)},
+        model_card=card,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m eyegazer_keras.search --config NAME [--workdir W] [--set k=v ...]`.
+
+    The `eyegazer search` verb in `cli.py` does the same; this entry point exists so that tests
+    can run (and kill) a search in a subprocess.
+
+    Args:
+        argv: command-line arguments without the program name. Defaults to `sys.argv[1:]`.
+
+    Returns:
+        Exit code.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m eyegazer_keras.search")
+    parser.add_argument("--config", default="search-demo")
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    config = configs.apply_overrides(configs.get_config(args.config), args.sets)
+    workdir = args.workdir or os.path.join("runs", config.name)
+    run_search(config, workdir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,356 @@
+"""SavedModel export: parity with the training pipeline in a fresh process, signatures as
+documented in docs/serving.md, metadata, model card, bad bytes, binary and regression heads."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from eyegazer_keras import GRADE_NAMES, NOT_A_MEDICAL_DEVICE, export, fundus, metrics
+
+IMAGE_SIZE = 32
+SOURCE_SIZE = 64
+DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "serving.md"
+
+
+def tiny_vit_classifier(num_classes: int, seed: int = 0) -> keras.Model:
+    """Tiny random ViT with the project's model contract (0..255 in, normalisation inside)."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0)(inputs)
+    x = keras_hub.models.ViTBackbone(
+        image_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
+        patch_size=8,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=48,
+        mlp_dim=96,
+    )(x)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax")(x)
+    return keras.Model(inputs, outputs)
+
+
+def synthetic_fundus(height: int = 480, width: int = 640, seed: int = 0) -> np.ndarray:
+    """A fundus-like 4:3 photo: textured orange disc with dark vessels on a black border."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    cy, cx, r = height / 2 + 7, width / 2 - 11, 0.45 * height
+    dist = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
+    shade = np.clip(1.0 - 0.5 * (dist / r) ** 2, 0.0, 1.0)
+    image = np.zeros((height, width, 3), np.float32)
+    image[..., 0] = 215 * shade
+    image[..., 1] = 105 * shade
+    image[..., 2] = 35 * shade
+    for k in range(6):  # vessels: dark sine curves
+        curve = cy + (k - 2.5) * 30 + 20 * np.sin(xx / (40 + 9 * k) + k)
+        image[np.abs(yy - curve) < 2.5] *= 0.55
+    image += rng.normal(0.0, 6.0, image.shape)
+    image[dist > r] = 0.0
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def encode(image: np.ndarray, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def training_pipeline_probs(model, image_bytes: bytes) -> np.ndarray:
+    """What training feeds the model: decode -> preprocess_fundus (builder) -> resize_for_model."""
+    stored = fundus.preprocess_fundus(fundus.decode_image(image_bytes), SOURCE_SIZE)
+    return model(fundus.resize_for_model(stored, IMAGE_SIZE)[tf.newaxis]).numpy()[0]
+
+
+@pytest.fixture(scope="module")
+def grade_export(tmp_path_factory):
+    model = tiny_vit_classifier(5)
+    out = tmp_path_factory.mktemp("grade") / "export"
+    card = {"data": {"dataset": "synthetic_fundus", "split": "train/validation 80/20"}}
+    path = export.export_saved_model(
+        model,
+        out,
+        task="grade",
+        image_size=IMAGE_SIZE,
+        source_size=SOURCE_SIZE,
+        metadata={"config": {"name": "test", "lora_rank": 4}},
+        model_card=card,
+    )
+    return model, path
+
+
+@pytest.fixture(scope="module")
+def grade_loaded(grade_export):
+    return tf.saved_model.load(grade_export[1])
+
+
+@pytest.fixture(scope="module")
+def images():
+    from skimage import data
+
+    synth, retina = synthetic_fundus(), data.retina()
+    return {
+        f"{name}.{fmt.lower()}": encode(arr, fmt)
+        for name, arr in [("synthetic", synth), ("retina", retina)]
+        for fmt in ("PNG", "JPEG")
+    }
+
+
+_FRESH_PROCESS = textwrap.dedent(
+    """
+    import sys, numpy as np, tensorflow as tf
+    model_dir, out_path, *files = sys.argv[1:]
+    loaded = tf.saved_model.load(model_dir)
+    by_bytes = loaded.signatures["serving_default"]
+    by_images = loaded.signatures["serving_images"]
+    blobs = [open(f, "rb").read() for f in files]
+    result = {"batch": by_bytes(image_bytes=tf.constant(blobs))["probabilities"].numpy()}
+    for i, blob in enumerate(blobs):
+        result[f"bytes_{i}"] = by_bytes(image_bytes=tf.constant([blob]))["probabilities"].numpy()
+        decoded = tf.io.decode_image(blob, channels=3, expand_animations=False)[tf.newaxis]
+        result[f"images_{i}"] = by_images(images=decoded)["probabilities"].numpy()
+    np.savez(out_path, **result)
+    """
+)
+
+
+def test_fresh_process_parity_with_training_pipeline(grade_export, images, tmp_path):
+    model, path = grade_export
+    files = []
+    for name, blob in images.items():
+        files.append(tmp_path / name)
+        files[-1].write_bytes(blob)
+    out = tmp_path / "probs.npz"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    subprocess.run(
+        [sys.executable, "-c", _FRESH_PROCESS, path, str(out), *map(str, files)],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    served = np.load(out)
+    for i, (name, blob) in enumerate(images.items()):
+        expected = training_pipeline_probs(model, blob)
+        for key in (f"bytes_{i}", f"images_{i}"):
+            delta = np.abs(served[key][0] - expected).max()
+            assert delta <= 1e-5, f"{name} via {key}: max |dprob| = {delta}"
+        assert np.abs(served["batch"][i] - expected).max() <= 1e-5, name
+
+
+def test_parity_check_is_sensitive_to_preprocessing(grade_export, images):
+    """A pipeline without the fundus crop moves the output far more than the 1e-5 tolerance."""
+    model, _ = grade_export
+    blob = images["synthetic.png"]
+    naive = tf.image.resize(tf.cast(fundus.decode_image(blob), tf.float32), [IMAGE_SIZE] * 2)
+    naive_probs = model(naive[tf.newaxis]).numpy()[0]
+    assert np.abs(naive_probs - training_pipeline_probs(model, blob)).max() > 1e-4
+
+
+def _spec_shape(shape: tf.TensorShape, kind: str) -> str:
+    dims = list(shape)
+    if not dims:
+        return "[]"
+    names = iter(["B", "H", "W"] if kind == "input" else ["B"])
+    return "[" + ", ".join(str(d) if d is not None else next(names) for d in dims) + "]"
+
+
+def documented_signatures() -> set[tuple[str, str, str, str, str, str]]:
+    """Rows `(task, signature, kind, name, dtype, shape)` of the table in docs/serving.md."""
+    rows = set()
+    for line in DOCS.read_text(encoding="utf-8").splitlines():
+        cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+        if len(cells) != 7 or cells[0] not in (*export.TASKS, "all"):
+            continue
+        task, signatures, kind, name, dtype, shape, _ = cells
+        for task_ in export.TASKS if task == "all" else [task]:
+            for signature in signatures.replace("`", "").split(","):
+                rows.add((task_, signature.strip(), kind, name, dtype, shape))
+    return rows
+
+
+def actual_signatures(loaded, task: str) -> set[tuple[str, str, str, str, str, str]]:
+    rows = set()
+    for sig_name, fn in loaded.signatures.items():
+        for name, spec in fn.structured_input_signature[1].items():
+            rows.add(
+                (task, sig_name, "input", name, spec.dtype.name, _spec_shape(spec.shape, "input"))
+            )
+        for name, spec in fn.structured_outputs.items():
+            rows.add(
+                (task, sig_name, "output", name, spec.dtype.name, _spec_shape(spec.shape, "output"))
+            )
+    return rows
+
+
+def test_grade_signatures_match_docs(grade_loaded):
+    documented = {r for r in documented_signatures() if r[0] == "grade"}
+    assert actual_signatures(grade_loaded, "grade") == documented
+    assert set(export.OUTPUTS["grade"]) == set(
+        grade_loaded.signatures["serving_default"].structured_outputs
+    )
+
+
+def test_metadata_inside_savedmodel_and_model_card(grade_export, grade_loaded):
+    _, path = grade_export
+    raw = grade_loaded.signatures["metadata"]()["metadata_json"].numpy().decode()
+    meta = json.loads(raw)
+    assert meta["task"] == "grade" and meta["class_names"] == list(GRADE_NAMES)
+    assert (meta["image_size"], meta["source_size"], meta["use_ben_graham"]) == (32, 64, False)
+    assert meta["cutoffs"] is None and meta["config"] == {"name": "test", "lora_rank": 4}
+    assert meta["versions"]["tensorflow"] == tf.__version__
+    assert meta["versions"]["keras"] == keras.__version__
+    assert {"keras_hub", "eyegazer_keras"} <= set(meta["versions"])
+    assert meta["not_a_medical_device"] == NOT_A_MEDICAL_DEVICE
+    on_disk = json.loads(
+        (pathlib.Path(path) / "assets.extra" / export.METADATA_FILENAME).read_text()
+    )
+    assert on_disk == meta
+
+    card = json.loads((pathlib.Path(path) / export.MODEL_CARD_JSON).read_text())
+    assert card["data"]["dataset"] == "synthetic_fundus"
+    assert card["training"] == "not recorded"  # partial info still gives a full card
+    assert card["preprocessing"]["source_size"] == 64
+    markdown = (pathlib.Path(path) / export.MODEL_CARD_MD).read_text()
+    for heading in (
+        "Data and split",
+        "Training configuration",
+        "Validation metrics",
+        "Preprocessing",
+        "Intended use",
+        "Limitations",
+    ):
+        assert f"## {heading}" in markdown
+    assert NOT_A_MEDICAL_DEVICE in markdown
+
+
+def test_outputs_are_consistent(grade_loaded, images):
+    out = grade_loaded.signatures["serving_default"](
+        image_bytes=tf.constant([images["synthetic.png"], images["retina.jpeg"]])
+    )
+    probs = out["probabilities"].numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(out["predicted_class"].numpy(), probs.argmax(axis=1))
+    np.testing.assert_allclose(out["expected_grade"].numpy(), probs @ np.arange(5), atol=1e-5)
+    np.testing.assert_allclose(out["referable_probability"].numpy(), probs[:, 2:].sum(1), atol=1e-5)
+    names = [GRADE_NAMES[i] for i in probs.argmax(axis=1)]
+    assert [n.decode() for n in out["class_name"].numpy()] == names
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [b"not an image at all", b"", b"\x89PNG\r\n\x1a\n" + b"\x00" * 30, "truncated"],
+    ids=["garbage", "empty", "png-header-only", "truncated-png"],
+)
+def test_bad_bytes_raise_invalid_argument(grade_loaded, images, blob):
+    if blob == "truncated":
+        blob = images["synthetic.png"][: len(images["synthetic.png"]) // 2]
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        grade_loaded.signatures["serving_default"](
+            image_bytes=tf.constant([images["synthetic.png"], blob])
+        )
+    # The endpoint still works afterwards (an error, not a crash).
+    ok = grade_loaded.signatures["serving_default"](
+        image_bytes=tf.constant([images["synthetic.png"]])
+    )
+    assert ok["probabilities"].shape == (1, 5)
+
+
+def test_binary_export(tmp_path, images):
+    model = tiny_vit_classifier(2, seed=1)
+    path = export.export_saved_model(
+        model, tmp_path / "binary", task="binary", image_size=IMAGE_SIZE, source_size=SOURCE_SIZE
+    )
+    loaded = tf.saved_model.load(path)
+    assert actual_signatures(loaded, "binary") == {
+        r for r in documented_signatures() if r[0] == "binary"
+    }
+    blob = images["retina.png"]
+    out = loaded.signatures["serving_default"](image_bytes=tf.constant([blob]))
+    probs = out["probabilities"].numpy()[0]
+    assert np.abs(probs - training_pipeline_probs(model, blob)).max() <= 1e-5
+    assert out["dr_probability"].numpy()[0] == pytest.approx(probs[1])
+    assert out["class_name"].numpy()[0].decode() == metrics.BINARY_NAMES[int(probs.argmax())]
+    meta = json.loads(loaded.signatures["metadata"]()["metadata_json"].numpy())
+    assert meta["class_names"] == list(metrics.BINARY_NAMES)
+
+
+def test_regression_export_bakes_in_cutoffs(tmp_path):
+    """Model output = 4 * mean(red) / 255, so uniform images have a known grade."""
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
+    x = keras.layers.GlobalAveragePooling2D()(inputs)
+    dense = keras.layers.Dense(1)
+    model = keras.Model(inputs, dense(x))
+    dense.set_weights(
+        [np.array([[4.0 / 255.0], [0.0], [0.0]], np.float32), np.zeros(1, np.float32)]
+    )
+    cutoffs = (0.2, 1.0, 2.5, 3.0)
+    path = export.export_saved_model(
+        model,
+        tmp_path / "regression",
+        task="regression",
+        image_size=IMAGE_SIZE,
+        source_size=SOURCE_SIZE,
+        cutoffs=cutoffs,
+    )
+    loaded = tf.saved_model.load(path)
+    assert actual_signatures(loaded, "regression") == {
+        r for r in documented_signatures() if r[0] == "regression"
+    }
+
+    reds = np.array([0, 40, 140, 200, 255], np.uint8)
+    uniform = np.zeros((len(reds), 48, 48, 3), np.uint8)  # square: no black padding
+    uniform[..., 0] = reds[:, None, None]
+    expected_grade = 4.0 * reds / 255.0  # 0, 0.63, 2.20, 3.14, 4.0
+    expected_class = metrics.apply_cutoffs(expected_grade, cutoffs)
+    np.testing.assert_array_equal(expected_class, [0, 1, 2, 4, 4])  # rounding would give 0,1,2,3,4
+
+    by_images = loaded.signatures["serving_images"](images=tf.constant(uniform))
+    by_bytes = loaded.signatures["serving_default"](
+        image_bytes=tf.constant([encode(u, "PNG") for u in uniform])
+    )
+    for out in (by_images, by_bytes):
+        np.testing.assert_allclose(out["grade"].numpy(), expected_grade, atol=1e-4)
+        np.testing.assert_array_equal(out["predicted_grade"].numpy(), expected_class)
+        np.testing.assert_array_equal(out["referable"].numpy(), expected_class >= 2)
+        assert [n.decode() for n in out["class_name"].numpy()] == [
+            GRADE_NAMES[g] for g in expected_class
+        ]
+    meta = json.loads(loaded.signatures["metadata"]()["metadata_json"].numpy())
+    assert meta["cutoffs"] == list(cutoffs)
+
+
+def test_export_rejects_wrong_arguments(tmp_path):
+    model = keras.Sequential(
+        [
+            keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3)),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(5, activation="softmax"),
+        ]
+    )
+    common = {"image_size": IMAGE_SIZE, "source_size": SOURCE_SIZE}
+    with pytest.raises(ValueError, match="task"):
+        export.export_saved_model(model, tmp_path / "a", task="segmentation", **common)
+    with pytest.raises(ValueError, match=r"\[batch, 2\]"):
+        export.export_saved_model(model, tmp_path / "b", task="binary", **common)
+    with pytest.raises(ValueError, match="cutoffs"):
+        export.export_saved_model(
+            model, tmp_path / "c", task="grade", cutoffs=(0.5, 1.5, 2.5, 3.5), **common
+        )
+    with pytest.raises(ValueError, match="reserved"):
+        export.export_saved_model(
+            model, tmp_path / "d", task="grade", metadata={"task": "x"}, **common
+        )
+    assert not (tmp_path / "d").exists()

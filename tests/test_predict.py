@@ -1,0 +1,146 @@
+"""`eyegazer predict` engine: one JSON line per input, a clear error per bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from eyegazer_keras import GRADE_NAMES, export, predict
+
+IMAGE_SIZE = 32
+
+
+def _fundus_like(height: int, width: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    disc = (yy - height / 2) ** 2 + (xx - width / 2) ** 2 <= (0.45 * height) ** 2
+    image = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+    image[..., 0] = np.maximum(image[..., 0], 120)
+    return np.where(disc[..., None], image, 0).astype(np.uint8)
+
+
+def _encode(image: np.ndarray, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3)),
+            keras.layers.Rescaling(1.0 / 255.0),
+            keras.layers.Conv2D(8, 3, strides=2, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(5, activation="softmax"),
+        ]
+    )
+    path = export.export_saved_model(
+        model,
+        tmp_path_factory.mktemp("predict") / "export",
+        task="grade",
+        image_size=IMAGE_SIZE,
+        source_size=48,
+    )
+    return predict.load_exported(path)
+
+
+@pytest.fixture
+def files(tmp_path):
+    png = _encode(_fundus_like(60, 80, 0), "PNG")
+    paths = {
+        "good_png": tmp_path / "eye.png",
+        "good_jpg": tmp_path / "eye.jpg",
+        "text": tmp_path / "notes.png",
+        "truncated": tmp_path / "truncated.png",
+        "empty": tmp_path / "empty.png",
+        "directory": tmp_path / "a_folder",
+        "missing": tmp_path / "missing.png",
+    }
+    paths["good_png"].write_bytes(png)
+    paths["good_jpg"].write_bytes(_encode(_fundus_like(90, 120, 1), "JPEG"))
+    paths["text"].write_text("patient notes, not an image\n")
+    paths["truncated"].write_bytes(png[: len(png) // 2])
+    paths["empty"].write_bytes(b"")
+    paths["directory"].mkdir()
+    return {k: str(v) for k, v in paths.items()}
+
+
+def _check_good(result: dict, path: str) -> None:
+    assert "error" not in result, result
+    assert result["path"] == path
+    assert list(result)[:4] == ["path", "probabilities", "predicted_class", "class_name"]
+    assert len(result["probabilities"]) == 5
+    assert sum(result["probabilities"]) == pytest.approx(1.0, abs=1e-5)
+    assert result["class_name"] == GRADE_NAMES[result["predicted_class"]]
+    assert 0.0 <= result["referable_probability"] <= 1.0
+    assert 0.0 <= result["expected_grade"] <= 4.0
+
+
+def test_every_bad_input_gets_its_own_error(exported, files):
+    order = ["good_png", "text", "truncated", "empty", "good_jpg", "directory", "missing"]
+    results = predict.predict_paths(exported, [files[k] for k in order])
+    assert [r["path"] for r in results] == [files[k] for k in order]
+    got = dict(zip(order, results, strict=True))
+    _check_good(got["good_png"], files["good_png"])
+    _check_good(got["good_jpg"], files["good_jpg"])
+    expected_words = {
+        "text": "not an image",
+        "truncated": "truncated",
+        "empty": "empty",
+        "directory": "directory",
+        "missing": "not found",
+    }
+    for key, words in expected_words.items():
+        assert set(got[key]) == {"path", "error"}, got[key]
+        assert words in got[key]["error"] and files[key] in got[key]["error"]
+
+
+def test_batched_results_match_one_at_a_time(exported, files):
+    paths = [files["good_png"], files["text"], files["good_jpg"], files["good_png"]]
+    batched = predict.predict_paths(exported, paths, batch_size=16)  # falls back per file
+    single = predict.predict_paths(exported, paths, batch_size=1)
+    for a, b in zip(batched, single, strict=True):
+        assert a.keys() == b.keys()
+        if "error" in a:
+            assert a == b
+        else:
+            np.testing.assert_allclose(a["probabilities"], b["probabilities"], atol=1e-6)
+            assert a["predicted_class"] == b["predicted_class"]
+    assert batched[0]["probabilities"] == pytest.approx(batched[3]["probabilities"], abs=1e-6)
+
+
+def test_stdin(exported, files):
+    with open(files["good_png"], "rb") as f:
+        png = f.read()
+    (good,) = predict.predict_paths(exported.path, ["-"], stdin=io.BytesIO(png))  # loads by path
+    _check_good(good, "-")
+    (empty,) = predict.predict_paths(exported, ["-"], stdin=io.BytesIO(b""))
+    assert empty["path"] == "-" and "stdin" in empty["error"] and "no bytes" in empty["error"]
+    (garbage,) = predict.predict_paths(exported, ["-"], stdin=io.BytesIO(b"GIF? no."))
+    assert "stdin" in garbage["error"] and "not an image" in garbage["error"]
+    (text,) = predict.predict_paths(exported, ["-"], stdin=io.StringIO("text"))
+    assert "binary" in text["error"]
+
+
+def test_format_prediction_lines(exported, files):
+    results = predict.predict_paths(exported, [files["good_png"], files["missing"]])
+    lines = predict.format_prediction_lines(results)
+    assert len(lines) == 2 and all("\n" not in line for line in lines)
+    parsed = [json.loads(line) for line in lines]
+    assert parsed == results
+    assert list(parsed[0]) == list(results[0])
+
+
+def test_load_exported_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="saved_model.pb"):
+        predict.load_exported(tmp_path)
+    with pytest.raises(FileNotFoundError, match="eyegazer export"):
+        predict.predict_paths(tmp_path / "nowhere", ["x.png"])
