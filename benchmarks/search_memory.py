@@ -31,11 +31,10 @@ import time
 
 def _measure(args) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import psutil
-
     import autokeras  # noqa: F401  (part of the baseline, like TF)
     import keras  # noqa: F401
     import numpy as np
+    import psutil
     import tensorflow  # noqa: F401
 
     from eyegazer_keras import configs, search
@@ -66,6 +65,8 @@ def _measure(args) -> dict:
     y_train = rng.integers(0, 5, args.num)
     y_val = rng.integers(0, 5, n_val)
     nbytes = x_train.nbytes + x_val.nbytes
+    after_alloc = proc.memory_info().rss
+    alloc_peak, peak[0] = peak[0], after_alloc
     config = configs.SearchConfig(
         max_trials=args.trials, epochs=args.epochs, image_size=args.size, overwrite=True
     )
@@ -76,7 +77,7 @@ def _measure(args) -> dict:
     time.sleep(0.05)
     stop.set()
     thread.join()
-    above = peak[0] - baseline
+    above = max(peak[0], alloc_peak) - baseline
     return {
         "variant": args.variant,
         "num_images": args.num + n_val,
@@ -84,6 +85,9 @@ def _measure(args) -> dict:
         "uint8_mib": nbytes / 2**20,
         "baseline_mib": baseline / 2**20,
         "peak_above_baseline_mib": above / 2**20,
+        "after_alloc_above_baseline_mib": (after_alloc - baseline) / 2**20,
+        "alloc_peak_above_baseline_mib": (alloc_peak - baseline) / 2**20,
+        "search_peak_above_baseline_mib": (peak[0] - baseline) / 2**20,
         "ratio": above / nbytes,
         "search_s": wall,
     }
@@ -102,6 +106,7 @@ def main(argv=None) -> int:
     if args.child:
         args.num = args.num[0]
         print(json.dumps(_measure(args)))
+        sys.stdout.flush()
         return 0
     rows = []
     for variant in args.variants:

@@ -85,9 +85,11 @@ def _load_config(name: str, overrides, workdir=None):
 
 
 def cmd_train(args) -> int:
-    from eyegazer_keras import configs, train
+    from eyegazer_keras import configs
 
     config = _load_config(args.config, args.set)
+    from eyegazer_keras import train
+
     if not isinstance(config, configs.TrainConfig):
         raise ValueError(f"config '{args.config}' is a search config; use `eyegazer search`")
     if args.data_dir:
@@ -114,9 +116,11 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from eyegazer_keras import configs, search
+    from eyegazer_keras import configs
 
     config = _load_config(args.config, args.set)
+    from eyegazer_keras import search
+
     if not isinstance(config, configs.SearchConfig):
         raise ValueError(f"config '{args.config}' is a training config; use `eyegazer train`")
     if args.data_dir:
@@ -138,7 +142,11 @@ def cmd_export(args) -> int:
 def cmd_predict(args) -> int:
     from eyegazer_keras import predict
 
-    results = predict.predict_paths(args.model, args.images, stdin=sys.stdin.buffer)
+    try:
+        results = predict.predict_paths(args.model, args.images, stdin=sys.stdin.buffer)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"eyegazer predict: error: {err}", file=sys.stderr)
+        return 2
     for line in predict.format_prediction_lines(results):
         _print(line)
     return 1 if any("error" in r for r in results) else 0

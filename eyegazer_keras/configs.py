@@ -95,7 +95,11 @@ class SearchConfig:
 
 
 def _demo() -> TrainConfig:
-    """The embedded default: synthetic fundus set, tiny ViT, LoRA r=8.
+    """The embedded default: synthetic fundus set (Ben Graham config), tiny ViT, LoRA r=8.
+
+    Stage 1 fully trains a 4-layer ViT on the synthetic train split and saves it with
+    `save_to_preset` (the stand-in for ImageNet pretraining: no downloads here); stage 2 loads
+    it back with `from_preset`, enables LoRA on query/value and trains adapters + a new head.
 
     Command: `eyegazer train --config demo --workdir runs/demo`
     Runtime: a few minutes on 2 CPU cores (pretraining stage + LoRA stage).
@@ -103,11 +107,13 @@ def _demo() -> TrainConfig:
     """
     return TrainConfig(
         name="demo",
-        pretrain_epochs=6,
-        epochs=6,
+        dataset_config="ben_graham",
+        pretrain_epochs=4,
+        epochs=4,
         image_size=64,
+        pooling="gap",
         batch_size=32,
-        learning_rate=1e-3,
+        learning_rate=5e-4,
     )
 
 

@@ -252,9 +252,10 @@ def export_saved_model(
             (`metrics.apply_cutoffs`). Regression only. Defaults to `(0.5, 1.5, 2.5, 3.5)`.
         metadata: dict. Extra JSON-serialisable fields stored in the SavedModel metadata, e.g.
             `{"config": {...}, "run": "workdir/name"}`. Defaults to None.
-        model_card: dict. Model card content: any of `model_name`, `data`, `training`,
-            `validation_metrics`, `intended_use`, `limits`, plus free keys. Missing parts get
-            explicit "not recorded" text. Defaults to None.
+        model_card: dict. Model card content: any of `model_name` (or `model`), `data`,
+            `training` (or `training_config`), `validation_metrics`, `preprocessing` (a note;
+            the exact pipeline is always filled in), `intended_use`, `limits`, plus free keys.
+            Missing parts get explicit "not recorded" text. Defaults to None.
 
     Returns:
         The SavedModel directory as a string.
@@ -371,8 +372,7 @@ def write_model_card(output_dir: str | os.PathLike, meta: Mapping, card: Mapping
     Args:
         output_dir: str or path. The SavedModel directory.
         meta: dict. The SavedModel metadata (see `export_saved_model`).
-        card: dict or None. Model card content (`model_name`, `data`, `training`,
-            `validation_metrics`, `intended_use`, `limits`, free keys). Missing parts are
+        card: dict or None. Model card content (see `export_saved_model`). Missing parts are
             written as "not recorded".
 
     Returns:
@@ -380,14 +380,19 @@ def write_model_card(output_dir: str | os.PathLike, meta: Mapping, card: Mapping
     """
     card = dict(card or {})
     not_recorded = "not recorded"
+    # Accepted aliases: "model" for "model_name", "training_config" for "training".
+    model_name, model_alias = card.pop("model_name", None), card.pop("model", None)
+    training, training_alias = card.pop("training", None), card.pop("training_config", None)
+    preprocessing_note = card.pop("preprocessing", None)
     full = {
-        "model_name": card.pop("model_name", f"eyegazer-keras {meta['task']} model"),
+        "model_name": model_name or model_alias or f"eyegazer-keras {meta['task']} model",
         "task": meta["task"],
         "class_names": meta["class_names"],
         "data": card.pop("data", not_recorded),
-        "training": card.pop("training", not_recorded),
-        "validation_metrics": card.pop("validation_metrics", not_recorded),
+        "training": training or training_alias or not_recorded,
+        "validation_metrics": card.pop("validation_metrics", None) or not_recorded,
         "preprocessing": {
+            **({"description": preprocessing_note} if preprocessing_note else {}),
             "pipeline": meta["preprocessing"],
             "source_size": meta["source_size"],
             "image_size": meta["image_size"],

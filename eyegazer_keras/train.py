@@ -5,7 +5,7 @@ One training path for every strategy. Keras 3 `Model.fit` dies under
 one custom step (`strategy.run` + `GradientTape` + `optimizer.apply_gradients`, loss averaged over
 the GLOBAL batch with `tf.nn.compute_average_loss`) under default, mirrored, multi-worker and TPU
 strategies alike, and drives ordinary Keras callbacks around it: `BackupAndRestore` (kill -9 and
-resume, mid-epoch), `ModelCheckpoint` (best by validation QWK or AUROC), and `CollapseDetector`.
+resume, mid-epoch), `BestAdapterCheckpoint` (best by validation QWK or AUROC), and `CollapseDetector`.
 
 Workdir layout (written by the chief only):
 
@@ -13,7 +13,7 @@ Workdir layout (written by the chief only):
 config.json            resolved config
 pretrained_backbone/   (configs with pretrain_epochs) the self-made keras-hub preset
 backup/                BackupAndRestore state while a run is in progress
-checkpoints/best.weights.h5
+checkpoints/best_adapter.npz  adapter of the best epoch (by validation QWK or AUROC)
 adapter.npz            LoRA + head + every other trainable variable, keyed by path
 logs/                  TensorBoard
 history.json, metrics_validation.json, *.png, run.json
@@ -38,7 +38,7 @@ from eyegazer_keras.models import vit_lora
 
 logger = logging.getLogger(__name__)
 
-BEST_WEIGHTS = os.path.join("checkpoints", "best.weights.h5")
+BEST_ADAPTER = os.path.join("checkpoints", "best_adapter.npz")
 PRETRAINED_DIR = "pretrained_backbone"
 PRETRAINED_DONE = "EYEGAZER_PRESET_COMPLETE"
 
@@ -101,32 +101,123 @@ class CollapseDetector(keras.callbacks.Callback):
 
 
 class ChiefBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """Keras `BackupAndRestore` where only the chief writes; every worker restores the chief's.
+    """Keras `BackupAndRestore` that keeps LoRA factors and writes on the chief only.
 
-    Under MultiWorkerMirroredStrategy all workers hold identical weights after each step, so the
-    chief's backup (on storage every worker can read, as TF requires for multi-worker fault
-    tolerance) is the whole cluster's state.
+    Two changes to the stock callback, both needed at the pinned versions:
+
+    * state goes through `tf.train.Checkpoint(model, optimizer)`, not `save_weights`: Keras
+      `save_weights`/`load_weights` fold LoRA into the kernels and reset A/B to zero on load, so a
+      resumed run would silently stop training the adapters;
+    * every worker writes (saving may involve collectives), but only the chief writes into
+      `backup_dir`; other workers write to their private temporary dir. Every worker restores
+      from the chief's backup (on storage all workers read, as TF requires for multi-worker
+      fault tolerance): after each step all replicas hold identical weights.
+
+    Args:
+        backup_dir: str. The chief's backup dir (read by everyone).
+        write_dir: str. Where this process writes (== backup_dir on the chief).
+        chief: bool. Whether this process is the chief.
+        save_freq: "epoch" or int (steps).
     """
 
-    def __init__(self, backup_dir: str, chief: bool, save_freq="epoch"):
-        super().__init__(backup_dir, save_freq=save_freq, double_checkpoint=True)
+    def __init__(self, backup_dir: str, write_dir: str, chief: bool, save_freq="epoch"):
+        super().__init__(backup_dir, save_freq=save_freq, delete_checkpoint=True)
         self.chief = chief
+        self.write_dir = write_dir
+        self._meta_name = "training_metadata.json"
+
+    def _checkpoint(self):
+        return tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer)
+
+    def _load_model(self):
+        meta = os.path.join(self.backup_dir, self._meta_name)
+        if not os.path.exists(meta):
+            return
+        with open(meta) as f:
+            info = json.load(f)
+        prefix = os.path.join(self.backup_dir, info["checkpoint"])
+        self._checkpoint().read(prefix).assert_existing_objects_matched()
+        self.model._initial_epoch = int(info["epoch"])
 
     def _save_model(self):
-        if self.chief:
-            super()._save_model()
+        os.makedirs(self.write_dir, exist_ok=True)
+        name = f"ckpt-{self._current_epoch}-{self._last_batch_seen}"
+        self._checkpoint().write(os.path.join(self.write_dir, name))
+        if not self.chief:
+            return
+        meta = {"epoch": self._current_epoch, "batch": self._last_batch_seen, "checkpoint": name}
+        tmp = os.path.join(self.write_dir, self._meta_name + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(meta, f)
+        os.replace(tmp, os.path.join(self.write_dir, self._meta_name))  # atomic commit point
+        for entry in os.listdir(self.write_dir):  # drop older checkpoints
+            if entry.startswith("ckpt-") and not entry.startswith(name + "."):
+                os.remove(os.path.join(self.write_dir, entry))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._current_epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._last_batch_seen = batch + 1  # batches completed in this epoch
+        self._batches_seen_since_last_saving += 1
+        if self.save_freq != "epoch" and self._batches_seen_since_last_saving >= self.save_freq:
+            self._batches_seen_since_last_saving = 0
+            self._save_model()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._current_epoch = epoch + 1
+        self._last_batch_seen = 0
+        self._batches_seen_since_last_saving = 0
+        self._save_model()
 
     def on_train_end(self, logs=None):
-        if self.chief:
-            super().on_train_end(logs)
+        if self.chief and self.delete_checkpoint and os.path.isdir(self.backup_dir):
+            import shutil
+
+            shutil.rmtree(self.backup_dir, ignore_errors=True)
 
     def resume_position(self) -> tuple[int, int]:
         """`(epoch, batch)` the backup was taken at; `(0, 0)` when there is none."""
-        if not os.path.exists(self._training_metadata_path):
+        meta = os.path.join(self.backup_dir, self._meta_name)
+        if not os.path.exists(meta):
             return 0, 0
-        with open(self._training_metadata_path) as f:
-            meta = json.load(f)
-        return int(meta.get("epoch", 0)), int(meta.get("batch", 0) or 0)
+        with open(meta) as f:
+            info = json.load(f)
+        return int(info.get("epoch", 0)), int(info.get("batch", 0) or 0)
+
+
+class BestAdapterCheckpoint(keras.callbacks.Callback):
+    """Saves the adapter (every trainable variable, by path) when `monitor` improves.
+
+    Replaces `ModelCheckpoint(save_weights_only=True)`, whose `save_weights` folds LoRA into the
+    kernels. The best value survives a resume (kept in `<path>.json`).
+
+    Args:
+        path: str. Adapter file (`.npz`).
+        monitor: str. Log key to maximise. Defaults to "val_qwk".
+        chief: bool. Only the chief writes. Defaults to True.
+    """
+
+    def __init__(self, path: str, monitor: str = "val_qwk", chief: bool = True):
+        super().__init__()
+        self.path = path
+        self.monitor = monitor
+        self.chief = chief
+        self.best = -np.inf
+        if os.path.exists(path + ".json"):
+            with open(path + ".json") as f:
+                self.best = float(json.load(f)["best"])
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or not value > self.best:
+            return
+        self.best = float(value)
+        if self.chief:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            vit_lora.save_adapter(self.model, self.path)
+            with open(self.path + ".json", "w") as f:
+                json.dump({"best": self.best, "epoch": int(epoch) + 1, "monitor": self.monitor}, f)
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,7 +366,6 @@ class Trainer:
                 loss = float(self.train_step(*batch))
                 losses.append(loss)
                 step_counter += 1
-                backup._last_batch_seen = batch_index + 1
                 callback_list.on_train_batch_end(batch_index, {"loss": loss})
                 if writer and step_counter % 10 == 0:
                     with writer.as_default(step=step_counter):
@@ -296,11 +386,12 @@ class Trainer:
                         if isinstance(value, (int, float)) and np.isfinite(value):
                             tf.summary.scalar(f"epoch/{key}", value)
                 writer.flush()
-            callback_list.on_epoch_end(epoch, logs)
             if backup.chief:
+                os.makedirs(backup.backup_dir, exist_ok=True)
                 with open(history_path + ".tmp", "w") as f:
                     json.dump(history, f)
                 os.replace(history_path + ".tmp", history_path)
+            callback_list.on_epoch_end(epoch, logs)
             line = (
                 f"epoch {epoch + 1}/{epochs}: loss {logs['loss']:.4f} "
                 + " ".join(
@@ -447,24 +538,20 @@ def _run_stage(
             f"the train split has {len(train_labels)} examples, fewer than one global batch "
             f"({config.batch_size}); lower --set batch_size"
         )
+    stage_name = os.path.relpath(stage_dir, write.path)
     backup = ChiefBackupAndRestore(
-        os.path.join(stage_dir, "backup"), chief=write.chief, save_freq=config.checkpoint_every_steps
+        os.path.normpath(os.path.join(write.real, stage_name, "backup")),
+        os.path.normpath(os.path.join(stage_dir, "backup")),
+        chief=write.chief,
+        save_freq=config.checkpoint_every_steps,
     )
     collapse = CollapseDetector(
         config.collapse_threshold, config.collapse_patience, config.stop_on_collapse
     )
-    callbacks = [backup, collapse, *extra_callbacks]
+    callbacks = [collapse, *extra_callbacks]
     if best_path:
-        os.makedirs(os.path.dirname(write.join(best_path)), exist_ok=True)
-        callbacks.append(
-            keras.callbacks.ModelCheckpoint(
-                write.join(best_path),
-                monitor=config.monitor,
-                mode="max",
-                save_best_only=True,
-                save_weights_only=True,
-            )
-        )
+        callbacks.append(BestAdapterCheckpoint(write.join(best_path), config.monitor, write.chief))
+    callbacks.append(backup)  # last: its epoch-end backup covers everything above
     history = trainer.fit(
         train_fn,
         steps,
@@ -572,7 +659,7 @@ def run_training(
         val_labels,
         config.epochs,
         progress,
-        best_path=BEST_WEIGHTS,
+        best_path=BEST_ADAPTER,
     )
     summary = {
         "config": config.name,
@@ -587,9 +674,9 @@ def run_training(
         "collapse_events": collapse.events,
     }
     if chief:
-        best = write.join(BEST_WEIGHTS)
+        best = write.join(BEST_ADAPTER)
         if os.path.exists(best):
-            model.load_weights(best)
+            vit_lora.load_adapter(model, best)
         adapter_path = os.path.join(workdir, "adapter.npz")
         vit_lora.save_adapter(model, adapter_path)
         summary["adapter"] = vit_lora.adapter_size_report(model, adapter_path)
@@ -653,7 +740,7 @@ def load_run(workdir: str, strategy=None):
         raise RunError(f"{config_path} not found: is {workdir} an `eyegazer train` workdir?")
     with open(config_path) as f:
         config = configs_lib.from_dict(json.load(f))
-    best = os.path.join(workdir, BEST_WEIGHTS)
+    best = os.path.join(workdir, BEST_ADAPTER)
     if not os.path.exists(best):
         raise RunError(f"{best} not found: the run has not finished an epoch yet")
     backbone = config.backbone
@@ -662,7 +749,7 @@ def load_run(workdir: str, strategy=None):
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
         model = build_model(config, backbone)
-    model.load_weights(best)
+    vit_lora.load_adapter(model, best)
     return config, model
 
 

@@ -78,7 +78,12 @@ def training_pipeline_probs(model, image_bytes: bytes) -> np.ndarray:
 def grade_export(tmp_path_factory):
     model = tiny_vit_classifier(5)
     out = tmp_path_factory.mktemp("grade") / "export"
-    card = {"data": {"dataset": "synthetic_fundus", "split": "train/validation 80/20"}}
+    card = {  # partial, with the aliases train.py uses ("model", "training_config")
+        "model": "tiny ViT",
+        "data": {"dataset": "synthetic_fundus", "split": "train/validation 80/20"},
+        "training_config": {"epochs": 1},
+        "preprocessing": "as in training",
+    }
     path = export.export_saved_model(
         model,
         out,
@@ -221,8 +226,10 @@ def test_metadata_inside_savedmodel_and_model_card(grade_export, grade_loaded):
 
     card = json.loads((pathlib.Path(path) / export.MODEL_CARD_JSON).read_text())
     assert card["data"]["dataset"] == "synthetic_fundus"
-    assert card["training"] == "not recorded"  # partial info still gives a full card
+    assert card["model_name"] == "tiny ViT" and card["training"] == {"epochs": 1}
+    assert card["validation_metrics"] == "not recorded"  # partial info still gives a full card
     assert card["preprocessing"]["source_size"] == 64
+    assert card["preprocessing"]["description"] == "as in training"
     markdown = (pathlib.Path(path) / export.MODEL_CARD_MD).read_text()
     for heading in (
         "Data and split",

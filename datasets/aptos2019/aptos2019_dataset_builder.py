@@ -56,10 +56,15 @@ CONFLICT_POLICIES = ("keep", "drop", "majority")
 VALIDATION_FRACTION = 0.10
 # Part of the split rule: changing it changes the split. Bump the suffix if you ever do.
 SPLIT_RULE = "sha256-stratified-10pct-v1"
-# Perceptual hash: computed on `preprocess_fundus(image, HASH_SOURCE_SIZE)`, independent of the
-# config, so every config groups (and therefore splits) the same way.
+# Perceptual hash: computed on `preprocess_fundus(subsampled image, HASH_SOURCE_SIZE)`, independent
+# of the config, so every config groups (and therefore splits) the same way.
 HASH_SOURCE_SIZE = 64
-DEFAULT_DUPLICATE_MAX_DISTANCE = 4
+# zlib level of the stored PNGs: lossless at any level; 3 encodes ~4x faster than 6, ~10 % larger.
+PNG_COMPRESSION = 3
+DEFAULT_DUPLICATE_MAX_DISTANCE = 8
+# A hash match is confirmed when the 32x32 grey thumbnails differ by at most this mean absolute
+# grey level: fundus photos look alike, so a near hash alone could join two different eyes.
+DEFAULT_DUPLICATE_MAX_THUMB_DIFF = 3.0
 DEFAULT_MAX_BAD_FRACTION = 0.01
 DEFAULT_MAX_MEGAPIXELS = 50.0
 REPORT_NAME = "build_report.json"
@@ -104,14 +109,19 @@ class Aptos2019Config(tfds.core.BuilderConfig):
             (every copy keeps its own grade, `label_conflict=True`), `drop` (remove every copy
             from train/validation) or `majority` (relabel every copy to the grade held by more
             than half of the group; groups without such a grade are dropped). Defaults to `keep`.
-        duplicate_max_distance: int. Two photos are duplicates when their 64-bit perceptual
-            hashes differ in at most this many bits. It is part of the split rule. Defaults to 4.
+        duplicate_max_distance: int. Two photos are duplicate candidates when their 64-bit
+            perceptual hashes differ in at most this many bits. Part of the split rule.
+            Defaults to 8.
+        duplicate_max_thumb_diff: float. A candidate pair is a duplicate when the 32x32 grey
+            thumbnails differ by at most this mean absolute grey level (0-255). Part of the
+            split rule. Defaults to 3.0.
     """
 
     size: int = 512
     ben_graham: bool = False
     conflict_policy: str = "keep"
     duplicate_max_distance: int = DEFAULT_DUPLICATE_MAX_DISTANCE
+    duplicate_max_thumb_diff: float = DEFAULT_DUPLICATE_MAX_THUMB_DIFF
 
     def __post_init__(self):
         if self.conflict_policy not in CONFLICT_POLICIES:
@@ -134,7 +144,7 @@ def make_config(
         size: int. Stored image side. Defaults to 512.
         ben_graham: bool. Ben Graham variant. Defaults to False.
         conflict_policy: str. `keep`, `drop` or `majority`. Defaults to `keep`.
-        duplicate_max_distance: int. Hamming threshold for duplicates. Defaults to 4.
+        duplicate_max_distance: int. Hamming threshold for duplicate candidates. Defaults to 8.
     """
     name = str(size)
     if ben_graham:
@@ -422,7 +432,15 @@ class _Processed:
     height: int = 0
     width: int = 0
     phash: int = 0
+    thumb: np.ndarray | None = None
     decoder: str = ""
+
+
+def grey_thumbnail(image: np.ndarray) -> np.ndarray:
+    """Block-averages an RGB image (sides multiples of 32) to a `float32 [32, 32]` grey image."""
+    grey = np.asarray(image, np.float64).mean(axis=-1)
+    h, w = grey.shape
+    return grey.reshape(32, h // 32, 32, w // 32).mean(axis=(1, 3)).astype(np.float32)
 
 
 def phash64(image: np.ndarray) -> int:
@@ -438,12 +456,29 @@ def phash64(image: np.ndarray) -> int:
     Returns:
         The hash as a Python int (use `f"{h:016x}"` for hex).
     """
-    grey = np.asarray(image, np.float64).mean(axis=-1)
-    h, w = grey.shape
-    grey = grey.reshape(32, h // 32, 32, w // 32).mean(axis=(1, 3))
+    grey = grey_thumbnail(image).astype(np.float64)
     low = scipy.fft.dctn(grey, type=2, norm="ortho")[:8, :8]
     bits = (low > np.median(low)).ravel()
     return int(sum(1 << i for i, b in enumerate(bits[::-1]) if b))
+
+
+def hash_image(image: np.ndarray) -> tuple[int, np.ndarray]:
+    """The config-independent perceptual hash of a decoded photo (used to find duplicates).
+
+    The photo is subsampled with a stride that keeps its short side at 256 px or more (cheap,
+    deterministic), cropped and resized to 64 px by `fundus.preprocess_fundus`, then hashed by
+    `phash64`. Every config hashes the same pixels, so every config groups duplicates alike.
+
+    Args:
+        image: `uint8 [H, W, 3]` decoded photo.
+
+    Returns:
+        `(hash, thumbnail)`: the 64-bit hash as an int and the `float32 [32, 32]` grey
+        thumbnail it was computed from (used to confirm hash matches).
+    """
+    stride = max(1, min(image.shape[:2]) // 256)
+    small = fundus.preprocess_fundus(image[::stride, ::stride], HASH_SOURCE_SIZE).numpy()
+    return phash64(small), grey_thumbnail(small)
 
 
 def _pil_to_rgb(im: PIL.Image.Image) -> np.ndarray:
@@ -459,6 +494,13 @@ def _short_tf_error(e: Exception) -> str:
     msg = getattr(e, "message", str(e))
     msg = re.sub(r"\{\{[^}]*\}\}\s*", "", msg)
     return msg.split(" [Op:")[0].strip().splitlines()[0] if msg.strip() else type(e).__name__
+
+
+def _limit_text(max_pixels: int) -> str:
+    return (
+        f"the {max_pixels / 1e6:.3g} MP limit for a fundus photo (max_megapixels; PIL refuses "
+        f"anything over {PIL.Image.MAX_IMAGE_PIXELS * 2 / 1e6:.0f} MP)"
+    )
 
 
 def decode_to_rgb(data: bytes, max_pixels: int) -> tuple[np.ndarray, str]:
@@ -484,13 +526,18 @@ def decode_to_rgb(data: bytes, max_pixels: int) -> tuple[np.ndarray, str]:
         with PIL.Image.open(io.BytesIO(data)) as im:
             width, height = im.size
     except PIL.Image.DecompressionBombError as e:
-        raise ValueError(f"refused: {e}") from None
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        pixels = int(found.group(1)) if found else 0
+        raise ValueError(
+            f"refused undecoded: header size ({pixels / 1e6:.3g} MP) exceeds "
+            f"{_limit_text(max_pixels)}"
+        ) from None
     except Exception as e:  # noqa: BLE001 - PIL raises many types for garbage
         raise ValueError(f"not a readable image ({type(e).__name__}: {e})") from None
     if width * height > max_pixels:
         raise ValueError(
-            f"refused undecoded: {width}x{height} ({width * height / 1e6:.0f} MP) exceeds the "
-            f"{max_pixels / 1e6:.0f} MP limit for a fundus photo (max_megapixels)"
+            f"refused undecoded: {width}x{height} ({width * height / 1e6:.3g} MP) exceeds "
+            f"{_limit_text(max_pixels)}"
         )
     try:
         image = fundus.decode_image(tf.constant(data)).numpy()
@@ -506,7 +553,9 @@ def decode_to_rgb(data: bytes, max_pixels: int) -> tuple[np.ndarray, str]:
                 f"truncated or corrupt ({_short_tf_error(tf_error)}; PIL: {e})"
             ) from None
     if image.shape[:2] != (height, width):
-        raise ValueError(f"decoded {image.shape[1]}x{image.shape[0]} but header says {width}x{height}")
+        raise ValueError(
+            f"decoded {image.shape[1]}x{image.shape[0]} but header says {width}x{height}"
+        )
     return image, decoder
 
 
@@ -532,15 +581,18 @@ def _process(
     except (ValueError, OSError, zipfile.BadZipFile) as e:
         return _Processed(id_code, relpath, ok=False, reason=str(e))
     stored = fundus.preprocess_fundus(image, size, use_ben_graham=ben_graham)
-    small = fundus.preprocess_fundus(image, HASH_SOURCE_SIZE).numpy()
-    (scratch / f"{id_code}.png").write_bytes(tf.io.encode_png(stored).numpy())
+    phash, thumb = hash_image(image)
+    (scratch / f"{id_code}.png").write_bytes(
+        tf.io.encode_png(stored, compression=PNG_COMPRESSION).numpy()
+    )
     return _Processed(
         id_code,
         relpath,
         ok=True,
         height=int(image.shape[0]),
         width=int(image.shape[1]),
-        phash=phash64(small),
+        phash=phash,
+        thumb=thumb,
         decoder=decoder,
     )
 
@@ -550,12 +602,20 @@ def _process(
 # --------------------------------------------------------------------------------------------
 
 
-def group_duplicates(hashes: dict[str, int], max_distance: int) -> list[list[str]]:
+def group_duplicates(
+    hashes: dict[str, int],
+    max_distance: int,
+    thumbs: dict[str, np.ndarray] | None = None,
+    max_thumb_diff: float = float("inf"),
+) -> list[list[str]]:
     """Groups ids whose 64-bit hashes differ in at most `max_distance` bits (union-find).
 
     Args:
         hashes: `{id_code: hash}`.
         max_distance: int. Hamming threshold (0 = identical hashes only).
+        thumbs: `{id_code: float32 [32, 32]}`. When given, a hash match only counts when the
+            thumbnails' mean absolute difference is at most `max_thumb_diff`.
+        max_thumb_diff: float. Thumbnail confirmation threshold. Defaults to no limit.
 
     Returns:
         Groups of 2+ ids, each sorted, sorted by first id.
@@ -578,6 +638,10 @@ def group_duplicates(hashes: dict[str, int], max_distance: int) -> list[list[str
         rows, cols = np.nonzero(np.bitwise_count(block) <= max_distance)
         for r, c in zip(rows + start, cols, strict=True):
             if c > r:
+                if thumbs is not None:
+                    diff = np.abs(thumbs[ids[r]] - thumbs[ids[c]]).mean()
+                    if diff > max_thumb_diff:
+                        continue
                 a, b = find(int(r)), find(int(c))
                 if a != b:
                     parent[max(a, b)] = min(a, b)
@@ -900,6 +964,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             "source": source.description,
             "conflict_policy": config.conflict_policy,
             "duplicate_max_distance": config.duplicate_max_distance,
+            "duplicate_max_thumb_diff": config.duplicate_max_thumb_diff,
             "max_bad_fraction": self.max_bad_fraction,
             "max_megapixels": self.max_megapixels,
             "timing": {
@@ -924,7 +989,21 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
         good = {i: r for i, r in results.items() if r.ok}
         hashes = {i: r.phash for i, r in good.items()}
-        groups = group_duplicates(hashes, config.duplicate_max_distance)
+        groups = group_duplicates(
+            hashes,
+            config.duplicate_max_distance,
+            {i: r.thumb for i, r in good.items()},
+            config.duplicate_max_thumb_diff,
+        )
+        big_groups = [g for g in groups if len(g) > 10]
+        if big_groups:
+            logger.warning(
+                "aptos2019: %d duplicate group(s) have more than 10 photos (largest: %d, from "
+                "%s); check the build report, the thresholds may be joining different eyes.",
+                len(big_groups),
+                max(len(g) for g in big_groups),
+                big_groups[0][0],
+            )
         group_id = {i: g[0] for g in groups for i in g}
         good_train = {i: train[i] for i in train if i in good}
 
@@ -1034,6 +1113,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 }
             )
 
+        empty = [split for split, rows in plan.items() if not rows]
+        if empty:
+            raise Aptos2019BuildError(
+                f"split {empty[0]!r} would be empty ({len(good)} images decoded, "
+                f"{len(bad)} skipped, {len(dropped)} dropped by conflict_policy="
+                f"{config.conflict_policy}); check the data or the build report's 'skipped'.",
+                report=report,
+            )
         report.update(
             {
                 "counts": {
@@ -1111,6 +1198,13 @@ def prepare(
     Returns:
         The build report (dict), also written to `<data_dir>/aptos2019/<config>/<version>/`.
     """
+    manual = epath.Path(manual_dir).expanduser()
+    if not manual.is_dir() or not any(manual.iterdir()):
+        raise Aptos2019BuildError(
+            f"{manual}: the manual dir does not exist or is empty. Download {ZIP_NAME} from "
+            "https://www.kaggle.com/competitions/aptos2019-blindness-detection/data "
+            "(or `kaggle competitions download -c aptos2019-blindness-detection`) into it."
+        )
     builder = Builder(
         data_dir=None if data_dir is None else str(epath.Path(data_dir).expanduser()),
         config=config,
@@ -1120,8 +1214,6 @@ def prepare(
         validation_ids_file=validation_ids_file,
     )
     builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(
-            manual_dir=str(epath.Path(manual_dir).expanduser())
-        )
+        download_config=tfds.download.DownloadConfig(manual_dir=str(manual))
     )
     return load_build_report(builder)

@@ -11,8 +11,9 @@ autokeras 3.0.0 usable here:
 2. `FrugalTunerMixin`: autokeras adapts the `Normalization` layer with `np.var` on the whole
    training array (a float64 copy, 8x the uint8 bytes) and then calls the layer on the whole
    array (a float32 copy, 4x), and traces the model on the whole array (a graph constant).
-   The mixin adapts in batches and traces on one example instead, so the uint8 arrays are the
-   only full-size copy of the data during the search.
+   And `model.fit` on numpy arrays copies them into a tensor. The mixin adapts in batches,
+   traces on one example and feeds `fit` batch by batch (`ArrayBatches`), so the uint8 arrays
+   are the only full-size copy of the data during the search.
 
 The model takes `[batch, S, S, 3]` images with values 0..255; autokeras casts them to float32
 inside (`CastToFloat32`) and normalises inside (`Normalization`). `float_input_model` turns
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import logging
 
+import keras
 import numpy as np
 
 logger = logging.getLogger(__name__)
@@ -94,7 +96,10 @@ class FrugalTunerMixin:
       `ImageBlock(normalize=True)`) are adapted from float32 batches of `ADAPT_BATCH_SIZE`, and
       following adaptable layers from the previous layer's outputs, batch by batch.
     - `_build_and_fit_model`: as in autokeras 3.0.0, but the output-spec trace runs on one
-      example instead of the whole array (which would become a graph constant).
+      example instead of the whole array (which would become a graph constant), and
+      `model.fit` gets `ArrayBatches` instead of the arrays (which it would copy into a tensor).
+      autokeras's OOM retry with halved batch sizes (`fit_with_adaptive_batch_size`) is not
+      kept: set `batch_size` instead.
     """
 
     @staticmethod
@@ -144,9 +149,7 @@ class FrugalTunerMixin:
         return model
 
     def _build_and_fit_model(self, trial, *args, **kwargs):
-        import keras
         import tree
-        from autokeras.utils import utils
 
         model = self._try_build(trial.hyperparameters)
         pipeline, (kwargs["x"], kwargs["y"]), kwargs["validation_data"] = self._prepare_model_build(
@@ -156,8 +159,53 @@ class FrugalTunerMixin:
         one = tree.map_structure(lambda a: a[:1], kwargs["x"])
         keras.src.backend.compute_output_spec(model, one if isinstance(one, list) else [one])
         self.adapt(model, kwargs["x"])
-        _, history = utils.fit_with_adaptive_batch_size(model, **kwargs)
-        return history
+        batch_size = kwargs.pop("batch_size", None) or 32
+        seed = (self.oracle.seed or 0) + len(self.oracle.trials)
+        train = ArrayBatches(kwargs.pop("x"), kwargs.pop("y"), batch_size, shuffle=True, seed=seed)
+        validation = kwargs.pop("validation_data", None)
+        if validation is not None:
+            validation = ArrayBatches(*validation, batch_size=batch_size)
+        return model.fit(train, validation_data=validation, **kwargs)
+
+
+class ArrayBatches(keras.utils.PyDataset):
+    """Batches of in-memory arrays, sliced on demand: `model.fit` never sees the whole array.
+
+    `model.fit(numpy_array)` turns the array into a tensor inside a `tf.data` graph, which
+    copies it (measured: about 2x the array's bytes extra). This `PyDataset` hands out one
+    batch at a time (gathered in a per-epoch shuffled order when `shuffle`), in the array's
+    dtype (uint8 stays uint8).
+
+    Args:
+        x: array `[N, ...]`. Inputs.
+        y: array `[N, ...]`. Targets.
+        batch_size: int. Batch size.
+        shuffle: bool. New seeded order every epoch. Defaults to False.
+        seed: int. Seed of the order. Defaults to 0.
+    """
+
+    def __init__(self, x, y, batch_size: int, shuffle: bool = False, seed: int = 0):
+        super().__init__()
+        if len(x) != len(y):
+            raise ValueError(f"x has {len(x)} rows but y has {len(y)}; pass matching arrays")
+        self.x, self.y, self.batch_size = x, y, int(batch_size)
+        self.shuffle = shuffle
+        self._rng = np.random.default_rng(seed)
+        self._order = self._rng.permutation(len(x)) if shuffle else None
+
+    def __len__(self) -> int:
+        return -(-len(self.x) // self.batch_size)
+
+    def __getitem__(self, index: int):
+        rows = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        if self._order is None:
+            return self.x[rows], self.y[rows]
+        take = np.sort(self._order[rows])
+        return self.x[take], self.y[take]
+
+    def on_epoch_end(self) -> None:
+        if self.shuffle:
+            self._order = self._rng.permutation(len(self.x))
 
 
 def tuner_class(name: str) -> type:

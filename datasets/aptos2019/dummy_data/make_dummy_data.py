@@ -6,7 +6,7 @@ Writes the exact Kaggle layout twice:
   `test_images/<id>.png` (the extracted download);
 * `zip/aptos2019-blindness-detection.zip`: the same files, as Kaggle ships them.
 
-The 12 train images include one duplicate: `dup0copy0001` is a JPEG re-encode, resized, of
+The 12 train images include one duplicate: `dup0copy0001` is a JPEG re-encode, upscaled 2x, of
 `a1b2c3d40003` with a conflicting grade. Run from the repository root:
 
     python datasets/aptos2019/dummy_data/make_dummy_data.py
@@ -96,7 +96,7 @@ def encode(image: np.ndarray, fmt: str = "PNG", **kwargs) -> bytes:
     return buffer.getvalue()
 
 
-def reencoded_copy(image: np.ndarray, scale: float = 1.2, quality: int = 85) -> bytes:
+def reencoded_copy(image: np.ndarray, scale: float = 2.0, quality: int = 90) -> bytes:
     """A duplicate the way APTOS has them: resized and JPEG re-encoded, returned as JPEG bytes."""
     height, width = image.shape[:2]
     pil = Image.fromarray(image).resize(

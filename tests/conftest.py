@@ -1,0 +1,40 @@
+"""Shared fixtures: a tiny prepared synthetic_fundus set and tiny model settings."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+TINY_BACKBONE = {"patch_size": 8, "num_layers": 2, "num_heads": 2, "hidden_dim": 48, "mlp_dim": 96}
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory):
+    """synthetic_fundus/tiny (80/24/16 images at 64 px) prepared once per test session."""
+    from eyegazer_keras import data
+
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    data.prepare("synthetic_fundus", data_dir=data_dir, config="tiny")
+    return data_dir
+
+
+def tiny_train_overrides(data_dir: str, **extra) -> dict:
+    """A `TrainConfig` override dict for a seconds-long run on the tiny set."""
+    out = {
+        "dataset_config": "tiny",
+        "data_dir": data_dir,
+        "image_size": 32,
+        "backbone": "config",
+        "backbone_config": dict(TINY_BACKBONE),
+        "pretrain_epochs": 0,
+        "batch_size": 16,
+        "epochs": 1,
+        "augment": False,
+        "export": False,
+        "lora_rank": 4,
+    }
+    out.update(extra)
+    return out

@@ -1,0 +1,104 @@
+"""data.py over a real prepared synthetic_fundus split: label modes, weights, batches, numpy."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from eyegazer_keras import data
+
+
+def test_split_counts_and_unlabeled_test(tiny_data_dir):
+    builder = data.prepared_builder("synthetic_fundus", tiny_data_dir, "tiny")
+    counts = {k: v.num_examples for k, v in builder.info.splits.items()}
+    assert counts == {"train": 80, "validation": 24, "test": 16}
+    train = data.split_labels("synthetic_fundus", "train", tiny_data_dir, "tiny")
+    assert data.has_labels(train) and set(np.unique(train)) <= set(range(5))
+    # Grade frequencies roughly follow APTOS: grade 0 is the largest class.
+    assert np.bincount(train, minlength=5).argmax() == 0
+    test = data.split_labels("synthetic_fundus", "test", tiny_data_dir, "tiny")
+    assert (test == -1).all() and not data.has_labels(test)
+    assert data.source_size(builder) == 64
+
+
+def test_not_prepared_names_the_command(tmp_path):
+    with pytest.raises(data.DataNotPreparedError, match="eyegazer prepare aptos2019 --manual-dir"):
+        data.load_split("aptos2019", "train", str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "mode,dtype,values",
+    [("grade", tf.int32, set(range(5))), ("binary", tf.int32, {0, 1}), ("regression", tf.float32, None)],
+)
+def test_label_modes(tiny_data_dir, mode, dtype, values):
+    split = data.load_split("synthetic_fundus", "validation", tiny_data_dir, "tiny")
+    raw = data.split_labels("synthetic_fundus", "validation", tiny_data_dir, "tiny")
+    ds = data.make_dataset(split, label_mode=mode, image_size=32, batch_size=8)
+    images, labels = [], []
+    for x, y in ds:
+        assert x.dtype == tf.float32 and x.shape[1:] == (32, 32, 3)
+        assert y.dtype == dtype
+        images.append(x.numpy())
+        labels.append(y.numpy())
+    labels = np.concatenate(labels)
+    np.testing.assert_array_equal(labels, data.transform_labels_np(raw, mode))
+    if mode == "binary":
+        np.testing.assert_array_equal(labels, (raw > 0).astype(int))
+    if values is not None:
+        assert set(labels.tolist()) <= values
+    x = np.concatenate(images)
+    assert 0.0 <= x.min() and x.max() <= 255.0 and x.max() > 100
+
+
+def test_class_weights_are_balanced():
+    labels = np.array([0] * 6 + [1] * 2 + [2] * 4)
+    w = data.class_weights(labels, 5)
+    assert w == pytest.approx({0: 12 / 18, 1: 12 / 6, 2: 12 / 12, 3: 0.0, 4: 0.0})
+    # Weighted class totals are equal.
+    assert 6 * w[0] == pytest.approx(2 * w[1]) == pytest.approx(4 * w[2])
+
+
+def test_weights_and_training_pipeline(tiny_data_dir):
+    split = data.load_split("synthetic_fundus", "train", tiny_data_dir, "tiny")
+    weights = {0: 0.5, 1: 2.0, 2: 1.0, 3: 3.0, 4: 4.0}
+    ds = data.make_dataset(
+        split, image_size=32, batch_size=16, training=True, seed=3, class_weight=weights,
+        drop_remainder=True,
+    )
+    x, y, w = next(iter(ds))
+    assert x.shape == (16, 32, 32, 3)
+    np.testing.assert_allclose(w.numpy(), [weights[int(k)] for k in y.numpy()])
+    # Same seed, same order (resumable epochs); another seed, another order.
+    again = next(iter(data.make_dataset(split, image_size=32, batch_size=16, training=True, seed=3,
+                                        class_weight=weights, drop_remainder=True, augment=False)))
+    other = next(iter(data.make_dataset(split, image_size=32, batch_size=16, training=True, seed=4,
+                                        class_weight=weights, drop_remainder=True, augment=False)))
+    np.testing.assert_array_equal(again[1].numpy(), y.numpy())
+    assert not np.array_equal(other[1].numpy(), y.numpy())
+
+
+def test_augmentation_changes_images_but_not_labels(tiny_data_dir):
+    split = data.load_split("synthetic_fundus", "train", tiny_data_dir, "tiny")
+    plain = data.make_dataset(split, image_size=32, batch_size=16, training=True, augment=False, seed=1)
+    aug = data.make_dataset(split, image_size=32, batch_size=16, training=True, augment=True, seed=1)
+    (x0, y0), (x1, y1) = next(iter(plain)), next(iter(aug))
+    np.testing.assert_array_equal(y0.numpy(), y1.numpy())
+    assert np.abs(x0.numpy() - x1.numpy()).mean() > 1.0
+
+
+def test_balanced_sampling_evens_out_classes(tiny_data_dir):
+    split = data.load_split("synthetic_fundus", "train", tiny_data_dir, "tiny")
+    ds = data.make_dataset(split, image_size=16, batch_size=80, training=True, augment=False,
+                           balanced_sampling=True, seed=0)
+    labels = np.concatenate([y.numpy() for _, y in ds])
+    assert labels.size == 80
+    raw = data.split_labels("synthetic_fundus", "train", tiny_data_dir, "tiny")
+    present = np.unique(raw)
+    share = np.bincount(labels, minlength=5)[present] / labels.size
+    assert share.max() < 0.5 * np.bincount(raw)[0] / raw.size + 0.2  # majority no longer dominates
+    assert (share > 0).all()
+
+
+def test_load_numpy_is_uint8(tiny_data_dir):
+    images, labels, ids = data.load_numpy("synthetic_fundus", "validation", 32, tiny_data_dir, "tiny")
+    assert images.dtype == np.uint8 and images.shape == (24, 32, 32, 3)
+    assert labels.shape == (24,) and len(set(ids)) == 24
