@@ -157,18 +157,18 @@ def cmd_demo(args) -> int:
     from eyegazer_keras import configs, data, train
 
     os.makedirs(args.workdir, exist_ok=True)
-    _print("1/4 preparing synthetic_fundus (generated on the spot, no download)")
+    config = configs.apply_overrides(configs.get_config("demo"), args.set)
+    config.data_dir = args.data_dir
+    _print(f"1/4 preparing {config.dataset}/{config.dataset_config} (generated here, no download)")
     cmd_prepare(
         argparse.Namespace(
-            dataset="synthetic_fundus",
+            dataset=config.dataset,
             data_dir=args.data_dir,
-            config=None,
+            config=config.dataset_config,
             manual_dir=None,
             preview=os.path.join(args.workdir, "preview.png") if args.workdir else None,
         )
     )
-    config = configs.apply_overrides(configs.get_config("demo"), args.set)
-    config.data_dir = args.data_dir
     _print("2/4 training ViT + LoRA (demo config)")
     summary = train.run_training(config, args.workdir, progress=_print)
     _print(f"    {summary['trainable_parameters']}")

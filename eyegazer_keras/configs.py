@@ -108,8 +108,8 @@ def _demo() -> TrainConfig:
     return TrainConfig(
         name="demo",
         dataset_config="ben_graham",
-        pretrain_epochs=4,
-        epochs=4,
+        pretrain_epochs=12,
+        epochs=8,
         image_size=64,
         pooling="gap",
         batch_size=32,

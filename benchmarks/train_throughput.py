@@ -1,0 +1,263 @@
+"""Training throughput: our `eyegazer train` step vs HF transformers + PEFT, same shape, same CPU.
+
+Command (from a fresh clone, in the project's venv):
+
+    pip install -r benchmarks/requirements-peer.txt && python benchmarks/train_throughput.py
+
+`--quick` takes fewer timed steps (noisier). Each measurement runs in its own subprocess, one
+after the other (TF and torch never share a process or compete for the cores), on the same
+random images (numpy seed 0; the peer gets them as NCHW). Shape: ViT-S/16 at 224 px (12 layers,
+6 heads, hidden 384, MLP 1536), LoRA rank 16 / alpha 16 on query+value, batch 16, 5 classes.
+
+* ours: `train.build_model(config, "config")` + `train.make_optimizer(config)` +
+  `train.Trainer(...).train_step` under the default strategy, exactly what `eyegazer train`
+  runs; variants: fp32 and `mixed_precision="bfloat16"`, each without / with `jit_compile`.
+* peer: transformers `ViTForImageClassification` + PEFT LoRA (`q_proj`/`v_proj` in
+  transformers 5, `query`/`value` before), AdamW, fp32 and `torch.autocast(bfloat16)`.
+
+Warm-up steps are excluded; the result per variant is the median of `--repeats` timed blocks of
+`--steps` steps. Prints img/s per variant and the ratio best-ours / best-peer. Also:
+`--only ours|peer`, `--ours fp32,bf16,fp32-xla,bf16-xla`, `--peer fp32,bf16`, `--batch`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+SHAPE = dict(image=224, patch=16, layers=12, heads=6, hidden=384, mlp=1536, classes=5, rank=16)
+OURS_VARIANTS = ("fp32", "bf16", "fp32-xla", "bf16-xla")
+PEER_VARIANTS = ("fp32", "bf16")
+
+
+def _data(batch: int):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (batch, SHAPE["image"], SHAPE["image"], 3)).astype("float32")
+    labels = rng.integers(0, SHAPE["classes"], batch).astype("int32")
+    return images, labels
+
+
+def _timed(step, warmup: int, steps: int, repeats: int, batch: int) -> dict:
+    for _ in range(warmup):
+        step()
+    rates = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(steps):
+            step()
+        rates.append(batch * steps / (time.perf_counter() - t))
+    return {"img_per_s": statistics.median(rates), "blocks": [round(r, 2) for r in rates]}
+
+
+# ------------------------------------------------------------------------------------------------
+# Workers (each runs in its own process)
+# ------------------------------------------------------------------------------------------------
+def worker_ours(variant: str, args) -> dict:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from eyegazer_keras import configs, distribute, train
+
+    keras.utils.set_random_seed(0)
+    config = configs.TrainConfig(
+        name="bench",
+        backbone="config",
+        backbone_config={
+            "patch_size": SHAPE["patch"],
+            "num_layers": SHAPE["layers"],
+            "num_heads": SHAPE["heads"],
+            "hidden_dim": SHAPE["hidden"],
+            "mlp_dim": SHAPE["mlp"],
+        },
+        image_size=SHAPE["image"],
+        lora_rank=SHAPE["rank"],
+        lora_alpha=SHAPE["rank"],
+        batch_size=args.batch,
+        mixed_precision="bfloat16" if variant.startswith("bf16") else None,
+        jit_compile=variant.endswith("-xla"),
+        strategy="default",
+    )
+    strategy = distribute.get_strategy(config.strategy)
+    with strategy.scope():  # as train._run_stage does
+        model = train.build_model(config, "config")
+        optimizer = train.make_optimizer(config)
+        model.compile(optimizer=optimizer)
+        optimizer.build(model.trainable_variables)
+    trainer = train.Trainer(model, optimizer, strategy, config.batch_size, config.jit_compile)
+    images, labels = _data(args.batch)
+    images, labels = tf.constant(images), tf.constant(labels)
+    weights = tf.ones([args.batch], tf.float32)
+
+    def step():
+        trainer.train_step(images, labels, weights).numpy()
+
+    result = _timed(step, args.warmup, args.steps, args.repeats, args.batch)
+    trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+    result.update(side="ours", variant=variant, trainable=trainable, tf=tf.__version__)
+    return result
+
+
+def worker_peer(variant: str, args) -> dict:
+    import torch
+    import transformers
+    from peft import LoraConfig, get_peft_model
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    cfg = ViTConfig(
+        hidden_size=SHAPE["hidden"],
+        num_hidden_layers=SHAPE["layers"],
+        num_attention_heads=SHAPE["heads"],
+        intermediate_size=SHAPE["mlp"],
+        image_size=SHAPE["image"],
+        patch_size=SHAPE["patch"],
+        num_labels=SHAPE["classes"],
+    )
+    base = ViTForImageClassification(cfg)
+    names = {n.rsplit(".", 1)[-1] for n, _ in base.named_modules()}
+    targets = ["q_proj", "v_proj"] if "q_proj" in names else ["query", "value"]
+    lora = LoraConfig(
+        r=SHAPE["rank"],
+        lora_alpha=SHAPE["rank"],
+        target_modules=targets,
+        lora_dropout=0.0,  # ours has no LoRA dropout either
+        bias="none",
+        modules_to_save=["classifier"],
+    )
+    model = get_peft_model(base, lora)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    images, labels = _data(args.batch)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous() / 127.5 - 1.0
+    y = torch.from_numpy(labels).long()
+    bf16 = variant == "bf16"
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(pixel_values=x, labels=y)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+    result = _timed(step, args.warmup, args.steps, args.repeats, args.batch)
+    result.update(
+        side="peer",
+        variant=variant,
+        targets=targets,
+        trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        torch=torch.__version__,
+        transformers=transformers.__version__,
+    )
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# Driver
+# ------------------------------------------------------------------------------------------------
+def _run_worker(side: str, variant: str, args) -> dict:
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        f"{side}:{variant}",
+        "--batch",
+        str(args.batch),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--repeats",
+        str(args.repeats),
+    ]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT ") :])
+    tail = (proc.stderr or proc.stdout)[-2000:]
+    return {"side": side, "variant": variant, "error": f"exit {proc.returncode}: {tail}"}
+
+
+def _machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+        model = next(
+            line.split(":", 1)[1].strip() for line in info.splitlines() if "model name" in line
+        )
+        flags = next(line for line in info.splitlines() if line.startswith("flags")).split()
+        model += f" ({', '.join(f for f in ('avx512_bf16', 'amx_bf16', 'amx_tile') if f in flags) or 'no bf16 ISA'})"
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {os.cpu_count()} logical CPUs"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer timed steps")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per block")
+    parser.add_argument("--repeats", type=int, default=None, help="timed blocks (median)")
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--only", choices=("ours", "peer"), default=None)
+    parser.add_argument("--ours", default=",".join(OURS_VARIANTS))
+    parser.add_argument("--peer", default=",".join(PEER_VARIANTS))
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.steps = args.steps or (3 if args.quick else 5)
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    args.warmup = args.warmup if args.warmup is not None else (2 if args.quick else 3)
+
+    if args.worker:
+        side, variant = args.worker.split(":")
+        result = (worker_ours if side == "ours" else worker_peer)(variant, args)
+        print("RESULT " + json.dumps(result), flush=True)
+        return 0
+
+    jobs = []
+    if args.only != "peer":
+        jobs += [("ours", v) for v in args.ours.split(",") if v]
+    if args.only != "ours":
+        jobs += [("peer", v) for v in args.peer.split(",") if v]
+    print(f"machine: {_machine()}")
+    print(
+        f"shape: ViT-S/16 @ {SHAPE['image']}px, LoRA r={SHAPE['rank']} q+v, batch {args.batch}, "
+        f"{args.warmup} warm-up + {args.repeats}x{args.steps} timed steps (median block)"
+    )
+    results = []
+    for side, variant in jobs:
+        r = _run_worker(side, variant, args)
+        results.append(r)
+        if "error" in r:
+            print(f"{side:4s} {variant:9s} FAILED {r['error']}")
+        else:
+            print(f"{side:4s} {variant:9s} {r['img_per_s']:7.2f} img/s  blocks={r['blocks']}")
+    best = {}
+    for side in ("ours", "peer"):
+        ok = [r for r in results if r["side"] == side and "error" not in r]
+        if ok:
+            best[side] = max(ok, key=lambda r: r["img_per_s"])
+    if len(best) == 2:
+        o, p = best["ours"], best["peer"]
+        print(
+            f"best ours {o['variant']} {o['img_per_s']:.2f} img/s / best peer {p['variant']} "
+            f"{p['img_per_s']:.2f} img/s = ratio {o['img_per_s'] / p['img_per_s']:.2f}x"
+        )
+    return 0 if all("error" not in r for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""eyegazer train / evaluate / export on the tiny synthetic set: the real workflow, tiny sizes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from eyegazer_keras import configs, train
+from eyegazer_keras.models import vit_lora
+from tests.conftest import tiny_train_overrides
+
+
+def _config(data_dir, **extra):
+    return configs.apply_overrides(configs.TrainConfig(name="tiny"), tiny_train_overrides(data_dir, **extra))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_data_dir, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("run"))
+    lines = []
+    summary = train.run_training(
+        _config(tiny_data_dir, epochs=2, export=True, pretrain_epochs=1), workdir, progress=lines.append
+    )
+    return workdir, summary, lines
+
+
+def test_run_writes_everything(finished_run):
+    workdir, summary, lines = finished_run
+    for name in ["config.json", "run.json", "history.json", "adapter.npz", "metrics_validation.json",
+                 "confusion_matrix_validation.png", "roc_validation.png", "training_curves.png",
+                 os.path.join("checkpoints", "best_adapter.npz"), os.path.join("export", "saved_model.pb"),
+                 os.path.join("export", "MODEL_CARD.md"), os.path.join("pretrained_backbone", "config.json")]:
+        assert os.path.exists(os.path.join(workdir, name)), name
+    assert not os.path.exists(os.path.join(workdir, "backup")), "backup is removed after a finished run"
+    assert any(os.scandir(os.path.join(workdir, "logs")))
+    m = json.load(open(os.path.join(workdir, "metrics_validation.json")))
+    for key in ["accuracy", "majority_baseline", "qwk", "auroc", "referable", "per_class_recall",
+                "confusion_matrix", "collapse_events"]:
+        assert key in m, key
+    assert m["n"] == 24 and np.asarray(m["confusion_matrix"]).sum() == 24
+    history = json.load(open(os.path.join(workdir, "history.json")))
+    assert len(history["val_qwk"]) == 2
+    assert summary["parameters"]["trainable"] < summary["parameters"]["total"]
+    assert summary["adapter"]["adapter_bytes"] < summary["adapter"]["full_model_bytes"]
+    assert any("stage 1/2" in line for line in lines) and any("epoch 2/2" in line for line in lines)
+
+
+def test_lora_stage_loads_the_pretrained_preset(finished_run):
+    workdir, summary, _ = finished_run
+    assert summary["backbone_source"].endswith("pretrained_backbone")
+    info = json.load(open(os.path.join(workdir, "adapter.npz.json"))) if os.path.exists(
+        os.path.join(workdir, "adapter.npz.json")) else vit_lora.read_adapter_metadata(
+        os.path.join(workdir, "adapter.npz"))
+    assert "pretrained_backbone" in json.dumps(info)
+
+
+def test_evaluate_matches_training_metrics_and_refuses_test(finished_run):
+    workdir, summary, _ = finished_run
+    before = json.load(open(os.path.join(workdir, "metrics_validation.json")))
+    after = train.evaluate_run(workdir, "validation")
+    assert after["qwk"] == pytest.approx(before["qwk"], abs=1e-6)
+    assert after["confusion_matrix"] == before["confusion_matrix"]
+    with pytest.raises(train.RunError, match="no labels"):
+        train.evaluate_run(workdir, "test")
+    out = subprocess.run([sys.executable, "-m", "eyegazer_keras.cli", "evaluate", "--workdir", workdir,
+                          "--split", "test"], capture_output=True, text=True)
+    assert out.returncode == 2 and "no labels" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_export_from_workdir_predicts(finished_run, tmp_path):
+    from eyegazer_keras import predict
+
+    workdir, _, _ = finished_run
+    out = train.export_run(workdir, str(tmp_path / "exp"))
+    from PIL import Image
+
+    from eyegazer_datasets.synthetic_fundus import generator
+
+    img, _ = generator.render(5, 3, 200)
+    Image.fromarray(img).save(tmp_path / "eye.png")
+    (result,) = predict.predict_paths(out, [str(tmp_path / "eye.png")])
+    assert len(result["probabilities"]) == 5 and abs(sum(result["probabilities"]) - 1) < 1e-4
+
+
+class CollapsedModel(keras.Model):
+    """Always predicts class 0, whatever the image."""
+
+    def __init__(self):
+        super().__init__(name="collapsed")
+        self.head = keras.layers.Dense(5, activation="softmax", kernel_initializer="zeros",
+                                       bias_initializer=keras.initializers.Constant([6, 0, 0, 0, 0]))
+
+    def call(self, x):
+        return self.head(tf.reduce_mean(x, axis=[1, 2]) * 0.0)
+
+
+def test_collapse_detector_warns_records_and_stops(caplog, tmp_path):
+    model = CollapsedModel()
+    model(np.zeros((1, 8, 8, 3), "float32"))
+    opt = keras.optimizers.SGD(0.0)
+    model.compile(optimizer=opt)
+    strategy = tf.distribute.get_strategy()
+    trainer = train.Trainer(model, opt, strategy, 4)
+    x = np.random.default_rng(0).uniform(0, 255, (16, 8, 8, 3)).astype("float32")
+    y = np.arange(16) % 5
+    ds = tf.data.Dataset.from_tensor_slices((x, y, np.ones(16, "float32"))).batch(4)
+
+    def evaluate():
+        from eyegazer_keras import metrics
+
+        probs = trainer.predict(ds)
+        m = metrics.classification_metrics(y, probs, "grade")
+        return {"val_qwk": m["qwk"] or 0.0, "val_collapse_fraction": m["collapse_fraction"],
+                "val_majority_prediction": "no_dr"}
+
+    detector = train.CollapseDetector(threshold=0.95, patience=2, stop=True)
+    backup = train.ChiefBackupAndRestore(str(tmp_path), str(tmp_path), chief=True)
+    with caplog.at_level("WARNING"):
+        history = trainer.fit(lambda e: ds, 4, 6, evaluate, [detector, backup], backup)
+    assert len(history["loss"]) == 2  # stopped after `patience` collapsed epochs, not 6
+    assert detector.events and detector.events[0]["epoch"] == 2 and detector.events[0]["stopped"]
+    assert any("COLLAPSE" in r.message for r in caplog.records)
+
+
+def test_collapse_detector_ignores_healthy_predictions():
+    detector = train.CollapseDetector(threshold=0.95, patience=1)
+    detector.set_model(keras.Sequential())
+    detector.on_epoch_end(0, {"val_collapse_fraction": 0.6})
+    assert detector.events == []
+
+
+@pytest.mark.slow
+def test_kill_minus_nine_then_resume(tiny_data_dir, tmp_path):
+    workdir = tmp_path / "run"
+    overrides = tiny_train_overrides(tiny_data_dir, epochs=6, checkpoint_every_steps=2, export=False)
+    cmd = [sys.executable, "-m", "eyegazer_keras.cli", "train", "--config", "demo",
+           "--workdir", str(workdir), "--data-dir", tiny_data_dir]
+    for key, value in overrides.items():
+        if key == "data_dir":
+            continue
+        cmd += ["--set", f"{key}={json.dumps(value) if isinstance(value, dict) else value}"]
+    meta = workdir / "backup" / "training_metadata.json"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    killed_at = None
+    while time.time() < deadline and proc.poll() is None:
+        if meta.exists():
+            info = json.loads(meta.read_text())
+            if info["epoch"] >= 1 and info["batch"] > 0:  # mid-epoch, after one full epoch
+                proc.send_signal(signal.SIGKILL)
+                killed_at = info
+                break
+        time.sleep(0.05)
+    proc.wait()
+    assert killed_at is not None, "the run finished or stalled before it could be killed"
+    assert proc.returncode == -signal.SIGKILL
+    assert not (workdir / "run.json").exists()
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"resuming at epoch {killed_at['epoch'] + 1}" in out.stdout
+    history = json.loads((workdir / "history.json").read_text())
+    assert len(history["val_qwk"]) == 6  # epochs before the kill are kept, none repeated
+    assert (workdir / "run.json").exists() and not (workdir / "backup").exists()
+    # LoRA factors survived the restore (Keras load_weights would have zeroed B).
+    data = np.load(workdir / "adapter.npz", allow_pickle=True)
+    lora_b = [k for k in data.files if "lora_kernel_b" in k]
+    assert lora_b and all(np.abs(data[k]).max() > 0 for k in lora_b)
