@@ -46,15 +46,18 @@ def get_strategy(name: str = "auto", tpu_address: str | None = None) -> tf.distr
     """
     if name not in STRATEGIES:
         raise StrategyError(f"strategy '{name}' is not one of: {', '.join(STRATEGIES)}")
-    gpus = tf.config.list_logical_devices("GPU")
+    # Physical listing does not start the runtime: multi-worker collectives must be configured
+    # before it starts.
+    num_gpus = len(tf.config.list_physical_devices("GPU"))
     if name == "auto":
-        name = "mirrored" if len(gpus) > 1 else "default"
+        name = "mirrored" if num_gpus > 1 else "default"
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "onedevice":
-        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+        return tf.distribute.OneDeviceStrategy("/gpu:0" if num_gpus else "/cpu:0")
     if name == "mirrored":
-        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+        kind = "GPU" if num_gpus else "CPU"
+        devices = [d.name for d in tf.config.list_logical_devices(kind)]
         return tf.distribute.MirroredStrategy(devices=devices)
     if name == "multiworker":
         if not os.environ.get("TF_CONFIG"):

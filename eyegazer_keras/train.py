@@ -623,12 +623,12 @@ def run_training(
     """
     t_start = time.perf_counter()
     workdir = os.path.abspath(os.path.expanduser(workdir))
-    # Fail fast: data and backbone before any heavy work.
+    # Multi-worker collectives must be configured before TensorFlow runs any op, so the
+    # strategy comes first; then fail fast on data and backbone before any heavy work.
+    strategy = distribute.get_strategy(config.strategy)
     data.prepared_builder(config.dataset, config.data_dir, config.dataset_config)
     _check_backbone_reachable(config)
     keras.utils.set_random_seed(config.seed)
-
-    strategy = distribute.get_strategy(config.strategy)
     chief = distribute.is_chief(strategy)
     os.makedirs(workdir, exist_ok=True)
     write = distribute.WriteDir(workdir, chief)

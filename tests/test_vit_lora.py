@@ -362,3 +362,67 @@ def test_save_weights_merges_lora_and_adapter_guard_catches_it(preset_dir, tmp_p
     save_adapter(reloaded, tmp_path / "merged.npz")
     with pytest.raises(ValueError, match="frozen backbone weights differ"):
         load_adapter(build_vit_classifier(preset_dir, **kwargs), tmp_path / "merged.npz")
+
+
+def _grads(model, x, y):
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        probs = model(x, training=True)
+        loss = keras.ops.mean(keras.losses.sparse_categorical_crossentropy(y, probs))
+    return [g.numpy() for g in tape.gradient(loss, model.trainable_variables)], loss.numpy()
+
+
+def test_fast_layers_match_keras_lora(preset_dir):
+    """Factored LoRA (x@W + s*(x@A)@B) and float32 GELU: same outputs and gradients as Keras LoRA."""
+    from eyegazer_keras.models import fast_layers
+
+    kwargs = dict(num_classes=5, image_size=SIZE, lora_rank=4, lora_alpha=8)
+    fast = build_vit_classifier(preset_dir, **kwargs)
+    ref = build_vit_classifier(preset_dir, fast_layers=False, **kwargs)
+    classes = {type(la) for la in fast._flatten_layers() if getattr(la, "lora_enabled", False)}
+    assert classes == {fast_layers.FactoredLoRAEinsumDense}
+    assert not any(
+        isinstance(la, fast_layers.FactoredLoRAEinsumDense) for la in ref._flatten_layers()
+    )
+    _randomize_lora_b(ref)
+    assert [v.path for v in fast.weights] == [v.path for v in ref.weights]
+    for src, dst in zip(ref.weights, fast.weights, strict=True):
+        dst.assign(src.value)
+    x, y = _images(4), np.arange(4) % 5
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(fast(x)), keras.ops.convert_to_numpy(ref(x)), atol=1e-5
+    )
+    g_fast, l_fast = _grads(fast, x, y)
+    g_ref, l_ref = _grads(ref, x, y)
+    np.testing.assert_allclose(l_fast, l_ref, rtol=1e-5)
+    for a, b in zip(g_fast, g_ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+    # The merged kernel (what save_weights / .keras store) is unchanged.
+    layer = next(la for la in fast._flatten_layers() if la.name == "query")
+    assert layer.kernel.shape == layer._kernel.shape
+
+
+def test_fast_layers_under_mixed_bfloat16_and_gelu():
+    from eyegazer_keras.models import fast_layers
+
+    x = np.linspace(-6, 6, 101).astype("float32")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(fast_layers.gelu_float32(x)),
+        keras.ops.convert_to_numpy(keras.activations.gelu(x)),
+        atol=1e-6,
+    )
+    kwargs = dict(
+        backbone_config=TINY, num_classes=5, image_size=SIZE, lora_rank=2, dtype="mixed_bfloat16"
+    )
+    keras.utils.set_random_seed(3)
+    fast = build_vit_classifier("config", **kwargs)
+    ref = build_vit_classifier("config", fast_layers=False, **kwargs)
+    dense_1 = [la for la in fast._flatten_layers() if la.name == "dense_1"]
+    assert dense_1 and all(la.activation is fast_layers.gelu_float32 for la in dense_1)
+    for src, dst in zip(ref.weights, fast.weights, strict=True):
+        dst.assign(src.value)
+    out_fast = keras.ops.convert_to_numpy(fast(_images()))
+    out_ref = keras.ops.convert_to_numpy(ref(_images()))
+    assert out_fast.dtype == np.float32
+    np.testing.assert_allclose(out_fast, out_ref, atol=3e-2)  # bfloat16 rounding
