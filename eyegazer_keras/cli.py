@@ -39,6 +39,11 @@ def cmd_prepare(args) -> int:
             _print(f"  {split}: {info.num_examples} examples, unlabeled")
     report_path = os.path.join(builder.data_dir, "build_report.json")
     if os.path.exists(report_path):
+        with open(report_path) as f:
+            build = json.load(f)
+        for key in ("counts", "timing"):
+            if key in build:
+                _print(f"  {key}: {json.dumps(build[key], default=str)[:600]}")
         _print(f"  build report: {report_path}")
     if args.preview:
         path = preview_grid(args.dataset, args.data_dir, args.config, args.preview)
@@ -110,7 +115,9 @@ def cmd_evaluate(args) -> int:
     from eyegazer_keras import train
 
     m = train.evaluate_run(args.workdir, args.split)
-    _print(json.dumps({k: m.get(k) for k in ("n", "accuracy", "majority_baseline", "qwk", "auroc")}))
+    _print(
+        json.dumps({k: m.get(k) for k in ("n", "accuracy", "majority_baseline", "qwk", "auroc")})
+    )
     _print(f"metrics and plots written to {os.path.abspath(args.workdir)}")
     return 0
 
@@ -195,7 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare", help="build a dataset (synthetic_fundus or aptos2019)")
     p.add_argument("dataset", choices=["synthetic_fundus", "aptos2019"])
-    p.add_argument("--manual-dir", help="folder holding aptos2019-blindness-detection.zip or its extracted files")
+    p.add_argument(
+        "--manual-dir",
+        help="folder holding aptos2019-blindness-detection.zip or its extracted files",
+    )
     p.add_argument("--data-dir", help="where prepared TFRecords go (default ~/tensorflow_datasets)")
     p.add_argument("--config", help="builder config (e.g. 512, 512_ben_graham, tiny)")
     p.add_argument("--preview", metavar="PNG", help="write a grid of validation images per grade")
@@ -205,7 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="demo | blog-run1 | blog-run2 | blog-run3")
     p.add_argument("--workdir", help="run directory (default runs/<config>)")
     p.add_argument("--data-dir")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field"
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics.json + plots for a trained run")
@@ -213,7 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="validation")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("search", help="AutoKeras ImageRegressor search, cut-offs tuned on QWK, export")
+    p = sub.add_parser(
+        "search", help="AutoKeras ImageRegressor search, cut-offs tuned on QWK, export"
+    )
     p.add_argument("--config", required=True, help="search-demo | search-aptos")
     p.add_argument("--workdir")
     p.add_argument("--data-dir")

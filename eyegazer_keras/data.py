@@ -80,6 +80,16 @@ def prepare(
     manual_dir: str | None = None,
 ) -> tfds.core.DatasetBuilder:
     """Builds a dataset into `data_dir` (decode + crop + resize once) and returns its builder."""
+    if name == "aptos2019":
+        if not manual_dir:
+            raise DataNotPreparedError(
+                "aptos2019 is a manual download: get aptos2019-blindness-detection.zip from "
+                "https://www.kaggle.com/competitions/aptos2019-blindness-detection/data and run "
+                "eyegazer prepare aptos2019 --manual-dir DIR_WITH_THE_ZIP"
+            )
+        module = importlib.import_module("eyegazer_datasets.aptos2019.aptos2019_dataset_builder")
+        module.prepare(os.path.expanduser(manual_dir), default_data_dir(data_dir), config or "512")
+        return get_builder(name, data_dir, config)
     builder = get_builder(name, data_dir, config)
     download_config = tfds.download.DownloadConfig(
         manual_dir=os.path.expanduser(manual_dir) if manual_dir else None

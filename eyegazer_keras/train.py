@@ -426,7 +426,9 @@ def _check_backbone_reachable(config: configs_lib.TrainConfig) -> None:
     cached = False
     if not source.startswith("hf://"):
         cache = os.path.expanduser(os.environ.get("KAGGLEHUB_CACHE", "~/.cache/kagglehub"))
-        cached = any(source in root for root, _, _ in os.walk(cache)) if os.path.isdir(cache) else False
+        cached = (
+            any(source in root for root, _, _ in os.walk(cache)) if os.path.isdir(cache) else False
+        )
     if cached:
         return
     try:
@@ -488,12 +490,14 @@ def _run_stage(
         config.dataset, "train", config.data_dir, config.dataset_config, config.max_train_examples
     )
     split_val = data.load_split(
-        config.dataset, "validation", config.data_dir, config.dataset_config, config.max_eval_examples
+        config.dataset,
+        "validation",
+        config.data_dir,
+        config.dataset_config,
+        config.max_eval_examples,
     )
     cached_train = data.cached_images(split_train, config.image_size)
-    base_kwargs = dict(
-        label_mode=config.label_mode, image_size=config.image_size, num_classes=5
-    )
+    base_kwargs = dict(label_mode=config.label_mode, image_size=config.image_size, num_classes=5)
 
     def train_fn(epoch: int):
         return data.make_dataset(
@@ -606,9 +610,7 @@ def _pretrain_backbone(config, strategy, write, train_labels, val_labels, progre
     return preset_dir
 
 
-def run_training(
-    config: configs_lib.TrainConfig, workdir: str, progress=None
-) -> dict:
+def run_training(config: configs_lib.TrainConfig, workdir: str, progress=None) -> dict:
     """`eyegazer train`: trains, evaluates and (chief only) writes everything into `workdir`.
 
     Re-running the same command after a kill resumes from the last backup.
@@ -790,7 +792,16 @@ def export_run(workdir: str, output: str, model: keras.Model | None = None) -> s
         "training_config": configs_lib.to_dict(config),
         "validation_metrics": {
             k: val_metrics.get(k)
-            for k in ("accuracy", "majority_baseline", "qwk", "auroc", "sensitivity", "specificity", "referable", "n")
+            for k in (
+                "accuracy",
+                "majority_baseline",
+                "qwk",
+                "auroc",
+                "sensitivity",
+                "specificity",
+                "referable",
+                "n",
+            )
             if k in val_metrics
         },
         "preprocessing": (

@@ -28,7 +28,9 @@ BACKBONE = {"patch_size": 8, "num_layers": 2, "num_heads": 2, "hidden_dim": 48, 
 
 
 def one_step(strategy, init_weights, x, y, w, steps=1):
-    config = configs.TrainConfig(image_size=32, backbone_config=BACKBONE, lora_rank=4, batch_size=16)
+    config = configs.TrainConfig(
+        image_size=32, backbone_config=BACKBONE, lora_rank=4, batch_size=16
+    )
     with strategy.scope():
         keras.utils.set_random_seed(0)
         model = train.build_model(config, "config")
@@ -52,12 +54,29 @@ def one_step(strategy, init_weights, x, y, w, steps=1):
 def main():
     if len(sys.argv) > 1:  # a full one-epoch `eyegazer train` under strategy=mirrored
         data_dir, workdir = sys.argv[1], sys.argv[2]
-        config = configs.apply_overrides(configs.TrainConfig(name="mirrored"), {
-            "dataset_config": "tiny", "data_dir": data_dir, "image_size": 32, "backbone_config": BACKBONE,
-            "batch_size": 16, "epochs": 1, "augment": False, "export": False, "strategy": "mirrored",
-        })
+        config = configs.apply_overrides(
+            configs.TrainConfig(name="mirrored"),
+            {
+                "dataset_config": "tiny",
+                "data_dir": data_dir,
+                "image_size": 32,
+                "backbone_config": BACKBONE,
+                "batch_size": 16,
+                "epochs": 1,
+                "augment": False,
+                "export": False,
+                "strategy": "mirrored",
+            },
+        )
         summary = train.run_training(config, workdir)
-        print(json.dumps({"run_replicas": summary["replicas"], "per_replica": summary["per_replica_batch_size"]}))
+        print(
+            json.dumps(
+                {
+                    "run_replicas": summary["replicas"],
+                    "per_replica": summary["per_replica_batch_size"],
+                }
+            )
+        )
         return
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (16, 32, 32, 3)).astype("float32")
@@ -67,18 +86,27 @@ def main():
     single = tf.distribute.OneDeviceStrategy("/cpu:0")
     start_m, model_m, _ = one_step(mirrored, None, x, y, w, steps=0)
     _, model_s, _ = one_step(single, start_m, x, y, w, steps=0)
-    diffs = [float(np.max(np.abs(a.numpy() - b.numpy()))) for a, b in zip(model_m.weights, model_s.weights, strict=True)]
-    moved = [float(np.max(np.abs(a.numpy() - s))) for a, s in zip(model_m.weights, start_m, strict=True)]
+    diffs = [
+        float(np.max(np.abs(a.numpy() - b.numpy())))
+        for a, b in zip(model_m.weights, model_s.weights, strict=True)
+    ]
+    moved = [
+        float(np.max(np.abs(a.numpy() - s))) for a, s in zip(model_m.weights, start_m, strict=True)
+    ]
     _, _, t_m = one_step(mirrored, start_m, x, y, w, steps=5)
     _, _, t_s = one_step(single, start_m, x, y, w, steps=5)
-    print(json.dumps({
-        "replicas": mirrored.num_replicas_in_sync,
-        "devices": list(mirrored.extended.worker_devices),
-        "max_weight_diff": max(diffs),
-        "max_weight_change": max(moved),
-        "step_seconds_2_replicas": t_m,
-        "step_seconds_1_device": t_s,
-    }))
+    print(
+        json.dumps(
+            {
+                "replicas": mirrored.num_replicas_in_sync,
+                "devices": list(mirrored.extended.worker_devices),
+                "max_weight_diff": max(diffs),
+                "max_weight_change": max(moved),
+                "step_seconds_2_replicas": t_m,
+                "step_seconds_1_device": t_s,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

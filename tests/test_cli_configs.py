@@ -18,8 +18,15 @@ def test_every_config_has_a_docstring_with_command_runtime_and_expected():
 def test_overrides_parse_types():
     cfg = configs.apply_overrides(
         configs.get_config("demo"),
-        ["epochs=2", "learning_rate=0.01", "augment=false", "lora_targets=query,key,value",
-         'backbone_config={"num_layers": 2}', "lora_alpha=none", "strategy=mirrored"],
+        [
+            "epochs=2",
+            "learning_rate=0.01",
+            "augment=false",
+            "lora_targets=query,key,value",
+            'backbone_config={"num_layers": 2}',
+            "lora_alpha=none",
+            "strategy=mirrored",
+        ],
     )
     assert cfg.epochs == 2 and cfg.learning_rate == 0.01 and cfg.augment is False
     assert cfg.lora_targets == ("query", "key", "value")
@@ -39,7 +46,9 @@ def test_bad_overrides_name_the_fix():
 def _run(*args, timeout=120):
     return subprocess.run(
         [sys.executable, "-m", "eyegazer_keras.cli", *args],
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -52,7 +61,9 @@ def test_help_on_every_verb():
 @pytest.mark.parametrize("name", ["blog-run1", "blog-run2", "blog-run3", "search-aptos"])
 def test_real_data_configs_fail_fast_without_data(tmp_path, name):
     verb = "search" if name.startswith("search") else "train"
-    out = _run(verb, "--config", name, "--workdir", str(tmp_path / "w"), "--data-dir", str(tmp_path))
+    out = _run(
+        verb, "--config", name, "--workdir", str(tmp_path / "w"), "--data-dir", str(tmp_path)
+    )
     assert out.returncode == 2
     assert "eyegazer prepare aptos2019 --manual-dir" in out.stderr
     assert "Traceback" not in out.stderr
@@ -60,9 +71,19 @@ def test_real_data_configs_fail_fast_without_data(tmp_path, name):
 
 def test_blog_config_fails_fast_without_preset(tiny_data_dir, tmp_path):
     # Data present (tiny synthetic set stands in), preset missing and no network.
-    out = _run("train", "--config", "blog-run1", "--workdir", str(tmp_path / "w"),
-               "--data-dir", tiny_data_dir, "--set", "dataset=synthetic_fundus",
-               "--set", "dataset_config=tiny")
+    out = _run(
+        "train",
+        "--config",
+        "blog-run1",
+        "--workdir",
+        str(tmp_path / "w"),
+        "--data-dir",
+        tiny_data_dir,
+        "--set",
+        "dataset=synthetic_fundus",
+        "--set",
+        "dataset_config=tiny",
+    )
     assert out.returncode == 2, out.stderr
     assert "vit_base_patch16_224_imagenet21k" in out.stderr and "--set backbone=" in out.stderr
 

@@ -27,7 +27,11 @@ def test_not_prepared_names_the_command(tmp_path):
 
 @pytest.mark.parametrize(
     "mode,dtype,values",
-    [("grade", tf.int32, set(range(5))), ("binary", tf.int32, {0, 1}), ("regression", tf.float32, None)],
+    [
+        ("grade", tf.int32, set(range(5))),
+        ("binary", tf.int32, {0, 1}),
+        ("regression", tf.float32, None),
+    ],
 )
 def test_label_modes(tiny_data_dir, mode, dtype, values):
     split = data.load_split("synthetic_fundus", "validation", tiny_data_dir, "tiny")
@@ -61,25 +65,58 @@ def test_weights_and_training_pipeline(tiny_data_dir):
     split = data.load_split("synthetic_fundus", "train", tiny_data_dir, "tiny")
     weights = {0: 0.5, 1: 2.0, 2: 1.0, 3: 3.0, 4: 4.0}
     ds = data.make_dataset(
-        split, image_size=32, batch_size=16, training=True, seed=3, class_weight=weights,
+        split,
+        image_size=32,
+        batch_size=16,
+        training=True,
+        seed=3,
+        class_weight=weights,
         drop_remainder=True,
     )
     x, y, w = next(iter(ds))
     assert x.shape == (16, 32, 32, 3)
     np.testing.assert_allclose(w.numpy(), [weights[int(k)] for k in y.numpy()])
     # Same seed, same order (resumable epochs); another seed, another order.
-    again = next(iter(data.make_dataset(split, image_size=32, batch_size=16, training=True, seed=3,
-                                        class_weight=weights, drop_remainder=True, augment=False)))
-    other = next(iter(data.make_dataset(split, image_size=32, batch_size=16, training=True, seed=4,
-                                        class_weight=weights, drop_remainder=True, augment=False)))
+    again = next(
+        iter(
+            data.make_dataset(
+                split,
+                image_size=32,
+                batch_size=16,
+                training=True,
+                seed=3,
+                class_weight=weights,
+                drop_remainder=True,
+                augment=False,
+            )
+        )
+    )
+    other = next(
+        iter(
+            data.make_dataset(
+                split,
+                image_size=32,
+                batch_size=16,
+                training=True,
+                seed=4,
+                class_weight=weights,
+                drop_remainder=True,
+                augment=False,
+            )
+        )
+    )
     np.testing.assert_array_equal(again[1].numpy(), y.numpy())
     assert not np.array_equal(other[1].numpy(), y.numpy())
 
 
 def test_augmentation_changes_images_but_not_labels(tiny_data_dir):
     split = data.load_split("synthetic_fundus", "train", tiny_data_dir, "tiny")
-    plain = data.make_dataset(split, image_size=32, batch_size=16, training=True, augment=False, seed=1)
-    aug = data.make_dataset(split, image_size=32, batch_size=16, training=True, augment=True, seed=1)
+    plain = data.make_dataset(
+        split, image_size=32, batch_size=16, training=True, augment=False, seed=1
+    )
+    aug = data.make_dataset(
+        split, image_size=32, batch_size=16, training=True, augment=True, seed=1
+    )
     (x0, y0), (x1, y1) = next(iter(plain)), next(iter(aug))
     np.testing.assert_array_equal(y0.numpy(), y1.numpy())
     assert np.abs(x0.numpy() - x1.numpy()).mean() > 1.0
@@ -87,8 +124,15 @@ def test_augmentation_changes_images_but_not_labels(tiny_data_dir):
 
 def test_balanced_sampling_evens_out_classes(tiny_data_dir):
     split = data.load_split("synthetic_fundus", "train", tiny_data_dir, "tiny")
-    ds = data.make_dataset(split, image_size=16, batch_size=80, training=True, augment=False,
-                           balanced_sampling=True, seed=0)
+    ds = data.make_dataset(
+        split,
+        image_size=16,
+        batch_size=80,
+        training=True,
+        augment=False,
+        balanced_sampling=True,
+        seed=0,
+    )
     labels = np.concatenate([y.numpy() for _, y in ds])
     assert labels.size == 80
     raw = data.split_labels("synthetic_fundus", "train", tiny_data_dir, "tiny")
@@ -99,6 +143,8 @@ def test_balanced_sampling_evens_out_classes(tiny_data_dir):
 
 
 def test_load_numpy_is_uint8(tiny_data_dir):
-    images, labels, ids = data.load_numpy("synthetic_fundus", "validation", 32, tiny_data_dir, "tiny")
+    images, labels, ids = data.load_numpy(
+        "synthetic_fundus", "validation", 32, tiny_data_dir, "tiny"
+    )
     assert images.dtype == np.uint8 and images.shape == (24, 32, 32, 3)
     assert labels.shape == (24,) and len(set(ids)) == 24

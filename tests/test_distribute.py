@@ -40,7 +40,10 @@ def test_mirrored_two_logical_cpus_match_single_device(tiny_data_dir, tmp_path):
     for extra in ([], [tiny_data_dir, str(tmp_path / "run")]):
         out = subprocess.run(
             [sys.executable, os.path.join(HERE, "mirrored_check.py"), *extra],
-            capture_output=True, text=True, timeout=600, cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=REPO,
         )
         assert out.returncode == 0, out.stderr[-3000:]
         lines += [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
@@ -64,8 +67,18 @@ def _free_ports(n):
 
 def _worker_cmd(data_dir, workdir, **extra):
     overrides = tiny_train_overrides(data_dir, strategy="multiworker", **extra)
-    cmd = [sys.executable, "-m", "eyegazer_keras.cli", "train", "--config", "demo",
-           "--workdir", str(workdir), "--data-dir", data_dir]
+    cmd = [
+        sys.executable,
+        "-m",
+        "eyegazer_keras.cli",
+        "train",
+        "--config",
+        "demo",
+        "--workdir",
+        str(workdir),
+        "--data-dir",
+        data_dir,
+    ]
     for key, value in overrides.items():
         if key != "data_dir":
             cmd += ["--set", f"{key}={json.dumps(value) if isinstance(value, dict) else value}"]
@@ -76,10 +89,12 @@ def _start_workers(cmd, ports, tmp_root, logs):
     procs = []
     for index in range(2):
         env = dict(os.environ)
-        env["TF_CONFIG"] = json.dumps({
-            "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-            "task": {"type": "worker", "index": index},
-        })
+        env["TF_CONFIG"] = json.dumps(
+            {
+                "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                "task": {"type": "worker", "index": index},
+            }
+        )
         env["TMPDIR"] = str(tmp_root / f"tmp{index}")
         os.makedirs(env["TMPDIR"], exist_ok=True)
         log = open(logs / f"worker{index}.log", "a")
@@ -90,7 +105,9 @@ def _start_workers(cmd, ports, tmp_root, logs):
 @pytest.mark.slow
 def test_two_worker_processes_train_in_sync_and_only_chief_writes(tiny_data_dir, tmp_path):
     workdir = tmp_path / "run"
-    procs = _start_workers(_worker_cmd(tiny_data_dir, workdir, epochs=2), _free_ports(2), tmp_path, tmp_path)
+    procs = _start_workers(
+        _worker_cmd(tiny_data_dir, workdir, epochs=2), _free_ports(2), tmp_path, tmp_path
+    )
     codes = [p.wait(timeout=600) for p in procs]
     logs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
     assert codes == [0, 0], logs[1][-2000:] + logs[0][-2000:]
@@ -106,8 +123,18 @@ def test_two_worker_processes_train_in_sync_and_only_chief_writes(tiny_data_dir,
     # Only the chief's outputs exist: the non-chief's temporary dir is gone.
     assert not any((tmp_path / "tmp1").iterdir()), list((tmp_path / "tmp1").iterdir())
     assert sorted(p.name for p in workdir.iterdir()) == sorted(
-        ["adapter.npz", "checkpoints", "config.json", "confusion_matrix_validation.png", "history.json",
-         "logs", "metrics_validation.json", "roc_validation.png", "run.json", "training_curves.png"]
+        [
+            "adapter.npz",
+            "checkpoints",
+            "config.json",
+            "confusion_matrix_validation.png",
+            "history.json",
+            "logs",
+            "metrics_validation.json",
+            "roc_validation.png",
+            "run.json",
+            "training_curves.png",
+        ]
     )
 
 

@@ -76,7 +76,7 @@ def test_ben_graham_centres_colours_on_grey():
 def test_decode_to_rgb(mode):
     rgb = Image.fromarray(_photo())
     if mode == "I;16":
-        img = Image.fromarray((np.asarray(rgb.convert("L")).astype(np.uint16) * 257))
+        img = Image.fromarray(np.asarray(rgb.convert("L")).astype(np.uint16) * 257)
         fmt = "PNG"
     elif mode == "CMYK":
         img, fmt = rgb.convert("CMYK"), "JPEG"

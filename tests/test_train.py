@@ -18,7 +18,9 @@ from tests.conftest import tiny_train_overrides
 
 
 def _config(data_dir, **extra):
-    return configs.apply_overrides(configs.TrainConfig(name="tiny"), tiny_train_overrides(data_dir, **extra))
+    return configs.apply_overrides(
+        configs.TrainConfig(name="tiny"), tiny_train_overrides(data_dir, **extra)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -26,23 +28,45 @@ def finished_run(tiny_data_dir, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("run"))
     lines = []
     summary = train.run_training(
-        _config(tiny_data_dir, epochs=2, export=True, pretrain_epochs=1), workdir, progress=lines.append
+        _config(tiny_data_dir, epochs=2, export=True, pretrain_epochs=1),
+        workdir,
+        progress=lines.append,
     )
     return workdir, summary, lines
 
 
 def test_run_writes_everything(finished_run):
     workdir, summary, lines = finished_run
-    for name in ["config.json", "run.json", "history.json", "adapter.npz", "metrics_validation.json",
-                 "confusion_matrix_validation.png", "roc_validation.png", "training_curves.png",
-                 os.path.join("checkpoints", "best_adapter.npz"), os.path.join("export", "saved_model.pb"),
-                 os.path.join("export", "MODEL_CARD.md"), os.path.join("pretrained_backbone", "config.json")]:
+    for name in [
+        "config.json",
+        "run.json",
+        "history.json",
+        "adapter.npz",
+        "metrics_validation.json",
+        "confusion_matrix_validation.png",
+        "roc_validation.png",
+        "training_curves.png",
+        os.path.join("checkpoints", "best_adapter.npz"),
+        os.path.join("export", "saved_model.pb"),
+        os.path.join("export", "MODEL_CARD.md"),
+        os.path.join("pretrained_backbone", "config.json"),
+    ]:
         assert os.path.exists(os.path.join(workdir, name)), name
-    assert not os.path.exists(os.path.join(workdir, "backup")), "backup is removed after a finished run"
+    assert not os.path.exists(os.path.join(workdir, "backup")), (
+        "backup is removed after a finished run"
+    )
     assert any(os.scandir(os.path.join(workdir, "logs")))
     m = json.load(open(os.path.join(workdir, "metrics_validation.json")))
-    for key in ["accuracy", "majority_baseline", "qwk", "auroc", "referable", "per_class_recall",
-                "confusion_matrix", "collapse_events"]:
+    for key in [
+        "accuracy",
+        "majority_baseline",
+        "qwk",
+        "auroc",
+        "referable",
+        "per_class_recall",
+        "confusion_matrix",
+        "collapse_events",
+    ]:
         assert key in m, key
     assert m["n"] == 24 and np.asarray(m["confusion_matrix"]).sum() == 24
     history = json.load(open(os.path.join(workdir, "history.json")))
@@ -55,9 +79,11 @@ def test_run_writes_everything(finished_run):
 def test_lora_stage_loads_the_pretrained_preset(finished_run):
     workdir, summary, _ = finished_run
     assert summary["backbone_source"].endswith("pretrained_backbone")
-    info = json.load(open(os.path.join(workdir, "adapter.npz.json"))) if os.path.exists(
-        os.path.join(workdir, "adapter.npz.json")) else vit_lora.read_adapter_metadata(
-        os.path.join(workdir, "adapter.npz"))
+    info = (
+        json.load(open(os.path.join(workdir, "adapter.npz.json")))
+        if os.path.exists(os.path.join(workdir, "adapter.npz.json"))
+        else vit_lora.read_adapter_metadata(os.path.join(workdir, "adapter.npz"))
+    )
     assert "pretrained_backbone" in json.dumps(info)
 
 
@@ -69,8 +95,20 @@ def test_evaluate_matches_training_metrics_and_refuses_test(finished_run):
     assert after["confusion_matrix"] == before["confusion_matrix"]
     with pytest.raises(train.RunError, match="no labels"):
         train.evaluate_run(workdir, "test")
-    out = subprocess.run([sys.executable, "-m", "eyegazer_keras.cli", "evaluate", "--workdir", workdir,
-                          "--split", "test"], capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "eyegazer_keras.cli",
+            "evaluate",
+            "--workdir",
+            workdir,
+            "--split",
+            "test",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2 and "no labels" in out.stderr and "Traceback" not in out.stderr
 
 
@@ -79,9 +117,8 @@ def test_export_from_workdir_predicts(finished_run, tmp_path):
 
     workdir, _, _ = finished_run
     out = train.export_run(workdir, str(tmp_path / "exp"))
-    from PIL import Image
-
     from eyegazer_datasets.synthetic_fundus import generator
+    from PIL import Image
 
     img, _ = generator.render(5, 3, 200)
     Image.fromarray(img).save(tmp_path / "eye.png")
@@ -94,8 +131,12 @@ class CollapsedModel(keras.Model):
 
     def __init__(self):
         super().__init__(name="collapsed")
-        self.head = keras.layers.Dense(5, activation="softmax", kernel_initializer="zeros",
-                                       bias_initializer=keras.initializers.Constant([6, 0, 0, 0, 0]))
+        self.head = keras.layers.Dense(
+            5,
+            activation="softmax",
+            kernel_initializer="zeros",
+            bias_initializer=keras.initializers.Constant([6, 0, 0, 0, 0]),
+        )
 
     def call(self, x):
         return self.head(tf.reduce_mean(x, axis=[1, 2]) * 0.0)
@@ -117,8 +158,11 @@ def test_collapse_detector_warns_records_and_stops(caplog, tmp_path):
 
         probs = trainer.predict(ds)
         m = metrics.classification_metrics(y, probs, "grade")
-        return {"val_qwk": m["qwk"] or 0.0, "val_collapse_fraction": m["collapse_fraction"],
-                "val_majority_prediction": "no_dr"}
+        return {
+            "val_qwk": m["qwk"] or 0.0,
+            "val_collapse_fraction": m["collapse_fraction"],
+            "val_majority_prediction": "no_dr",
+        }
 
     detector = train.CollapseDetector(threshold=0.95, patience=2, stop=True)
     backup = train.ChiefBackupAndRestore(str(tmp_path), str(tmp_path), chief=True)
@@ -139,9 +183,21 @@ def test_collapse_detector_ignores_healthy_predictions():
 @pytest.mark.slow
 def test_kill_minus_nine_then_resume(tiny_data_dir, tmp_path):
     workdir = tmp_path / "run"
-    overrides = tiny_train_overrides(tiny_data_dir, epochs=6, checkpoint_every_steps=2, export=False)
-    cmd = [sys.executable, "-m", "eyegazer_keras.cli", "train", "--config", "demo",
-           "--workdir", str(workdir), "--data-dir", tiny_data_dir]
+    overrides = tiny_train_overrides(
+        tiny_data_dir, epochs=6, checkpoint_every_steps=2, export=False
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "eyegazer_keras.cli",
+        "train",
+        "--config",
+        "demo",
+        "--workdir",
+        str(workdir),
+        "--data-dir",
+        tiny_data_dir,
+    ]
     for key, value in overrides.items():
         if key == "data_dir":
             continue
@@ -172,3 +228,18 @@ def test_kill_minus_nine_then_resume(tiny_data_dir, tmp_path):
     data = np.load(workdir / "adapter.npz", allow_pickle=True)
     lora_b = [k for k in data.files if "lora_kernel_b" in k]
     assert lora_b and all(np.abs(data[k]).max() > 0 for k in lora_b)
+
+
+def test_trains_on_the_aptos_builder_output(tmp_path):
+    """The same workflow on APTOS 2019 as the builder publishes it (dummy Kaggle zip)."""
+    from eyegazer_keras import data
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    manual = os.path.join(repo, "datasets", "aptos2019", "dummy_data", "zip")
+    data_dir = str(tmp_path / "tfds")
+    data.prepare("aptos2019", data_dir=data_dir, config="256", manual_dir=manual)
+    config = _config(data_dir, dataset="aptos2019", dataset_config="256", batch_size=4, export=True)
+    summary = train.run_training(config, str(tmp_path / "run"))
+    assert summary["metrics"]["n"] == 3
+    meta = json.load(open(tmp_path / "run" / "export" / "assets.extra" / "eyegazer_metadata.json"))
+    assert meta["source_size"] == 256 and meta["image_size"] == 32

@@ -31,10 +31,14 @@ def _ellipse(draw, cx, cy, r, fill, ry=None):
     draw.ellipse([cx - r, cy - ry, cx + r, cy + ry], fill=fill)
 
 
-def _point_in_fundus(rng, cx, cy, radius, width, height, min_frac=0.15, max_frac=0.85, quadrant=None):
+def _point_in_fundus(
+    rng, cx, cy, radius, width, height, min_frac=0.15, max_frac=0.85, quadrant=None
+):
     for _ in range(100):
-        ang = rng.uniform(0, 2 * math.pi) if quadrant is None else rng.uniform(
-            quadrant * math.pi / 2, (quadrant + 1) * math.pi / 2
+        ang = (
+            rng.uniform(0, 2 * math.pi)
+            if quadrant is None
+            else rng.uniform(quadrant * math.pi / 2, (quadrant + 1) * math.pi / 2)
         )
         rad = radius * math.sqrt(rng.uniform(min_frac**2, max_frac**2))
         x, y = cx + rad * math.cos(ang), cy + rad * math.sin(ang)
@@ -109,17 +113,31 @@ def render(seed: int, grade: int, base_size: int = 384) -> tuple[np.ndarray, str
         angle = (-1 if k < 2 else 1) * rng.uniform(0.3, 1.2) + (math.pi if side > 0 else 0.0)
         angle += side * (0.4 if k % 2 else -0.4)
         width_px = radius * rng.uniform(0.012, 0.022)
-        pts = _vessel(draw, rng, *disc, angle, radius * rng.uniform(0.9, 1.4), width_px, vessel_colour)
+        pts = _vessel(
+            draw, rng, *disc, angle, radius * rng.uniform(0.9, 1.4), width_px, vessel_colour
+        )
         for _ in range(3):
             x, y = pts[int(rng.integers(4, len(pts)))]
-            _vessel(draw, rng, x, y, angle + rng.normal(0, 0.9), radius * rng.uniform(0.2, 0.5),
-                    width_px * 0.6, vessel_colour, steps=8, wiggle=0.35)
+            _vessel(
+                draw,
+                rng,
+                x,
+                y,
+                angle + rng.normal(0, 0.9),
+                radius * rng.uniform(0.2, 0.5),
+                width_px * 0.6,
+                vessel_colour,
+                steps=8,
+                wiggle=0.35,
+            )
 
     lesion_scale = radius / 180.0
     ma_colour = tuple(int(v) for v in np.clip(base * np.array([0.55, 0.18, 0.25]), 0, 255))
     haem_colour = tuple(int(v) for v in np.clip(base * np.array([0.45, 0.15, 0.2]), 0, 255))
     exudate_colour = (
-        int(min(255, 235 * brightness + 20)), int(min(255, 215 * brightness + 10)), int(90 * brightness)
+        int(min(255, 235 * brightness + 20)),
+        int(min(255, 215 * brightness + 10)),
+        int(90 * brightness),
     )
 
     def microaneurysms(n):
@@ -156,10 +174,22 @@ def render(seed: int, grade: int, base_size: int = 384) -> tuple[np.ndarray, str
         haemorrhages(int(rng.integers(4, 14)), quadrants=True)
         exudates(int(rng.integers(2, 10)))
         if rng.random() < 0.75:  # neovascularisation: a tangle of fine, wiggly new vessels
-            nx, ny = (disc if rng.random() < 0.6 else _point_in_fundus(rng, cx, cy, radius, width, height))
+            nx, ny = (
+                disc if rng.random() < 0.6 else _point_in_fundus(rng, cx, cy, radius, width, height)
+            )
             for _ in range(int(rng.integers(8, 16))):
-                _vessel(draw, rng, nx, ny, rng.uniform(0, 2 * math.pi), radius * rng.uniform(0.1, 0.25),
-                        max(1.0, 1.6 * lesion_scale), vessel_colour, steps=10, wiggle=0.9)
+                _vessel(
+                    draw,
+                    rng,
+                    nx,
+                    ny,
+                    rng.uniform(0, 2 * math.pi),
+                    radius * rng.uniform(0.1, 0.25),
+                    max(1.0, 1.6 * lesion_scale),
+                    vessel_colour,
+                    steps=10,
+                    wiggle=0.9,
+                )
         if rng.random() < 0.6:  # pre-retinal (boat-shaped) haemorrhage
             x, y = _point_in_fundus(rng, cx, cy, radius, width, height, 0.3, 0.7)
             r = radius * rng.uniform(0.1, 0.16)

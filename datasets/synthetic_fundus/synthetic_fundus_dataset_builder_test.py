@@ -4,7 +4,6 @@ import hashlib
 
 import numpy as np
 import tensorflow_datasets as tfds
-
 from eyegazer_datasets.synthetic_fundus import generator
 from eyegazer_datasets.synthetic_fundus import synthetic_fundus_dataset_builder as builder_lib
 
@@ -28,7 +27,10 @@ def _digest(data_dir):
     out = {}
     for split in ("train", "validation", "test"):
         for ex in b.as_dataset(split=split, shuffle_files=False).as_numpy_iterator():
-            out[ex["id_code"].decode()] = (hashlib.sha256(ex["image"].tobytes()).hexdigest(), int(ex["label"]))
+            out[ex["id_code"].decode()] = (
+                hashlib.sha256(ex["image"].tobytes()).hexdigest(),
+                int(ex["label"]),
+            )
     return out
 
 
