@@ -17,7 +17,13 @@ random images (numpy seed 0; the peer gets them as NCHW). Shape: ViT-S/16 at 224
 
 Warm-up steps are excluded; the result per variant is the median of `--repeats` timed blocks of
 `--steps` steps. Prints img/s per variant and the ratio best-ours / best-peer. Also:
-`--only ours|peer`, `--ours fp32,bf16,fp32-xla,bf16-xla`, `--peer fp32,bf16`, `--batch`.
+`--only ours|peer`, `--ours fp32,bf16,fp32-xla,bf16-xla`, `--peer fp32,bf16`, `--batch`,
+`--inter-op N` (ours: inter-op threads; 0 = TF's default, which is what `eyegazer train` uses
+until the thread setting proposed in NOTES.md is wired in).
+
+Each line also prints images per CPU-second of the worker process times the core count: on a
+machine shared with other jobs the wall-clock figures swing by 2x between blocks; the CPU-time
+figure is steadier for TF, but penalises torch, whose OpenMP threads spin while waiting.
 """
 
 from __future__ import annotations
@@ -80,6 +86,8 @@ def worker_ours(variant: str, args) -> dict:
 
     from eyegazer_keras import configs, distribute, train
 
+    if args.inter_op:  # must precede any TF op; see NOTES.md "thread settings"
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op)
     keras.utils.set_random_seed(0)
     config = configs.TrainConfig(
         name="bench",
@@ -115,7 +123,13 @@ def worker_ours(variant: str, args) -> dict:
 
     result = _timed(step, args.warmup, args.steps, args.repeats, args.batch)
     trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
-    result.update(side="ours", variant=variant, trainable=trainable, tf=tf.__version__)
+    result.update(
+        side="ours",
+        variant=variant,
+        trainable=trainable,
+        tf=tf.__version__,
+        inter_op=tf.config.threading.get_inter_op_parallelism_threads(),
+    )
     return result
 
 
@@ -191,6 +205,8 @@ def _run_worker(side: str, variant: str, args) -> dict:
         str(args.warmup),
         "--repeats",
         str(args.repeats),
+        "--inter-op",
+        str(args.inter_op),
     ]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -226,6 +242,12 @@ def main(argv=None) -> int:
     parser.add_argument("--only", choices=("ours", "peer"), default=None)
     parser.add_argument("--ours", default=",".join(OURS_VARIANTS))
     parser.add_argument("--peer", default=",".join(PEER_VARIANTS))
+    parser.add_argument(
+        "--inter-op",
+        type=int,
+        default=0,
+        help="ours: tf.config.threading inter-op threads (0 = TF default, as `eyegazer train`)",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.steps = args.steps or (3 if args.quick else 5)
@@ -273,7 +295,9 @@ def main(argv=None) -> int:
         )
         oc = max(r["cpu_img_per_s"] for r in results if r["side"] == "ours" and "error" not in r)
         pc = max(r["cpu_img_per_s"] for r in results if r["side"] == "peer" and "error" not in r)
-        print(f"per-CPU-second ratio (contention-insensitive): {oc:.2f} / {pc:.2f} = {oc / pc:.2f}x")
+        print(
+            f"per-CPU-second ratio (contention-insensitive): {oc:.2f} / {pc:.2f} = {oc / pc:.2f}x"
+        )
     return 0 if all("error" not in r for r in results) else 1
 
 

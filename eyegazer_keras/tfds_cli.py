@@ -1,23 +1,29 @@
-"""The `tfds` command, able to start without apache-beam.
+"""The `tfds` command, able to start without apache-beam and mlcroissant.
 
-Why this exists: the `tfds` command of tensorflow-datasets 4.9.10 cannot start unless
-`apache_beam` is importable, even for builders that never use Beam (ours do not).
-`tensorflow_datasets/scripts/cli/main.py` imports `convert_format.py`, which imports
-`convert_format_utils.py`, which defines `class ConvertMetadataFn(beam.DoFn)` at module level
-(line ~248). `beam` there is an `etils.epy.lazy_imports` module, so that class statement
-imports `apache_beam` and `tfds --help` already dies with
-`ModuleNotFoundError: No module named 'apache_beam'`.
+Why this exists: the `tfds` command of tensorflow-datasets 4.9.10 cannot start unless two
+optional packages, which TFDS does not declare as dependencies, are importable, even for builders
+that use neither (ours use neither):
 
-Why not `pip install apache-beam`: apache-beam pins older pillow and protobuf than the versions
-this project is pinned to and tested against, so installing it would downgrade them.
+* `apache_beam`: `tensorflow_datasets/scripts/cli/main.py` imports `convert_format.py`, which
+  imports `convert_format_utils.py`, which defines `class ConvertMetadataFn(beam.DoFn)` at module
+  level (line ~248). `beam` there is an `etils.epy.lazy_imports` module, so that class statement
+  imports `apache_beam`: `tfds --help` already dies with
+  `ModuleNotFoundError: No module named 'apache_beam'`.
+* `mlcroissant`: `main.py` also imports `croissant.py` (the `build_croissant` command), which
+  runs `import mlcroissant as mlc` at module level and uses `mlc.Dataset` in an annotation.
 
-What the shim does, and nothing more: when `import apache_beam` fails, a stub module is put in
-`sys.modules["apache_beam"]` only while the TFDS CLI module is imported. The stub holds a
-`DoFn` base class (all the import needs); any other attribute, and creating a `DoFn`, raise an
-`ImportError` that says to install apache-beam. After the import the stub is removed again, so
-the rest of TFDS sees exactly what it sees without the shim (its own "is Beam installed?" checks
-stay truthful); only `tfds convert_format`, which kept a reference to the stub, reports the
-stub's error. With apache-beam installed the shim does nothing.
+Why not install them: apache-beam pins older pillow and protobuf than the versions this project
+is pinned to and tested against, so installing it would downgrade them; mlcroissant (1.1.1)
+pulls pandas, rdflib and jsonpath-rw in for a command (`build_croissant`) we never run.
+
+What the shim does, and nothing more: for each of the two modules that fails to import, a stub
+module is put in `sys.modules` only while the TFDS CLI module is imported. A stub holds just the
+names that import needs (`apache_beam.DoFn`, `mlcroissant.Dataset`, as bare base classes); any
+other attribute, and creating an instance, raise an `ImportError` that says what to install.
+After the import the stubs are removed again, so the rest of TFDS sees exactly what it sees
+without the shim (its own "is Beam installed?" checks stay truthful); only `tfds convert_format`
+and `tfds build_croissant`, which kept references to the stubs, report the stubs' errors. With
+both packages installed the shim does nothing.
 
 Run it as `eyegazer-tfds` (console script) or `python -m eyegazer_keras.tfds_cli`, with the
 arguments of `tfds`:
@@ -39,82 +45,98 @@ from collections.abc import Iterator
 
 logger = logging.getLogger(__name__)
 
-BEAM_MODULE = "apache_beam"
 TFDS_CLI_MODULE = "tensorflow_datasets.scripts.cli.main"
-MISSING_BEAM_MESSAGE = (
-    "apache_beam is not installed (eyegazer-tfds started the tfds command without it). "
-    "`apache_beam.{name}` is only needed for Beam-based datasets or `tfds convert_format`: "
-    "install apache-beam for those (`pip install apache-beam`; note that it may downgrade "
-    "pillow and protobuf). The eyegazer datasets (aptos2019, synthetic_fundus) do not need it."
+# Module -> (names the TFDS CLI import needs from it, what needs the real package, pip name).
+STUBBED_MODULES = {
+    "apache_beam": (("DoFn",), "Beam-based datasets or `tfds convert_format`", "apache-beam"),
+    "mlcroissant": (("Dataset",), "`tfds build_croissant`", "mlcroissant"),
+}
+MISSING_MESSAGE = (
+    "{module} is not installed (eyegazer-tfds started the tfds command without it), so "
+    "`{module}.{name}` is unavailable. It is only needed for {needed_for}: install it with "
+    "`pip install {pip_name}` for those. The eyegazer datasets (aptos2019, synthetic_fundus) "
+    "do not need it."
 )
 
 
-def _missing_beam_stub() -> types.ModuleType:
-    """Builds the stand-in `apache_beam` module.
+def _stub_module(module: str) -> types.ModuleType:
+    """Builds a stand-in for a missing optional module.
+
+    Args:
+        module: str. A key of `STUBBED_MODULES`.
 
     Returns:
-        A module with a `DoFn` base class; other public attributes raise `ImportError`.
+        A module whose needed names are bare base classes (instantiating one raises
+        `ImportError`); any other public attribute raises `ImportError` naming the package.
     """
+    names, needed_for, pip_name = STUBBED_MODULES[module]
 
-    class DoFn:
-        """Stand-in for `apache_beam.DoFn`: subclassing works, creating one does not."""
+    def missing(name: str) -> ImportError:
+        return ImportError(
+            MISSING_MESSAGE.format(
+                module=module, name=name, needed_for=needed_for, pip_name=pip_name
+            )
+        )
 
+    def placeholder(name: str) -> type:
         def __init__(self, *args, **kwargs):
-            del args, kwargs
-            raise ImportError(MISSING_BEAM_MESSAGE.format(name="DoFn"))
+            del self, args, kwargs
+            raise missing(name)
+
+        return type(name, (), {"__init__": __init__, "__module__": module})
 
     def __getattr__(name: str):
         if name.startswith("__"):
             # Dunder lookups (`__path__`, `__file__`, ...) by importlib, inspect, pickle.
             raise AttributeError(name)
-        raise ImportError(MISSING_BEAM_MESSAGE.format(name=name))
+        raise missing(name)
 
-    stub = types.ModuleType(BEAM_MODULE, "Stand-in for apache_beam (see eyegazer_keras.tfds_cli).")
-    stub.DoFn = DoFn
+    stub = types.ModuleType(module, f"Stand-in for {module} (see eyegazer_keras.tfds_cli).")
+    for name in names:
+        setattr(stub, name, placeholder(name))
     stub.__getattr__ = __getattr__
     return stub
 
 
 @contextlib.contextmanager
-def _beam_stub_if_missing() -> Iterator[None]:
-    """Puts the `apache_beam` stub in `sys.modules` for the duration, when Beam is missing.
+def _stubs_for_missing_modules() -> Iterator[list[str]]:
+    """Puts stubs for the missing `STUBBED_MODULES` in `sys.modules` for the duration.
 
     Yields:
-        Nothing; on exit the stub (if this call added it) is removed from `sys.modules`.
+        The names of the modules that were stubbed (empty when all are installed). On exit the
+        stubs this call added are removed from `sys.modules`.
     """
+    stubs = {}
+    for module in STUBBED_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            stubs[module] = sys.modules[module] = _stub_module(module)
+    if stubs:
+        logger.debug("Importing the tfds CLI with stubs for %s.", ", ".join(stubs))
     try:
-        importlib.import_module(BEAM_MODULE)
-    except ImportError:
-        pass
-    else:
-        yield
-        return
-    stub = _missing_beam_stub()
-    sys.modules[BEAM_MODULE] = stub
-    logger.debug("apache_beam is not installed: importing the tfds CLI with a stub.")
-    try:
-        yield
+        yield list(stubs)
     finally:
-        if sys.modules.get(BEAM_MODULE) is stub:
-            del sys.modules[BEAM_MODULE]
+        for module, stub in stubs.items():
+            if sys.modules.get(module) is stub:
+                del sys.modules[module]
 
 
 def import_tfds_cli() -> types.ModuleType:
-    """Imports the TFDS command-line module, with the Beam stub when Beam is missing.
+    """Imports the TFDS command-line module, with stubs for its missing optional imports.
 
     Returns:
         The `tensorflow_datasets.scripts.cli.main` module (its `launch_cli()` runs `tfds`).
     """
-    with _beam_stub_if_missing():
+    with _stubs_for_missing_modules():
         return importlib.import_module(TFDS_CLI_MODULE)
 
 
 def main() -> None:
-    """Runs the `tfds` command (arguments from `sys.argv`), without requiring apache-beam.
+    """Runs the `tfds` command with the arguments in `sys.argv`, without Beam or mlcroissant.
 
-    Args:
-        None. The arguments are those of `tfds` (e.g. `build DIR --manual_dir D --data_dir D
-            --config C`), read from `sys.argv` by absl.
+    The arguments are those of `tfds` (absl reads them from `sys.argv`), e.g.
+    `build datasets/aptos2019 --manual_dir D --data_dir D --config 512`.
     """
     import_tfds_cli().launch_cli()
 
