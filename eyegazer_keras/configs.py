@@ -48,6 +48,7 @@ class TrainConfig:
     batch_size: int = 32  # GLOBAL batch size; per-replica = batch_size / num_replicas
     epochs: int = 3
     learning_rate: float = 1e-3
+    lr_schedule: str = "cosine"  # cosine (decay to 5% over the run, 5% warm-up) | constant
     weight_decay: float = 1e-4
     mixed_precision: str | None = None  # None | bfloat16 | float16
     jit_compile: bool = False

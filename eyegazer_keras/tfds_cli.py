@@ -21,9 +21,10 @@ module is put in `sys.modules` only while the TFDS CLI module is imported. A stu
 names that import needs (`apache_beam.DoFn`, `mlcroissant.Dataset`, as bare base classes); any
 other attribute, and creating an instance, raise an `ImportError` that says what to install.
 After the import the stubs are removed again, so the rest of TFDS sees exactly what it sees
-without the shim (its own "is Beam installed?" checks stay truthful); only `tfds convert_format`
-and `tfds build_croissant`, which kept references to the stubs, report the stubs' errors. With
-both packages installed the shim does nothing.
+without the shim (its own "is Beam installed?" checks stay truthful); only
+`tfds convert_format --use_beam` and `tfds build_croissant`, which kept references to the stubs,
+report the stubs' errors (`tfds convert_format` without `--use_beam` works). With both packages
+installed the shim does nothing.
 
 Run it as `eyegazer-tfds` (console script) or `python -m eyegazer_keras.tfds_cli`, with the
 arguments of `tfds`:
@@ -48,7 +49,11 @@ logger = logging.getLogger(__name__)
 TFDS_CLI_MODULE = "tensorflow_datasets.scripts.cli.main"
 # Module -> (names the TFDS CLI import needs from it, what needs the real package, pip name).
 STUBBED_MODULES = {
-    "apache_beam": (("DoFn",), "Beam-based datasets or `tfds convert_format`", "apache-beam"),
+    "apache_beam": (
+        ("DoFn",),
+        "Beam-based datasets or `tfds convert_format --use_beam`",
+        "apache-beam",
+    ),
     "mlcroissant": (("Dataset",), "`tfds build_croissant`", "mlcroissant"),
 }
 MISSING_MESSAGE = (

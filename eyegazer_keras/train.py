@@ -242,10 +242,27 @@ def build_model(config: configs_lib.TrainConfig, backbone: str | None = None) ->
     )
 
 
-def make_optimizer(config: configs_lib.TrainConfig) -> keras.optimizers.Optimizer:
-    optimizer = keras.optimizers.AdamW(
-        learning_rate=config.learning_rate, weight_decay=config.weight_decay
-    )
+def make_optimizer(
+    config: configs_lib.TrainConfig, total_steps: int | None = None
+) -> keras.optimizers.Optimizer:
+    """AdamW with the configured schedule (cosine over `total_steps`, or constant).
+
+    The schedule is a function of the optimizer's step counter, which the backup restores, so a
+    resumed run continues the same curve.
+    """
+    learning_rate = config.learning_rate
+    if config.lr_schedule == "cosine" and total_steps:
+        warmup = max(1, total_steps // 20)
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=config.learning_rate * 0.1,
+            decay_steps=max(1, total_steps - warmup),
+            alpha=0.05,
+            warmup_target=config.learning_rate,
+            warmup_steps=warmup,
+        )
+    elif config.lr_schedule not in ("cosine", "constant"):
+        raise ValueError(f"lr_schedule '{config.lr_schedule}': use cosine or constant")
+    optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay)
     if config.mixed_precision == "float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
@@ -469,11 +486,16 @@ def _run_stage(
     extra_callbacks=(),
 ) -> tuple[keras.Model, Trainer, dict, CollapseDetector]:
     """Builds a model in scope and trains it with backup/resume. Returns model and history."""
-    per_replica = distribute.per_replica_batch_size(config.batch_size, strategy)
-    del per_replica
+    distribute.per_replica_batch_size(config.batch_size, strategy)
+    steps = len(train_labels) // config.batch_size
+    if steps < 1:
+        raise RunError(
+            f"the train split has {len(train_labels)} examples, fewer than one global batch "
+            f"({config.batch_size}); lower --set batch_size"
+        )
     with strategy.scope():
         model = model_fn()
-        optimizer = make_optimizer(config)
+        optimizer = make_optimizer(config, total_steps=steps * epochs)
         model.compile(optimizer=optimizer)  # lets BackupAndRestore save optimizer state too
         optimizer.build(model.trainable_variables)
     trainer = Trainer(model, optimizer, strategy, config.batch_size, config.jit_compile)
@@ -536,12 +558,6 @@ def _run_stage(
             "val_majority_prediction": top,
         }
 
-    steps = len(train_labels) // config.batch_size
-    if steps < 1:
-        raise RunError(
-            f"the train split has {len(train_labels)} examples, fewer than one global batch "
-            f"({config.batch_size}); lower --set batch_size"
-        )
     stage_name = os.path.relpath(stage_dir, write.path)
     backup = ChiefBackupAndRestore(
         os.path.normpath(os.path.join(write.real, stage_name, "backup")),

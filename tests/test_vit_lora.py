@@ -426,3 +426,18 @@ def test_fast_layers_under_mixed_bfloat16_and_gelu():
     out_ref = keras.ops.convert_to_numpy(ref(_images()))
     assert out_fast.dtype == np.float32
     np.testing.assert_allclose(out_fast, out_ref, atol=3e-2)  # bfloat16 rounding
+
+
+def test_fast_layers_export_saved_model(preset_dir, tmp_path):
+    import tensorflow as tf
+
+    model = build_vit_classifier(
+        preset_dir, num_classes=5, image_size=SIZE, lora_rank=2, dtype="mixed_bfloat16"
+    )
+    _randomize_lora_b(model)
+    out = str(tmp_path / "saved")
+    model.export(out, format="tf_saved_model", verbose=False)
+    x = _images()
+    loaded = tf.saved_model.load(out)
+    served = loaded.serve(tf.constant(x)).numpy()
+    np.testing.assert_allclose(served, keras.ops.convert_to_numpy(model(x)), atol=1e-5)
