@@ -94,6 +94,33 @@ def _predict(model, images, batch_size: int = PREDICT_BATCH):
     return np.concatenate(out).reshape(-1).astype("float64")
 
 
+def search_strategy(name: str):
+    """The `tf.distribute` strategy keras-tuner builds and fits each trial in, or None.
+
+    `default`/`auto` (one device), `onedevice`, `mirrored` and `tpu` work: keras-tuner enters the
+    strategy's scope for every trial and Keras `fit` distributes the batches (`batch_size` is the
+    global batch). `multiworker` is refused: AutoKeras trains with Keras 3 `Model.fit`, which
+    fails under MultiWorkerMirroredStrategy at the pinned versions (keras-team/keras#20585);
+    `eyegazer train` has its own multi-worker loop, the search does not.
+
+    Args:
+        name: str. A `distribute.STRATEGIES` name.
+    """
+    from eyegazer_keras import distribute
+
+    if name == "multiworker":
+        raise ValueError(
+            "strategy=multiworker is not supported by `eyegazer search`: AutoKeras trains with "
+            "Keras 3 Model.fit, which fails under MultiWorkerMirroredStrategy "
+            "(keras-team/keras#20585); use strategy=mirrored on one host"
+        )
+    import tensorflow as tf
+
+    if name in ("default", "auto") and len(tf.config.list_physical_devices("GPU")) < 2:
+        return None
+    return distribute.get_strategy(name)
+
+
 def fit_search(config, search_dir, x_train, y_train, x_val, y_val, emit=None):
     """Builds the AutoKeras search in `search_dir` and runs (or resumes) it on uint8 arrays.
 
@@ -114,8 +141,15 @@ def fit_search(config, search_dir, x_train, y_train, x_val, y_val, emit=None):
     from eyegazer_keras.models import regressor
 
     emit = emit or logger.info
+    strategy = search_strategy(config.strategy)
+    if strategy is not None:
+        emit(
+            f"search trials run under {type(strategy).__name__} ({strategy.num_replicas_in_sync} replicas)"
+        )
     keras.utils.set_random_seed(config.seed)
-    auto_model = regressor.build_regressor(config, str(search_dir), PROJECT_NAME)
+    auto_model = regressor.build_regressor(
+        config, str(search_dir), PROJECT_NAME, distribution_strategy=strategy
+    )
     tuner = auto_model.tuner
     finished = sum(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
     if finished and not config.overwrite:
@@ -169,6 +203,8 @@ def run_search(config, workdir, progress: Callable[[str], None] | None = None) -
             "use a search config such as `--config search-demo`"
         )
     # Fail fast, before any heavy import or data loading.
+    if config.strategy == "multiworker":
+        search_strategy(config.strategy)  # raises the one-line reason before any work
     builder = data.prepared_builder(config.dataset, config.data_dir, config.dataset_config)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

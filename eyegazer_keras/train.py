@@ -499,6 +499,8 @@ def _run_stage(
         model.compile(optimizer=optimizer)  # lets BackupAndRestore save optimizer state too
         optimizer.build(model.trainable_variables)
     trainer = Trainer(model, optimizer, strategy, config.batch_size, config.jit_compile)
+    if progress:
+        progress(f"model: {vit_lora.format_trainable_parameters(model)}")
 
     num_classes = config.num_classes
     train_targets = data.transform_labels_np(train_labels, config.label_mode)

@@ -51,7 +51,39 @@ def one_step(strategy, init_weights, x, y, w, steps=1):
     return start, model, per_step
 
 
+def search_mode(data_dir, workdir):
+    """A 1-trial AutoKeras search under strategy=mirrored (2 logical CPUs)."""
+    from eyegazer_keras import search
+
+    config = configs.apply_overrides(
+        configs.get_config("search-demo"),
+        {
+            "dataset_config": "tiny",
+            "data_dir": data_dir,
+            "image_size": 16,
+            "max_trials": 1,
+            "epochs": 1,
+            "batch_size": 16,
+            "strategy": "mirrored",
+            "export": False,
+        },
+    )
+    lines = []
+    summary = search.run_search(config, workdir, progress=lines.append)
+    print(
+        json.dumps(
+            {
+                "search_lines": [x for x in lines if "MirroredStrategy" in x],
+                "qwk_tuned": summary["metrics"]["qwk_tuned"],
+            }
+        )
+    )
+
+
 def main():
+    if len(sys.argv) > 3 and sys.argv[3] == "search":
+        search_mode(sys.argv[1], sys.argv[2])
+        return
     if len(sys.argv) > 1:  # a full one-epoch `eyegazer train` under strategy=mirrored
         data_dir, workdir = sys.argv[1], sys.argv[2]
         config = configs.apply_overrides(

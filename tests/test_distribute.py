@@ -171,3 +171,28 @@ def test_killed_worker_restarts_and_job_completes(tiny_data_dir, tmp_path):
     history = json.loads((workdir / "history.json").read_text())
     assert len(history["val_qwk"]) == 6
     assert (workdir / "run.json").exists() and not (workdir / "backup").exists()
+
+
+@pytest.mark.slow
+def test_search_runs_under_mirrored_and_refuses_multiworker(tiny_data_dir, tmp_path, monkeypatch):
+    out = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(HERE, "mirrored_check.py"),
+            tiny_data_dir,
+            str(tmp_path / "s"),
+            "search",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")][-1]
+    assert result["search_lines"] and "2 replicas" in result["search_lines"][0]
+    from eyegazer_keras import configs, search
+
+    config = configs.apply_overrides(configs.get_config("search-demo"), {"strategy": "multiworker"})
+    with pytest.raises(ValueError, match="keras-team/keras#20585"):
+        search.run_search(config, str(tmp_path / "mw"))

@@ -243,3 +243,15 @@ def test_trains_on_the_aptos_builder_output(tmp_path):
     assert summary["metrics"]["n"] == 3
     meta = json.load(open(tmp_path / "run" / "export" / "assets.extra" / "eyegazer_metadata.json"))
     assert meta["source_size"] == 256 and meta["image_size"] == 32
+
+
+def test_bfloat16_and_xla_options_train(tiny_data_dir, tmp_path):
+    lines = []
+    summary = train.run_training(
+        _config(tiny_data_dir, mixed_precision="bfloat16", jit_compile=True, epochs=1),
+        str(tmp_path / "run"),
+        progress=lines.append,
+    )
+    assert np.isfinite(json.load(open(tmp_path / "run" / "history.json"))["loss"][0])
+    assert any(line.startswith("model: trainable params:") for line in lines)
+    assert summary["metrics"]["n"] == 24

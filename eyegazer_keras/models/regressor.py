@@ -224,7 +224,9 @@ def tuner_class(name: str) -> type:
     return type(f"Frugal{base.__name__}", (FrugalTunerMixin, base), {})
 
 
-def build_regressor(config, directory: str, project_name: str = "regressor"):
+def build_regressor(
+    config, directory: str, project_name: str = "regressor", distribution_strategy=None
+):
     """Builds the AutoKeras search (`ak.AutoModel`) for the 0-4 grade from a `SearchConfig`.
 
     Applies `apply_autokeras_shim()` first. The search state lives in
@@ -236,6 +238,8 @@ def build_regressor(config, directory: str, project_name: str = "regressor"):
             `overwrite`, `block_type` (None: searched), `normalize`, `augment`.
         directory: str. Folder for the search state.
         project_name: str. Sub-folder name. Defaults to "regressor".
+        distribution_strategy: `tf.distribute.Strategy` for keras-tuner to build and fit every
+            trial in (its `distribution_strategy` argument). Defaults to None (default strategy).
 
     Returns:
         An `ak.AutoModel` with `ImageInput -> ImageBlock -> RegressionHead`.
@@ -263,6 +267,7 @@ def build_regressor(config, directory: str, project_name: str = "regressor"):
         tuner=tuner_class(config.tuner),
         overwrite=config.overwrite,
         seed=config.seed,
+        distribution_strategy=distribution_strategy,
     )
 
 
