@@ -242,6 +242,44 @@ def build_model(config: configs_lib.TrainConfig, backbone: str | None = None) ->
     )
 
 
+def configure_runtime() -> None:
+    """CPU thread settings; must run before TensorFlow executes any op.
+
+    On small CPU machines one inter-op thread avoids two op threads fighting over the same
+    cores (benchmarks/NOTES.md).
+    """
+    if not tf.config.list_physical_devices("GPU") and (os.cpu_count() or 1) <= 4:
+        try:
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:
+            logger.info("TensorFlow already initialised; inter-op threads left as they are")
+
+
+def resolve_auto(config: configs_lib.TrainConfig) -> configs_lib.TrainConfig:
+    """Resolves `mixed_precision="auto"` and `jit_compile="auto"` for the hardware present.
+
+    GPU: bfloat16 from compute capability 8.0 (A100, H100), float16 before (V100, T4, with loss
+    scaling), XLA on. TPU: bfloat16 + XLA. CPU: float32, no XLA.
+    """
+    gpus = tf.config.list_physical_devices("GPU")
+    accelerator = bool(gpus) or config.strategy == "tpu"
+    if isinstance(config.mixed_precision, str) and config.mixed_precision.lower() == "none":
+        config.mixed_precision = None
+    if config.mixed_precision == "auto":
+        if config.strategy == "tpu":
+            config.mixed_precision = "bfloat16"
+        elif gpus:
+            details = tf.config.experimental.get_device_details(gpus[0])
+            capability = tuple(details.get("compute_capability", (0, 0)))
+            config.mixed_precision = "bfloat16" if capability >= (8, 0) else "float16"
+        else:
+            config.mixed_precision = None
+    if isinstance(config.jit_compile, str):
+        value = config.jit_compile.lower()
+        config.jit_compile = accelerator if value == "auto" else value in ("true", "1", "yes", "on")
+    return config
+
+
 def make_optimizer(
     config: configs_lib.TrainConfig, total_steps: int | None = None
 ) -> keras.optimizers.Optimizer:
@@ -643,9 +681,11 @@ def run_training(config: configs_lib.TrainConfig, workdir: str, progress=None) -
     """
     t_start = time.perf_counter()
     workdir = os.path.abspath(os.path.expanduser(workdir))
-    # Multi-worker collectives must be configured before TensorFlow runs any op, so the
-    # strategy comes first; then fail fast on data and backbone before any heavy work.
+    # Thread settings and multi-worker collectives must be configured before TensorFlow runs
+    # any op, so they come first; then fail fast on data and backbone before any heavy work.
+    configure_runtime()
     strategy = distribute.get_strategy(config.strategy)
+    resolve_auto(config)
     data.prepared_builder(config.dataset, config.data_dir, config.dataset_config)
     _check_backbone_reachable(config)
     keras.utils.set_random_seed(config.seed)
@@ -767,6 +807,7 @@ def load_run(workdir: str, strategy=None):
     if config.pretrain_epochs:
         backbone = os.path.join(workdir, PRETRAINED_DIR)
     strategy = strategy or tf.distribute.get_strategy()
+    resolve_auto(config)
     with strategy.scope():
         model = build_model(config, backbone)
     vit_lora.load_adapter(model, best)
