@@ -196,15 +196,19 @@ class BestAdapterCheckpoint(keras.callbacks.Callback):
         path: str. Adapter file (`.npz`).
         monitor: str. Log key to maximise. Defaults to "val_qwk".
         chief: bool. Only the chief writes. Defaults to True.
+        resume: bool. Keep the best value of the interrupted run being resumed; False for a
+            fresh run. Defaults to True.
     """
 
-    def __init__(self, path: str, monitor: str = "val_qwk", chief: bool = True):
+    def __init__(
+        self, path: str, monitor: str = "val_qwk", chief: bool = True, resume: bool = True
+    ):
         super().__init__()
         self.path = path
         self.monitor = monitor
         self.chief = chief
         self.best = -np.inf
-        if os.path.exists(path + ".json"):
+        if resume and os.path.exists(path + ".json"):  # a fresh run ignores an old run's best
             with open(path + ".json") as f:
                 self.best = float(json.load(f)["best"])
 
@@ -300,7 +304,9 @@ def make_optimizer(
         )
     elif config.lr_schedule not in ("cosine", "constant"):
         raise ValueError(f"lr_schedule '{config.lr_schedule}': use cosine or constant")
-    optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay)
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=learning_rate, weight_decay=config.weight_decay
+    )
     if config.mixed_precision == "float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
@@ -360,7 +366,7 @@ class Trainer:
             per_replica = self.strategy.run(step, args=(images, labels, weights))
             return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
-        @tf.function
+        @tf.function(reduce_retracing=True)
         def predict_step(images):
             return self.model(images, training=False)
 
@@ -532,6 +538,9 @@ def _run_stage(
             f"({config.batch_size}); lower --set batch_size"
         )
     with strategy.scope():
+        # Seeded right before the build: `load_run` rebuilds the same frozen initial weights
+        # for a `backbone="config"` run, which the adapter's base fingerprint checks.
+        keras.utils.set_random_seed(config.seed)
         model = model_fn()
         optimizer = make_optimizer(config, total_steps=steps * epochs)
         model.compile(optimizer=optimizer)  # lets BackupAndRestore save optimizer state too
@@ -610,7 +619,10 @@ def _run_stage(
     )
     callbacks = [collapse, *extra_callbacks]
     if best_path:
-        callbacks.append(BestAdapterCheckpoint(write.join(best_path), config.monitor, write.chief))
+        resuming = backup.resume_position() != (0, 0)
+        callbacks.append(
+            BestAdapterCheckpoint(write.join(best_path), config.monitor, write.chief, resuming)
+        )
     callbacks.append(backup)  # last: its epoch-end backup covers everything above
     history = trainer.fit(
         train_fn,
@@ -809,6 +821,7 @@ def load_run(workdir: str, strategy=None):
     strategy = strategy or tf.distribute.get_strategy()
     resolve_auto(config)
     with strategy.scope():
+        keras.utils.set_random_seed(config.seed)  # as in `_run_stage`
         model = build_model(config, backbone)
     vit_lora.load_adapter(model, best)
     return config, model

@@ -255,3 +255,15 @@ def test_bfloat16_and_xla_options_train(tiny_data_dir, tmp_path):
     assert np.isfinite(json.load(open(tmp_path / "run" / "history.json"))["loss"][0])
     assert any(line.startswith("model: trainable params:") for line in lines)
     assert summary["metrics"]["n"] == 24
+
+
+def test_evaluate_and_export_a_run_without_pretraining(tiny_data_dir, tmp_path):
+    """backbone="config" + pretrain_epochs=0: rebuilding the run reproduces its frozen weights."""
+    workdir = str(tmp_path / "run")
+    train.run_training(_config(tiny_data_dir, epochs=1), workdir)
+    before = json.load(open(os.path.join(workdir, "metrics_validation.json")))
+    after = train.evaluate_run(workdir, "validation")
+    assert after["qwk"] == pytest.approx(before["qwk"], abs=1e-6)
+    assert os.path.exists(
+        os.path.join(train.export_run(workdir, str(tmp_path / "exp")), "saved_model.pb")
+    )
