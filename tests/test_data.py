@@ -148,3 +148,18 @@ def test_load_numpy_is_uint8(tiny_data_dir):
     )
     assert images.dtype == np.uint8 and images.shape == (24, 32, 32, 3)
     assert labels.shape == (24,) and len(set(ids)) == 24
+
+
+def test_augment_batch_is_deterministic_in_seed_and_in_range():
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.integers(0, 256, (4, 24, 24, 3), dtype=np.uint8))
+    a = data.augment_batch(images, tf.constant([1, 2], tf.int64)).numpy()
+    b = data.augment_batch(images, tf.constant([1, 2], tf.int64)).numpy()
+    c = data.augment_batch(images, tf.constant([1, 3], tf.int64)).numpy()
+    assert a.dtype == np.float32 and a.shape == (4, 24, 24, 3)
+    assert 0.0 <= a.min() and a.max() <= 255.0
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).mean() > 1.0
+    # float 0..255 input gives the same result as the uint8 it rounds to
+    d = data.augment_batch(tf.cast(images, tf.float32), tf.constant([1, 2], tf.int64)).numpy()
+    np.testing.assert_array_equal(a, d)
