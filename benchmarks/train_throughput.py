@@ -18,7 +18,7 @@ random images (numpy seed 0; the peer gets them as NCHW). Shape: ViT-S/16 at 224
 Warm-up steps are excluded; the result per variant is the median of `--repeats` timed blocks of
 `--steps` steps. Prints img/s per variant and the ratio best-ours / best-peer. Also:
 `--only ours|peer`, `--ours fp32,bf16,fp32-xla,bf16-xla`, `--peer fp32,bf16`, `--batch`,
-`--inter-op N` (ours: inter-op threads; 0 = TF's default, which is what `eyegazer train` uses
+`--inter-op N` (ours: inter-op threads; 0 = `train.configure_runtime()`, which is what `eyegazer train` uses
 until the thread setting proposed in NOTES.md is wired in).
 
 Each line also prints images per CPU-second of the worker process times the core count: on a
@@ -88,6 +88,8 @@ def worker_ours(variant: str, args) -> dict:
 
     if args.inter_op:  # must precede any TF op; see NOTES.md "thread settings"
         tf.config.threading.set_inter_op_parallelism_threads(args.inter_op)
+    else:  # exactly what `eyegazer train` does (train.run_training calls it first)
+        train.configure_runtime()
     keras.utils.set_random_seed(0)
     config = configs.TrainConfig(
         name="bench",
@@ -246,7 +248,7 @@ def main(argv=None) -> int:
         "--inter-op",
         type=int,
         default=0,
-        help="ours: tf.config.threading inter-op threads (0 = TF default, as `eyegazer train`)",
+        help="ours: tf.config.threading inter-op threads (0 = train.configure_runtime(), as `eyegazer train`)",
     )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
