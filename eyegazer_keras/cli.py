@@ -14,6 +14,21 @@ import sys
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, RuntimeError, OSError, KeyError)
 
 
+def _is_tf_error(err: BaseException) -> bool:
+    import tensorflow as tf
+
+    return isinstance(err, tf.errors.OpError)
+
+
+def _expected(err: BaseException) -> bool:
+    """Bad input, missing files, unreadable data: reported in one line, no traceback."""
+    import zipfile
+
+    if isinstance(err, EXPECTED_ERRORS + (TypeError, ArithmeticError, zipfile.BadZipFile)):
+        return True
+    return "tensorflow" in sys.modules and _is_tf_error(err)
+
+
 def _quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -82,7 +97,7 @@ def preview_grid(dataset: str, data_dir, config, path: str, per_grade: int = 6) 
     return path
 
 
-def _load_config(name: str, overrides, workdir=None):
+def _load_config(name: str, overrides):
     from eyegazer_keras import configs
 
     config = configs.apply_overrides(configs.get_config(name), overrides)
@@ -161,7 +176,7 @@ def cmd_predict(args) -> int:
 
 def cmd_demo(args) -> int:
     """prepare synthetic_fundus -> train (demo config) -> evaluate -> export -> predict."""
-    from eyegazer_keras import configs, data, train
+    from eyegazer_keras import configs, train
 
     os.makedirs(args.workdir, exist_ok=True)
     config = configs.apply_overrides(configs.get_config("demo"), args.set)
@@ -188,7 +203,6 @@ def cmd_demo(args) -> int:
         )
     )
     _print(f"4/4 exported SavedModel: {summary.get('export')}")
-    del data
     return 0
 
 
@@ -265,10 +279,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("eyegazer: interrupted", file=sys.stderr)
         return 130
-    except EXPECTED_ERRORS as err:
-        if args.verbose:
+    except Exception as err:  # one line for anything expected; a traceback for real bugs
+        if args.verbose or not _expected(err):
             raise
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+        if "tensorflow" in sys.modules and _is_tf_error(err):
+            text = getattr(err, "message", text)
+        message = text.strip().splitlines()[0] if text.strip() else type(err).__name__
         print(f"eyegazer {args.command}: error: {message}", file=sys.stderr)
         return 2
 

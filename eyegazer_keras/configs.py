@@ -61,7 +61,8 @@ class TrainConfig:
     monitor: str = "val_qwk"  # val_qwk | val_auroc
     # Runtime.
     strategy: str = "auto"  # auto | default | onedevice | mirrored | multiworker | tpu
-    checkpoint_every_steps: int = 50
+    tpu: str | None = None  # TPU name/address for strategy=tpu (None: Cloud TPU VM / env)
+    checkpoint_every_steps: int = 50  # 0: back up at epoch ends only
     export: bool = True
     requires_real_data: bool = False
 
@@ -245,25 +246,67 @@ def get_config(name: str) -> TrainConfig | SearchConfig:
 
 
 def _parse_value(text: str, current: Any, field: dataclasses.Field) -> Any:
-    lowered = text.strip().lower()
+    """Parses `text` by the field's DECLARED type (not the default's runtime type)."""
+    stripped = text.strip()
+    lowered = stripped.lower()
     if lowered in ("none", "null"):
         return None
-    kind = type(current) if current is not None else None
-    hint = str(field.type)
-    if kind is bool or (kind is None and "bool" in hint):
-        if lowered in ("true", "1", "yes", "on"):
-            return True
-        if lowered in ("false", "0", "no", "off"):
-            return False
+    hint = str(field.type).replace(" ", "")
+    kinds = set(hint.split("|"))
+    if "dict" in kinds:
+        try:
+            value = json.loads(stripped)
+        except json.JSONDecodeError:
+            value = None
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a JSON object such as {{\"num_layers\": 2}}, got '{text}'")
+        return value
+    if "tuple" in kinds:
+        items = json.loads(stripped) if stripped.startswith("[") else stripped.split(",")
+        items = [str(x).strip() for x in items if str(x).strip()]
+        if not items:
+            raise ValueError("expected a comma-separated list, e.g. query,value")
+        return tuple(items)
+    if "bool" in kinds and lowered in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+        return lowered in ("true", "yes", "on", "1")
+    if "float" in kinds:
+        return float(stripped)
+    if "int" in kinds:
+        return int(stripped)
+    if "bool" in kinds and "str" not in kinds:
         raise ValueError(f"expected true/false, got '{text}'")
-    if kind is int or (kind is None and hint.startswith("int")):
-        return int(text)
-    if kind is float or (kind is None and "float" in hint):
-        return float(text)
-    if kind in (dict, list, tuple):
-        value = json.loads(text) if text.strip()[:1] in "[{" else text.split(",")
-        return tuple(value) if kind is tuple else value
-    return text
+    del current
+    return stripped
+
+
+CHOICES = {
+    "label_mode": ("grade", "binary"),
+    "class_weight": ("balanced", None),
+    "pooling": ("token", "gap"),
+    "mixed_precision": ("auto", "bfloat16", "float16", None),
+    "jit_compile": ("auto", True, False),
+    "monitor": ("val_qwk", "val_auroc", "val_accuracy"),
+    "strategy": ("auto", "default", "onedevice", "mirrored", "multiworker", "tpu"),
+    "lr_schedule": ("cosine", "constant"),
+    "tuner": ("greedy", "bayesian", "random", "hyperband"),
+}
+POSITIVE = ("batch_size", "epochs", "image_size", "max_trials", "learning_rate")
+NON_NEGATIVE = ("lora_rank", "pretrain_epochs", "checkpoint_every_steps", "head_dropout")
+
+
+def validate(config):
+    """Raises `ConfigError` naming the field and the allowed values for a wrong setting."""
+    for name, allowed in CHOICES.items():
+        if hasattr(config, name) and getattr(config, name) not in allowed:
+            shown = ", ".join("none" if a is None else str(a).lower() for a in allowed)
+            raise ConfigError(f"--set {name}={getattr(config, name)}: choose one of {shown}")
+    for name in POSITIVE:
+        if hasattr(config, name) and not getattr(config, name) > 0:
+            raise ConfigError(f"--set {name}={getattr(config, name)}: must be > 0")
+    for name in NON_NEGATIVE:
+        if hasattr(config, name) and getattr(config, name) < 0:
+            raise ConfigError(f"--set {name}={getattr(config, name)}: must be >= 0")
+    return config
 
 
 def apply_overrides(config, overrides: list[str] | dict | None):
@@ -302,7 +345,7 @@ def apply_overrides(config, overrides: list[str] | dict | None):
             except (ValueError, json.JSONDecodeError) as err:
                 raise ConfigError(f"--set {key}={value}: {err}") from None
         setattr(config, key, value)
-    return config
+    return validate(config)
 
 
 def to_dict(config) -> dict:

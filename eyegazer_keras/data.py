@@ -346,7 +346,8 @@ def make_dataset(
             resumed run reproduces. Defaults to 0.
         class_weight: dict. Per-class weights; adds a third element (sample weight).
         balanced_sampling: bool. Draw classes equally often (training only). Defaults to False.
-        num_classes: int. Number of classes of the raw `label`. Defaults to 5.
+        num_classes: int. Number of target classes (5 for grade, 2 for binary) for balanced
+            sampling. Defaults to 5.
         cache: bool. Cache resized uint8 images in memory. Defaults to True.
         drop_remainder: bool. Drop the last partial batch. Defaults to False.
         with_ids: bool. Add `id_code` as the last element (evaluation). Defaults to False.
@@ -364,13 +365,27 @@ def make_dataset(
 
         ds = ds.map(_resize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if training and balanced_sampling:
+        if label_mode == "regression":
+            raise ValueError("balanced_sampling needs class targets (grade or binary label_mode)")
+
+        def _target(ex):
+            return tf.cast(transform_label(tf.cast(ex["label"], tf.int64), label_mode), tf.int64)
+
+        # Classes are the TARGETS (binary: no DR vs DR), not the raw grades.
         per_class = [
-            ds.filter(lambda ex, c=c: tf.equal(ex["label"], c)).repeat().shuffle(512, seed=seed + c)
+            ds.filter(lambda ex, c=c: tf.equal(_target(ex), c)).repeat().shuffle(512, seed=seed + c)
             for c in range(num_classes)
         ]
         n = int(ds.reduce(0, lambda acc, _: acc + 1).numpy())
         present = [
-            d for d, c in zip(per_class, range(num_classes), strict=True) if _has_class(ds, c)
+            d
+            for d, c in zip(per_class, range(num_classes), strict=True)
+            if bool(
+                ds.filter(lambda ex, c=c: tf.equal(_target(ex), c))
+                .take(1)
+                .reduce(0, lambda a, _: a + 1)
+                > 0
+            )
         ]
         ds = tf.data.Dataset.sample_from_datasets(present, seed=seed, stop_on_empty_dataset=False)
         ds = ds.take(n)
@@ -395,7 +410,9 @@ def make_dataset(
             image = tf.cast(ex["image"], tf.float32)
         out = [image, transform_label(label, label_mode)]
         if weights_table is not None:
-            out.append(weights_table.lookup(label))
+            # Weights are keyed by the TARGET class (binary: 0 = no DR, 1 = DR).
+            target = tf.cast(transform_label(label, label_mode), tf.int64)
+            out.append(weights_table.lookup(target))
         if with_ids:
             out.append(ex["id_code"])
         return tuple(out)
@@ -410,12 +427,6 @@ def make_dataset(
 
 def _is_uint8_at(spec: tf.TensorSpec, image_size: int) -> bool:
     return spec.dtype == tf.uint8 and tuple(spec.shape[-3:]) == (image_size, image_size, 3)
-
-
-def _has_class(ds: tf.data.Dataset, c: int) -> bool:
-    return bool(
-        ds.filter(lambda ex: tf.equal(ex["label"], c)).take(1).reduce(0, lambda a, _: a + 1) > 0
-    )
 
 
 def load_numpy(

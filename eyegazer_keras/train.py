@@ -73,8 +73,20 @@ class CollapseDetector(keras.callbacks.Callback):
         self.events: list[dict] = []
         self._streak = 0
 
+    def restore(self, history: dict) -> None:
+        """Rebuilds `events` and the streak from a resumed run's history."""
+        self.events, self._streak = [], 0
+        majority = history.get("val_majority_prediction", [])
+        for epoch, fraction in enumerate(history.get("val_collapse_fraction", [])):
+            logs = {"val_collapse_fraction": fraction}
+            if epoch < len(majority):
+                logs["val_majority_prediction"] = majority[epoch]
+            self._record(epoch, logs, quiet=True)
+
     def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
+        self._record(epoch, logs or {})
+
+    def _record(self, epoch, logs, quiet=False):
         fraction = logs.get("val_collapse_fraction")
         if fraction is None:
             return
@@ -87,6 +99,8 @@ class CollapseDetector(keras.callbacks.Callback):
                 "stopped": bool(self.stop),
             }
             self.events.append(event)
+            if quiet:
+                return
             logger.warning(
                 "COLLAPSE: epoch %d: %.1f%% of validation predictions are class %s "
                 "(threshold %.0f%%)%s. Check class weights / learning rate.",
@@ -136,21 +150,30 @@ class ChiefBackupAndRestore(keras.callbacks.BackupAndRestore):
         with open(meta) as f:
             info = json.load(f)
         prefix = os.path.join(self.backup_dir, info["checkpoint"])
-        self._checkpoint().read(prefix).assert_existing_objects_matched()
+        try:
+            self._checkpoint().read(prefix).assert_existing_objects_matched()
+        except (tf.errors.OpError, AssertionError, ValueError) as err:
+            raise RunError(
+                f"backup {prefix} cannot be restored ({type(err).__name__}); delete "
+                f"{self.backup_dir} to restart the run from scratch"
+            ) from None
         self.model._initial_epoch = int(info["epoch"])
 
     def _save_model(self):
         os.makedirs(self.write_dir, exist_ok=True)
         name = f"ckpt-{self._current_epoch}-{self._last_batch_seen}"
         self._checkpoint().write(os.path.join(self.write_dir, name))
-        if not self.chief:
-            return
-        meta = {"epoch": self._current_epoch, "batch": self._last_batch_seen, "checkpoint": name}
-        tmp = os.path.join(self.write_dir, self._meta_name + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(meta, f)
-        os.replace(tmp, os.path.join(self.write_dir, self._meta_name))  # atomic commit point
-        for entry in os.listdir(self.write_dir):  # drop older checkpoints
+        if self.chief:
+            meta = {
+                "epoch": self._current_epoch,
+                "batch": self._last_batch_seen,
+                "checkpoint": name,
+            }
+            tmp = os.path.join(self.write_dir, self._meta_name + ".tmp")
+            with open(tmp, "w") as f:
+                json.dump(meta, f)
+            os.replace(tmp, os.path.join(self.write_dir, self._meta_name))  # atomic commit point
+        for entry in os.listdir(self.write_dir):  # drop older checkpoints (every worker)
             if entry.startswith("ckpt-") and not entry.startswith(name + "."):
                 os.remove(os.path.join(self.write_dir, entry))
 
@@ -219,9 +242,13 @@ class BestAdapterCheckpoint(keras.callbacks.Callback):
         self.best = float(value)
         if self.chief:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            vit_lora.save_adapter(self.model, self.path)
-            with open(self.path + ".json", "w") as f:
-                json.dump({"best": self.best, "epoch": int(epoch) + 1, "monitor": self.monitor}, f)
+            tmp = self.path + ".tmp.npz"
+            vit_lora.save_adapter(self.model, tmp)
+            os.replace(tmp, self.path)  # a kill never leaves a truncated adapter
+            _write_json(
+                self.path + ".json",
+                {"best": self.best, "epoch": int(epoch) + 1, "monitor": self.monitor},
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -411,6 +438,12 @@ class Trainer:
             if os.path.exists(history_path):
                 with open(history_path) as f:
                     history = json.load(f)
+                # A kill between writing the history and the epoch-end backup must not
+                # duplicate that epoch: keep exactly the epochs the backup covers.
+                history = {k: v[:start_epoch] for k, v in history.items()}
+            for callback in callbacks:
+                if isinstance(callback, CollapseDetector):
+                    callback.restore(history)
             logger.info("resuming at epoch %d, batch %d", start_epoch + 1, start_batch)
             if progress:
                 progress(f"resuming at epoch {start_epoch + 1}, step {start_batch}")
@@ -441,6 +474,8 @@ class Trainer:
             for key, value in logs.items():
                 if isinstance(value, (int, float)) and value is not None:
                     history.setdefault(key, []).append(float(value))
+                elif isinstance(value, str):
+                    history.setdefault(key, []).append(value)
             if writer:
                 with writer.as_default(step=epoch + 1):
                     for key, value in logs.items():
@@ -502,6 +537,26 @@ def _check_backbone_reachable(config: configs_lib.TrainConfig) -> None:
         ) from None
 
 
+def _check_resume_config(config, workdir: str) -> None:
+    """Refuses to resume an interrupted run with a different config (data dir aside)."""
+    backups = [os.path.join(workdir, d, "backup") for d in ("", "pretrain")]
+    if not any(os.path.exists(os.path.join(b, "training_metadata.json")) for b in backups):
+        return
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        old = json.load(f)
+    new = json.loads(json.dumps(metrics.json_safe(configs_lib.to_dict(config))))
+    ignore = {"data_dir"}
+    changed = sorted(k for k in set(old) | set(new) if k not in ignore and old.get(k) != new.get(k))
+    if changed:
+        raise RunError(
+            f"{workdir} holds an interrupted run with a different config ({', '.join(changed)}); "
+            "re-run the same command to resume, or use a new --workdir"
+        )
+
+
 def _dataset_sizes(config) -> tuple[np.ndarray, np.ndarray]:
     train_labels = data.split_labels(
         config.dataset, "train", config.data_dir, config.dataset_config, config.max_train_examples
@@ -551,9 +606,9 @@ def _run_stage(
 
     num_classes = config.num_classes
     train_targets = data.transform_labels_np(train_labels, config.label_mode)
-    weights = (
+    weights = (  # balanced sampling already evens classes out: do not correct twice
         data.class_weights(train_targets, num_classes)
-        if config.class_weight == "balanced"
+        if config.class_weight == "balanced" and not config.balanced_sampling
         else {c: 1.0 for c in range(num_classes)}
     )
     majority = int(np.bincount(train_targets, minlength=num_classes).argmax())
@@ -568,7 +623,9 @@ def _run_stage(
         config.max_eval_examples,
     )
     cached_train = data.cached_images(split_train, config.image_size)
-    base_kwargs = dict(label_mode=config.label_mode, image_size=config.image_size, num_classes=5)
+    base_kwargs = dict(
+        label_mode=config.label_mode, image_size=config.image_size, num_classes=num_classes
+    )
 
     def train_fn(epoch: int):
         return data.make_dataset(
@@ -612,7 +669,7 @@ def _run_stage(
         os.path.normpath(os.path.join(write.real, stage_name, "backup")),
         os.path.normpath(os.path.join(stage_dir, "backup")),
         chief=write.chief,
-        save_freq=config.checkpoint_every_steps,
+        save_freq=config.checkpoint_every_steps or "epoch",
     )
     collapse = CollapseDetector(
         config.collapse_threshold, config.collapse_patience, config.stop_on_collapse
@@ -620,6 +677,10 @@ def _run_stage(
     callbacks = [collapse, *extra_callbacks]
     if best_path:
         resuming = backup.resume_position() != (0, 0)
+        if not resuming and write.chief:  # a fresh run never reuses an older run's best
+            for stale in (write.join(best_path), write.join(best_path) + ".json"):
+                if os.path.exists(stale):
+                    os.remove(stale)
         callbacks.append(
             BestAdapterCheckpoint(write.join(best_path), config.monitor, write.chief, resuming)
         )
@@ -693,10 +754,11 @@ def run_training(config: configs_lib.TrainConfig, workdir: str, progress=None) -
     """
     t_start = time.perf_counter()
     workdir = os.path.abspath(os.path.expanduser(workdir))
+    configs_lib.validate(config)
     # Thread settings and multi-worker collectives must be configured before TensorFlow runs
     # any op, so they come first; then fail fast on data and backbone before any heavy work.
     configure_runtime()
-    strategy = distribute.get_strategy(config.strategy)
+    strategy = distribute.get_strategy(config.strategy, config.tpu)
     resolve_auto(config)
     data.prepared_builder(config.dataset, config.data_dir, config.dataset_config)
     _check_backbone_reachable(config)
@@ -704,6 +766,7 @@ def run_training(config: configs_lib.TrainConfig, workdir: str, progress=None) -
     chief = distribute.is_chief(strategy)
     os.makedirs(workdir, exist_ok=True)
     write = distribute.WriteDir(workdir, chief)
+    _check_resume_config(config, workdir)
     if chief:
         _write_json(os.path.join(workdir, "config.json"), configs_lib.to_dict(config))
     train_labels, val_labels = _dataset_sizes(config)
@@ -754,7 +817,12 @@ def run_training(config: configs_lib.TrainConfig, workdir: str, progress=None) -
         summary["adapter"] = vit_lora.adapter_size_report(model, adapter_path)
         _write_json(os.path.join(workdir, "history.json"), history)
         summary["metrics"] = _evaluate_model(
-            config, trainer, workdir, "validation", history=history, collapse=collapse.events
+            config,
+            trainer,
+            workdir,
+            "validation",
+            history={k: v for k, v in history.items() if k != "val_majority_prediction"},
+            collapse=collapse.events,
         )
         if config.export:
             summary["export"] = export_run(workdir, os.path.join(workdir, "export"), model=model)
@@ -829,9 +897,10 @@ def load_run(workdir: str, strategy=None):
 
 def evaluate_run(workdir: str, split: str = "validation") -> dict:
     """`eyegazer evaluate`: recomputes metrics and plots of a run for a labeled split."""
+    workdir = os.path.abspath(os.path.expanduser(workdir))
     config, model = load_run(workdir)
     trainer = Trainer(model, None, tf.distribute.get_strategy(), config.batch_size)
-    return _evaluate_model(config, trainer, os.path.abspath(workdir), split)
+    return _evaluate_model(config, trainer, workdir, split)
 
 
 def export_run(workdir: str, output: str, model: keras.Model | None = None) -> str:

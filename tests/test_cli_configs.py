@@ -99,3 +99,22 @@ def test_preview_grid(tiny_data_dir, tmp_path):
 
     path = cli.preview_grid("synthetic_fundus", tiny_data_dir, "tiny", str(tmp_path / "p.png"), 3)
     assert Image.open(path).size[0] > 100
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("batch_size=0", "must be > 0"),
+        ("label_mode=regression", "choose one of grade, binary"),
+        ("backbone_config=foo", "JSON object"),
+    ],
+)
+def test_bad_set_values_are_one_line(tmp_path, override, expected):
+    out = _run("train", "--config", "demo", "--workdir", str(tmp_path), "--set", override)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert expected in out.stderr.strip().splitlines()[-1]
+
+
+def test_blog_alpha_accepts_floats():
+    cfg = configs.apply_overrides(configs.get_config("blog-run1"), ["lora_alpha=0.5"])
+    assert cfg.lora_alpha == 0.5

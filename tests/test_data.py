@@ -163,3 +163,28 @@ def test_augment_batch_is_deterministic_in_seed_and_in_range():
     # float 0..255 input gives the same result as the uint8 it rounds to
     d = data.augment_batch(tf.cast(images, tf.float32), tf.constant([1, 2], tf.int64)).numpy()
     np.testing.assert_array_equal(a, d)
+
+
+def test_binary_weights_and_balanced_sampling_use_targets(tiny_data_dir):
+    split = data.load_split("synthetic_fundus", "train", tiny_data_dir, "tiny")
+    raw = data.split_labels("synthetic_fundus", "train", tiny_data_dir, "tiny")
+    targets = data.transform_labels_np(raw, "binary")
+    weights = data.class_weights(targets, 2)
+    ds = data.make_dataset(
+        split, label_mode="binary", image_size=16, batch_size=80, class_weight=weights
+    )
+    _, y, w = next(iter(ds))
+    np.testing.assert_allclose(w.numpy(), [weights[int(k)] for k in y.numpy()])
+    balanced = data.make_dataset(
+        split,
+        label_mode="binary",
+        image_size=16,
+        batch_size=80,
+        training=True,
+        augment=False,
+        balanced_sampling=True,
+        num_classes=2,
+        seed=0,
+    )
+    labels = np.concatenate([b[1].numpy() for b in balanced])
+    assert abs(labels.mean() - 0.5) < 0.15  # no DR vs DR drawn equally, not by raw grade

@@ -165,7 +165,7 @@ def test_collapse_detector_warns_records_and_stops(caplog, tmp_path):
         }
 
     detector = train.CollapseDetector(threshold=0.95, patience=2, stop=True)
-    backup = train.ChiefBackupAndRestore(str(tmp_path), str(tmp_path), chief=True)
+    backup = train.ChiefBackupAndRestore(str(tmp_path / "b"), str(tmp_path / "b"), chief=True)
     with caplog.at_level("WARNING"):
         history = trainer.fit(lambda e: ds, 4, 6, evaluate, [detector, backup], backup)
     assert len(history["loss"]) == 2  # stopped after `patience` collapsed epochs, not 6
@@ -267,3 +267,28 @@ def test_evaluate_and_export_a_run_without_pretraining(tiny_data_dir, tmp_path):
     assert os.path.exists(
         os.path.join(train.export_run(workdir, str(tmp_path / "exp")), "saved_model.pb")
     )
+
+
+def test_resume_with_a_different_config_is_refused(tiny_data_dir, tmp_path):
+    workdir = tmp_path / "run"
+    (workdir / "backup").mkdir(parents=True)
+    config = _config(tiny_data_dir)
+    train.configs_lib.validate(config)
+    train._write_json(str(workdir / "config.json"), configs.to_dict(config))
+    (workdir / "backup" / "training_metadata.json").write_text('{"epoch": 1, "batch": 0}')
+    train._check_resume_config(config, str(workdir))  # same config: fine
+    changed = _config(tiny_data_dir, batch_size=8)
+    with pytest.raises(train.RunError, match="different config \\(batch_size\\)"):
+        train._check_resume_config(changed, str(workdir))
+
+
+def test_collapse_detector_state_survives_resume():
+    detector = train.CollapseDetector(threshold=0.9, patience=2)
+    detector.restore(
+        {
+            "val_collapse_fraction": [0.95, 0.97, 0.5, 0.99],
+            "val_majority_prediction": ["no_dr", "no_dr", "mild", "no_dr"],
+        }
+    )
+    assert [e["epoch"] for e in detector.events] == [2]
+    assert detector._streak == 1  # epoch 4 collapsed: one more collapsed epoch fires again
