@@ -13,30 +13,14 @@ intra-op pool, so the ratio grows with the number of cores (little on 2 cores, m
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import logging
 import os
 import pathlib
-import sys
 import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 APTOS_SIZES = [(2416, 1736), (3216, 2136), (640, 480), (1050, 1050), (2048, 1536), (1844, 1226)]
-
-
-def _load(name: str, path: pathlib.Path):
-    if name in sys.modules:
-        return sys.modules[name]
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        return module
 
 
 def main() -> None:
@@ -48,13 +32,9 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    sys.path.insert(0, str(ROOT))
-    folder = ROOT / "datasets" / "aptos2019"
-    aptos = _load(
-        "eyegazer_datasets.aptos2019.aptos2019_dataset_builder",
-        folder / "aptos2019_dataset_builder.py",
-    )
-    dummy = _load("aptos2019_make_dummy_data", folder / "dummy_data" / "make_dummy_data.py")
+    from eyegazer_datasets.aptos2019 import aptos2019_dataset_builder as aptos
+    from eyegazer_datasets.aptos2019.dummy_data import make_dummy_data as dummy
+
     logging.getLogger().setLevel(logging.WARNING)
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -3,12 +3,9 @@
 All images are synthetic (`datasets/aptos2019/dummy_data/make_dummy_data.py`).
 """
 
-import importlib
-import importlib.util
 import io
 import pathlib
 import struct
-import sys
 import zipfile
 import zlib
 
@@ -20,24 +17,9 @@ from PIL import Image
 _FOLDER = pathlib.Path(__file__).resolve().parents[1] / "datasets" / "aptos2019"
 
 
-def _load(name: str, path: pathlib.Path):
-    if name in sys.modules:
-        return sys.modules[name]
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        return module
-
-
-aptos = _load(
-    "eyegazer_datasets.aptos2019.aptos2019_dataset_builder",
-    _FOLDER / "aptos2019_dataset_builder.py",
-)
-dummy = _load("aptos2019_make_dummy_data", _FOLDER / "dummy_data" / "make_dummy_data.py")
+# Same module names as the installed package, so TFDS registers `aptos2019` exactly once.
+from eyegazer_datasets.aptos2019 import aptos2019_dataset_builder as aptos  # noqa: E402
+from eyegazer_datasets.aptos2019.dummy_data import make_dummy_data as dummy  # noqa: E402
 
 # The 100 MP header below is refused by our own check; PIL merely warns when it opens it.
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")

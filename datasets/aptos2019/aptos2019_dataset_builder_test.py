@@ -3,11 +3,8 @@
 The dummy data is synthetic (see `dummy_data/make_dummy_data.py`), never patient images.
 """
 
-import importlib
-import importlib.util
 import json
 import pathlib
-import sys
 
 import tensorflow_datasets as tfds
 import tensorflow_datasets.testing as tfds_test
@@ -15,25 +12,9 @@ import tensorflow_datasets.testing as tfds_test
 _HERE = pathlib.Path(__file__).resolve().parent
 
 
-def _load(name: str, path: pathlib.Path):
-    if name in sys.modules:
-        return sys.modules[name]
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        return module
-
-
-# Same module name as the installed wheel, so TFDS registers `aptos2019` exactly once.
-aptos = _load(
-    "eyegazer_datasets.aptos2019.aptos2019_dataset_builder",
-    _HERE / "aptos2019_dataset_builder.py",
-)
-dummy = _load("aptos2019_make_dummy_data", _HERE / "dummy_data" / "make_dummy_data.py")
+# Same module names as the installed package, so TFDS registers `aptos2019` exactly once.
+from eyegazer_datasets.aptos2019 import aptos2019_dataset_builder as aptos  # noqa: E402
+from eyegazer_datasets.aptos2019.dummy_data import make_dummy_data as dummy  # noqa: E402
 
 # Dummy set: 12 train rows (one re-encoded duplicate with a conflicting grade), 4 test rows.
 # The split rule puts one group of each grade with 2+ groups (0, 1, 2) in validation.
