@@ -97,24 +97,24 @@ def preview_grid(dataset: str, data_dir, config, path: str, per_grade: int = 6) 
     return path
 
 
-def _load_config(name: str, overrides):
+def _load_config(args, kind: str):
+    """The named config with `--set` and `--data-dir` applied; `kind` is "train" or "search"."""
     from eyegazer_keras import configs
 
-    config = configs.apply_overrides(configs.get_config(name), overrides)
-    return config
+    config = configs.apply_overrides(configs.get_config(args.config), args.set)
+    expected = configs.TrainConfig if kind == "train" else configs.SearchConfig
+    if not isinstance(config, expected):
+        other = "search" if kind == "train" else "train"
+        raise ValueError(f"config '{args.config}' is not a {kind} config; use `eyegazer {other}`")
+    if args.data_dir:
+        config.data_dir = args.data_dir
+    return config, args.workdir or os.path.join("runs", config.name)
 
 
 def cmd_train(args) -> int:
-    from eyegazer_keras import configs
-
-    config = _load_config(args.config, args.set)
+    config, workdir = _load_config(args, "train")
     from eyegazer_keras import train
 
-    if not isinstance(config, configs.TrainConfig):
-        raise ValueError(f"config '{args.config}' is a search config; use `eyegazer search`")
-    if args.data_dir:
-        config.data_dir = args.data_dir
-    workdir = args.workdir or os.path.join("runs", config.name)
     summary = train.run_training(config, workdir, progress=_print)
     if summary.get("chief"):
         m = summary.get("metrics", {})
@@ -138,16 +138,9 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from eyegazer_keras import configs
-
-    config = _load_config(args.config, args.set)
+    config, workdir = _load_config(args, "search")
     from eyegazer_keras import search
 
-    if not isinstance(config, configs.SearchConfig):
-        raise ValueError(f"config '{args.config}' is a training config; use `eyegazer train`")
-    if args.data_dir:
-        config.data_dir = args.data_dir
-    workdir = args.workdir or os.path.join("runs", config.name)
     summary = search.run_search(config, workdir, progress=_print)
     _print(json.dumps(summary.get("metrics", summary), default=str)[:2000])
     return 0

@@ -557,18 +557,17 @@ def _check_resume_config(config, workdir: str) -> None:
         )
 
 
+def _split_args(config, split: str) -> tuple:
+    """(dataset, split, data_dir, dataset_config, max_examples) for `data.load_split` & co."""
+    limit = config.max_train_examples if split == "train" else config.max_eval_examples
+    return config.dataset, split, config.data_dir, config.dataset_config, limit
+
+
 def _dataset_sizes(config) -> tuple[np.ndarray, np.ndarray]:
-    train_labels = data.split_labels(
-        config.dataset, "train", config.data_dir, config.dataset_config, config.max_train_examples
+    return (
+        data.split_labels(*_split_args(config, "train")),
+        data.split_labels(*_split_args(config, "validation")),
     )
-    val_labels = data.split_labels(
-        config.dataset,
-        "validation",
-        config.data_dir,
-        config.dataset_config,
-        config.max_eval_examples,
-    )
-    return train_labels, val_labels
 
 
 def _run_stage(
@@ -612,16 +611,8 @@ def _run_stage(
         else {c: 1.0 for c in range(num_classes)}
     )
     majority = int(np.bincount(train_targets, minlength=num_classes).argmax())
-    split_train = data.load_split(
-        config.dataset, "train", config.data_dir, config.dataset_config, config.max_train_examples
-    )
-    split_val = data.load_split(
-        config.dataset,
-        "validation",
-        config.data_dir,
-        config.dataset_config,
-        config.max_eval_examples,
-    )
+    split_train = data.load_split(*_split_args(config, "train"))
+    split_val = data.load_split(*_split_args(config, "validation"))
     cached_train = data.cached_images(split_train, config.image_size)
     base_kwargs = dict(
         label_mode=config.label_mode, image_size=config.image_size, num_classes=num_classes
@@ -833,27 +824,21 @@ def run_training(config: configs_lib.TrainConfig, workdir: str, progress=None) -
 
 
 def _evaluate_model(config, trainer, workdir, split, history=None, collapse=None) -> dict:
-    labels = data.split_labels(
-        config.dataset, split, config.data_dir, config.dataset_config, config.max_eval_examples
-    )
+    labels = data.split_labels(*_split_args(config, split))
     if not data.has_labels(labels):
         raise RunError(
             f"split '{split}' of {config.dataset} has no labels (Kaggle test images are "
             "unlabeled); evaluate on 'validation' or 'train'"
         )
     ds = data.make_dataset(
-        data.load_split(
-            config.dataset, split, config.data_dir, config.dataset_config, config.max_eval_examples
-        ),
+        data.load_split(*_split_args(config, split)),
         label_mode=config.label_mode,
         image_size=config.image_size,
         batch_size=config.batch_size,
         cache=False,
     )
     probs = trainer.predict(ds)
-    train_labels = data.split_labels(
-        config.dataset, "train", config.data_dir, config.dataset_config, config.max_train_examples
-    )
+    train_labels = data.split_labels(*_split_args(config, "train"))
     train_targets = data.transform_labels_np(train_labels, config.label_mode)
     task = "binary" if config.label_mode == "binary" else "grade"
     result = report.write_report(

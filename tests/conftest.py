@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -38,3 +40,23 @@ def tiny_train_overrides(data_dir: str, **extra) -> dict:
     }
     out.update(extra)
     return out
+
+
+def train_command(data_dir: str, workdir, **extra) -> list[str]:
+    """`eyegazer train` argv for a tiny run (`tiny_train_overrides` as `--set` flags)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "eyegazer_keras.cli",
+        "train",
+        "--config",
+        "demo",
+        "--workdir",
+        str(workdir),
+        "--data-dir",
+        data_dir,
+    ]
+    for key, value in tiny_train_overrides(data_dir, **extra).items():
+        if key != "data_dir":
+            cmd += ["--set", f"{key}={json.dumps(value) if isinstance(value, dict) else value}"]
+    return cmd

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from eyegazer_keras import distribute
-from tests.conftest import tiny_train_overrides
+from tests.conftest import train_command
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -66,23 +66,7 @@ def _free_ports(n):
 
 
 def _worker_cmd(data_dir, workdir, **extra):
-    overrides = tiny_train_overrides(data_dir, strategy="multiworker", **extra)
-    cmd = [
-        sys.executable,
-        "-m",
-        "eyegazer_keras.cli",
-        "train",
-        "--config",
-        "demo",
-        "--workdir",
-        str(workdir),
-        "--data-dir",
-        data_dir,
-    ]
-    for key, value in overrides.items():
-        if key != "data_dir":
-            cmd += ["--set", f"{key}={json.dumps(value) if isinstance(value, dict) else value}"]
-    return cmd
+    return train_command(data_dir, workdir, strategy="multiworker", **extra)
 
 
 def _start_workers(cmd, ports, tmp_root, logs):

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from eyegazer_keras import configs, train
 from eyegazer_keras.models import vit_lora
-from tests.conftest import tiny_train_overrides
+from tests.conftest import tiny_train_overrides, train_command
 
 
 def _config(data_dir, **extra):
@@ -183,25 +183,7 @@ def test_collapse_detector_ignores_healthy_predictions():
 @pytest.mark.slow
 def test_kill_minus_nine_then_resume(tiny_data_dir, tmp_path):
     workdir = tmp_path / "run"
-    overrides = tiny_train_overrides(
-        tiny_data_dir, epochs=6, checkpoint_every_steps=2, export=False
-    )
-    cmd = [
-        sys.executable,
-        "-m",
-        "eyegazer_keras.cli",
-        "train",
-        "--config",
-        "demo",
-        "--workdir",
-        str(workdir),
-        "--data-dir",
-        tiny_data_dir,
-    ]
-    for key, value in overrides.items():
-        if key == "data_dir":
-            continue
-        cmd += ["--set", f"{key}={json.dumps(value) if isinstance(value, dict) else value}"]
+    cmd = train_command(tiny_data_dir, workdir, epochs=6, checkpoint_every_steps=2)
     meta = workdir / "backup" / "training_metadata.json"
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 240

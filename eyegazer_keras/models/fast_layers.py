@@ -55,6 +55,21 @@ def _is_plain(layer):
     return layer.lora_enabled and not layer.quantization_mode
 
 
+def _factored_call(layer, inputs, project):
+    """``act(project(x, W) + s * project(x, A) @ B + bias)`` for a LoRA-enabled layer."""
+    dtype = layer.compute_dtype
+    x = project(inputs, ops.cast(layer._kernel, dtype))
+    lora = project(inputs, ops.cast(layer.lora_kernel_a, dtype))
+    lora = ops.matmul(lora, ops.cast(layer.lora_kernel_b, dtype))
+    scale = _lora_scale(layer)
+    x = ops.add(x, lora if scale == 1.0 else ops.multiply(lora, ops.cast(scale, dtype)))
+    if layer.bias is not None:
+        x = ops.add(x, layer.bias)
+    if layer.activation is not None:
+        x = layer.activation(x)
+    return x
+
+
 @keras.saving.register_keras_serializable(package="eyegazer")
 class FactoredLoRAEinsumDense(keras.layers.EinsumDense):
     """`keras.layers.EinsumDense` whose LoRA path is ``einsum(x, W) + s * einsum(x, A) @ B``.
@@ -69,17 +84,7 @@ class FactoredLoRAEinsumDense(keras.layers.EinsumDense):
     def call(self, inputs, training=None):
         if not _is_plain(self):
             return super().call(inputs, training=training)
-        dtype = self.compute_dtype
-        x = ops.einsum(self.equation, inputs, ops.cast(self._kernel, dtype))
-        lora = ops.einsum(self.equation, inputs, ops.cast(self.lora_kernel_a, dtype))
-        lora = ops.matmul(lora, ops.cast(self.lora_kernel_b, dtype))
-        scale = _lora_scale(self)
-        x = ops.add(x, lora if scale == 1.0 else ops.multiply(lora, ops.cast(scale, dtype)))
-        if self.bias is not None:
-            x = ops.add(x, self.bias)
-        if self.activation is not None:
-            x = self.activation(x)
-        return x
+        return _factored_call(self, inputs, lambda x, w: ops.einsum(self.equation, x, w))
 
 
 @keras.saving.register_keras_serializable(package="eyegazer")
@@ -93,17 +98,7 @@ class FactoredLoRADense(keras.layers.Dense):
     def call(self, inputs, training=None):
         if not _is_plain(self):
             return super().call(inputs, training=training)
-        dtype = self.compute_dtype
-        x = ops.matmul(inputs, ops.cast(self._kernel, dtype))
-        lora = ops.matmul(inputs, ops.cast(self.lora_kernel_a, dtype))
-        lora = ops.matmul(lora, ops.cast(self.lora_kernel_b, dtype))
-        scale = _lora_scale(self)
-        x = ops.add(x, lora if scale == 1.0 else ops.multiply(lora, ops.cast(scale, dtype)))
-        if self.bias is not None:
-            x = ops.add(x, self.bias)
-        if self.activation is not None:
-            x = self.activation(x)
-        return x
+        return _factored_call(self, inputs, ops.matmul)
 
 
 _FACTORED = {
