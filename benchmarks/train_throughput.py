@@ -11,13 +11,15 @@ random images (numpy seed 0; the peer gets them as NCHW). Shape: ViT-S/16 at 224
 
 * ours: `train.build_model(config, "config")` + `train.make_optimizer(config)` +
   `train.Trainer(...).train_step` under the default strategy, exactly what `eyegazer train`
-  runs; variants: fp32 and `mixed_precision="bfloat16"`, each without / with `jit_compile`.
+  runs (`train.configure_runtime`, `train.resolve_auto`, `train.xla_fusion` included); variants:
+  fp32 and `mixed_precision="bfloat16"`, each with `jit_compile="auto"` (no suffix; on CPU that
+  is "fusible": XLA for element-wise ops only), `-nofuse` (False) and `-xla` (True).
 * peer: transformers `ViTForImageClassification` + PEFT LoRA (`q_proj`/`v_proj` in
   transformers 5, `query`/`value` before), AdamW, fp32 and `torch.autocast(bfloat16)`.
 
 Warm-up steps are excluded; the result per variant is the median of `--repeats` timed blocks of
 `--steps` steps. Prints img/s per variant and the ratio best-ours / best-peer. Also:
-`--only ours|peer`, `--ours fp32,bf16,fp32-xla,bf16-xla`, `--peer fp32,bf16`, `--batch`,
+`--only ours|peer`, `--ours fp32,bf16,bf16-nofuse,bf16-xla,...`, `--peer fp32,bf16`, `--batch`,
 `--inter-op N` (ours: inter-op threads; 0 = `train.configure_runtime()`, which is what `eyegazer train` uses
 until the thread setting proposed in NOTES.md is wired in).
 
@@ -38,17 +40,49 @@ import sys
 import time
 
 SHAPE = dict(image=224, patch=16, layers=12, heads=6, hidden=384, mlp=1536, classes=5, rank=16)
-OURS_VARIANTS = ("fp32", "bf16", "fp32-xla", "bf16-xla")
+OURS_VARIANTS = ("fp32", "bf16", "fp32-nofuse", "bf16-nofuse", "fp32-xla", "bf16-xla")
+# ours variants: precision + jit_compile. No suffix: jit_compile="auto" (what `eyegazer train`
+# runs: on CPU "fusible", XLA for the element-wise ops only); "-nofuse": jit_compile=False;
+# "-xla": jit_compile=True (whole step in XLA).
+_JIT = {"": "auto", "nofuse": False, "xla": True}
 PEER_VARIANTS = ("fp32", "bf16")
 
 
-def _data(batch: int):
+def _data(batch: int, shape: dict = SHAPE):
     import numpy as np
 
     rng = np.random.default_rng(0)
-    images = rng.uniform(0, 255, (batch, SHAPE["image"], SHAPE["image"], 3)).astype("float32")
-    labels = rng.integers(0, SHAPE["classes"], batch).astype("int32")
+    images = rng.uniform(0, 255, (batch, shape["image"], shape["image"], 3)).astype("float32")
+    labels = rng.integers(0, shape["classes"], batch).astype("int32")
     return images, labels
+
+
+def peer_model(shape: dict = SHAPE):
+    """transformers `ViTForImageClassification` + PEFT LoRA on q/v; returns (model, targets)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import ViTConfig, ViTForImageClassification
+
+    cfg = ViTConfig(
+        hidden_size=shape["hidden"],
+        num_hidden_layers=shape["layers"],
+        num_attention_heads=shape["heads"],
+        intermediate_size=shape["mlp"],
+        image_size=shape["image"],
+        patch_size=shape["patch"],
+        num_labels=shape["classes"],
+    )
+    base = ViTForImageClassification(cfg)
+    names = {n.rsplit(".", 1)[-1] for n, _ in base.named_modules()}
+    targets = ["q_proj", "v_proj"] if "q_proj" in names else ["query", "value"]
+    lora = LoraConfig(
+        r=shape["rank"],
+        lora_alpha=shape["rank"],
+        target_modules=targets,
+        lora_dropout=0.0,  # ours has no LoRA dropout either
+        bias="none",
+        modules_to_save=["classifier"],
+    )
+    return get_peft_model(base, lora), targets
 
 
 def _timed(step, warmup: int, steps: int, repeats: int, batch: int) -> dict:
@@ -86,10 +120,9 @@ def worker_ours(variant: str, args) -> dict:
 
     from eyegazer_keras import configs, distribute, train
 
+    train.configure_runtime()  # exactly what `eyegazer train` does first (threads, XLA flags)
     if args.inter_op:  # must precede any TF op; see NOTES.md "thread settings"
         tf.config.threading.set_inter_op_parallelism_threads(args.inter_op)
-    else:  # exactly what `eyegazer train` does (train.run_training calls it first)
-        train.configure_runtime()
     keras.utils.set_random_seed(0)
     config = configs.TrainConfig(
         name="bench",
@@ -106,10 +139,13 @@ def worker_ours(variant: str, args) -> dict:
         lora_alpha=SHAPE["rank"],
         batch_size=args.batch,
         mixed_precision="bfloat16" if variant.startswith("bf16") else None,
-        jit_compile=variant.endswith("-xla"),
+        jit_compile=_JIT[variant.partition("-")[2]],
         strategy="default",
     )
     strategy = distribute.get_strategy(config.strategy)
+    train.resolve_auto(config)
+    fusion = train.xla_fusion(config)  # as train.run_training does
+    fusion.__enter__()
     with strategy.scope():  # as train._run_stage does
         model = train.build_model(config, "config")
         optimizer = train.make_optimizer(config)
@@ -131,39 +167,19 @@ def worker_ours(variant: str, args) -> dict:
         trainable=trainable,
         tf=tf.__version__,
         inter_op=tf.config.threading.get_inter_op_parallelism_threads(),
+        jit_compile=config.jit_compile,
     )
+    fusion.__exit__(None, None, None)
     return result
 
 
 def worker_peer(variant: str, args) -> dict:
     import torch
     import transformers
-    from peft import LoraConfig, get_peft_model
-    from transformers import ViTConfig, ViTForImageClassification
 
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
-    cfg = ViTConfig(
-        hidden_size=SHAPE["hidden"],
-        num_hidden_layers=SHAPE["layers"],
-        num_attention_heads=SHAPE["heads"],
-        intermediate_size=SHAPE["mlp"],
-        image_size=SHAPE["image"],
-        patch_size=SHAPE["patch"],
-        num_labels=SHAPE["classes"],
-    )
-    base = ViTForImageClassification(cfg)
-    names = {n.rsplit(".", 1)[-1] for n, _ in base.named_modules()}
-    targets = ["q_proj", "v_proj"] if "q_proj" in names else ["query", "value"]
-    lora = LoraConfig(
-        r=SHAPE["rank"],
-        lora_alpha=SHAPE["rank"],
-        target_modules=targets,
-        lora_dropout=0.0,  # ours has no LoRA dropout either
-        bias="none",
-        modules_to_save=["classifier"],
-    )
-    model = get_peft_model(base, lora)
+    model, targets = peer_model()
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     images, labels = _data(args.batch)
@@ -242,7 +258,11 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="timed blocks (median)")
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--only", choices=("ours", "peer"), default=None)
-    parser.add_argument("--ours", default=",".join(OURS_VARIANTS))
+    parser.add_argument(
+        "--ours",
+        default="fp32,bf16,fp32-nofuse,bf16-nofuse",
+        help=f"any of {','.join(OURS_VARIANTS)}",
+    )
     parser.add_argument("--peer", default=",".join(PEER_VARIANTS))
     parser.add_argument(
         "--inter-op",

@@ -23,6 +23,7 @@ export/                SavedModel + MODEL_CARD.md
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -273,12 +274,25 @@ def build_model(config: configs_lib.TrainConfig, backbone: str | None = None) ->
     )
 
 
-def configure_runtime() -> None:
-    """CPU thread settings; must run before TensorFlow executes any op.
+# XLA auto-clustering limited to element-wise/reduction ops ("fusible"), for CPU hosts. These
+# flags are read once, before TensorFlow's first XLA use, and do nothing on their own: clustering
+# starts only under `xla_fusion` (`jit_compile="fusible"`, the CPU default of "auto").
+CPU_FUSION_FLAGS = ("--tf_xla_cpu_global_jit", "--tf_xla_ops_to_cluster=FUSIBLE")
 
-    On small CPU machines one inter-op thread avoids two op threads fighting over the same
-    cores (benchmarks/NOTES.md).
+
+def configure_runtime() -> None:
+    """Process settings that must precede TensorFlow's first op (`eyegazer train` calls it first).
+
+    * On small CPU machines one inter-op thread avoids two op threads fighting over the same
+      cores (benchmarks/NOTES.md).
+    * Adds `CPU_FUSION_FLAGS` to ``TF_XLA_FLAGS`` unless that variable already sets either flag:
+      they let `xla_fusion` fuse the element-wise ops on CPU while matmuls stay on oneDNN.
+      Too late once TensorFlow has compiled anything with XLA in this process; then
+      `jit_compile="fusible"` silently runs unfused (same results, slower).
     """
+    flags = os.environ.get("TF_XLA_FLAGS", "")
+    if not any(f.split("=")[0] in flags for f in CPU_FUSION_FLAGS):
+        os.environ["TF_XLA_FLAGS"] = " ".join([flags, *CPU_FUSION_FLAGS]).strip()
     if not tf.config.list_physical_devices("GPU") and (os.cpu_count() or 1) <= 4:
         try:
             tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -286,11 +300,32 @@ def configure_runtime() -> None:
             logger.info("TensorFlow already initialised; inter-op threads left as they are")
 
 
+@contextlib.contextmanager
+def xla_fusion(config: configs_lib.TrainConfig):
+    """While active, `jit_compile="fusible"` XLA-clusters the element-wise ops of new functions.
+
+    TensorFlow's auto-clustering (``tf.config.optimizer.set_jit``) is process-wide, so it is
+    switched on for the training run only and restored afterwards. With `configure_runtime`'s
+    flags only fusible ops are clustered: on CPU, ``jit_compile=True`` also hands the matmuls to
+    XLA, which is slower than oneDNN there (benchmarks/NOTES.md). Any other setting: no-op.
+    """
+    if config.jit_compile != "fusible":
+        yield
+        return
+    previous = tf.config.optimizer.get_jit()
+    tf.config.optimizer.set_jit("autoclustering")
+    try:
+        yield
+    finally:
+        tf.config.optimizer.set_jit(previous or False)
+
+
 def resolve_auto(config: configs_lib.TrainConfig) -> configs_lib.TrainConfig:
     """Resolves `mixed_precision="auto"` and `jit_compile="auto"` for the hardware present.
 
     GPU: bfloat16 from compute capability 8.0 (A100, H100), float16 before (V100, T4, with loss
-    scaling), XLA on. TPU: bfloat16 + XLA. CPU: float32, no XLA.
+    scaling), XLA on. TPU: bfloat16 + XLA. CPU: float32, and XLA for the element-wise ops only
+    (``"fusible"``, see `xla_fusion`).
     """
     gpus = tf.config.list_physical_devices("GPU")
     accelerator = bool(gpus) or config.strategy == "tpu"
@@ -307,7 +342,10 @@ def resolve_auto(config: configs_lib.TrainConfig) -> configs_lib.TrainConfig:
             config.mixed_precision = None
     if isinstance(config.jit_compile, str):
         value = config.jit_compile.lower()
-        config.jit_compile = accelerator if value == "auto" else value in ("true", "1", "yes", "on")
+        if value == "auto":
+            config.jit_compile = True if accelerator else "fusible"
+        elif value != "fusible":
+            config.jit_compile = value in ("true", "1", "yes", "on")
     return config
 
 
@@ -360,7 +398,8 @@ class Trainer:
         optimizer: keras optimizer built inside the same scope.
         strategy: the `tf.distribute.Strategy`.
         global_batch_size: int. The GLOBAL batch size (see `distribute`).
-        jit_compile: bool. XLA-compile the replica step. Defaults to False.
+        jit_compile: bool or "fusible". True: XLA-compile the replica step. "fusible": leave it
+            to `xla_fusion`'s auto-clustering. Defaults to False.
     """
 
     def __init__(self, model, optimizer, strategy, global_batch_size: int, jit_compile=False):
@@ -386,7 +425,9 @@ class Trainer:
             self.optimizer.apply_gradients(zip(grads, variables, strict=True))
             return loss
 
-        step = tf.function(replica_step, jit_compile=jit_compile) if jit_compile else replica_step
+        step = replica_step
+        if jit_compile is True:
+            step = tf.function(replica_step, jit_compile=True)
 
         @tf.function
         def train_step(images, labels, weights):
@@ -751,6 +792,12 @@ def run_training(config: configs_lib.TrainConfig, workdir: str, progress=None) -
     configure_runtime()
     strategy = distribute.get_strategy(config.strategy, config.tpu)
     resolve_auto(config)
+    with xla_fusion(config):
+        return _train(config, workdir, strategy, progress, t_start)
+
+
+def _train(config, workdir, strategy, progress, t_start) -> dict:
+    """`run_training` once the runtime, strategy and auto settings are in place."""
     data.prepared_builder(config.dataset, config.data_dir, config.dataset_config)
     _check_backbone_reachable(config)
     keras.utils.set_random_seed(config.seed)
@@ -885,7 +932,8 @@ def evaluate_run(workdir: str, split: str = "validation") -> dict:
     workdir = os.path.abspath(os.path.expanduser(workdir))
     config, model = load_run(workdir)
     trainer = Trainer(model, None, tf.distribute.get_strategy(), config.batch_size)
-    return _evaluate_model(config, trainer, workdir, split)
+    with xla_fusion(config):  # predict as during training
+        return _evaluate_model(config, trainer, workdir, split)
 
 
 def export_run(workdir: str, output: str, model: keras.Model | None = None) -> str:

@@ -7,6 +7,9 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# What `train.configure_runtime` sets in a fresh `eyegazer train` process; in pytest's one
+# process it would come after TensorFlow's first XLA use and be ignored, so set it up front.
+os.environ.setdefault("TF_XLA_FLAGS", "--tf_xla_cpu_global_jit --tf_xla_ops_to_cluster=FUSIBLE")
 
 import pytest  # noqa: E402
 

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from eyegazer_keras import configs, train
 from eyegazer_keras.models import vit_lora
-from tests.conftest import tiny_train_overrides, train_command
+from tests.conftest import TINY_BACKBONE, tiny_train_overrides, train_command
 
 
 def _config(data_dir, **extra):
@@ -274,3 +274,62 @@ def test_collapse_detector_state_survives_resume():
     )
     assert [e["epoch"] for e in detector.events] == [2]
     assert detector._streak == 1  # epoch 4 collapsed: one more collapsed epoch fires again
+
+
+FUSION_SCRIPT = r"""
+import json, os, sys
+os.environ.pop("TF_XLA_FLAGS", None)
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"  # for "Compiled cluster using XLA!"
+import keras, numpy as np, tensorflow as tf
+from eyegazer_keras import configs, train
+train.configure_runtime()
+flags = os.environ["TF_XLA_FLAGS"]
+config = configs.TrainConfig(name="t", backbone="config", backbone_config=json.loads(sys.argv[1]),
+                             image_size=32, lora_rank=4, batch_size=8, strategy="default")
+train.resolve_auto(config)
+rng = np.random.default_rng(0)
+x = tf.constant(rng.uniform(0, 255, (8, 32, 32, 3)).astype("float32"))
+y = tf.constant(rng.integers(0, 5, 8).astype("int32"))
+w = tf.ones([8])
+losses = {}
+for mode in (False, "fusible"):
+    config.jit_compile = mode
+    with train.xla_fusion(config):
+        jit_inside = tf.config.optimizer.get_jit()
+        keras.utils.set_random_seed(0)
+        model = train.build_model(config, "config")
+        optimizer = train.make_optimizer(config)
+        optimizer.build(model.trainable_variables)
+        trainer = train.Trainer(model, optimizer, tf.distribute.get_strategy(), 8, mode)
+        losses[str(mode)] = [float(trainer.train_step(x, y, w)) for _ in range(3)]
+    print(f"MARK {mode} jit={jit_inside!r} after={tf.config.optimizer.get_jit()!r}",
+          file=sys.stderr, flush=True)
+print("RESULT " + json.dumps({"flags": flags, "auto": "fusible", "losses": losses}))
+"""
+
+
+def test_cpu_fusion_clusters_elementwise_ops_and_keeps_the_loss(tmp_path):
+    """jit_compile="fusible" (the CPU default): XLA clusters appear only inside `xla_fusion`,
+    and the training losses match the unfused step. Fails if the lever is removed."""
+    proc = subprocess.run(
+        [sys.executable, "-c", FUSION_SCRIPT, json.dumps(TINY_BACKBONE)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    assert "--tf_xla_ops_to_cluster=FUSIBLE" in result["flags"]
+    assert "--tf_xla_cpu_global_jit" in result["flags"]
+    err = proc.stderr
+    unfused_end = err.index("MARK False jit='' after=''")
+    fused_end = err.index("MARK fusible jit='autoclustering' after=''")
+    compiled = err.find("Compiled cluster using XLA")
+    assert unfused_end < compiled < fused_end, "XLA clustered nothing, or clustered outside"
+    np.testing.assert_allclose(result["losses"]["fusible"], result["losses"]["False"], rtol=1e-4)
+
+
+def test_resolve_auto_picks_fusion_on_cpu():
+    config = train.resolve_auto(_config("unused", jit_compile="auto"))
+    assert config.jit_compile == "fusible"  # this machine has no GPU
+    assert train.resolve_auto(_config("unused", jit_compile="false")).jit_compile is False

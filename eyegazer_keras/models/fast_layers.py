@@ -27,6 +27,7 @@ from keras import ops
 __all__ = [
     "FactoredLoRADense",
     "FactoredLoRAEinsumDense",
+    "RankRLoRAEinsumDense",
     "gelu_float32",
     "use_fast_layers",
 ]
@@ -55,12 +56,16 @@ def _is_plain(layer):
     return layer.lora_enabled and not layer.quantization_mode
 
 
-def _factored_call(layer, inputs, project):
-    """``act(project(x, W) + s * project(x, A) @ B + bias)`` for a LoRA-enabled layer."""
+def _factored_call(layer, inputs, project, down=None, up=ops.matmul):
+    """``act(project(x, W) + s * up(down(x, A), B) + bias)`` for a LoRA-enabled layer.
+
+    ``down`` defaults to ``project`` (Keras's layout: ``A`` has the kernel's shape but the
+    last axis); ``up`` to a matmul with ``B``.
+    """
     dtype = layer.compute_dtype
     x = project(inputs, ops.cast(layer._kernel, dtype))
-    lora = project(inputs, ops.cast(layer.lora_kernel_a, dtype))
-    lora = ops.matmul(lora, ops.cast(layer.lora_kernel_b, dtype))
+    lora = (down or project)(inputs, ops.cast(layer.lora_kernel_a, dtype))
+    lora = up(lora, ops.cast(layer.lora_kernel_b, dtype))
     scale = _lora_scale(layer)
     x = ops.add(x, lora if scale == 1.0 else ops.multiply(lora, ops.cast(scale, dtype)))
     if layer.bias is not None:
@@ -99,6 +104,94 @@ class FactoredLoRADense(keras.layers.Dense):
         if not _is_plain(self):
             return super().call(inputs, training=training)
         return _factored_call(self, inputs, ops.matmul)
+
+
+def _einsum_split(equation: str):
+    """``(input, kernel, output, n_contracted)`` of an EinsumDense equation.
+
+    Rank-r LoRA needs the kernel's contracted (input) axes to come first, as in every keras-hub
+    projection (``abc,cde->abde``, ``abcd,cde->abe``); other equations are refused.
+    """
+    inputs, output = equation.split("->")
+    x_spec, k_spec = inputs.split(",")
+    n = 0
+    while n < len(k_spec) and k_spec[n] in x_spec and k_spec[n] not in output:
+        n += 1
+    if n == 0 or any(c in x_spec and c not in output for c in k_spec[n:]):
+        raise ValueError(
+            f"lora_layout='rank_r' needs the kernel's input axes first; equation '{equation}' "
+            "has not; use lora_layout='keras'"
+        )
+    return x_spec, k_spec, output, n
+
+
+@keras.saving.register_keras_serializable(package="eyegazer")
+class RankRLoRAEinsumDense(keras.layers.EinsumDense):
+    """`keras.layers.EinsumDense` with a true rank-r LoRA, PEFT's layout.
+
+    Keras's ``EinsumDense.enable_lora`` gives a ``(hidden, heads, head_dim)`` query kernel
+    ``A: (hidden, heads, r)`` and ``B: (r, head_dim)``: ``heads`` times PEFT's parameters and an
+    update of rank up to ``heads * r``. Here ``A`` covers the kernel's input axes and ``B`` its
+    output axes (``A: (hidden, r)``, ``B: (r, heads, head_dim)``), i.e. PEFT's ``lora_A``/``lora_B``
+    on the flattened ``Linear``: same parameter count, same rank, same update. The forward pass is
+    factored (``x @ W + s * (x @ A) @ B``); ``kernel`` (and so saving, export and merging) returns
+    ``W + s * A @ B`` like the Keras layer.
+
+    Args:
+        **kwargs: as `keras.layers.EinsumDense`.
+    """
+
+    def enable_lora(self, rank, lora_alpha=None, a_initializer="he_uniform", b_initializer="zeros"):
+        if self.quantization_mode or self.kernel_constraint:
+            raise ValueError("lora_layout='rank_r' supports plain float kernels only")
+        if not self.built or self.lora_enabled:
+            raise ValueError("enable_lora needs a built layer without LoRA")
+        _, _, _, n = _einsum_split(self.equation)
+        shape = tuple(self._kernel.shape)
+        self._tracker.unlock()
+        self.lora_kernel_a = self.add_weight(
+            name="lora_kernel_a",
+            shape=shape[:n] + (rank,),
+            initializer=keras.initializers.get(a_initializer),
+            dtype="float32",
+            regularizer=self.kernel_regularizer,
+        )
+        self.lora_kernel_b = self.add_weight(
+            name="lora_kernel_b",
+            shape=(rank,) + shape[n:],
+            initializer=keras.initializers.get(b_initializer),
+            dtype="float32",
+            regularizer=self.kernel_regularizer,
+        )
+        self._kernel.trainable = False
+        self._tracker.lock()
+        self.lora_enabled = True
+        self.lora_rank = rank
+        self.lora_alpha = lora_alpha if lora_alpha is not None else rank
+
+    @property
+    def kernel(self):
+        if not _is_plain(self):
+            return super().kernel
+        delta = ops.tensordot(self.lora_kernel_a, self.lora_kernel_b, axes=1)
+        merged = ops.add(self._kernel, ops.multiply(delta, _lora_scale(self)))
+        return ops.cast(merged, self.compute_dtype)
+
+    def call(self, inputs, training=None):
+        if not _is_plain(self):
+            return super().call(inputs, training=training)
+        x_spec, k_spec, out_spec, n = _einsum_split(self.equation)
+        r = next(c for c in "zyxwvutsrq" if c not in self.equation)
+        mid = "".join(c for c in out_spec if c in x_spec) + r
+        down = f"{x_spec},{k_spec[:n]}{r}->{mid}"
+        up = f"{mid},{r}{k_spec[n:]}->{out_spec}"
+        return _factored_call(
+            self,
+            inputs,
+            lambda x, w: ops.einsum(self.equation, x, w),
+            down=lambda x, a: ops.einsum(down, x, a),
+            up=lambda x, b: ops.einsum(up, x, b),
+        )
 
 
 _FACTORED = {

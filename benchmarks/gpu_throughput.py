@@ -1,0 +1,227 @@
+"""GPU training throughput: our ViT+LoRA model vs HF transformers + PEFT on one GPU.
+
+Command (on a machine with one CUDA GPU, PyTorch + transformers + peft, JAX with CUDA, and this
+repo's `keras`/`keras-hub` pins):
+
+    python benchmarks/gpu_throughput.py --models vit-b16 --batch 128
+
+What runs, each in its own subprocess, one after the other, on the same random images:
+
+* ours: `eyegazer_keras.models.vit_lora.build_vit_classifier`, the model builder `eyegazer
+  train` uses (LoRA on query/value with real alpha, frozen q/v biases, the factored LoRA and
+  float32-GELU layers, class-token pooling, softmax head), under ``mixed_bfloat16``, trained by
+  a jitted Keras stateless step (``model.stateless_call`` + ``optimizer.stateless_apply``,
+  AdamW as `train.make_optimizer`) on the **JAX** backend. The project's default backend is
+  TensorFlow, but a TensorFlow wheel cannot be installed on the lent GPU machine this was
+  written for (no network, 64 MiB carried per call), so the same Keras model runs on JAX there;
+  `train.resolve_auto` gives the TF path the same settings on a GPU (bf16 from compute
+  capability 8.0, XLA).
+* peer: transformers ``ViTForImageClassification`` + PEFT LoRA on ``q_proj``/``v_proj``
+  (``query``/``value`` before transformers 5), ``torch.autocast(bfloat16)``, AdamW, SDPA
+  attention; variant ``bf16-compile`` adds ``torch.compile``.
+
+Prints img/s (median of timed blocks, warm-up and compilation excluded), the achieved TFLOP/s
+from the per-image FLOP count in benchmarks/NOTES.md, and the ratio ours / best peer per model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_throughput import _data, _timed, peer_model  # noqa: E402
+
+MODELS = {
+    "vit-b16": dict(patch=16, layers=12, heads=12, hidden=768, mlp=3072),
+    "vit-l16": dict(patch=16, layers=24, heads=16, hidden=1024, mlp=4096),
+    "vit-tiny": dict(patch=16, layers=2, heads=2, hidden=64, mlp=128),  # smoke test only
+}
+COMMON = dict(image=224, classes=5, rank=16)
+
+
+def train_flops_per_image(shape: dict) -> float:
+    """Matmul FLOPs of one LoRA (q+v, frozen base) training image: NOTES.md "GPU on paper"."""
+    h, mlp, n, r = shape["hidden"], shape["mlp"], shape["layers"], shape["rank"]
+    t = (shape["image"] // shape["patch"]) ** 2 + 1
+    p = n * (4 * h * h + 2 * h * mlp)
+    attn = 4 * n * t * t * h
+    lora = 2 * n * 2 * t * (h * shape["heads"] * r + shape["heads"] * r * h // shape["heads"])
+    patch = 2 * (3 * shape["patch"] ** 2 * h) * (t - 1)
+    return 4 * p * t + 3 * attn + 3 * lora + patch
+
+
+def worker_ours(shape: dict, args) -> dict:
+    os.environ["KERAS_BACKEND"] = "jax"
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import jax
+    import keras
+    import numpy as np
+
+    from eyegazer_keras.models.vit_lora import build_vit_classifier
+
+    keras.utils.set_random_seed(0)
+    model = build_vit_classifier(
+        "config",
+        num_classes=shape["classes"],
+        image_size=shape["image"],
+        lora_rank=shape["rank"],
+        lora_alpha=shape["rank"],
+        backbone_config={
+            "patch_size": shape["patch"],
+            "num_layers": shape["layers"],
+            "num_heads": shape["heads"],
+            "hidden_dim": shape["hidden"],
+            "mlp_dim": shape["mlp"],
+        },
+        dtype="mixed_bfloat16",
+    )
+    optimizer = keras.optimizers.AdamW(learning_rate=1e-3, weight_decay=1e-4)
+    optimizer.build(model.trainable_variables)
+
+    def loss_fn(trainable, non_trainable, x, y):
+        probs, non_trainable = model.stateless_call(trainable, non_trainable, x, training=True)
+        loss = keras.ops.mean(keras.losses.sparse_categorical_crossentropy(y, probs))
+        return loss, non_trainable
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    @jax.jit
+    def step(trainable, non_trainable, opt_vars, x, y):
+        (loss, non_trainable), grads = grad_fn(trainable, non_trainable, x, y)
+        trainable, opt_vars = optimizer.stateless_apply(opt_vars, grads, trainable)
+        return trainable, non_trainable, opt_vars, loss
+
+    images, labels = _data(args.batch, shape)
+    x, y = jax.device_put(images), jax.device_put(labels)
+    state = [
+        [v.value for v in model.trainable_variables],
+        [v.value for v in model.non_trainable_variables],
+        [v.value for v in optimizer.variables],
+    ]
+
+    def one():
+        state[0], state[1], state[2], loss = step(*state, x, y)
+        loss.block_until_ready()
+
+    result = _timed(one, args.warmup, args.steps, args.repeats, args.batch)
+    result.update(
+        side="ours",
+        variant="bf16-jax",
+        trainable=sum(int(np.prod(v.shape)) for v in model.trainable_variables),
+        keras=keras.__version__,
+        jax=jax.__version__,
+        device=str(jax.devices()[0].device_kind),
+    )
+    return result
+
+
+def worker_peer(shape: dict, variant: str, args) -> dict:
+    import torch
+
+    torch.manual_seed(0)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    model, targets = peer_model(shape)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: smoke test only
+    model = model.to(device).train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    images, labels = _data(args.batch, shape)
+    x = (torch.from_numpy(images).permute(0, 3, 1, 2).contiguous() / 127.5 - 1.0).to(device)
+    y = torch.from_numpy(labels).long().to(device)
+    forward = torch.compile(model) if variant == "bf16-compile" else model
+
+    def one():
+        with torch.autocast(device, dtype=torch.bfloat16):
+            out = forward(pixel_values=x, labels=y)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    result = _timed(one, args.warmup, args.steps, args.repeats, args.batch)
+    result.update(
+        side="peer",
+        variant=variant,
+        targets=targets,
+        trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        torch=torch.__version__,
+        device=torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+    )
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default="vit-b16", help=f"any of {','.join(MODELS)}")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--peer", default="bf16,bf16-compile")
+    parser.add_argument("--ours", default="bf16-jax")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="H100 SXM dense bf16")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        side, name, variant = args.worker.split(":")
+        shape = dict(COMMON, **MODELS[name])
+        result = worker_ours(shape, args) if side == "ours" else worker_peer(shape, variant, args)
+        print("RESULT " + json.dumps(result), flush=True)
+        return 0
+
+    results = []
+    for name in args.models.split(","):
+        shape = dict(COMMON, **MODELS[name])
+        flops = train_flops_per_image(shape)
+        jobs = [("ours", v) for v in args.ours.split(",") if v]
+        jobs += [("peer", v) for v in args.peer.split(",") if v]
+        for side, variant in jobs:
+            cmd = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--worker",
+                f"{side}:{name}:{variant}",
+            ]
+            cmd += ["--batch", str(args.batch), "--steps", str(args.steps)]
+            cmd += ["--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+            if not lines:
+                tail = (proc.stderr or proc.stdout)[-1500:]
+                print(f"{name} {side} {variant} FAILED exit {proc.returncode}: {tail}", flush=True)
+                continue
+            r = json.loads(lines[-1][len("RESULT ") :])
+            r.update(model=name, batch=args.batch, gflop_per_image=flops / 1e9)
+            r["tflops"] = r["img_per_s"] * flops / 1e12
+            results.append(r)
+            print(
+                f"{name} {side:4s} {variant:12s} {r['img_per_s']:8.1f} img/s  "
+                f"{r['tflops']:6.1f} TFLOP/s ({100 * r['tflops'] / args.peak_tflops:4.1f}% of "
+                f"{args.peak_tflops:.0f})  blocks={r['blocks']}  {r.get('device', '')}",
+                flush=True,
+            )
+        ours = [r for r in results if r["model"] == name and r["side"] == "ours"]
+        peer = [r for r in results if r["model"] == name and r["side"] == "peer"]
+        if ours and peer:
+            o = max(ours, key=lambda r: r["img_per_s"])
+            p = max(peer, key=lambda r: r["img_per_s"])
+            print(
+                f"{name}: best ours {o['variant']} {o['img_per_s']:.1f} / best peer "
+                f"{p['variant']} {p['img_per_s']:.1f} img/s = ratio "
+                f"{o['img_per_s'] / p['img_per_s']:.2f}x ({flops / 1e9:.1f} GFLOP per image)",
+                flush=True,
+            )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
