@@ -137,6 +137,7 @@ def worker_ours(variant: str, args) -> dict:
         image_size=SHAPE["image"],
         lora_rank=SHAPE["rank"],
         lora_alpha=SHAPE["rank"],
+        lora_layout=args.lora_layout,
         batch_size=args.batch,
         mixed_precision="bfloat16" if variant.startswith("bf16") else None,
         jit_compile=_JIT[variant.partition("-")[2]],
@@ -225,6 +226,8 @@ def _run_worker(side: str, variant: str, args) -> dict:
         str(args.repeats),
         "--inter-op",
         str(args.inter_op),
+        "--lora-layout",
+        args.lora_layout,
     ]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -269,6 +272,12 @@ def main(argv=None) -> int:
         type=int,
         default=0,
         help="ours: tf.config.threading inter-op threads (0 = train.configure_runtime(), as `eyegazer train`)",
+    )
+    parser.add_argument(
+        "--lora-layout",
+        default="peft",
+        choices=("peft", "keras"),
+        help="ours: LoRA layout (peft = PEFT's rank-r A/B, the default; keras = Keras core's)",
     )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

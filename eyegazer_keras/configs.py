@@ -43,6 +43,8 @@ class TrainConfig:
     lora_rank: int = 8
     lora_alpha: float | None = None
     lora_targets: tuple = ("query", "value")
+    # peft: rank-r A (hidden, r) / B (r, heads, head_dim) as PEFT; keras: Keras core's per-head A.
+    lora_layout: str = "peft"
     head_dropout: float = 0.0
     # Optimisation.
     batch_size: int = 32  # GLOBAL batch size; per-replica = batch_size / num_replicas
@@ -285,6 +287,7 @@ CHOICES = {
     "label_mode": ("grade", "binary"),
     "class_weight": ("balanced", None),
     "pooling": ("token", "gap"),
+    "lora_layout": ("peft", "keras"),
     "mixed_precision": ("auto", "bfloat16", "float16", None),
     "jit_compile": ("auto", True, False, "fusible"),
     "monitor": ("val_qwk", "val_auroc", "val_accuracy"),

@@ -268,6 +268,7 @@ def build_model(config: configs_lib.TrainConfig, backbone: str | None = None) ->
         lora_rank=config.lora_rank,
         lora_alpha=config.lora_alpha,
         lora_targets=tuple(config.lora_targets),
+        lora_layout=config.lora_layout,
         head_dropout=config.head_dropout,
         backbone_config=dict(config.backbone_config) if config.backbone_config else None,
         dtype=dtype,

@@ -13,9 +13,20 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.slow
 def test_wheel_ships_builders_and_builds_dataset(tmp_path):
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-         str(tmp_path / "dist"), REPO],
-        check=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            REPO,
+        ],
+        check=True,
+        timeout=300,
     )
     (wheel,) = (tmp_path / "dist").glob("eyegazer_keras-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
@@ -31,8 +42,19 @@ def test_wheel_ships_builders_and_builds_dataset(tmp_path):
     assert not any(n.startswith("datasets/") for n in names), "no top-level `datasets` package"
     site = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
-        check=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(site),
+            str(wheel),
+        ],
+        check=True,
+        timeout=300,
     )
     script = (
         "import eyegazer_datasets, eyegazer_keras\n"
@@ -45,7 +67,11 @@ def test_wheel_ships_builders_and_builds_dataset(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     env["PYTHONPATH"] = str(site)
     out = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]

@@ -135,7 +135,16 @@ def test_lora_parameter_counts_exact():
     assert lora["keras"] == LAYERS * 2 * (HIDDEN * HEADS * r + r * HIDDEN // HEADS)
     assert lora["peft"] == LAYERS * 2 * (HIDDEN * r + r * HIDDEN)
     counts = count_parameters(model)
-    assert counts["trainable"] == lora["keras"] + head
+    assert counts["trainable"] == lora["peft"] + head  # default lora_layout="peft"
+    keras_layout = build_vit_classifier(
+        "config",
+        backbone_config=TINY,
+        num_classes=5,
+        image_size=SIZE,
+        lora_rank=r,
+        lora_layout="keras",
+    )
+    assert count_parameters(keras_layout)["trainable"] == lora["keras"] + head
     trainable = {v.path for v in model.trainable_weights}
     assert all(
         p.endswith(("lora_kernel_a", "lora_kernel_b")) or "predictions" in p for p in trainable
@@ -153,7 +162,7 @@ def test_lora_parameter_counts_exact():
         "config", backbone_config=TINY, num_classes=5, image_size=SIZE, lora_rank=0
     )
     c = count_parameters(full)
-    assert c["trainable"] == c["total"] == counts["total"] - lora["keras"]
+    assert c["trainable"] == c["total"] == counts["total"] - lora["peft"]
     assert c["percent"] == 100.0
 
 
@@ -377,7 +386,7 @@ def test_fast_layers_match_keras_lora(preset_dir):
     """Factored LoRA (x@W + s*(x@A)@B) and float32 GELU: same outputs and gradients as Keras LoRA."""
     from eyegazer_keras.models import fast_layers
 
-    kwargs = dict(num_classes=5, image_size=SIZE, lora_rank=4, lora_alpha=8)
+    kwargs = dict(num_classes=5, image_size=SIZE, lora_rank=4, lora_alpha=8, lora_layout="keras")
     fast = build_vit_classifier(preset_dir, **kwargs)
     ref = build_vit_classifier(preset_dir, fast_layers=False, **kwargs)
     classes = {type(la) for la in fast._flatten_layers() if getattr(la, "lora_enabled", False)}
@@ -441,3 +450,65 @@ def test_fast_layers_export_saved_model(preset_dir, tmp_path):
     loaded = tf.saved_model.load(out)
     served = loaded.serve(tf.constant(x)).numpy()
     np.testing.assert_allclose(served, keras.ops.convert_to_numpy(model(x)), atol=1e-5)
+
+
+def _lora_layers(model):
+    return [la for la in model._flatten_layers() if getattr(la, "lora_enabled", False)]
+
+
+def test_peft_layout_is_rank_r_and_equals_its_merged_kernel(tmp_path):
+    """lora_layout="peft" (default): A (in, r), B (r, out...) as PEFT; the factored call equals
+    the merged kernel `W + s A B` that saving stores, and that update has rank <= r."""
+    from eyegazer_keras.models import fast_layers
+
+    r = 2
+    keras.utils.set_random_seed(0)
+    kwargs = dict(backbone_config=TINY, num_classes=5, image_size=SIZE, lora_rank=r, lora_alpha=4)
+    targets = ("query", "value", "attention_output")
+    model = build_vit_classifier("config", lora_targets=targets, **kwargs)
+    layers = _lora_layers(model)
+    assert {type(la) for la in layers} == {fast_layers.RankRLoRAEinsumDense}
+    assert len(layers) == LAYERS * len(targets)
+    query = next(la for la in layers if la.name == "query")
+    out = next(la for la in layers if la.name == "attention_output")
+    assert tuple(query.lora_kernel_a.shape) == (HIDDEN, r)
+    assert tuple(query.lora_kernel_b.shape) == (r, HEADS, HIDDEN // HEADS)
+    assert tuple(out.lora_kernel_a.shape) == (HEADS, HIDDEN // HEADS, r)
+    assert tuple(out.lora_kernel_b.shape) == (r, HIDDEN)
+    _randomize_lora_b(model)
+    rng = np.random.default_rng(0)
+    for layer, shape in ((query, (2, 5, HIDDEN)), (out, (2, 5, HEADS, HIDDEN // HEADS))):
+        x = rng.normal(size=shape).astype("float32")
+        merged = keras.ops.convert_to_numpy(layer.kernel)
+        expected = np.einsum(layer.equation, x, merged) + keras.ops.convert_to_numpy(layer.bias)
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(layer(x)), expected, rtol=1e-4, atol=1e-5
+        )
+        delta = merged - keras.ops.convert_to_numpy(layer._kernel)
+        flat = delta.reshape(HIDDEN, -1) if layer is query else delta.reshape(-1, HIDDEN)
+        assert np.abs(delta).max() > 0 and np.linalg.matrix_rank(flat, tol=1e-5) == r
+    # The Keras layout's per-head A gives the same rank setting a higher-rank update.
+    keras_model = build_vit_classifier("config", lora_layout="keras", **kwargs)
+    _randomize_lora_b(keras_model)
+    k_query = next(la for la in _lora_layers(keras_model) if la.name == "query")
+    k_delta = keras.ops.convert_to_numpy(k_query.kernel) - keras.ops.convert_to_numpy(
+        k_query._kernel
+    )
+    assert np.linalg.matrix_rank(k_delta.reshape(HIDDEN, -1), tol=1e-5) == HEADS * r
+    # save_weights stores the merged kernels: a plain (no LoRA) model loads them, same outputs.
+    path = str(tmp_path / "m.weights.h5")
+    model.save_weights(path)
+    again = build_vit_classifier("config", **dict(kwargs, lora_rank=0))
+    again.load_weights(path)
+    x = _images()
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(again(x)), keras.ops.convert_to_numpy(model(x)), atol=1e-5
+    )
+
+
+def test_adapter_refuses_the_other_lora_layout(tmp_path):
+    kwargs = dict(backbone_config=TINY, num_classes=5, image_size=SIZE, lora_rank=2)
+    path = tmp_path / "a.npz"
+    save_adapter(build_vit_classifier("config", **kwargs), path)
+    with pytest.raises(ValueError, match="lora_layout"):
+        load_adapter(build_vit_classifier("config", lora_layout="keras", **kwargs), path)

@@ -11,6 +11,10 @@ Two measured CPU costs of the stock Keras/keras-hub layers (see ``benchmarks/NOT
   path, so under ``mixed_bfloat16`` GELU alone took as long as a large matmul.
   `gelu_float32` computes the same exact GELU in float32 and casts back.
 
+`RankRLoRAEinsumDense` is the PEFT-layout LoRA (``lora_layout="peft"``, the default of
+`vit_lora.build_vit_classifier`): ``A`` on the kernel's input axes, ``B`` on its output axes, the
+same factored call.
+
 The classes keep the variables, their names and paths, ``get_config`` and the merged-kernel
 ``save_own_variables``/``load_own_variables`` of the Keras base classes; they only replace
 ``call``. They are installed by swapping ``__class__`` on already built layers
@@ -119,7 +123,7 @@ def _einsum_split(equation: str):
         n += 1
     if n == 0 or any(c in x_spec and c not in output for c in k_spec[n:]):
         raise ValueError(
-            f"lora_layout='rank_r' needs the kernel's input axes first; equation '{equation}' "
+            f"lora_layout='peft' needs the kernel's input axes first; equation '{equation}' "
             "has not; use lora_layout='keras'"
         )
     return x_spec, k_spec, output, n
@@ -143,7 +147,7 @@ class RankRLoRAEinsumDense(keras.layers.EinsumDense):
 
     def enable_lora(self, rank, lora_alpha=None, a_initializer="he_uniform", b_initializer="zeros"):
         if self.quantization_mode or self.kernel_constraint:
-            raise ValueError("lora_layout='rank_r' supports plain float kernels only")
+            raise ValueError("lora_layout='peft' supports plain float kernels only")
         if not self.built or self.lora_enabled:
             raise ValueError("enable_lora needs a built layer without LoRA")
         _, _, _, n = _einsum_split(self.equation)

@@ -14,11 +14,13 @@ Decisions, so that training, saving and reloading agree:
   trainable but does not save them, so a reloaded adapter would differ from the trained model.
 * The head (``predictions``) is trainable. Layer norms are frozen (PEFT default).
 * ``lora_rank == 0`` means full fine-tuning: every variable is trainable.
-* Keras LoRA on the attention ``EinsumDense`` kernel ``(hidden, heads, head_dim)`` creates
-  ``A: (hidden, heads, rank)`` and ``B: (rank, head_dim)``, i.e. ``hidden*heads*rank +
-  rank*head_dim`` parameters per target layer. That is *not* PEFT's ``hidden*rank +
-  rank*hidden`` for the same rank (ViT-B/16, rank 8, q+v: 1,781,760 vs PEFT's 294,912).
-  ``count_parameters`` reports what Keras really trains.
+* ``lora_layout="peft"`` (default) gives the attention ``EinsumDense`` kernel
+  ``(hidden, heads, head_dim)`` a true rank-r LoRA, ``A: (hidden, rank)`` and
+  ``B: (rank, heads, head_dim)`` (`fast_layers.RankRLoRAEinsumDense`): PEFT's ``hidden*rank +
+  rank*hidden`` parameters per target (ViT-B/16, rank 8, q+v: 294,912). ``"keras"`` keeps Keras
+  core's ``EinsumDense.enable_lora``: ``A: (hidden, heads, rank)``, ``B: (rank, head_dim)``,
+  ``hidden*heads*rank + rank*head_dim`` parameters and an update of rank up to ``heads*rank``
+  (1,781,760 for the same model). ``count_parameters`` reports what is really trained.
 * ``model.save(".keras")`` and ``model.save_weights`` store the LoRA update *merged* into the
   kernels (Keras core behaviour). ``load_weights`` into a LoRA model then sets A and B to zero,
   so outputs match but LoRA gets zero gradients afterwards: resume training from
@@ -76,6 +78,7 @@ __all__ = [
 ADAPTER_FORMAT = "eyegazer-vit-lora-adapter/1"
 _METADATA_KEY = "__metadata__"
 _INFO_ATTR = "_eyegazer_build_info"
+LORA_LAYOUTS = ("peft", "keras")
 # HF ViT and the keras-hub ViT presets both map 0..255 to -1..1 (mean = std = 0.5).
 _DEFAULT_NORMALIZATION = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 
@@ -165,6 +168,7 @@ def build_vit_classifier(
     lora_rank: int = 8,
     lora_alpha: float | None = None,
     lora_targets: Sequence[str] = ("query", "value"),
+    lora_layout: str = "peft",
     head_dropout: float = 0.0,
     backbone_config: Mapping[str, Any] | None = None,
     normalization: Mapping[str, Any] | None = None,
@@ -189,6 +193,10 @@ def build_vit_classifier(
         lora_rank: int. LoRA rank; 0 means full fine-tuning. Defaults to 8.
         lora_alpha: float or None. LoRA alpha (the update is scaled by alpha/rank). Defaults to
             None (= ``lora_rank``).
+        lora_layout: str. ``"peft"``: rank-r ``A``/``B`` on the flattened projection, as PEFT
+            (`fast_layers.RankRLoRAEinsumDense`); ``"keras"``: Keras core's
+            ``EinsumDense.enable_lora`` (``A`` per head, ~heads x the parameters). Dense
+            layers are the same either way. Defaults to ``"peft"``.
         lora_targets: sequence of str. Names of the Dense/EinsumDense layers that get LoRA.
             Defaults to ``("query", "value")``.
         head_dropout: float. Dropout before the head. Defaults to 0.
@@ -213,6 +221,8 @@ def build_vit_classifier(
         raise ValueError(f"num_classes={num_classes}: use 2 (binary) or 5 (grades 0-4).")
     if lora_rank < 0:
         raise ValueError(f"lora_rank={lora_rank} must be >= 0 (0 = full fine-tuning).")
+    if lora_layout not in LORA_LAYOUTS:
+        raise ValueError(f"lora_layout={lora_layout!r}: use one of {LORA_LAYOUTS}.")
     image_size = int(image_size)
     lora_targets = tuple(lora_targets)
     if lora_rank > 0 and lora_alpha is None:
@@ -240,7 +250,7 @@ def build_vit_classifier(
     model = keras.Model(inputs, outputs, name="vit_lora_classifier")
 
     if lora_rank > 0:
-        _enable_lora(vit, lora_rank, lora_alpha, lora_targets)
+        _enable_lora(vit, lora_rank, lora_alpha, lora_targets, lora_layout)
     if fast_layers:
         fast_layers_lib.use_fast_layers(vit)
 
@@ -252,6 +262,7 @@ def build_vit_classifier(
         "lora_rank": lora_rank,
         "lora_alpha": lora_alpha if lora_rank > 0 else None,
         "lora_targets": list(lora_targets) if lora_rank > 0 else [],
+        "lora_layout": lora_layout if lora_rank > 0 else None,
         "bias": "none",
         "head_dropout": head_dropout,
         "normalization": {"scale": scale, "offset": offset},
@@ -427,7 +438,7 @@ def _resize_backbone(vit, image_size):
     return new
 
 
-def _enable_lora(vit, rank, alpha, targets):
+def _enable_lora(vit, rank, alpha, targets, layout="peft"):
     layers = [
         layer
         for layer in vit._flatten_layers(include_self=False)
@@ -444,6 +455,8 @@ def _enable_lora(vit, rank, alpha, targets):
         variable.trainable = False
     # ... then add the LoRA matrices, which are created trainable.
     for layer in layers:
+        if layout == "peft" and type(layer) is keras.layers.EinsumDense:
+            layer.__class__ = fast_layers_lib.RankRLoRAEinsumDense
         layer.enable_lora(rank, lora_alpha=alpha)
 
 
@@ -578,7 +591,7 @@ def load_adapter(model: keras.Model, path, *, check_base: bool = True) -> dict:
     if metadata.get("format") != ADAPTER_FORMAT:
         raise ValueError(f"{path}: format {metadata.get('format')!r}, expected {ADAPTER_FORMAT}.")
     here = build_info(model)
-    for key in ("lora_rank", "lora_alpha", "num_classes"):
+    for key in ("lora_rank", "lora_alpha", "lora_layout", "num_classes"):
         if here and key in saved_build and saved_build[key] != here.get(key):
             raise ValueError(
                 f"{path}: adapter has {key}={saved_build[key]!r} but the model has "
