@@ -49,7 +49,7 @@ def train_flops_per_image(shape: dict) -> float:
     t = (shape["image"] // shape["patch"]) ** 2 + 1
     p = n * (4 * h * h + 2 * h * mlp)
     attn = 4 * n * t * t * h
-    lora = 2 * n * 2 * t * (h * shape["heads"] * r + shape["heads"] * r * h // shape["heads"])
+    lora = 2 * n * 2 * t * (h * r + r * h)  # PEFT layout on both sides: A (h, r), B (r, h)
     patch = 2 * (3 * shape["patch"] ** 2 * h) * (t - 1)
     return 4 * p * t + 3 * attn + 3 * lora + patch
 

@@ -267,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     _quiet_tensorflow()
+    from eyegazer_keras import train
+
+    train.add_cpu_fusion_flags()  # before any verb runs TensorFlow (`demo` prepares first)
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -366,6 +366,8 @@ def from_dict(data: dict):
     kind = data.pop("kind", "TrainConfig")
     cls = {"TrainConfig": TrainConfig, "SearchConfig": SearchConfig}[kind]
     names = {f.name for f in dataclasses.fields(cls)}
+    if cls is TrainConfig and "lora_layout" not in data and data.get("lora_rank", 8):
+        data["lora_layout"] = "keras"  # written before lora_layout existed: Keras core's LoRA
     config = cls(**{k: v for k, v in data.items() if k in names})
     if isinstance(getattr(config, "lora_targets", None), list):
         config.lora_targets = tuple(config.lora_targets)

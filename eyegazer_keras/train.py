@@ -276,9 +276,23 @@ def build_model(config: configs_lib.TrainConfig, backbone: str | None = None) ->
 
 
 # XLA auto-clustering limited to element-wise/reduction ops ("fusible"), for CPU hosts. These
-# flags are read once, before TensorFlow's first XLA use, and do nothing on their own: clustering
-# starts only under `xla_fusion` (`jit_compile="fusible"`, the CPU default of "auto").
+# flags are read once, when TensorFlow runs its first function, and do nothing on their own:
+# clustering starts only under `xla_fusion` (`jit_compile="fusible"`, the CPU default of "auto").
 CPU_FUSION_FLAGS = ("--tf_xla_cpu_global_jit", "--tf_xla_ops_to_cluster=FUSIBLE")
+
+
+def add_cpu_fusion_flags() -> None:
+    """Adds `CPU_FUSION_FLAGS` to ``TF_XLA_FLAGS`` unless that variable already sets either flag.
+
+    They let `xla_fusion` fuse the element-wise ops on CPU while matmuls stay on oneDNN. They
+    must be in place before TensorFlow runs any function (a ``tf.function``, a ``tf.data`` map):
+    the `eyegazer` CLI calls this first thing, `configure_runtime` again. Later in a process
+    (a notebook that ran TensorFlow cells first) they are ignored and ``"fusible"`` trains
+    unfused: same results, slower.
+    """
+    flags = os.environ.get("TF_XLA_FLAGS", "")
+    if not any(f.split("=")[0] in flags for f in CPU_FUSION_FLAGS):
+        os.environ["TF_XLA_FLAGS"] = " ".join([flags, *CPU_FUSION_FLAGS]).strip()
 
 
 def configure_runtime() -> None:
@@ -286,14 +300,9 @@ def configure_runtime() -> None:
 
     * On small CPU machines one inter-op thread avoids two op threads fighting over the same
       cores (benchmarks/NOTES.md).
-    * Adds `CPU_FUSION_FLAGS` to ``TF_XLA_FLAGS`` unless that variable already sets either flag:
-      they let `xla_fusion` fuse the element-wise ops on CPU while matmuls stay on oneDNN.
-      Too late once TensorFlow has compiled anything with XLA in this process; then
-      `jit_compile="fusible"` silently runs unfused (same results, slower).
+    * `add_cpu_fusion_flags`.
     """
-    flags = os.environ.get("TF_XLA_FLAGS", "")
-    if not any(f.split("=")[0] in flags for f in CPU_FUSION_FLAGS):
-        os.environ["TF_XLA_FLAGS"] = " ".join([flags, *CPU_FUSION_FLAGS]).strip()
+    add_cpu_fusion_flags()
     if not tf.config.list_physical_devices("GPU") and (os.cpu_count() or 1) <= 4:
         try:
             tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -345,8 +354,12 @@ def resolve_auto(config: configs_lib.TrainConfig) -> configs_lib.TrainConfig:
         value = config.jit_compile.lower()
         if value == "auto":
             config.jit_compile = True if accelerator else "fusible"
-        elif value != "fusible":
+        elif value == "fusible":
+            config.jit_compile = "fusible"
+        else:
             config.jit_compile = value in ("true", "1", "yes", "on")
+    else:
+        config.jit_compile = bool(config.jit_compile)
     return config
 
 
@@ -408,6 +421,7 @@ class Trainer:
         self.optimizer = optimizer
         self.strategy = strategy
         self.global_batch_size = global_batch_size
+        self.jit_compile = jit_compile is True  # "fusible" is `xla_fusion`'s business
         self._scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
         def replica_step(images, labels, weights):
@@ -427,7 +441,7 @@ class Trainer:
             return loss
 
         step = replica_step
-        if jit_compile is True:
+        if self.jit_compile:
             step = tf.function(replica_step, jit_compile=True)
 
         @tf.function
@@ -590,12 +604,14 @@ def _check_resume_config(config, workdir: str) -> None:
     with open(path) as f:
         old = json.load(f)
     new = json.loads(json.dumps(metrics.json_safe(configs_lib.to_dict(config))))
-    ignore = {"data_dir"}
+    ignore = {"data_dir", "jit_compile"}  # where the data lives and how fast it runs
+    old = json.loads(json.dumps(metrics.json_safe(configs_lib.to_dict(configs_lib.from_dict(old)))))
     changed = sorted(k for k in set(old) | set(new) if k not in ignore and old.get(k) != new.get(k))
     if changed:
+        fix = " ".join(f"--set {k}={json.dumps(old.get(k))}" for k in changed)
         raise RunError(
             f"{workdir} holds an interrupted run with a different config ({', '.join(changed)}); "
-            "re-run the same command to resume, or use a new --workdir"
+            f"to resume it, run the same command (here: add {fix}), or use a new --workdir"
         )
 
 

@@ -260,8 +260,18 @@ def test_resume_with_a_different_config_is_refused(tiny_data_dir, tmp_path):
     (workdir / "backup" / "training_metadata.json").write_text('{"epoch": 1, "batch": 0}')
     train._check_resume_config(config, str(workdir))  # same config: fine
     changed = _config(tiny_data_dir, batch_size=8)
-    with pytest.raises(train.RunError, match="different config \\(batch_size\\)"):
+    with pytest.raises(
+        train.RunError, match="different config \\(batch_size\\).*--set batch_size=16"
+    ):
         train._check_resume_config(changed, str(workdir))
+    train._check_resume_config(_config(tiny_data_dir, jit_compile=False), str(workdir))  # speed
+    # A config.json from before `lora_layout` existed means Keras core's layout.
+    old = json.loads((workdir / "config.json").read_text())
+    del old["lora_layout"]
+    (workdir / "config.json").write_text(json.dumps(old))
+    with pytest.raises(train.RunError, match='--set lora_layout="keras"'):
+        train._check_resume_config(config, str(workdir))
+    train._check_resume_config(_config(tiny_data_dir, lora_layout="keras"), str(workdir))
 
 
 def test_collapse_detector_state_survives_resume():
@@ -281,7 +291,10 @@ import json, os, sys
 os.environ.pop("TF_XLA_FLAGS", None)
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"  # for "Compiled cluster using XLA!"
 import keras, numpy as np, tensorflow as tf
-from eyegazer_keras import configs, train
+from eyegazer_keras import cli, configs, train
+if len(sys.argv) > 2:  # as `eyegazer demo`: TensorFlow prepares data before training starts
+    assert cli.main(["prepare", "synthetic_fundus", "--config", "tiny", "--data-dir", sys.argv[2]]) == 0
+    print("MARK prepared", file=sys.stderr, flush=True)
 train.configure_runtime()
 flags = os.environ["TF_XLA_FLAGS"]
 config = configs.TrainConfig(name="t", backbone="config", backbone_config=json.loads(sys.argv[1]),
@@ -301,6 +314,7 @@ for mode in (False, "fusible"):
         optimizer = train.make_optimizer(config)
         optimizer.build(model.trainable_variables)
         trainer = train.Trainer(model, optimizer, tf.distribute.get_strategy(), 8, mode)
+        assert trainer.jit_compile is False  # "fusible" never XLA-compiles the whole step
         losses[str(mode)] = [float(trainer.train_step(x, y, w)) for _ in range(3)]
     print(f"MARK {mode} jit={jit_inside!r} after={tf.config.optimizer.get_jit()!r}",
           file=sys.stderr, flush=True)
@@ -308,11 +322,14 @@ print("RESULT " + json.dumps({"flags": flags, "auto": "fusible", "losses": losse
 """
 
 
-def test_cpu_fusion_clusters_elementwise_ops_and_keeps_the_loss(tmp_path):
+@pytest.mark.parametrize("order", ["fresh_process", "after_cli_prepare"])
+def test_cpu_fusion_clusters_elementwise_ops_and_keeps_the_loss(tmp_path, order):
     """jit_compile="fusible" (the CPU default): XLA clusters appear only inside `xla_fusion`,
-    and the training losses match the unfused step. Fails if the lever is removed."""
+    and the training losses match the unfused step. Fails if the lever is removed, and (second
+    case) if the CLI sets the flags too late for `eyegazer demo`, which prepares data first."""
+    extra = [str(tmp_path / "tfds")] if order == "after_cli_prepare" else []
     proc = subprocess.run(
-        [sys.executable, "-c", FUSION_SCRIPT, json.dumps(TINY_BACKBONE)],
+        [sys.executable, "-c", FUSION_SCRIPT, json.dumps(TINY_BACKBONE), *extra],
         capture_output=True,
         text=True,
         timeout=300,
@@ -322,6 +339,8 @@ def test_cpu_fusion_clusters_elementwise_ops_and_keeps_the_loss(tmp_path):
     assert "--tf_xla_ops_to_cluster=FUSIBLE" in result["flags"]
     assert "--tf_xla_cpu_global_jit" in result["flags"]
     err = proc.stderr
+    if extra:
+        assert err.index("MARK prepared") < err.index("MARK False")
     unfused_end = err.index("MARK False jit='' after=''")
     fused_end = err.index("MARK fusible jit='autoclustering' after=''")
     compiled = err.find("Compiled cluster using XLA")
@@ -329,7 +348,12 @@ def test_cpu_fusion_clusters_elementwise_ops_and_keeps_the_loss(tmp_path):
     np.testing.assert_allclose(result["losses"]["fusible"], result["losses"]["False"], rtol=1e-4)
 
 
-def test_resolve_auto_picks_fusion_on_cpu():
+def test_resolve_auto_picks_fusion_on_cpu(monkeypatch):
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda *a, **k: [])  # a CPU host
     config = train.resolve_auto(_config("unused", jit_compile="auto"))
-    assert config.jit_compile == "fusible"  # this machine has no GPU
+    assert config.jit_compile == "fusible"
     assert train.resolve_auto(_config("unused", jit_compile="false")).jit_compile is False
+    # Unvalidated values (a hand-edited config.json read by `load_run`):
+    upper = configs.TrainConfig(name="x", jit_compile="FUSIBLE")
+    assert train.resolve_auto(upper).jit_compile == "fusible"
+    assert train.resolve_auto(configs.TrainConfig(name="x", jit_compile=1)).jit_compile is True

@@ -512,3 +512,20 @@ def test_adapter_refuses_the_other_lora_layout(tmp_path):
     save_adapter(build_vit_classifier("config", **kwargs), path)
     with pytest.raises(ValueError, match="lora_layout"):
         load_adapter(build_vit_classifier("config", lora_layout="keras", **kwargs), path)
+
+
+def test_adapter_without_layout_metadata_is_keras_layout(tmp_path):
+    """Adapters written before `lora_layout` existed hold Keras core's layout."""
+    kwargs = dict(backbone_config=TINY, num_classes=5, image_size=SIZE, lora_rank=2)
+    path = tmp_path / "old.npz"
+    save_adapter(build_vit_classifier("config", lora_layout="keras", **kwargs), path)
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    meta = json.loads(str(arrays["__metadata__"]))
+    del meta["build"]["lora_layout"]
+    arrays["__metadata__"] = np.array(json.dumps(meta))
+    np.savez(path, **arrays)
+    model = build_vit_classifier("config", lora_layout="keras", **kwargs)
+    load_adapter(model, path, check_base=False)  # a fresh random backbone: skip its fingerprint
+    with pytest.raises(ValueError, match="lora_layout='keras'"):
+        load_adapter(build_vit_classifier("config", **kwargs), path)

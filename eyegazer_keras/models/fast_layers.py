@@ -11,14 +11,15 @@ Two measured CPU costs of the stock Keras/keras-hub layers (see ``benchmarks/NOT
   path, so under ``mixed_bfloat16`` GELU alone took as long as a large matmul.
   `gelu_float32` computes the same exact GELU in float32 and casts back.
 
-`RankRLoRAEinsumDense` is the PEFT-layout LoRA (``lora_layout="peft"``, the default of
-`vit_lora.build_vit_classifier`): ``A`` on the kernel's input axes, ``B`` on its output axes, the
-same factored call.
-
-The classes keep the variables, their names and paths, ``get_config`` and the merged-kernel
-``save_own_variables``/``load_own_variables`` of the Keras base classes; they only replace
-``call``. They are installed by swapping ``__class__`` on already built layers
+The factored classes keep the variables, their names and paths, ``get_config`` and the
+merged-kernel ``save_own_variables``/``load_own_variables`` of the Keras base classes; they only
+replace ``call``. They are installed by swapping ``__class__`` on already built layers
 (`use_fast_layers`), because keras-hub builds its sublayers itself.
+
+`RankRLoRAEinsumDense` is the PEFT-layout LoRA (``lora_layout="peft"``, the default of
+`vit_lora.build_vit_classifier`, which swaps it in before ``enable_lora``): it also replaces
+``enable_lora`` (``A`` on the kernel's input axes, ``B`` on its output axes) and the merged
+``kernel`` property, with the same factored call.
 """
 
 from __future__ import annotations

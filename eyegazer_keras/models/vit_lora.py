@@ -211,8 +211,8 @@ def build_vit_classifier(
             normalisation and the head stay float32. Defaults to None (global policy).
         fast_layers: bool. Compute LoRA as ``x @ W + s * (x @ A) @ B`` instead of Keras's
             ``x @ (W + s * A @ B)``, and the MLP's exact GELU in float32 under mixed precision
-            (`fast_layers.use_fast_layers`). Same math, same variables; faster training.
-            Defaults to True.
+            (`fast_layers.use_fast_layers`). Same math, same variables; faster training. The
+            ``"peft"`` layout's layer is always factored. Defaults to True.
 
     Returns:
         A functional `keras.Model` (not compiled) with ``build_info(model)`` metadata attached.
@@ -457,7 +457,13 @@ def _enable_lora(vit, rank, alpha, targets, layout="peft"):
     for layer in layers:
         if layout == "peft" and type(layer) is keras.layers.EinsumDense:
             layer.__class__ = fast_layers_lib.RankRLoRAEinsumDense
-        layer.enable_lora(rank, lora_alpha=alpha)
+            try:
+                layer.enable_lora(rank, lora_alpha=alpha)
+            except ValueError:
+                layer.__class__ = keras.layers.EinsumDense
+                raise
+        else:
+            layer.enable_lora(rank, lora_alpha=alpha)
 
 
 # --------------------------------------------------------------------------------------------
@@ -591,6 +597,8 @@ def load_adapter(model: keras.Model, path, *, check_base: bool = True) -> dict:
     if metadata.get("format") != ADAPTER_FORMAT:
         raise ValueError(f"{path}: format {metadata.get('format')!r}, expected {ADAPTER_FORMAT}.")
     here = build_info(model)
+    if saved_build.get("lora_rank") and "lora_layout" not in saved_build:
+        saved_build = dict(saved_build, lora_layout="keras")  # before lora_layout existed
     for key in ("lora_rank", "lora_alpha", "lora_layout", "num_classes"):
         if here and key in saved_build and saved_build[key] != here.get(key):
             raise ValueError(
