@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import time
 
 import keras
@@ -174,9 +175,15 @@ class ChiefBackupAndRestore(keras.callbacks.BackupAndRestore):
             with open(tmp, "w") as f:
                 json.dump(meta, f)
             os.replace(tmp, os.path.join(self.write_dir, self._meta_name))  # atomic commit point
-        for entry in os.listdir(self.write_dir):  # drop older checkpoints (every worker)
+        # Drop older checkpoints (every worker), including the `<prefix>_temp/` folder a save
+        # killed half-way leaves behind.
+        for entry in os.listdir(self.write_dir):
             if entry.startswith("ckpt-") and not entry.startswith(name + "."):
-                os.remove(os.path.join(self.write_dir, entry))
+                path = os.path.join(self.write_dir, entry)
+                if os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    os.remove(path)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._current_epoch = epoch
@@ -196,8 +203,6 @@ class ChiefBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     def on_train_end(self, logs=None):
         if self.chief and self.delete_checkpoint and os.path.isdir(self.backup_dir):
-            import shutil
-
             shutil.rmtree(self.backup_dir, ignore_errors=True)
 
     def resume_position(self) -> tuple[int, int]:

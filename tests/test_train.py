@@ -357,3 +357,23 @@ def test_resolve_auto_picks_fusion_on_cpu(monkeypatch):
     upper = configs.TrainConfig(name="x", jit_compile="FUSIBLE")
     assert train.resolve_auto(upper).jit_compile == "fusible"
     assert train.resolve_auto(configs.TrainConfig(name="x", jit_compile=1)).jit_compile is True
+
+
+def test_backup_removes_a_checkpoint_a_kill_left_half_written(tmp_path):
+    """A kill -9 during `Checkpoint.write` leaves `ckpt-E-B_temp/`; the next save must clean it
+    (it used to fail the resumed run with "Is a directory")."""
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    stale = tmp_path / "ckpt-0-1_temp"
+    stale.mkdir()
+    (stale / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"half")
+    (tmp_path / "ckpt-0-1.index").write_bytes(b"old")
+    backup = train.ChiefBackupAndRestore(str(tmp_path), str(tmp_path), chief=True, save_freq=1)
+    backup.set_model(model)
+    backup.on_epoch_begin(0)
+    backup.on_train_batch_end(1)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert "training_metadata.json" in names
+    assert all(n.startswith("ckpt-0-2.") for n in names if n != "training_metadata.json"), names
+    assert backup.resume_position() == (0, 2)
