@@ -391,6 +391,8 @@ def test_fast_layers_match_keras_lora(preset_dir):
     ref = build_vit_classifier(preset_dir, fast_layers=False, **kwargs)
     classes = {type(la) for la in fast._flatten_layers() if getattr(la, "lora_enabled", False)}
     assert classes == {fast_layers.FactoredLoRAEinsumDense}
+    attention = [la for la in fast._flatten_layers() if la.name == "mha"]
+    assert attention and {type(la) for la in attention} == {fast_layers.BatchMatMulAttention}
     assert not any(
         isinstance(la, fast_layers.FactoredLoRAEinsumDense) for la in ref._flatten_layers()
     )
