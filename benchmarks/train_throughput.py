@@ -12,16 +12,17 @@ random images (numpy seed 0; the peer gets them as NCHW). Shape: ViT-S/16 at 224
 * ours: `train.build_model(config, "config")` + `train.make_optimizer(config)` +
   `train.Trainer(...).train_step` under the default strategy, exactly what `eyegazer train`
   runs (`train.configure_runtime`, `train.resolve_auto`, `train.xla_fusion` included); variants:
-  fp32 and `mixed_precision="bfloat16"`, each with `jit_compile="auto"` (no suffix; on CPU that
-  is "fusible": XLA for element-wise ops only), `-nofuse` (False) and `-xla` (True).
+  fp32 and `mixed_precision="bfloat16"`, each with `jit_compile="auto"` (no suffix; on CPU
+  that is "fusible" -- XLA for element-wise ops only -- in bf16 and off in fp32), `-fuse`
+  ("fusible"), `-nofuse` (False) and `-xla` (True).
 * peer: transformers `ViTForImageClassification` + PEFT LoRA (`q_proj`/`v_proj` in
   transformers 5, `query`/`value` before), AdamW, fp32 and `torch.autocast(bfloat16)`.
 
 Warm-up steps are excluded; the result per variant is the median of `--repeats` timed blocks of
 `--steps` steps. Prints img/s per variant and the ratio best-ours / best-peer. Also:
 `--only ours|peer`, `--ours fp32,bf16,bf16-nofuse,bf16-xla,...`, `--peer fp32,bf16`, `--batch`,
-`--inter-op N` (ours: inter-op threads; 0 = `train.configure_runtime()`, which is what `eyegazer train` uses
-until the thread setting proposed in NOTES.md is wired in).
+`--lora-layout peft|keras`, `--inter-op N` (ours: inter-op threads after
+`train.configure_runtime()`, which sets 1 on <= 4 cores as `eyegazer train` does; 0 = leave it).
 
 Each line also prints images per CPU-second of the worker process times the core count: on a
 machine shared with other jobs the wall-clock figures swing by 2x between blocks; the CPU-time
@@ -40,11 +41,11 @@ import sys
 import time
 
 SHAPE = dict(image=224, patch=16, layers=12, heads=6, hidden=384, mlp=1536, classes=5, rank=16)
-OURS_VARIANTS = ("fp32", "bf16", "fp32-nofuse", "bf16-nofuse", "fp32-xla", "bf16-xla")
+OURS_VARIANTS = tuple(f"{p}{s}" for p in ("fp32", "bf16") for s in ("", "-fuse", "-nofuse", "-xla"))
 # ours variants: precision + jit_compile. No suffix: jit_compile="auto" (what `eyegazer train`
-# runs: on CPU "fusible", XLA for the element-wise ops only); "-nofuse": jit_compile=False;
-# "-xla": jit_compile=True (whole step in XLA).
-_JIT = {"": "auto", "nofuse": False, "xla": True}
+# runs; on CPU: "fusible" (XLA for the element-wise ops only) in bf16, off in fp32); "-fuse":
+# "fusible"; "-nofuse": False; "-xla": True (whole step in XLA).
+_JIT = {"": "auto", "fuse": "fusible", "nofuse": False, "xla": True}
 PEER_VARIANTS = ("fp32", "bf16")
 
 
@@ -263,7 +264,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", choices=("ours", "peer"), default=None)
     parser.add_argument(
         "--ours",
-        default="fp32,bf16,fp32-nofuse,bf16-nofuse",
+        default="fp32,bf16,fp32-fuse,bf16-nofuse",
         help=f"any of {','.join(OURS_VARIANTS)}",
     )
     parser.add_argument("--peer", default=",".join(PEER_VARIANTS))

@@ -54,8 +54,9 @@ class TrainConfig:
     weight_decay: float = 1e-4
     # auto: bfloat16 on GPUs with compute capability >= 8 (float16 before), fp32 on CPU.
     mixed_precision: str | None = "auto"  # auto | none | bfloat16 | float16
-    # auto: XLA on GPU/TPU; on CPU "fusible": XLA fuses the element-wise ops only, matmuls stay
-    # on oneDNN (a fully XLA-compiled step is 35% slower on CPU). See train.xla_fusion.
+    # auto: XLA on GPU/TPU; on CPU "fusible" under mixed precision (XLA fuses the element-wise
+    # ops only, matmuls stay on oneDNN; a fully XLA-compiled step is 35% slower on CPU), off in
+    # float32. See train.resolve_auto and train.xla_fusion.
     jit_compile: bool | str = "auto"  # auto | true | false | fusible
     seed: int = 0
     # Collapse detection (the write-up's run 2).

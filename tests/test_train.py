@@ -350,8 +350,10 @@ def test_cpu_fusion_clusters_elementwise_ops_and_keeps_the_loss(tmp_path, order)
 
 def test_resolve_auto_picks_fusion_on_cpu(monkeypatch):
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda *a, **k: [])  # a CPU host
-    config = train.resolve_auto(_config("unused", jit_compile="auto"))
-    assert config.jit_compile == "fusible"
+    bf16 = train.resolve_auto(_config("unused", jit_compile="auto", mixed_precision="bfloat16"))
+    assert bf16.jit_compile == "fusible"
+    fp32 = train.resolve_auto(_config("unused", jit_compile="auto", mixed_precision="auto"))
+    assert fp32.mixed_precision is None and fp32.jit_compile is False
     assert train.resolve_auto(_config("unused", jit_compile="false")).jit_compile is False
     # Unvalidated values (a hand-edited config.json read by `load_run`):
     upper = configs.TrainConfig(name="x", jit_compile="FUSIBLE")
