@@ -282,7 +282,8 @@ def build_model(config: configs_lib.TrainConfig, backbone: str | None = None) ->
 
 # XLA auto-clustering limited to element-wise/reduction ops ("fusible"), for CPU hosts. These
 # flags are read once, when TensorFlow runs its first function, and do nothing on their own:
-# clustering starts only under `xla_fusion` (`jit_compile="fusible"`, the CPU default of "auto").
+# clustering starts only under `xla_fusion` (`jit_compile="fusible"`, which "auto" picks on CPU
+# under mixed precision).
 CPU_FUSION_FLAGS = ("--tf_xla_cpu_global_jit", "--tf_xla_ops_to_cluster=FUSIBLE")
 
 
