@@ -33,7 +33,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_throughput import _data, _timed, peer_model  # noqa: E402
+from train_throughput import _data, _timed, worker_peer  # noqa: E402
 
 MODELS = {
     "vit-b16": dict(patch=16, layers=12, heads=12, hidden=768, mlp=3072),
@@ -119,41 +119,6 @@ def worker_ours(shape: dict, args) -> dict:
     return result
 
 
-def worker_peer(shape: dict, variant: str, args) -> dict:
-    import torch
-
-    torch.manual_seed(0)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    model, targets = peer_model(shape)
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: smoke test only
-    model = model.to(device).train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    images, labels = _data(args.batch, shape)
-    x = (torch.from_numpy(images).permute(0, 3, 1, 2).contiguous() / 127.5 - 1.0).to(device)
-    y = torch.from_numpy(labels).long().to(device)
-    forward = torch.compile(model) if variant == "bf16-compile" else model
-
-    def one():
-        with torch.autocast(device, dtype=torch.bfloat16):
-            out = forward(pixel_values=x, labels=y)
-        out.loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    result = _timed(one, args.warmup, args.steps, args.repeats, args.batch)
-    result.update(
-        side="peer",
-        variant=variant,
-        targets=targets,
-        trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
-        torch=torch.__version__,
-        device=torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
-    )
-    return result
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="vit-b16", help=f"any of {','.join(MODELS)}")
@@ -171,7 +136,7 @@ def main(argv=None) -> int:
     if args.worker:
         side, name, variant = args.worker.split(":")
         shape = dict(COMMON, **MODELS[name])
-        result = worker_ours(shape, args) if side == "ours" else worker_peer(shape, variant, args)
+        result = worker_ours(shape, args) if side == "ours" else worker_peer(variant, args, shape)
         print("RESULT " + json.dumps(result), flush=True)
         return 0
 

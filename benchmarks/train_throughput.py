@@ -175,26 +175,33 @@ def worker_ours(variant: str, args) -> dict:
     return result
 
 
-def worker_peer(variant: str, args) -> dict:
+def worker_peer(variant: str, args, shape: dict = SHAPE) -> dict:
+    """The HF transformers + PEFT peer: fp32 or bf16 autocast, ``-compile`` adds
+    ``torch.compile``; on CUDA when there is a GPU (`gpu_throughput.py`), else on all CPU cores."""
     import torch
     import transformers
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
-    model, targets = peer_model()
-    model.train()
+    model, targets = peer_model(shape)
+    model = model.to(device).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    images, labels = _data(args.batch)
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous() / 127.5 - 1.0
-    y = torch.from_numpy(labels).long()
-    bf16 = variant == "bf16"
+    images, labels = _data(args.batch, shape)
+    x = (torch.from_numpy(images).permute(0, 3, 1, 2).contiguous() / 127.5 - 1.0).to(device)
+    y = torch.from_numpy(labels).long().to(device)
+    bf16 = variant.startswith("bf16")
+    forward = torch.compile(model) if variant.endswith("-compile") else model
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = model(pixel_values=x, labels=y)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            out = forward(pixel_values=x, labels=y)
         out.loss.backward()
         opt.step()
-        opt.zero_grad()
+        opt.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
 
     result = _timed(step, args.warmup, args.steps, args.repeats, args.batch)
     result.update(
@@ -204,6 +211,7 @@ def worker_peer(variant: str, args) -> dict:
         trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
         torch=torch.__version__,
         transformers=transformers.__version__,
+        device=torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
     )
     return result
 
