@@ -33,7 +33,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_throughput import _data, _timed, worker_peer  # noqa: E402
+from train_throughput import _data, _timed, backbone_config, worker_peer  # noqa: E402
 
 MODELS = {
     "vit-b16": dict(patch=16, layers=12, heads=12, hidden=768, mlp=3072),
@@ -70,13 +70,7 @@ def worker_ours(shape: dict, args) -> dict:
         image_size=shape["image"],
         lora_rank=shape["rank"],
         lora_alpha=shape["rank"],
-        backbone_config={
-            "patch_size": shape["patch"],
-            "num_layers": shape["layers"],
-            "num_heads": shape["heads"],
-            "hidden_dim": shape["hidden"],
-            "mlp_dim": shape["mlp"],
-        },
+        backbone_config=backbone_config(shape),
         dtype="mixed_bfloat16",
     )
     optimizer = keras.optimizers.AdamW(learning_rate=1e-3, weight_decay=1e-4)

@@ -58,6 +58,17 @@ def _data(batch: int, shape: dict = SHAPE):
     return images, labels
 
 
+def backbone_config(shape: dict = SHAPE) -> dict:
+    """keras-hub `ViTBackbone` arguments for a benchmark shape."""
+    return {
+        "patch_size": shape["patch"],
+        "num_layers": shape["layers"],
+        "num_heads": shape["heads"],
+        "hidden_dim": shape["hidden"],
+        "mlp_dim": shape["mlp"],
+    }
+
+
 def peer_model(shape: dict = SHAPE):
     """transformers `ViTForImageClassification` + PEFT LoRA on q/v; returns (model, targets)."""
     from peft import LoraConfig, get_peft_model
@@ -128,13 +139,7 @@ def worker_ours(variant: str, args) -> dict:
     config = configs.TrainConfig(
         name="bench",
         backbone="config",
-        backbone_config={
-            "patch_size": SHAPE["patch"],
-            "num_layers": SHAPE["layers"],
-            "num_heads": SHAPE["heads"],
-            "hidden_dim": SHAPE["hidden"],
-            "mlp_dim": SHAPE["mlp"],
-        },
+        backbone_config=backbone_config(SHAPE),
         image_size=SHAPE["image"],
         lora_rank=SHAPE["rank"],
         lora_alpha=SHAPE["rank"],

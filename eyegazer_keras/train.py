@@ -611,9 +611,12 @@ def _check_resume_config(config, workdir: str) -> None:
         return
     with open(path) as f:
         old = json.load(f)
-    new = json.loads(json.dumps(metrics.json_safe(configs_lib.to_dict(config))))
+
+    def plain(c):  # as config.json holds it
+        return json.loads(json.dumps(metrics.json_safe(configs_lib.to_dict(c))))
+
+    new, old = plain(config), plain(configs_lib.from_dict(old))  # from_dict fills new fields
     ignore = {"data_dir", "jit_compile"}  # where the data lives and how fast it runs
-    old = json.loads(json.dumps(metrics.json_safe(configs_lib.to_dict(configs_lib.from_dict(old)))))
     changed = sorted(k for k in set(old) | set(new) if k not in ignore and old.get(k) != new.get(k))
     if changed:
         fix = " ".join(f"--set {k}={json.dumps(old.get(k))}" for k in changed)

@@ -76,35 +76,25 @@ def test_weights_and_training_pipeline(tiny_data_dir):
     x, y, w = next(iter(ds))
     assert x.shape == (16, 32, 32, 3)
     np.testing.assert_allclose(w.numpy(), [weights[int(k)] for k in y.numpy()])
+
     # Same seed, same order (resumable epochs); another seed, another order.
-    again = next(
-        iter(
-            data.make_dataset(
-                split,
-                image_size=32,
-                batch_size=16,
-                training=True,
-                seed=3,
-                class_weight=weights,
-                drop_remainder=True,
-                augment=False,
+    def first_batch(seed):
+        return next(
+            iter(
+                data.make_dataset(
+                    split,
+                    image_size=32,
+                    batch_size=16,
+                    training=True,
+                    seed=seed,
+                    class_weight=weights,
+                    drop_remainder=True,
+                    augment=False,
+                )
             )
         )
-    )
-    other = next(
-        iter(
-            data.make_dataset(
-                split,
-                image_size=32,
-                batch_size=16,
-                training=True,
-                seed=4,
-                class_weight=weights,
-                drop_remainder=True,
-                augment=False,
-            )
-        )
-    )
+
+    again, other = first_batch(3), first_batch(4)
     np.testing.assert_array_equal(again[1].numpy(), y.numpy())
     assert not np.array_equal(other[1].numpy(), y.numpy())
 
