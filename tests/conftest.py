@@ -7,11 +7,13 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# What `train.configure_runtime` sets in a fresh `eyegazer train` process; in pytest's one
-# process it would come after TensorFlow's first XLA use and be ignored, so set it up front.
-os.environ.setdefault("TF_XLA_FLAGS", "--tf_xla_cpu_global_jit --tf_xla_ops_to_cluster=FUSIBLE")
-
 import pytest  # noqa: E402
+
+from eyegazer_keras import train  # noqa: E402
+
+# What the `eyegazer` CLI sets first thing; in pytest's one process `configure_runtime` would
+# come after TensorFlow's first function and be ignored, so set it up front.
+train.add_cpu_fusion_flags()
 
 TINY_BACKBONE = {"patch_size": 8, "num_layers": 2, "num_heads": 2, "hidden_dim": 48, "mlp_dim": 96}
 
