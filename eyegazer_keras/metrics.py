@@ -113,10 +113,26 @@ def class_names(task: str) -> tuple[str, ...]:
 
 
 def _as_labels(y_true, n_classes: int, name: str = "y_true") -> np.ndarray:
-    """Validates integer class labels (or one-hot rows) and returns an int64 vector."""
+    """Validates integer class labels (or one-hot rows) and returns an int64 vector.
+
+    Raises:
+        ValueError: naming the first bad row: not a class id in ``0..n_classes-1`` (out of
+            range, fractional, NaN/inf), a one-hot row that is not one-hot, a wrong shape or an
+            empty array.
+    """
     y = np.asarray(y_true)
     if y.ndim == 2 and y.shape[1] == n_classes and n_classes > 1:
-        y = np.argmax(y, axis=1)
+        if not np.issubdtype(y.dtype, np.number) and y.dtype != np.bool_:
+            raise ValueError(f"{name} has dtype {y.dtype}; expected one-hot rows of 0/1.")
+        yf = y.astype(np.float64)
+        bad = ~(((yf == 0) | (yf == 1)).all(axis=1) & (yf.sum(axis=1) == 1))
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"{name} row {row}: {y[row].tolist()} is not a one-hot row of {n_classes} "
+                "classes; pass class ids [n] or one-hot rows [n, k]."
+            )
+        y = np.argmax(yf, axis=1)
     elif y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
@@ -131,29 +147,64 @@ def _as_labels(y_true, n_classes: int, name: str = "y_true") -> np.ndarray:
             f"{name} has dtype {y.dtype}; expected integer class ids 0..{n_classes - 1}."
         )
     yf = y.astype(np.float64)
-    bad = ~np.isfinite(yf) | (yf != np.round(yf)) | (yf < 0) | (yf > n_classes - 1)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(yf) | (yf != np.round(yf)) | (yf < 0) | (yf > n_classes - 1)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise ValueError(
-            f"{name} row {row}: label {y[row]!r} is not a class id in 0..{n_classes - 1}; "
+            f"{name} row {row}: label {y[row].item()!r} is not a class id in 0..{n_classes - 1}; "
             "check the label mode (grade vs binary) of the split."
         )
     return yf.astype(np.int64)
 
 
+def _check_lengths(n_true: int, n_pred: int, name: str = "y_pred") -> None:
+    if n_true != n_pred:
+        raise ValueError(
+            f"{name} has {n_pred} rows but y_true has {n_true}; pass matching arrays "
+            "(one prediction per example, in the same order)."
+        )
+
+
+def _as_threshold(value, name: str = "threshold") -> float:
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={value!r} is not a number; pass a float.") from None
+    if not math.isfinite(t):
+        raise ValueError(f"{name}={value!r} is not finite; pass a finite float.")
+    return t
+
+
+# Softmax rows of a float32 (or mixed-precision) model sum to 1 within ~1e-3.
+PROBS_SUM_TOLERANCE = 1e-2
+
+
 def _as_probs(probs, n_classes: int, n: int) -> np.ndarray:
+    """Validates class probabilities [n, k]: finite, in [0, 1], rows summing to 1.
+
+    Raises:
+        ValueError: wrong shape, or naming the first row that is not finite, leaves [0, 1]
+            or does not sum to 1 (within ``PROBS_SUM_TOLERANCE``).
+    """
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] != n_classes:
         raise ValueError(
             f"probs has shape {p.shape}; expected [n, {n_classes}] class probabilities for this "
             "task (grade: 5 columns, binary: 2 columns)."
         )
-    if p.shape[0] != n:
-        raise ValueError(f"probs has {p.shape[0]} rows but y_true has {n}; pass matching arrays.")
+    _check_lengths(n, p.shape[0], "probs")
     bad = ~np.isfinite(p).all(axis=1)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise ValueError(f"probs row {row} is not finite ({p[row].tolist()}); the model diverged?")
+    bad = ((p < 0) | (p > 1)).any(axis=1) | (np.abs(p.sum(axis=1) - 1) > PROBS_SUM_TOLERANCE)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"probs row {row} ({p[row].tolist()}) is not a probability vector (each in [0, 1], "
+            "summing to 1); pass softmax outputs, not logits."
+        )
     return p
 
 
@@ -163,8 +214,7 @@ def _as_scores(y_pred, n: int, name: str = "y_pred") -> np.ndarray:
         s = s[:, 0]
     if s.ndim != 1:
         raise ValueError(f"{name} has shape {s.shape}; expected [n] or [n, 1] scores.")
-    if s.shape[0] != n:
-        raise ValueError(f"{name} has {s.shape[0]} rows but y_true has {n}; pass matching arrays.")
+    _check_lengths(n, s.shape[0], name)
     bad = ~np.isfinite(s)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
@@ -183,7 +233,15 @@ def quadratic_weighted_kappa(y_true, y_pred, n_classes: int = NUM_GRADES) -> flo
     Returns:
         The kappa, or ``None`` where it is undefined (e.g. every label and prediction is the
         same single class).
+
+    Raises:
+        ValueError: naming the first row of ``y_true`` or ``y_pred`` that is not a class id in
+            ``0..n_classes-1`` (sklearn's fixed ``labels`` would silently drop it), or when the
+            lengths differ.
     """
+    y_true = _as_labels(y_true, n_classes)
+    y_pred = _as_labels(y_pred, n_classes, name="y_pred")
+    _check_lengths(y_true.size, y_pred.size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -226,7 +284,13 @@ def sensitivity_specificity(
     Returns:
         ``(sensitivity, specificity)``; each is ``None`` when there are no positives
         (sensitivity) or no negatives (specificity) in ``y_true_binary``.
+
+    Raises:
+        ValueError: naming the first row of ``y_true_binary`` that is not 0/1 or of
+            ``y_score`` that is not finite, when the lengths differ, or when ``threshold`` is
+            not a finite number.
     """
+    threshold = _as_threshold(threshold)
     y = _as_labels(y_true_binary, 2, name="y_true_binary").astype(bool)
     score = _as_scores(y_score, y.size, name="y_score")
     called = score >= threshold
@@ -246,10 +310,22 @@ def collapse_fraction(preds, n_classes: int | None = None) -> float:
 
     Returns:
         A float in (0, 1]; 1.0 means every prediction is the same class.
+
+    Raises:
+        ValueError: ``preds`` is empty, or naming the first row that is not a class id
+            (negative, fractional, NaN/inf, or ``>= n_classes`` when given).
     """
-    p = np.asarray(preds).astype(np.int64).ravel()
+    p = np.asarray(preds).ravel()
     if p.size == 0:
         raise ValueError("preds is empty; collapse_fraction needs at least one prediction.")
+    if n_classes is None:
+        if not np.issubdtype(p.dtype, np.number) and p.dtype != np.bool_:
+            raise ValueError(f"preds has dtype {p.dtype}; expected integer class ids.")
+        finite = np.isfinite(p.astype(np.float64))
+        top = int(np.max(p[finite])) + 1 if finite.any() else 1
+        p = _as_labels(p, max(top, 1), name="preds")
+    else:
+        p = _as_labels(p, int(n_classes), name="preds")
     counts = np.bincount(p, minlength=n_classes or 0)
     return float(counts.max() / p.size)
 
@@ -301,8 +377,15 @@ def classification_metrics(
         true, columns = predicted, every class), ``prediction_distribution``,
         ``collapse_fraction``, ``collapse_threshold`` and ``collapsed``. Undefined values are
         ``None``.
+
+    Raises:
+        ValueError: unknown ``task``; ``y_true``/``probs`` of the wrong shape or length; naming
+            the first row whose label is not a class id or whose probabilities are not finite,
+            leave [0, 1] or do not sum to 1; a threshold that is not finite.
     """
     names = class_names(task)
+    threshold = _as_threshold(threshold)
+    referable_threshold = _as_threshold(referable_threshold, "referable_threshold")
     k = len(names)
     y = _as_labels(y_true, k)
     p = _as_probs(probs, k, y.size)
@@ -404,6 +487,10 @@ def apply_cutoffs(pred, cutoffs: Sequence[float] = DEFAULT_CUTOFFS) -> np.ndarra
 
     Returns:
         int64 array [n] of grades in 0..4.
+
+    Raises:
+        ValueError: cut-offs that are not 4 finite increasing numbers, or naming the first row
+            of ``pred`` that is not finite.
     """
     c = _check_cutoffs(cutoffs)
     s = np.atleast_1d(np.asarray(pred, dtype=np.float64))
@@ -437,6 +524,10 @@ def optimize_cutoffs(
 
     Returns:
         Tuple of 4 floats, strictly increasing.
+
+    Raises:
+        ValueError: naming the first row of ``y_true`` that is not a grade 0..4 or of
+            ``y_pred`` that is not finite, when the lengths differ, or for bad ``initial``.
     """
     y = _as_labels(y_true, NUM_GRADES)
     s = _as_scores(y_pred, y.size)
@@ -491,6 +582,10 @@ def regression_metrics(y_true, y_pred, cutoffs: Sequence[float] | None = None) -
         ``accuracy_rounded``, ``confusion_matrix_rounded``, ``qwk_tuned``, ``accuracy_tuned``,
         ``confusion_matrix_tuned`` (grades from ``cutoffs``), ``cutoffs``,
         ``prediction_distribution`` (tuned grades), ``collapse_fraction`` and ``collapsed``.
+
+    Raises:
+        ValueError: naming the first row of ``y_true`` that is not a grade 0..4 or of
+            ``y_pred`` that is not finite, when the lengths differ, or for bad ``cutoffs``.
     """
     y = _as_labels(y_true, NUM_GRADES)
     s = _as_scores(y_pred, y.size)

@@ -283,3 +283,82 @@ def test_json_safe():
     )
     assert out == {"a": 0.5, "b": None, "c": [2, None], "d": True}
     assert type(out["c"][0]) is int and type(out["d"]) is bool
+
+
+# --------------------------------------------------------------------------- input validation
+
+
+def test_qwk_out_of_range_prediction_raises_not_one():
+    # sklearn's fixed labels=0..4 drops rows 1 (5) and 6 (-1) and returns 1.0 (issue 13, item 5).
+    with pytest.raises(ValueError, match=r"y_pred row 1: label 5 is not a class id in 0\.\.4"):
+        metrics.quadratic_weighted_kappa([0, 0, 1, 2, 3, 4, 4, 0], [0, 5, 1, 2, 3, 4, -1, 0])
+
+
+@pytest.mark.parametrize(
+    "y_true, y_pred, match",
+    [
+        ([0, 1, 7], [0, 1, 2], "y_true row 2"),
+        ([0, 1, 2], [0, 1.5, 2], "y_pred row 1"),
+        ([0, 1, 2], [0, np.nan, 2], "y_pred row 1"),
+        ([0, np.inf, 2], [0, 1, 2], "y_true row 1"),
+        ([0, 1, 2], [0, 1], "2 rows but y_true has 3"),
+        ([], [], "empty"),
+        (["a", "b"], [0, 1], "dtype"),
+    ],
+)
+def test_qwk_validates_inputs(y_true, y_pred, match):
+    with pytest.raises(ValueError, match=match):
+        metrics.quadratic_weighted_kappa(y_true, y_pred)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: metrics.sensitivity_specificity([0, 1, 2], [0.1, 0.2, 0.3]), "row 2"),
+        (lambda: metrics.sensitivity_specificity([0, 1], [0.1, np.inf]), "y_score row 1"),
+        (lambda: metrics.sensitivity_specificity([0, 1], [0.1]), "1 rows but y_true has 2"),
+        (lambda: metrics.sensitivity_specificity([0, 1], [0.1, 0.2], np.nan), "threshold"),
+        (lambda: metrics.collapse_fraction([0, 1, -1]), "preds row 2"),
+        (lambda: metrics.collapse_fraction([0, 1, 0.5]), "preds row 2"),
+        (lambda: metrics.collapse_fraction([0, 1, 5], n_classes=5), "preds row 2"),
+        (lambda: metrics.collapse_fraction([0, np.nan]), "preds row 1"),
+        (lambda: metrics.apply_cutoffs([0.1, np.nan]), "pred row 1"),
+        (lambda: metrics.regression_metrics([0, 1, 5], [0.0, 1.0, 2.0]), "y_true row 2"),
+        (lambda: metrics.regression_metrics([0, 1], [0.0, np.nan]), "y_pred row 1"),
+        (lambda: metrics.regression_metrics([0, 1], [0.0]), "1 rows but y_true has 2"),
+        (lambda: metrics.optimize_cutoffs([0, -1], [0.0, 1.0]), "y_true row 1"),
+        (lambda: metrics.optimize_cutoffs([0, 1], [0.0, np.inf]), "y_pred row 1"),
+        # Probabilities: out of [0, 1], rows not summing to 1 (logits), one-hot rows not one-hot.
+        (
+            lambda: metrics.classification_metrics([0, 1], [[0.5, 0.5], [1.5, -0.5]], "binary"),
+            "probs row 1",
+        ),
+        (
+            lambda: metrics.classification_metrics([0, 1], [[0.5, 0.5], [2.0, 3.0]], "binary"),
+            "not a probability vector",
+        ),
+        (
+            lambda: metrics.classification_metrics(
+                [[1, 0], [0.5, 0.5]], [[0.5, 0.5], [0.5, 0.5]], "binary"
+            ),
+            "y_true row 1",
+        ),
+        (
+            lambda: metrics.classification_metrics(
+                [0, 1], [[0.5, 0.5], [0.5, 0.5]], "binary", threshold=float("nan")
+            ),
+            "threshold",
+        ),
+    ],
+)
+def test_every_public_metric_names_the_bad_row(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_valid_inputs_still_accepted():
+    assert metrics.quadratic_weighted_kappa(np.array([0.0, 1.0, 4.0]), [0, 1, 4]) == 1.0
+    assert metrics.collapse_fraction(np.array([2, 2, 3])) == pytest.approx(2 / 3)
+    # float32 softmax rows (sum off by ~1e-7) are accepted.
+    p = np.array([[0.1, 0.2, 0.3, 0.2, 0.2]], np.float32)
+    assert metrics.classification_metrics([2], p, "grade")["n"] == 1
