@@ -14,7 +14,7 @@ What runs, each in its own subprocess, one after the other, on the same random i
   AdamW as `train.make_optimizer`) on the **JAX** backend. The project's default backend is
   TensorFlow, but a TensorFlow wheel cannot be installed on the lent GPU machine this was
   written for (no network, 64 MiB carried per call), so the same Keras model runs on JAX there;
-  `train.resolve_auto` gives the TF path the same settings on a GPU (bf16 from compute
+  `runtime.resolve_auto` gives the TF path the same settings on a GPU (bf16 from compute
   capability 8.0, XLA).
 * peer: transformers ``ViTForImageClassification`` + PEFT LoRA on ``q_proj``/``v_proj``
   (``query``/``value`` before transformers 5), ``torch.autocast(bfloat16)``, AdamW, SDPA

@@ -11,7 +11,7 @@ random images (numpy seed 0; the peer gets them as NCHW). Shape: ViT-S/16 at 224
 
 * ours: `train.build_model(config, "config")` + `train.make_optimizer(config)` +
   `train.Trainer(...).train_step` under the default strategy, exactly what `eyegazer train`
-  runs (`train.configure_runtime`, `train.resolve_auto`, `train.xla_fusion` included); variants:
+  runs (`runtime.configure_runtime`, `runtime.resolve_auto`, `runtime.xla_fusion` included); variants:
   fp32 and `mixed_precision="bfloat16"`, each with `jit_compile="auto"` (no suffix; on CPU
   that is "fusible" -- XLA for element-wise ops only -- in bf16 and off in fp32), `-fuse`
   ("fusible"), `-nofuse` (False) and `-xla` (True).
@@ -22,7 +22,7 @@ Warm-up steps are excluded; the result per variant is the median of `--repeats` 
 `--steps` steps. Prints img/s per variant and the ratio best-ours / best-peer. Also:
 `--only ours|peer`, `--ours fp32,bf16,bf16-nofuse,bf16-xla,...`, `--peer fp32,bf16`, `--batch`,
 `--lora-layout peft|keras`, `--inter-op N` (ours: inter-op threads after
-`train.configure_runtime()`, which sets 1 on <= 4 cores as `eyegazer train` does; 0 = leave it).
+`runtime.configure_runtime()`, which sets 1 on <= 4 cores as `eyegazer train` does; 0 = leave it).
 
 Each line also prints images per CPU-second of the worker process times the core count: on a
 machine shared with other jobs the wall-clock figures swing by 2x between blocks; the CPU-time
@@ -130,9 +130,9 @@ def worker_ours(variant: str, args) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from eyegazer_keras import configs, distribute, train
+    from eyegazer_keras import configs, distribute, runtime, train
 
-    train.configure_runtime()  # exactly what `eyegazer train` does first (threads, XLA flags)
+    runtime.configure_runtime()  # exactly what `eyegazer train` does first (threads, XLA flags)
     if args.inter_op:  # must precede any TF op; see NOTES.md "thread settings"
         tf.config.threading.set_inter_op_parallelism_threads(args.inter_op)
     keras.utils.set_random_seed(0)
@@ -150,8 +150,8 @@ def worker_ours(variant: str, args) -> dict:
         strategy="default",
     )
     strategy = distribute.get_strategy(config.strategy)
-    train.resolve_auto(config)
-    fusion = train.xla_fusion(config)  # as train.run_training does
+    runtime.resolve_auto(config)
+    fusion = runtime.xla_fusion(config)  # as train.run_training does
     fusion.__enter__()
     with strategy.scope():  # as train._run_stage does
         model = train.build_model(config, "config")
@@ -285,7 +285,7 @@ def main(argv=None) -> int:
         "--inter-op",
         type=int,
         default=0,
-        help="ours: tf.config.threading inter-op threads (0 = train.configure_runtime(), as `eyegazer train`)",
+        help="ours: tf.config.threading inter-op threads (0 = runtime.configure_runtime(), as `eyegazer train`)",
     )
     parser.add_argument(
         "--lora-layout",

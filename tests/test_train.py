@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from eyegazer_keras import configs, train
+from eyegazer_keras import configs, runtime, train
 from eyegazer_keras.models import vit_lora
 from tests.conftest import TINY_BACKBONE, tiny_train_overrides, train_command
 
@@ -291,15 +291,15 @@ import json, os, sys
 os.environ.pop("TF_XLA_FLAGS", None)
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"  # for "Compiled cluster using XLA!"
 import keras, numpy as np, tensorflow as tf
-from eyegazer_keras import cli, configs, train
+from eyegazer_keras import cli, configs, runtime, train
 if len(sys.argv) > 2:  # as `eyegazer demo`: TensorFlow prepares data before training starts
     assert cli.main(["prepare", "synthetic_fundus", "--config", "tiny", "--data-dir", sys.argv[2]]) == 0
     print("MARK prepared", file=sys.stderr, flush=True)
-train.configure_runtime()
+runtime.configure_runtime()
 flags = os.environ["TF_XLA_FLAGS"]
 config = configs.TrainConfig(name="t", backbone="config", backbone_config=json.loads(sys.argv[1]),
                              image_size=32, lora_rank=4, batch_size=8, strategy="default")
-train.resolve_auto(config)
+runtime.resolve_auto(config)
 rng = np.random.default_rng(0)
 x = tf.constant(rng.uniform(0, 255, (8, 32, 32, 3)).astype("float32"))
 y = tf.constant(rng.integers(0, 5, 8).astype("int32"))
@@ -307,7 +307,7 @@ w = tf.ones([8])
 losses = {}
 for mode in (False, "fusible"):
     config.jit_compile = mode
-    with train.xla_fusion(config):
+    with runtime.xla_fusion(config):
         jit_inside = tf.config.optimizer.get_jit()
         keras.utils.set_random_seed(0)
         model = train.build_model(config, "config")
@@ -350,15 +350,15 @@ def test_cpu_fusion_clusters_elementwise_ops_and_keeps_the_loss(tmp_path, order)
 
 def test_resolve_auto_picks_fusion_on_cpu(monkeypatch):
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda *a, **k: [])  # a CPU host
-    bf16 = train.resolve_auto(_config("unused", jit_compile="auto", mixed_precision="bfloat16"))
+    bf16 = runtime.resolve_auto(_config("unused", jit_compile="auto", mixed_precision="bfloat16"))
     assert bf16.jit_compile == "fusible"
-    fp32 = train.resolve_auto(_config("unused", jit_compile="auto", mixed_precision="auto"))
+    fp32 = runtime.resolve_auto(_config("unused", jit_compile="auto", mixed_precision="auto"))
     assert fp32.mixed_precision is None and fp32.jit_compile is False
-    assert train.resolve_auto(_config("unused", jit_compile="false")).jit_compile is False
+    assert runtime.resolve_auto(_config("unused", jit_compile="false")).jit_compile is False
     # Unvalidated values (a hand-edited config.json read by `load_run`):
     upper = configs.TrainConfig(name="x", jit_compile="FUSIBLE")
-    assert train.resolve_auto(upper).jit_compile == "fusible"
-    assert train.resolve_auto(configs.TrainConfig(name="x", jit_compile=1)).jit_compile is True
+    assert runtime.resolve_auto(upper).jit_compile == "fusible"
+    assert runtime.resolve_auto(configs.TrainConfig(name="x", jit_compile=1)).jit_compile is True
 
 
 def test_backup_removes_a_checkpoint_a_kill_left_half_written(tmp_path):
