@@ -1,7 +1,10 @@
 """Deterministic fundus-like photos whose lesions follow the international DR scale.
 
 Pure NumPy + Pillow, no TensorFlow: `render(seed, grade)` returns an `uint8 [H, W, 3]` photo in one
-of the three APTOS framings (full circle, circle cut at top and bottom, rectangle without border).
+of the three APTOS framings (full circle, circle cut at top and bottom, rectangle without border);
+`render_with_mask(seed, grade)` returns the same photo (bit for bit: the mask draws no random
+numbers) and a `bool [H, W]` mask of every lesion pixel (microaneurysms, haemorrhages, exudates,
+new vessels, pre-retinal haemorrhage), the ground truth that explanation maps are scored against.
 
 Grades (international clinical DR scale):
   0 none; 1 a few microaneurysms; 2 more microaneurysms + dot/blot haemorrhages + hard exudates;
@@ -70,6 +73,27 @@ def render(seed: int, grade: int, base_size: int = 384) -> tuple[np.ndarray, str
     Returns:
         `(image uint8 [H, W, 3], framing)`.
     """
+    image, framing, _ = render_with_mask(seed, grade, base_size)
+    return image, framing
+
+
+def render_with_mask(
+    seed: int, grade: int, base_size: int = 384
+) -> tuple[np.ndarray, str, np.ndarray]:
+    """Renders one synthetic fundus photo and the mask of its lesions.
+
+    The photo is identical to `render(seed, grade, base_size)`. Lesions are drawn into the mask
+    with the same shapes and sizes as into the photo, before the photo's final blur and noise;
+    pixels outside the fundus circle are cleared as in the photo. Grade 0 has an empty mask.
+
+    Args:
+        seed: int. Everything about the photo follows from it.
+        grade: int. DR grade 0-4; decides the lesions.
+        base_size: int. Approximate width of the photo in pixels. Defaults to 384.
+
+    Returns:
+        `(image uint8 [H, W, 3], framing, lesion_mask bool [H, W])`, mask in the photo's frame.
+    """
     rng = np.random.default_rng(seed)
     framing = FRAMINGS[int(rng.choice(3, p=[0.5, 0.35, 0.15]))]
     width = int(base_size * rng.uniform(0.85, 1.15))
@@ -107,6 +131,8 @@ def render(seed: int, grade: int, base_size: int = 384) -> tuple[np.ndarray, str
 
     pil = Image.fromarray(img.astype(np.uint8))
     draw = ImageDraw.Draw(pil)
+    mask_pil = Image.new("L", pil.size, 0)
+    mask_draw = ImageDraw.Draw(mask_pil)
     vessel_colour = tuple(int(v) for v in np.clip(base * np.array([0.62, 0.35, 0.45]), 0, 255))
     # Vessels: four arcades leaving the disc, with branches.
     for k in range(4):
@@ -143,21 +169,27 @@ def render(seed: int, grade: int, base_size: int = 384) -> tuple[np.ndarray, str
     def microaneurysms(n):
         for _ in range(n):
             x, y = _point_in_fundus(rng, cx, cy, radius, width, height)
-            _ellipse(draw, x, y, rng.uniform(2.2, 3.4) * lesion_scale, ma_colour)
+            r = rng.uniform(2.2, 3.4) * lesion_scale
+            _ellipse(draw, x, y, r, ma_colour)
+            _ellipse(mask_draw, x, y, r, 255)
 
     def haemorrhages(n, quadrants=False, size=(4.5, 8.0)):
         for i in range(n):
             q = (i % 4) if quadrants else None
             x, y = _point_in_fundus(rng, cx, cy, radius, width, height, quadrant=q)
             r = rng.uniform(*size) * lesion_scale
-            _ellipse(draw, x, y, r, haem_colour, ry=r * rng.uniform(0.6, 1.2))
+            ry = r * rng.uniform(0.6, 1.2)
+            _ellipse(draw, x, y, r, haem_colour, ry=ry)
+            _ellipse(mask_draw, x, y, r, 255, ry=ry)
 
     def exudates(n):
         x0, y0 = _point_in_fundus(rng, cx, cy, radius, width, height, 0.15, 0.6)
         for _ in range(n):
             x = x0 + rng.normal(0, radius * 0.08)
             y = y0 + rng.normal(0, radius * 0.08)
-            _ellipse(draw, x, y, rng.uniform(1.8, 3.2) * lesion_scale, exudate_colour)
+            r = rng.uniform(1.8, 3.2) * lesion_scale
+            _ellipse(draw, x, y, r, exudate_colour)
+            _ellipse(mask_draw, x, y, r, 255)
 
     if grade == 1:
         microaneurysms(int(rng.integers(2, 6)))
@@ -178,26 +210,31 @@ def render(seed: int, grade: int, base_size: int = 384) -> tuple[np.ndarray, str
                 disc if rng.random() < 0.6 else _point_in_fundus(rng, cx, cy, radius, width, height)
             )
             for _ in range(int(rng.integers(8, 16))):
-                _vessel(
+                new_width = max(1.0, 1.6 * lesion_scale)
+                points = _vessel(
                     draw,
                     rng,
                     nx,
                     ny,
                     rng.uniform(0, 2 * math.pi),
                     radius * rng.uniform(0.1, 0.25),
-                    max(1.0, 1.6 * lesion_scale),
+                    new_width,
                     vessel_colour,
                     steps=10,
                     wiggle=0.9,
                 )
+                mask_draw.line(points, fill=255, width=int(round(new_width)), joint="curve")
         if rng.random() < 0.6:  # pre-retinal (boat-shaped) haemorrhage
             x, y = _point_in_fundus(rng, cx, cy, radius, width, height, 0.3, 0.7)
             r = radius * rng.uniform(0.1, 0.16)
             draw.chord([x - r, y - r, x + r, y + r], 0, 180, fill=haem_colour)
+            mask_draw.chord([x - r, y - r, x + r, y + r], 0, 180, fill=255)
 
     pil = pil.filter(ImageFilter.GaussianBlur(radius=0.6 * lesion_scale))
     out = np.asarray(pil).astype(np.float32)
     out += rng.normal(0, 3.0, size=out.shape)
+    lesion_mask = np.asarray(mask_pil) > 0
     if framing != "rect":
         out *= (dist <= 1.0)[..., None]
-    return np.clip(out, 0, 255).astype(np.uint8), framing
+        lesion_mask &= dist <= 1.0
+    return np.clip(out, 0, 255).astype(np.uint8), framing, lesion_mask

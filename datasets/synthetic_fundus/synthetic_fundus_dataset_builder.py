@@ -5,6 +5,11 @@ circle and borderless framings; varied size, brightness and colour cast) whose l
 international DR scale, with APTOS 2019 grade frequencies. Features and splits match `aptos2019`:
 `image`, `id_code`, `label` (5 named classes; -1 on the unlabeled `test` split), `train` /
 `validation` / `test`. Deterministic from the config's seed.
+
+Since 1.1.0 every example also carries `lesion_mask`: `uint8 [S, S, 1]`, the fraction (0..255)
+of each stored pixel covered by a lesion the generator drew, in the stored image's frame (the
+photo's crop box, padded to a square and resized exactly as the image). Explanation maps are
+scored against it (`eyegazer_keras.explain`). Images are bit-identical to 1.0.0.
 """
 
 from __future__ import annotations
@@ -44,11 +49,40 @@ class SyntheticFundusConfig(tfds.core.BuilderConfig):
     photo_size: int = 320
 
 
+LESION_MASK_DOC = (
+    "Fraction (0..255) of each stored pixel covered by a drawn lesion, in the stored image's "
+    "frame; 0 everywhere for grade 0."
+)
+
+
+def stored_frame(array: tf.Tensor, photo: tf.Tensor, size: int) -> tf.Tensor:
+    """Maps an `uint8 [H, W, C]` array in the photo's frame to the stored image's frame.
+
+    Crops `array` with the photo's fundus box, pads it to a square and resizes it (antialiased
+    bilinear) to `size`: the geometry of `fundus.preprocess_fundus` without its colour steps,
+    so `stored_frame(photo, photo, size) == preprocess_fundus(photo, size)`.
+
+    Args:
+        array: `uint8 [H, W, C]`, e.g. a lesion mask scaled to 0/255.
+        photo: `uint8 [H, W, 3]`. the photo whose crop box is used.
+        size: int. stored side in pixels.
+
+    Returns:
+        `uint8 [size, size, C]`.
+    """
+    box = fundus.fundus_bbox(photo)
+    cropped = array[box[0] : box[0] + box[2], box[1] : box[1] + box[3], :]
+    return fundus.resize_uint8(fundus.pad_to_square(cropped), size)
+
+
 class Builder(tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for synthetic_fundus."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release.",
+        "1.1.0": "Adds the `lesion_mask` feature; images unchanged.",
+    }
     BUILDER_CONFIGS = [
         SyntheticFundusConfig(name="default", description="2,600 photos stored at 128 px."),
         SyntheticFundusConfig(
@@ -72,6 +106,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             features=tfds.features.FeaturesDict(
                 {
                     "image": tfds.features.Image(shape=(size, size, 3), encoding_format="png"),
+                    "lesion_mask": tfds.features.Image(
+                        shape=(size, size, 1), encoding_format="png", doc=LESION_MASK_DOC
+                    ),
                     "id_code": tfds.features.Text(),
                     "label": tfds.features.ClassLabel(names=list(GRADE_NAMES)),
                     "framing": tfds.features.ClassLabel(names=list(generator.FRAMINGS)),
@@ -99,16 +136,28 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             lambda image: fundus.preprocess_fundus(image, cfg.image_size, cfg.ben_graham),
             input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)],
         )
+        mask_frame = tf.function(
+            lambda mask, photo: stored_frame(mask, photo, cfg.image_size),
+            input_signature=[
+                tf.TensorSpec([None, None, 1], tf.uint8),
+                tf.TensorSpec([None, None, 3], tf.uint8),
+            ],
+        )
 
         def make(index: int):
             seed = np.random.SeedSequence([cfg.seed, split_offset, index])
             rng = np.random.default_rng(seed)
             grade = generator.sample_grade(rng)
-            photo, framing = generator.render(int(rng.integers(2**31)), grade, cfg.photo_size)
+            photo, framing, lesions = generator.render_with_mask(
+                int(rng.integers(2**31)), grade, cfg.photo_size
+            )
             stored = preprocess(tf.constant(photo)).numpy()
+            mask = tf.constant(lesions[..., None].astype(np.uint8) * 255)
+            stored_mask = mask_frame(mask, tf.constant(photo)).numpy()
             id_code = f"syn{split_offset}{index:06d}"
             return id_code, {
                 "image": stored,
+                "lesion_mask": stored_mask,
                 "id_code": id_code,
                 "label": -1 if split == "test" else grade,
                 "framing": framing,

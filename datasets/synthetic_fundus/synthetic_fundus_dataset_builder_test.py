@@ -74,3 +74,44 @@ def test_grade_frequencies_follow_aptos():
     grades = np.array([generator.sample_grade(rng) for _ in range(4000)])
     freq = np.bincount(grades, minlength=5) / grades.size
     np.testing.assert_allclose(freq, [0.49, 0.10, 0.27, 0.05, 0.09], atol=0.03)
+
+
+def test_render_with_mask_keeps_the_photo_and_marks_lesions():
+    for seed, grade in [(3, 0), (4, 1), (5, 2), (6, 3), (7, 4)]:
+        photo, framing = generator.render(seed, grade, 200)
+        photo2, framing2, mask = generator.render_with_mask(seed, grade, 200)
+        np.testing.assert_array_equal(photo, photo2)  # the mask draws no random numbers
+        assert framing == framing2 and mask.shape == photo.shape[:2] and mask.dtype == bool
+        assert (mask.sum() == 0) == (grade == 0)
+        if grade >= 2:  # haemorrhages (dark red) dominate: lesion pixels are redder-darker
+            inside = photo.max(-1) > 30
+            g = photo[..., 1].astype(float)
+            assert g[mask & inside].mean() < g[~mask & inside].mean()
+
+
+def test_lesion_mask_is_in_the_stored_frame():
+    import tensorflow as tf
+
+    from eyegazer_keras import fundus
+
+    photo, _, mask = generator.render_with_mask(11, 3, 200)
+    t_photo = tf.constant(photo)
+    # The mask's geometry IS the image's: the same chain on the photo gives the stored image.
+    np.testing.assert_array_equal(
+        builder_lib.stored_frame(t_photo, t_photo, 64).numpy(),
+        fundus.preprocess_fundus(t_photo, 64).numpy(),
+    )
+    stored = builder_lib.stored_frame(
+        tf.constant(mask[..., None].astype(np.uint8) * 255), t_photo, 64
+    )
+    assert stored.shape == (64, 64, 1) and stored.dtype == tf.uint8
+    assert 0 < int(tf.reduce_sum(tf.cast(stored > 0, tf.int32))) < 64 * 64 // 2
+
+
+def test_built_examples_carry_the_lesion_mask(tmp_path):
+    b = builder_lib.Builder(data_dir=str(tmp_path), config="tiny")
+    b.download_and_prepare()
+    assert str(b.version) == "1.1.0"
+    for ex in b.as_dataset(split="validation", shuffle_files=False).as_numpy_iterator():
+        assert ex["lesion_mask"].shape == (64, 64, 1)
+        assert (ex["lesion_mask"].max() == 0) == (ex["label"] == 0)
