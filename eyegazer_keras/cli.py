@@ -167,6 +167,20 @@ def cmd_predict(args) -> int:
     return 1 if any("error" in r for r in results) else 0
 
 
+def cmd_app(args) -> int:
+    from eyegazer_keras import app  # imports gradio: only for this verb
+
+    app.launch(args.model, host=args.host, port=args.port)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from eyegazer_keras import serve  # imports kserve: only for this verb
+
+    serve.serve(args.model, name=args.name, port=args.port)
+    return 0
+
+
 def cmd_demo(args) -> int:
     """prepare synthetic_fundus -> train (demo config) -> evaluate -> export -> predict."""
     from eyegazer_keras import configs, train
@@ -250,6 +264,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="exported SavedModel directory")
     p.add_argument("images", nargs="+")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("app", help="Gradio app on an export, for people (a browser page)")
+    p.add_argument("--model", required=True, help="exported SavedModel directory")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    p.add_argument("--port", type=int, default=7860)
+    p.set_defaults(func=cmd_app)
+
+    p = sub.add_parser(
+        "serve", help="KServe V1 (TF Serving REST) server on an export, for programs"
+    )
+    p.add_argument("--model", required=True, help="exported SavedModel directory")
+    p.add_argument("--name", default="eyegazer", help="model name in /v1/models/NAME:predict")
+    p.add_argument("--port", type=int, default=8080, help="HTTP port")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="prepare synthetic data, train, evaluate and export in one go")
     p.add_argument("--workdir", default=os.path.join("runs", "demo"))
