@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "plot_confusion_matrix",
     "plot_predictions_vs_true",
+    "plot_reliability",
     "plot_roc",
     "plot_training_curves",
     "write_metrics_json",
@@ -208,6 +209,66 @@ def plot_roc(y_true, probs, task: str, path: str | os.PathLike, title: str | Non
     return _save_figure(fig, path)
 
 
+def plot_reliability(
+    y_true,
+    probs: Mapping[str, object] | object,
+    path: str | os.PathLike,
+    n_bins: int = metrics.ECE_BINS,
+    title: str | None = None,
+) -> Path:
+    """Draws a reliability diagram: top-label accuracy vs confidence per bin, and bin counts.
+
+    A calibrated model's points lie on the diagonal; points below it are over-confident. The
+    lower panel shows how many rows fall in each bin (log scale). Bins follow
+    ``metrics.reliability_bins`` (Guo et al. 2017).
+
+    Args:
+        y_true: int array [n] of class ids.
+        probs: float array [n, k], or a dict of label to [n, k] arrays (e.g. ``{"uncalibrated":
+            p, "temperature-scaled": q}``) drawn on the same axes.
+        path: str or PathLike. PNG to write.
+        n_bins: int. equal-width confidence bins. Defaults to 15.
+        title: str or None. figure title. Defaults to ``"Reliability"``.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: bad ``y_true``/``probs`` (naming the first bad row).
+    """
+    series = dict(probs) if isinstance(probs, Mapping) else {"model": probs}
+    fig = _new_figure(5.5, 6.0)
+    top, bottom = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
+    top.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfect")
+    width = 1.0 / n_bins
+    for i, (label, p) in enumerate(series.items()):
+        table = metrics.reliability_bins(y_true, p, n_bins)
+        ece = metrics.expected_calibration_error(y_true, p, n_bins)
+        centres = np.array(table["edges"][:-1]) + width / 2
+        conf = np.array([np.nan if v is None else v for v in table["confidence"]])
+        acc = np.array([np.nan if v is None else v for v in table["accuracy"]])
+        (line,) = top.plot(conf, acc, marker="o", linewidth=1.5, label=f"{label} (ECE={ece:.3f})")
+        shift = (i - (len(series) - 1) / 2) * width / max(1, len(series))
+        bottom.bar(
+            centres + shift,
+            table["count"],
+            width=width / max(1, len(series)),
+            color=line.get_color(),
+            alpha=0.7,
+        )
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1.01)
+    top.set_ylabel("accuracy of the top class")
+    n = int(np.asarray(y_true).shape[0])
+    top.set_title(f"{title or 'Reliability'} (n={n}, {n_bins} bins)", fontsize=10)
+    top.legend(loc="upper left", fontsize=8)
+    top.grid(alpha=0.3)
+    bottom.set_yscale("symlog")
+    bottom.set_xlabel("confidence (top-class probability)")
+    bottom.set_ylabel("rows")
+    return _save_figure(fig, path)
+
+
 def plot_training_curves(history: Mapping[str, Sequence[float]], path: str | os.PathLike) -> Path:
     """Draws one panel per metric family (``loss``, ``accuracy``, ...): train vs ``val_``.
 
@@ -305,12 +366,14 @@ def write_report(
     task: str,
     history: Mapping[str, Sequence[float]] | None = None,
     split: str = "validation",
+    calibration: Mapping | None = None,
     **metric_kwargs,
 ) -> dict:
     """Computes classification metrics on one split and writes them with their plots.
 
-    Writes ``metrics_<split>.json``, ``confusion_matrix_<split>.png``, ``roc_<split>.png`` and,
-    when ``history`` is given, ``training_curves.png`` into ``out_dir``.
+    Writes ``metrics_<split>.json`` (with ``calibration``: ECE over 15 bins, Brier score, NLL),
+    ``confusion_matrix_<split>.png``, ``roc_<split>.png``, ``reliability_<split>.png`` and, when
+    ``history`` is given, ``training_curves.png`` into ``out_dir``.
 
     Args:
         out_dir: str or PathLike. folder for the files (created if missing).
@@ -320,6 +383,11 @@ def write_report(
         history: dict or None. ``History.history`` of the fit. Defaults to ``None``.
         split: str. split name used in file names and stored as ``"split"``. Defaults to
             ``"validation"``.
+        calibration: dict or None. a run's ``metrics.fit_calibration`` result (temperature and
+            operating threshold). When given, it is stored as ``temperature_scaling``, the
+            metrics gain ``calibrated`` (the same split's figures with the temperature applied
+            and the operating threshold) and the reliability diagram draws both. Defaults to
+            ``None``.
         **metric_kwargs: passed to ``metrics.classification_metrics`` (``threshold``,
             ``referable_threshold``, ``majority_class``, ``collapse_threshold``).
 
@@ -329,6 +397,28 @@ def write_report(
     out = Path(out_dir)
     result = metrics.classification_metrics(y_true, probs, task, **metric_kwargs)
     result["split"] = split
+    curves = {"uncalibrated": probs}
+    if calibration is not None:
+        calibrated = metrics.apply_temperature(probs, calibration["temperature"])
+        key = "threshold" if task == "binary" else "referable_threshold"
+        kwargs = {**metric_kwargs, key: calibration["threshold"]}
+        cal = metrics.classification_metrics(y_true, calibrated, task, **kwargs)
+        result["temperature_scaling"] = dict(calibration)
+        result["calibrated"] = {
+            k: cal.get(k)
+            for k in ("accuracy", "qwk", "auroc", "sensitivity", "specificity", "referable")
+            if k in cal
+        }
+        result["calibrated"]["calibration"] = cal["calibration"]
+        result["calibrated"]["note"] = (
+            f"this split with temperature {calibration['temperature']:.4g} and the operating "
+            f"threshold {calibration['threshold']:.4g}; when this split is validation, half of it "
+            "fitted both (see temperature_scaling.report_half for unbiased figures)"
+        )
+        curves["temperature-scaled"] = calibrated
+    plot_reliability(
+        y_true, curves, out / f"reliability_{split}.png", title=f"Reliability {task} - {split}"
+    )
     names = result["classes"]
     plot_confusion_matrix(
         result["confusion_matrix"],
