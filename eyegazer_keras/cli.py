@@ -40,7 +40,13 @@ def _print(line: str) -> None:
 def cmd_prepare(args) -> int:
     from eyegazer_keras import data
 
-    builder = data.prepare(args.dataset, args.data_dir, args.config, args.manual_dir)
+    builder = data.prepare(
+        args.dataset,
+        args.data_dir,
+        args.config,
+        args.manual_dir,
+        max_bad_fraction=args.max_bad_fraction,
+    )
     _print(f"prepared {args.dataset}/{builder.builder_config.name} in {builder.data_dir}")
     for split, info in builder.info.splits.items():
         labels = data.split_labels(args.dataset, split, args.data_dir, args.config)
@@ -195,6 +201,7 @@ def cmd_demo(args) -> int:
             data_dir=args.data_dir,
             config=config.dataset_config,
             manual_dir=None,
+            max_bad_fraction=None,
             preview=os.path.join(args.workdir, "preview.png") if args.workdir else None,
         )
     )
@@ -225,11 +232,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", choices=["synthetic_fundus", "aptos2019"])
     p.add_argument(
         "--manual-dir",
-        help="folder holding aptos2019-blindness-detection.zip or its extracted files",
+        help="the extracted folder, the folder holding the Kaggle zip(s), or the zip itself",
     )
     p.add_argument("--data-dir", help="where prepared TFRecords go (default ~/tensorflow_datasets)")
     p.add_argument("--config", help="builder config (e.g. 512, 512_ben_graham, tiny)")
     p.add_argument("--preview", metavar="PNG", help="write a grid of validation images per grade")
+    p.add_argument(
+        "--max-bad-fraction",
+        type=float,
+        metavar="F",
+        help="manual downloads: fail when more than this fraction of the listed photos is "
+        "missing, unreadable or refused (default 0.01); they are skipped and counted below it",
+    )
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="ViT + LoRA fit (checkpoints, metrics, adapter, SavedModel)")

@@ -73,23 +73,44 @@ def get_builder(
     return cls(data_dir=default_data_dir(data_dir), **kwargs)
 
 
+# Datasets read from a manual download (folder, zip or zip parts) -> what to pass as --manual-dir.
+MANUAL_DOWNLOADS = {
+    "aptos2019": "aptos2019-blindness-detection.zip from "
+    "https://www.kaggle.com/competitions/aptos2019-blindness-detection/data",
+}
+
+
 def prepare(
     name: str,
     data_dir: str | None = None,
     config: str | None = None,
     manual_dir: str | None = None,
+    **builder_options,
 ) -> tfds.core.DatasetBuilder:
-    """Builds a dataset into `data_dir` (decode + crop + resize once) and returns its builder."""
-    if name == "aptos2019":
-        if not manual_dir:
-            raise DataNotPreparedError(
-                "aptos2019 is a manual download: get aptos2019-blindness-detection.zip from "
-                "https://www.kaggle.com/competitions/aptos2019-blindness-detection/data and run "
-                "eyegazer prepare aptos2019 --manual-dir DIR_WITH_THE_ZIP"
-            )
-        module = importlib.import_module("eyegazer_datasets.aptos2019.aptos2019_dataset_builder")
-        module.prepare(os.path.expanduser(manual_dir), default_data_dir(data_dir), config or "512")
-        return get_builder(name, data_dir, config)
+    """Builds a dataset into `data_dir` (decode + crop + resize once) and returns its builder.
+
+    Args:
+        name: str. A name of `DATASETS`.
+        data_dir: str. TFDS data dir. Defaults to `default_data_dir()`.
+        config: str. Builder config. Defaults to the builder's default.
+        manual_dir: str. For manual downloads (`MANUAL_DOWNLOADS`): the extracted folder, the
+            folder holding the zip(s), or the zip itself.
+        **builder_options: builder options of the manual-download builders, e.g.
+            `max_bad_fraction` (float, fraction of bad photos tolerated) or `keep_ungradable`
+            (bool). None values are left at the builder's default.
+
+    Returns:
+        The prepared builder.
+
+    Raises:
+        DataNotPreparedError: a manual download without `manual_dir`.
+        ValueError: bad input (the builders' one-line `DatasetBuildError`s).
+    """
+    options = {k: v for k, v in builder_options.items() if v is not None}
+    if name in MANUAL_DOWNLOADS:
+        return _prepare_manual(name, data_dir, config, manual_dir, options)
+    if options:
+        raise ValueError(f"{name} takes no build options (got {', '.join(sorted(options))})")
     builder = get_builder(name, data_dir, config)
     download_config = tfds.download.DownloadConfig(
         manual_dir=os.path.expanduser(manual_dir) if manual_dir else None
@@ -98,13 +119,27 @@ def prepare(
     return builder
 
 
+def _prepare_manual(name, data_dir, config, manual_dir, options) -> tfds.core.DatasetBuilder:
+    if not manual_dir:
+        raise DataNotPreparedError(
+            f"{name} is a manual download: get {MANUAL_DOWNLOADS[name]} and run "
+            f"eyegazer prepare {name} --manual-dir DIR_OR_ZIP"
+        )
+    module = importlib.import_module(f"eyegazer_datasets.{name}.{name}_dataset_builder")
+    builder_config = config or module.Builder.DEFAULT_CONFIG_NAME
+    module.prepare(
+        os.path.expanduser(manual_dir), default_data_dir(data_dir), builder_config, **options
+    )
+    return get_builder(name, data_dir, builder_config)
+
+
 def prepared_builder(
     name: str, data_dir: str | None = None, config: str | None = None
 ) -> tfds.core.DatasetBuilder:
     """Returns the builder if `name` is prepared in `data_dir`, else raises `DataNotPreparedError`."""
     builder = get_builder(name, data_dir, config)
     if not tf.io.gfile.exists(os.path.join(builder.data_dir, "dataset_info.json")):
-        manual = " --manual-dir DIR_WITH_KAGGLE_ZIP" if name == "aptos2019" else ""
+        manual = " --manual-dir DIR_OR_ZIP" if name in MANUAL_DOWNLOADS else ""
         cfg = f" --config {config}" if config else ""
         raise DataNotPreparedError(
             f"dataset '{name}' is not prepared in {default_data_dir(data_dir)}; run: "

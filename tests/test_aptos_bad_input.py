@@ -20,6 +20,7 @@ _FOLDER = pathlib.Path(__file__).resolve().parents[1] / "datasets" / "aptos2019"
 # Same module names as the installed package, so TFDS registers `aptos2019` exactly once.
 from eyegazer_datasets.aptos2019 import aptos2019_dataset_builder as aptos  # noqa: E402
 from eyegazer_datasets.aptos2019.dummy_data import make_dummy_data as dummy  # noqa: E402
+from eyegazer_datasets.common import images  # noqa: E402
 
 # The 100 MP header below is refused by our own check; PIL merely warns when it opens it.
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
@@ -185,7 +186,7 @@ def test_decodes_every_mode_to_rgb(mode):
         converted = Image.fromarray(rgb).convert(mode)
         data = _pil_bytes(converted, "PNG")
         expected = np.asarray(converted.convert("RGB"))
-    image, _ = aptos.decode_to_rgb(data, max_pixels=10**6)
+    image, _ = images.decode_to_rgb(data, max_pixels=10**6)
     assert image.dtype == np.uint8 and image.shape == (48, 64, 3)
     tolerance = 12 if mode == "CMYK" else 0  # JPEG is lossy
     assert np.abs(image.astype(int) - expected.astype(int)).mean() <= max(tolerance / 4, 0)
@@ -266,10 +267,10 @@ def test_huge_image_is_refused_before_decoding():
     with pytest.raises(
         ValueError, match=r"refused undecoded: 10000x10000 \(100 MP\) exceeds the 50 MP"
     ):
-        aptos.decode_to_rgb(_huge_png_header(10000, 10000), max_pixels=50_000_000)
+        images.decode_to_rgb(_huge_png_header(10000, 10000), max_pixels=50_000_000)
     # PIL's own bomb guard (> 179 MP) is reported the same way, never decoded.
     with pytest.raises(ValueError, match=r"refused undecoded: header size \(3.6e\+03 MP\)"):
-        aptos.decode_to_rgb(_huge_png_header(60000, 60000), max_pixels=10**12)
+        images.decode_to_rgb(_huge_png_header(60000, 60000), max_pixels=10**12)
 
 
 def test_max_megapixels_is_configurable(tmp_path):
@@ -327,3 +328,91 @@ def test_corrupt_zip(tmp_path):
     (manual / "aptos2019-blindness-detection.zip").write_bytes(b"PK\x03\x04 broken")
     with pytest.raises(aptos.Aptos2019BuildError, match="not a readable zip"):
         _build(tmp_path, manual)
+
+
+# ---------------------------------------------------------------------------- CSV module
+
+
+def test_quoted_field_with_comma_and_extra_columns():
+    # The failing input of issue 13 item 6: the comma inside the quotes is not a separator.
+    text = 'id_code,notes,diagnosis\nimg001,clear,0\nimg003,"blurry, dark",3\n'
+    assert aptos.parse_labels_csv(text.encode()) == {"img001": 0, "img003": 3}
+    # Extra columns in any order, header case and whitespace, spaces around values.
+    text = ' Notes , DIAGNOSIS ,id_code,site\r\n"a, b", 2 , img010 ,"x"\r\n\r\n'
+    assert aptos.parse_labels_csv(text.encode()) == {"img010": 2}
+    # A quoted newline inside a field stays one row.
+    text = 'id_code,notes,diagnosis\nimg004,"line one\nline two",1\nimg005,,4\n'
+    assert aptos.parse_labels_csv(text.encode()) == {"img004": 1, "img005": 4}
+
+
+def test_malformed_quote_names_the_line():
+    with pytest.raises(aptos.Aptos2019BuildError, match=r"train.csv line \d: not valid CSV"):
+        aptos.parse_labels_csv(b'id_code,diagnosis\nimg001,"0\n')
+
+
+def test_quoted_csv_builds(tmp_path):
+    csv = "id_code,notes,diagnosis\n" + "".join(
+        f'{i},"blurry, dark, {n}",{g}\n' for n, (i, g) in enumerate(TRAIN.items())
+    )
+    root = dummy.write_layout(tmp_path / "kaggle", TRAIN, TEST, _images(), train_csv=csv)
+    builder, report = _build(tmp_path, root)
+    assert report["counts"]["decoded"] == 12
+    labels = {
+        e["id_code"].decode(): int(e["label"])
+        for split in ("train", "validation")
+        for e in tfds.as_numpy(builder.as_dataset(split=split))
+    }
+    assert labels == TRAIN
+
+
+# ---------------------------------------------------------------------------- --manual-dir
+
+
+@pytest.mark.parametrize("given", ["extracted folder", "folder holding the zip", "zip file"])
+def test_manual_dir_accepts_folder_zip_holder_and_zip(tmp_path, given):
+    folder = dummy.write_layout(tmp_path / "kaggle", TRAIN, TEST, _images())
+    zip_path = dummy.zip_layout(
+        folder, tmp_path / "downloads" / "aptos2019-blindness-detection.zip"
+    )
+    manual = {
+        "extracted folder": folder,
+        "folder holding the zip": zip_path.parent,
+        "zip file": zip_path,
+    }[given]
+    report = aptos.prepare(manual, tmp_path / "data", config=aptos.make_config(32))
+    assert report["counts"]["decoded"] == 12
+    assert report["source"].startswith("zip " if given != "extracted folder" else "folder ")
+    assert not list((tmp_path / "downloads").glob("*.png"))  # read in place, nothing extracted
+
+
+def test_manual_dir_that_is_not_a_zip(tmp_path):
+    stray = tmp_path / "notes.txt"
+    stray.write_text("hello")
+    with pytest.raises(aptos.Aptos2019BuildError, match="notes.txt: not a zip and not a folder"):
+        aptos.prepare(stray, tmp_path / "data", config=aptos.make_config(32))
+
+
+def test_max_bad_fraction_reaches_the_builder(tmp_path):
+    root, _ = _bad_layout(tmp_path)
+    with pytest.raises(aptos.Aptos2019BuildError, match="max_bad_fraction=1.00%"):
+        aptos.prepare(root, tmp_path / "data", config=aptos.make_config(32))
+    report = aptos.prepare(
+        root, tmp_path / "data", config=aptos.make_config(32), max_bad_fraction=0.5
+    )
+    assert report["max_bad_fraction"] == 0.5 and report["counts"]["skipped"] == 5
+
+
+def test_cli_prepare_max_bad_fraction(tmp_path, capsys):
+    from eyegazer_keras import cli
+
+    root, _ = _bad_layout(tmp_path)
+    argv = ["prepare", "aptos2019", "--manual-dir", str(root), "--data-dir", str(tmp_path / "d")]
+    assert cli.main([*argv, "--config", "256"]) == 2
+    err_text = capsys.readouterr().err
+    assert "aptos2019: decoding photos: 100%" in err_text and "12/12" in err_text  # tqdm bar
+    err = err_text.strip().splitlines()[-1]  # after the progress bar
+    assert err.startswith("eyegazer prepare: error: 5 of 12 images (41.67%)")
+    assert "--max-bad-fraction" in err
+    assert cli.main([*argv, "--config", "256", "--max-bad-fraction", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "prepared aptos2019/256" in out and '"skipped": 5' in out

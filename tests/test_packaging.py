@@ -35,7 +35,8 @@ def test_wheel_ships_builders_and_builds_dataset(tmp_path):
         "eyegazer_datasets/aptos2019/aptos2019_dataset_builder.py",
         "eyegazer_datasets/aptos2019/README.md",
         "eyegazer_datasets/aptos2019/CITATIONS.bib",
-        "eyegazer_datasets/aptos2019/validation_ids.txt",
+        "eyegazer_datasets/common/kaggle_source.py",
+        "eyegazer_datasets/common/duplicates.py",
         "eyegazer_keras/cli.py",
     ]:
         assert required in names, required

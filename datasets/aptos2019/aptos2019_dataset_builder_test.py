@@ -15,6 +15,7 @@ _HERE = pathlib.Path(__file__).resolve().parent
 # Same module names as the installed package, so TFDS registers `aptos2019` exactly once.
 from eyegazer_datasets.aptos2019 import aptos2019_dataset_builder as aptos  # noqa: E402
 from eyegazer_datasets.aptos2019.dummy_data import make_dummy_data as dummy  # noqa: E402
+from eyegazer_datasets.common import splits  # noqa: E402
 
 # Dummy set: 12 train rows (one re-encoded duplicate with a conflicting grade), 4 test rows.
 # The split rule puts one group of each grade with 2+ groups (0, 1, 2) in validation.
@@ -58,11 +59,9 @@ def test_report_split_and_duplicate_group(tmp_path):
     assert {m["id_code"] for m in group["members"]} == {"a1b2c3d40003", "dup0copy0001"}
     assert group["label_conflict"] is True
     assert len({m["split"] for m in group["members"]}) == 1  # one split for the whole group
-    assert report["validation"]["source"].startswith("rule")
-    # The rule's list is written next to the data, ready to commit.
-    text = (pathlib.Path(builder.data_dir) / "validation_ids.txt").read_text()
-    listed = [line for line in text.splitlines() if line and not line.startswith("#")]
-    assert listed == report["validation"]["ids"]
+    assert report["validation"]["rule"] == splits.SPLIT_RULE
+    val = {e["id_code"].decode() for e in tfds.as_numpy(builder.as_dataset(split="validation"))}
+    assert sorted(val) == report["validation"]["ids"]
     assert report["timing"]["images"] == 16
     assert not (pathlib.Path(builder.data_dir) / "_scratch").exists()
     json.dumps(report)
@@ -84,7 +83,7 @@ def test_split_rule_is_a_pure_function_of_ids():
     grades = {f"{n:012x}": n % 5 for n in range(2000)}
     groups = [[f"{n:012x}", f"{n + 1:012x}"] for n in range(0, 200, 10)]
     first = aptos.assign_validation(grades, groups)
-    shuffled = dict(sorted(grades.items(), key=lambda kv: aptos._split_key(kv[0])))
+    shuffled = dict(sorted(grades.items(), key=lambda kv: splits.split_key("aptos2019", kv[0])))
     assert aptos.assign_validation(shuffled, list(reversed(groups))) == first
     assert 190 <= len(first) <= 210  # ~10 %
     for grade in range(5):  # stratified: ~10 % of every grade
@@ -101,37 +100,21 @@ def test_same_split_for_every_config_and_run(tmp_path):
     b3 = _build(tmp_path / "c", folder, config=aptos.make_config(32), num_workers=1)
     ids = [aptos.load_build_report(b)["validation"]["ids"] for b in (b1, b2, b3)]
     assert ids[0] == ids[1] == ids[2] and ids[0]
-    texts = [(pathlib.Path(b.data_dir) / "validation_ids.txt").read_text() for b in (b1, b3)]
-    assert texts[0] == texts[1]
 
 
-def test_committed_validation_list_is_honoured(tmp_path):
+def test_validation_is_the_rule_and_keeps_duplicates_together(tmp_path):
+    # One source of truth: the split in the data is the rule's, applied to the decoded photos.
     folder = _HERE / "dummy_data" / "folder"
-    chosen = ["a1b2c3d40001", "a1b2c3d40008"]
-    listed = tmp_path / "validation_ids.txt"
-    listed.write_text(aptos.format_validation_ids(chosen, dummy.TRAIN))
-    builder = _build(tmp_path, folder, config=aptos.make_config(32), validation_ids_file=listed)
+    builder = _build(tmp_path, folder, config=aptos.make_config(32))
     report = aptos.load_build_report(builder)
-    assert report["validation"]["ids"] == chosen
-    assert report["validation"]["source"] == str(listed)
+    groups = [[m["id_code"] for m in g["members"]] for g in report["duplicate_groups"]]
+    expected = aptos.assign_validation(dummy.TRAIN, groups)
+    assert report["validation"]["ids"] == sorted(expected)
     val = {e["id_code"].decode() for e in tfds.as_numpy(builder.as_dataset(split="validation"))}
-    assert val == set(chosen)
-
-    # A listed id drags its duplicate along, so validation never holds a copy of a train photo.
-    listed.write_text(aptos.format_validation_ids(["a1b2c3d40003"], dummy.TRAIN))
-    builder = _build(
-        tmp_path / "dup", folder, config=aptos.make_config(32), validation_ids_file=listed
-    )
-    report = aptos.load_build_report(builder)
-    assert report["validation"]["ids"] == ["a1b2c3d40003", "dup0copy0001"]
-    assert report["validation"]["moved_with_their_duplicates"] == ["dup0copy0001"]
-
-    # A list made for another train.csv (fingerprint differs) is ignored for the rule.
-    listed.write_text(aptos.format_validation_ids(chosen, ["someone", "else"]))
-    builder = _build(
-        tmp_path / "other", folder, config=aptos.make_config(32), validation_ids_file=listed
-    )
-    assert aptos.load_build_report(builder)["validation"]["source"].startswith("rule")
+    assert val == expected
+    # The duplicate pair sits wholly on one side.
+    assert ("a1b2c3d40003" in val) == ("dup0copy0001" in val)
+    assert not (pathlib.Path(builder.data_dir) / "validation_ids.txt").exists()
 
 
 def test_reencoded_jpeg_copy_joins_its_group_and_split(tmp_path):

@@ -1,0 +1,1 @@
+"""Code every eyegazer fundus builder shares: sources and CSVs, decode, duplicates, splits, build."""

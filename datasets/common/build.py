@@ -1,0 +1,433 @@
+"""What every eyegazer fundus builder shares: options, the decode/skip/duplicate steps, the report.
+
+A builder subclasses `FundusBuilder` and writes two things: how to open its download
+(`_open_source`) and its build plan (`_plan_build`), made of the named steps below. The plan is
+made in `_split_generators`, before any example is written: duplicates can only be grouped once
+every photo has been hashed. `_generate_examples` then writes the planned rows, reading each
+photo's stored PNG from the scratch folder the decode step filled.
+
+Steps (each a method or function, used by every builder):
+
+1. index: the builder lists its labels and the files they name (`images.Job`s);
+2. `decode`: `images.decode_all` (parallel, with a progress bar);
+3. `skip_report`: bad files and ungradable photos, named and counted; too many bad files fail;
+4. `duplicate_groups`: pHash groups of the decoded photos;
+5. the split: `splits.assign_validation` over duplicate (and patient) groups;
+6. `duplicates.resolve_conflicts`: the conflict policy;
+7. the rows: the builder's features per example;
+8. `write_report`: `build_report.json` next to the data.
+"""
+
+from __future__ import annotations
+
+import abc
+import collections
+import dataclasses
+import json
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import tensorflow_datasets as tfds
+from etils import epath
+
+from eyegazer_keras import fundus
+
+from . import duplicates, images, kaggle_source
+
+logger = logging.getLogger(__name__)
+
+REPORT_NAME = "build_report.json"
+SCRATCH_NAME = "_scratch"
+DEFAULT_MAX_BAD_FRACTION = 0.01
+
+
+@dataclasses.dataclass(eq=False)
+class FundusConfig(tfds.core.BuilderConfig):
+    """What changes the bytes on disk, for every fundus builder.
+
+    Args:
+        size: int. Side of the stored square image in pixels. Defaults to 512.
+        ben_graham: bool. Apply Ben Graham's local-colour normalisation. Defaults to False.
+        conflict_policy: str. What to do with duplicate groups whose grades disagree: `keep`
+            (every copy keeps its own grade, `label_conflict=True`), `drop` (remove every copy
+            from train/validation) or `majority` (relabel every copy to the grade held by more
+            than half of the group; groups without such a grade are dropped). Defaults to `keep`.
+        duplicate_max_distance: int. Two photos are duplicate candidates when their 64-bit
+            perceptual hashes differ in at most this many bits. Part of the split rule.
+            Defaults to 8.
+        duplicate_max_thumb_diff: float. A candidate pair is a duplicate when the 32x32 grey
+            thumbnails differ by at most this mean absolute grey level (0-255). Part of the
+            split rule. Defaults to 3.0.
+    """
+
+    size: int = 512
+    ben_graham: bool = False
+    conflict_policy: str = "keep"
+    duplicate_max_distance: int = duplicates.DEFAULT_MAX_DISTANCE
+    duplicate_max_thumb_diff: float = duplicates.DEFAULT_MAX_THUMB_DIFF
+
+    def __post_init__(self):
+        if self.conflict_policy not in duplicates.CONFLICT_POLICIES:
+            raise ValueError(
+                f"conflict_policy {self.conflict_policy!r} is not one of "
+                f"{duplicates.CONFLICT_POLICIES}."
+            )
+        if int(self.size) < 8:
+            raise ValueError(f"size must be at least 8 pixels, got {self.size}.")
+
+
+_POLICY_TEXT = {
+    "keep": "duplicate copies with conflicting grades are kept",
+    "drop": "duplicate groups with conflicting grades are dropped",
+    "majority": "conflicting duplicate groups take their majority grade (no majority: dropped)",
+}
+
+
+def make_config(
+    size: int = 512,
+    ben_graham: bool = False,
+    conflict_policy: str = "keep",
+    duplicate_max_distance: int = duplicates.DEFAULT_MAX_DISTANCE,
+    config_class: type[FundusConfig] = FundusConfig,
+) -> FundusConfig:
+    """Returns a config named after its choices, e.g. `384_ben_graham_drop`.
+
+    Args:
+        size: int. Stored image side. Defaults to 512.
+        ben_graham: bool. Ben Graham variant. Defaults to False.
+        conflict_policy: str. `keep`, `drop` or `majority`. Defaults to `keep`.
+        duplicate_max_distance: int. Hamming threshold for duplicate candidates. Defaults to 8.
+        config_class: the `FundusConfig` subclass to build. Defaults to `FundusConfig`.
+    """
+    name = str(size)
+    if ben_graham:
+        name += "_ben_graham"
+    if conflict_policy != "keep":
+        name += f"_{conflict_policy}"
+    if duplicate_max_distance != duplicates.DEFAULT_MAX_DISTANCE:
+        name += f"_dup{duplicate_max_distance}"
+    if conflict_policy not in _POLICY_TEXT:
+        raise ValueError(
+            f"conflict_policy {conflict_policy!r} is not one of {duplicates.CONFLICT_POLICIES}."
+        )
+    description = (
+        f"Fundus cropped and resized to {size}x{size} px"
+        + (", Ben Graham normalisation" if ben_graham else "")
+        + f", lossless PNG; {_POLICY_TEXT[conflict_policy]}."
+    )
+    return config_class(
+        name=name,
+        description=description,
+        size=size,
+        ben_graham=ben_graham,
+        conflict_policy=conflict_policy,
+        duplicate_max_distance=duplicate_max_distance,
+    )
+
+
+def default_quality_gate():
+    """The fundus quality gate builders apply to labelled photos (None until fundus has one)."""
+    return getattr(fundus, "assess_quality_np", None)
+
+
+def skipped_entries(results: Mapping[str, images.Processed], fallback: Mapping[str, str]) -> list:
+    """`[{"key", "file", "reason"}]` for every bad (not ungradable) result, sorted by key."""
+    return [
+        {"key": r.key, "file": r.relpath or fallback[r.key], "reason": r.reason}
+        for r in sorted(results.values(), key=lambda r: r.key)
+        if not r.ok and not r.ungradable
+    ]
+
+
+def ungradable_entries(results: Mapping[str, images.Processed]) -> tuple[list, dict[str, int]]:
+    """The photos the quality gate refused, and their count per reason."""
+    refused = [
+        {"key": r.key, "file": r.relpath, "reason": r.reason}
+        for r in sorted(results.values(), key=lambda r: r.key)
+        if r.ungradable
+    ]
+    return refused, dict(sorted(collections.Counter(e["reason"] for e in refused).items()))
+
+
+def duplicate_groups(good: Mapping[str, images.Processed], config: FundusConfig) -> list:
+    """Step 4: pHash groups (thumbnail-confirmed) of the decoded photos."""
+    groups = duplicates.group_duplicates(
+        {i: r.phash for i, r in good.items()},
+        config.duplicate_max_distance,
+        {i: r.thumb for i, r in good.items()},
+        config.duplicate_max_thumb_diff,
+    )
+    big = [g for g in groups if len(g) > 10]
+    if big:
+        logger.warning(
+            "%d duplicate group(s) have more than 10 photos (largest: %d, from %s); check the "
+            "build report, the thresholds may be joining different eyes.",
+            len(big),
+            max(len(g) for g in big),
+            big[0][0],
+        )
+    return groups
+
+
+def load_build_report(builder: tfds.core.DatasetBuilder) -> dict:
+    """Reads the `build_report.json` a finished build wrote next to its data.
+
+    Args:
+        builder: a prepared eyegazer fundus builder.
+
+    Raises:
+        FileNotFoundError: the builder has not been prepared.
+    """
+    return json.loads((epath.Path(builder.data_dir) / REPORT_NAME).read_text())
+
+
+class FundusBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
+    """Base of the eyegazer fundus builders (manual downloads, decoded once, planned first).
+
+    Args:
+        max_bad_fraction: float. The build fails when more than this fraction of the photos
+            named by the labels is missing, unreadable or refused. Defaults to 0.01.
+        max_megapixels: float. Photos with more megapixels (read from the header) are refused
+            without being decoded. Defaults to 50.
+        num_workers: int. Decoding threads. Defaults to the number of CPUs.
+        keep_ungradable: bool. Keep the labelled photos the fundus quality gate calls
+            ungradable (they are skipped and counted by reason otherwise). Defaults to False.
+        manual_path: path. Read the download from here instead of TFDS's manual dir (TFDS
+            insists on a non-empty folder; this may be the zip file itself). Defaults to None.
+        **kwargs: passed to `tfds.core.GeneratorBasedBuilder` (`data_dir`, `config`, ...).
+    """
+
+    # What to download, for one-line errors (a builder sets it).
+    DOWNLOAD_HINT = "the dataset"
+
+    def __init__(
+        self,
+        *,
+        max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
+        max_megapixels: float = images.DEFAULT_MAX_MEGAPIXELS,
+        num_workers: int | None = None,
+        keep_ungradable: bool = False,
+        manual_path: epath.PathLike | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.manual_path = None if manual_path is None else epath.Path(manual_path)
+        if not 0.0 <= float(max_bad_fraction) <= 1.0:
+            raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}.")
+        self.max_bad_fraction = float(max_bad_fraction)
+        self.max_megapixels = float(max_megapixels)
+        self.num_workers = num_workers
+        self.keep_ungradable = bool(keep_ungradable)
+        self._original_state.update(
+            max_bad_fraction=max_bad_fraction,
+            max_megapixels=max_megapixels,
+            num_workers=num_workers,
+            keep_ungradable=keep_ungradable,
+            manual_path=manual_path,
+        )
+        self._plan: dict[str, list[dict]] = {}
+
+    # -- what a builder writes ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _open_source(self, manual_dir: epath.Path) -> kaggle_source.Source:
+        """Opens the manual download (folder, zip or zip parts)."""
+
+    @abc.abstractmethod
+    def _plan_build(self, source: kaggle_source.Source) -> tuple[dict[str, list[dict]], dict]:
+        """Returns `({split: rows}, report)`; every row has `key` and the builder's features."""
+
+    # -- shared --------------------------------------------------------------------------------
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        manual = self.manual_path or epath.Path(dl_manager.manual_dir)
+        with self._open_source(manual) as source:
+            plan, report = self._plan_build(source)
+        self.write_report(report)
+        self._plan = plan
+        return {name: self._generate_examples(name) for name in plan}
+
+    def _generate_examples(self, split: str) -> Iterator[tuple[str, dict]]:
+        """Yields the planned rows of `split`; their PNGs were written once, at decode."""
+        scratch = self.scratch_dir
+        rows = self._plan.get(split, [])
+        for row in rows:
+            example = {k: v for k, v in row.items() if k != "key"}
+            example["image"] = (scratch / f"{row['key']}.png").read_bytes()
+            yield row["key"], example
+        # The split is written: free its scratch PNGs (and the folder once every split is done).
+        for row in rows:
+            path = scratch / f"{row['key']}.png"
+            if path.exists():
+                path.unlink()
+        if scratch.exists() and not any(scratch.iterdir()):
+            scratch.rmdir()
+
+    @property
+    def scratch_dir(self) -> epath.Path:
+        """Where the decode step stores the PNGs until the examples are written."""
+        return epath.Path(self.data_dir) / SCRATCH_NAME
+
+    @property
+    def store_spec(self) -> images.StoreSpec:
+        config = self.builder_config
+        return images.StoreSpec(
+            int(config.size), bool(config.ben_graham), int(self.max_megapixels * 1e6)
+        )
+
+    def decode(self, source: kaggle_source.Source, jobs: Sequence[images.Job]):
+        """Step 2: decodes every job (`images.decode_all`) with the quality gate unless kept."""
+        gate = None if self.keep_ungradable else default_quality_gate()
+        return images.decode_all(
+            self.name,
+            source,
+            jobs,
+            self.store_spec,
+            self.scratch_dir,
+            num_workers=self.num_workers,
+            gate=gate,
+        )
+
+    def base_report(self, source: kaggle_source.Source, decoded: images.DecodeResult) -> dict:
+        """The report fields every builder writes."""
+        config = self.builder_config
+        return {
+            "dataset": self.name,
+            "config": config.name,
+            "version": str(self.version),
+            "source": source.description,
+            "conflict_policy": config.conflict_policy,
+            "duplicate_max_distance": config.duplicate_max_distance,
+            "duplicate_max_thumb_diff": config.duplicate_max_thumb_diff,
+            "max_bad_fraction": self.max_bad_fraction,
+            "max_megapixels": self.max_megapixels,
+            "keep_ungradable": self.keep_ungradable,
+            "quality_gate": None if default_quality_gate() is None else "fundus.assess_quality",
+            "timing": decoded.timing,
+        }
+
+    def skip_report(
+        self,
+        decoded: images.DecodeResult,
+        jobs: Sequence[images.Job],
+        report: dict,
+        fallback: Mapping[str, str],
+    ) -> dict[str, images.Processed]:
+        """Step 3: names and counts bad files and ungradable photos; fails on too many bad files.
+
+        Args:
+            decoded: the decode step's result.
+            jobs: every job.
+            report: the report, updated in place (`skipped`, `bad_fraction`, `ungradable`,
+                `ungradable_by_reason`, `pil_fallback`).
+            fallback: `{key: expected file}` for photos without a file.
+
+        Returns:
+            The good results `{key: Processed}`.
+
+        Raises:
+            DatasetBuildError: more than `max_bad_fraction` of the photos are bad.
+        """
+        results = decoded.results
+        skipped = skipped_entries(results, fallback)
+        for s in skipped:
+            logger.warning("%s: skipped %s: %s", self.name, s["file"], s["reason"])
+        refused, by_reason = ungradable_entries(results)
+        if refused:
+            logger.warning(
+                "%s: %d ungradable photo(s) skipped (%s); keep them with keep_ungradable",
+                self.name,
+                len(refused),
+                ", ".join(f"{k}: {v}" for k, v in by_reason.items()),
+            )
+        bad_fraction = len(skipped) / max(1, len(jobs))
+        report.update(
+            {
+                "skipped": skipped,
+                "bad_fraction": bad_fraction,
+                "ungradable": refused,
+                "ungradable_by_reason": by_reason,
+                "pil_fallback": sorted(r.key for r in results.values() if r.decoder == "pil"),
+            }
+        )
+        if bad_fraction > self.max_bad_fraction:
+            first = "; ".join(f"{s['file']} ({s['reason']})" for s in skipped[:3])
+            raise kaggle_source.DatasetBuildError(
+                f"{len(skipped)} of {len(jobs)} images ({bad_fraction:.2%}) are missing, "
+                f"unreadable or refused, more than max_bad_fraction={self.max_bad_fraction:.2%}; "
+                f"first: {first}. Re-download the data or raise max_bad_fraction "
+                "(`eyegazer prepare ... --max-bad-fraction F`).",
+                report=report,
+            )
+        return {i: r for i, r in results.items() if r.ok}
+
+    def write_report(self, report: dict) -> None:
+        """Step 8: writes `build_report.json` next to the data."""
+        path = epath.Path(self.data_dir) / REPORT_NAME
+        path.write_text(json.dumps(report, indent=2, default=_json_default))
+
+
+def _json_default(value: Any):
+    if isinstance(value, set):
+        return sorted(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def check_not_empty(plan: Mapping[str, list], report: dict, detail: str) -> None:
+    """Raises a one-line error naming the first split that would be empty.
+
+    Raises:
+        DatasetBuildError: a planned split has no rows.
+    """
+    empty = [split for split, rows in plan.items() if not rows]
+    if empty:
+        raise kaggle_source.DatasetBuildError(
+            f"split {empty[0]!r} would be empty ({detail}); check the data or the build "
+            "report's 'skipped'.",
+            report=report,
+        )
+
+
+def prepare(
+    builder_class: type[FundusBuilder],
+    manual_dir: epath.PathLike,
+    data_dir: epath.PathLike | None = None,
+    config: str | tfds.core.BuilderConfig | None = None,
+    **kwargs,
+) -> dict:
+    """Builds a fundus dataset from its manual download and returns the build report.
+
+    Args:
+        builder_class: the builder (`aptos2019_dataset_builder.Builder`, ...).
+        manual_dir: path. The extracted folder, the folder holding the zip(s), or a zip file
+            (or the first part of a split zip).
+        data_dir: path. TFDS data dir. Defaults to TFDS's default (`~/tensorflow_datasets`).
+        config: str or config. Defaults to the builder's default config.
+        **kwargs: builder options (`max_bad_fraction`, `max_megapixels`, `num_workers`,
+            `keep_ungradable`, ...).
+
+    Returns:
+        The build report (dict), also written next to the prepared data.
+
+    Raises:
+        DatasetBuildError: bad input (one line naming the fix).
+    """
+    manual = epath.Path(manual_dir).expanduser()
+    if not manual.exists() or (manual.is_dir() and not any(manual.iterdir())):
+        raise kaggle_source.DatasetBuildError(
+            f"{manual}: the manual dir does not exist or is empty. Download "
+            f"{builder_class.DOWNLOAD_HINT} into it."
+        )
+    builder = builder_class(
+        data_dir=None if data_dir is None else str(epath.Path(data_dir).expanduser()),
+        config=config,
+        manual_path=manual,
+        **kwargs,
+    )
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=str(manual if manual.is_dir() else manual.parent)
+        )
+    )
+    return load_build_report(builder)

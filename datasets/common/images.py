@@ -1,0 +1,328 @@
+"""The decode phase every eyegazer builder runs: read, check, decode, gate, crop, hash, store.
+
+Each listed photo is read from the source, refused undecoded when its header is too large,
+decoded once (TensorFlow first, the decoder serving uses; PIL for what TF refuses), passed
+through the fundus quality gate, cropped and resized by `eyegazer_keras.fundus.preprocess_fundus`
+(the code serving runs), perceptually hashed, and written as a lossless PNG to a scratch folder.
+Photos are processed in parallel threads with a TFDS progress bar (`tfds.disable_progress_bar()`
+turns it off). Bad files are not errors here: they come back as results with a reason, and the
+builder counts them.
+
+Example:
+
+```python
+from eyegazer_datasets.common import images
+
+image, decoder = images.decode_to_rgb(open("photo.png", "rb").read(), max_pixels=50_000_000)
+```
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import io
+import logging
+import multiprocessing
+import re
+import time
+import zipfile
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import PIL.Image
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from etils import epath
+
+from eyegazer_keras import fundus
+
+from . import duplicates, kaggle_source
+
+logger = logging.getLogger(__name__)
+
+# Perceptual hash: computed on `preprocess_fundus(subsampled image, HASH_SOURCE_SIZE)`, independent
+# of the config, so every config groups (and therefore splits) the same way.
+HASH_SOURCE_SIZE = 64
+# zlib level of the stored PNGs: lossless at any level; 3 encodes ~4x faster than 6, ~10 % larger.
+PNG_COMPRESSION = 3
+DEFAULT_MAX_MEGAPIXELS = 50.0
+
+# `gate(image) -> (gradable, reason)`; reason is "" for a gradable photo.
+QualityGate = Callable[[np.ndarray], tuple[bool, str]]
+
+
+@dataclasses.dataclass
+class Job:
+    """One photo to process.
+
+    Attributes:
+        key: str. The example key (`id_code`, `10_left`, ...).
+        relpath: str or None. Its file in the source; None when no file was found.
+        gate: bool. Whether the quality gate applies (labelled training photos).
+    """
+
+    key: str
+    relpath: str | None
+    gate: bool = False
+
+
+@dataclasses.dataclass
+class Processed:
+    """The outcome of one photo.
+
+    Attributes:
+        key, relpath: from the `Job`.
+        ok: bool. Decoded, gradable (or not gated) and stored.
+        reason: str. Why not ok ("missing file", "truncated or corrupt (...)", ...).
+        ungradable: bool. Refused by the quality gate (a readable photo), not a bad file.
+        height, width: int. Decoded size in pixels.
+        phash: int. 64-bit perceptual hash.
+        thumb: `float32 [32, 32]` grey thumbnail (confirms hash matches).
+        decoder: str. `tf` or `pil`.
+    """
+
+    key: str
+    relpath: str
+    ok: bool
+    reason: str = ""
+    ungradable: bool = False
+    height: int = 0
+    width: int = 0
+    phash: int = 0
+    thumb: np.ndarray | None = None
+    decoder: str = ""
+
+
+def hash_image(image: np.ndarray) -> tuple[int, np.ndarray]:
+    """The config-independent perceptual hash of a decoded photo (used to find duplicates).
+
+    The photo is subsampled with a stride that keeps its short side at 256 px or more (cheap,
+    deterministic), cropped and resized to 64 px by `fundus.preprocess_fundus`, then hashed by
+    `duplicates.phash64`. Every config hashes the same pixels, so every config groups alike.
+
+    Args:
+        image: `uint8 [H, W, 3]` decoded photo.
+
+    Returns:
+        `(hash, thumbnail)`: the 64-bit hash and its `float32 [32, 32]` grey thumbnail.
+    """
+    stride = max(1, min(image.shape[:2]) // 256)
+    small = fundus.preprocess_fundus(image[::stride, ::stride], HASH_SOURCE_SIZE).numpy()
+    return duplicates.phash64(small), duplicates.grey_thumbnail(small)
+
+
+def _pil_to_rgb(im: PIL.Image.Image) -> np.ndarray:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, np.float64)
+        scale = 257.0 if arr.max() > 255 else 1.0
+        grey = np.clip(np.round(arr / scale), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    return np.asarray(im.convert("RGB"), np.uint8)
+
+
+def _short_tf_error(e: Exception) -> str:
+    msg = getattr(e, "message", str(e))
+    msg = re.sub(r"\{\{[^}]*\}\}\s*", "", msg)
+    return msg.split(" [Op:")[0].strip().splitlines()[0] if msg.strip() else type(e).__name__
+
+
+def _limit_text(max_pixels: int) -> str:
+    return (
+        f"the {max_pixels / 1e6:.3g} MP limit for a fundus photo (max_megapixels; PIL refuses "
+        f"anything over {PIL.Image.MAX_IMAGE_PIXELS * 2 / 1e6:.0f} MP)"
+    )
+
+
+def decode_to_rgb(data: bytes, max_pixels: int) -> tuple[np.ndarray, str]:
+    """Checks the header size, then decodes to RGB `uint8 [H, W, 3]`.
+
+    TensorFlow (`fundus.decode_image`, the decoder serving uses) decodes first: RGBA,
+    grayscale, palette, 16-bit PNG and CMYK JPEG all come out as RGB. What TF refuses but PIL
+    reads falls back to PIL.
+
+    Args:
+        data: bytes. The encoded file.
+        max_pixels: int. Images with more pixels (read from the header) are refused undecoded.
+
+    Returns:
+        `(image, decoder)` with decoder `"tf"` or `"pil"`.
+
+    Raises:
+        ValueError: with a short reason for empty, unidentifiable, too large, truncated or
+            corrupt images.
+    """
+    if not data:
+        raise ValueError("empty file (0 bytes)")
+    try:
+        with PIL.Image.open(io.BytesIO(data)) as im:
+            width, height = im.size
+    except PIL.Image.DecompressionBombError as e:
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        pixels = int(found.group(1)) if found else 0
+        raise ValueError(
+            f"refused undecoded: header size ({pixels / 1e6:.3g} MP) exceeds "
+            f"{_limit_text(max_pixels)}"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for garbage
+        raise ValueError(f"not a readable image ({type(e).__name__}: {e})") from None
+    if width * height > max_pixels:
+        raise ValueError(
+            f"refused undecoded: {width}x{height} ({width * height / 1e6:.3g} MP) exceeds "
+            f"{_limit_text(max_pixels)}"
+        )
+    try:
+        image = fundus.decode_image(tf.constant(data)).numpy()
+        decoder = "tf"
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as tf_error:
+        try:
+            with PIL.Image.open(io.BytesIO(data)) as im:
+                im.load()
+                image = _pil_to_rgb(im)
+            decoder = "pil"
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(
+                f"truncated or corrupt ({_short_tf_error(tf_error)}; PIL: {e})"
+            ) from None
+    if sorted(image.shape[:2]) != sorted((height, width)):
+        raise ValueError(
+            f"decoded {image.shape[1]}x{image.shape[0]} but header says {width}x{height}"
+        )
+    return image, decoder
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreSpec:
+    """How photos are stored: what the builder config fixes.
+
+    Attributes:
+        size: int. Side of the stored square image in pixels.
+        ben_graham: bool. Ben Graham's local-colour normalisation.
+        max_pixels: int. Larger photos (by header) are refused undecoded.
+    """
+
+    size: int
+    ben_graham: bool
+    max_pixels: int
+
+
+def process_image(
+    source: kaggle_source.Source,
+    job: Job,
+    spec: StoreSpec,
+    scratch: epath.Path,
+    gate: QualityGate | None = None,
+) -> Processed:
+    """Reads, checks, decodes, gates, preprocesses and hashes one photo; writes its PNG.
+
+    Args:
+        source: where the file is.
+        job: the photo.
+        spec: the stored size and variant.
+        scratch: folder for the stored PNG (`<key>.png`).
+        gate: the quality gate, applied when `job.gate`. Defaults to none.
+
+    Returns:
+        A `Processed`; bad files are results with `ok=False` and a reason, never exceptions.
+    """
+    if job.relpath is None:
+        return Processed(job.key, "", ok=False, reason="missing file")
+    try:
+        data = source.read(job.relpath, max_bytes=max(8 * spec.max_pixels, 1 << 20))
+        image, decoder = decode_to_rgb(data, spec.max_pixels)
+    except FileNotFoundError:
+        return Processed(job.key, job.relpath, ok=False, reason="missing file")
+    except kaggle_source.FileTooLarge as e:
+        return Processed(job.key, job.relpath, ok=False, reason=f"refused undecoded: file is {e}")
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        return Processed(job.key, job.relpath, ok=False, reason=str(e))
+    size = {"height": int(image.shape[0]), "width": int(image.shape[1])}
+    if job.gate and gate is not None:
+        gradable, why = gate(image)
+        if not gradable:
+            return Processed(job.key, job.relpath, ok=False, reason=why, ungradable=True, **size)
+    stored = fundus.preprocess_fundus(image, spec.size, use_ben_graham=spec.ben_graham)
+    phash, thumb = hash_image(image)
+    (scratch / f"{job.key}.png").write_bytes(
+        tf.io.encode_png(stored, compression=PNG_COMPRESSION).numpy()
+    )
+    return Processed(
+        job.key, job.relpath, ok=True, phash=phash, thumb=thumb, decoder=decoder, **size
+    )
+
+
+@dataclasses.dataclass
+class DecodeResult:
+    """Every photo's outcome and how long the phase took.
+
+    Attributes:
+        results: `{key: Processed}` in job order.
+        timing: `{"images", "seconds", "images_per_second", "workers"}`.
+    """
+
+    results: dict[str, Processed]
+    timing: dict
+
+
+def decode_all(
+    name: str,
+    source: kaggle_source.Source,
+    jobs: Sequence[Job],
+    spec: StoreSpec,
+    scratch: epath.Path,
+    *,
+    num_workers: int | None = None,
+    gate: QualityGate | None = None,
+) -> DecodeResult:
+    """Processes every job in parallel threads, with a progress bar (TFDS's tqdm).
+
+    Args:
+        name: str. Dataset name, for the progress bar and the log.
+        source: where the files are.
+        jobs: the photos.
+        spec: the stored size and variant.
+        scratch: folder for the stored PNGs (created empty).
+        num_workers: int. Threads. Defaults to the CPU count.
+        gate: the quality gate for jobs with `gate=True`. Defaults to none.
+
+    Returns:
+        A `DecodeResult`.
+    """
+    workers = num_workers or multiprocessing.cpu_count()
+    if scratch.exists():
+        scratch.rmtree()
+    scratch.mkdir(parents=True)
+    logger.info(
+        "%s: decoding %d images from %s with %d threads",
+        name,
+        len(jobs),
+        source.description,
+        workers,
+    )
+    results: dict[str, Processed] = {}
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(process_image, source, j, spec, scratch, gate) for j in jobs]
+        bar = tfds.core.utils.tqdm(
+            futures, total=len(futures), desc=f"{name}: decoding photos", unit=" img"
+        )
+        for future in bar:
+            r = future.result()
+            results[r.key] = r
+    seconds = time.perf_counter() - start
+    rate = len(jobs) / seconds if seconds > 0 else float("inf")
+    logger.info(
+        "%s: decoded %d images in %.1f s: %.1f img/s (%d threads)",
+        name,
+        len(jobs),
+        seconds,
+        rate,
+        workers,
+    )
+    timing = {
+        "images": len(jobs),
+        "seconds": round(seconds, 3),
+        "images_per_second": round(rate, 2),
+        "workers": workers,
+    }
+    return DecodeResult(results, timing)

@@ -1,0 +1,590 @@
+"""Reading a Kaggle-style download: a folder, a zip, or a zip split into parts, plus its CSVs.
+
+Every eyegazer builder (APTOS 2019, EyePACS 2015, graded class folders) reads its manual download
+through `open_source`, which accepts what users actually have:
+
+* the extracted folder (`train.csv` + `train_images/`, `trainLabels.csv` + `train/`, ...);
+* the folder holding the zip(s) Kaggle ships, read in place, never extracted;
+* the zip file itself;
+* a zip split into parts (`train.zip.001`, `train.zip.002`, ...: the way Kaggle ships EyePACS),
+  read as one archive without joining the parts on disk.
+
+Files are addressed by relative POSIX path (`train/10_left.jpeg`). CSVs are read with the `csv`
+module: BOM, CRLF, quoted fields with commas, extra columns and surrounding whitespace are all
+accepted, and every problem raises `DatasetBuildError` naming the file, the row and the fix.
+
+Example:
+
+```python
+from eyegazer_datasets.common import kaggle_source
+
+source = kaggle_source.open_source("~/Downloads", anchor="trainLabels.csv")
+rows = kaggle_source.read_csv(source.read("trainLabels.csv"), "trainLabels.csv", ["image", "level"])
+```
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import os
+import re
+import threading
+import zipfile
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from etils import epath
+
+# Largest CSV read (bytes); anything bigger is not a label file.
+MAX_CSV_BYTES = 1 << 28
+_PART_RE = re.compile(r"^(?P<base>.+\.zip)\.(?P<n>\d{3})$")
+_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+
+
+class DatasetBuildError(ValueError):
+    """Bad input to a builder: the one-line message names the file, the row and the fix.
+
+    Args:
+        message: str. One line: what is wrong, where, and what to do.
+        report: dict. The build report so far (skipped files, counts), when there is one.
+    """
+
+    def __init__(self, message: str, report: dict | None = None):
+        super().__init__(message)
+        self.report = report
+
+
+class FileTooLarge(Exception):
+    """A file is larger than the caller's `max_bytes`; the message gives its size."""
+
+
+# --------------------------------------------------------------------------------------------
+# Sources
+# --------------------------------------------------------------------------------------------
+
+
+class Source:
+    """Files of a download by relative POSIX path. Thread-safe `read`.
+
+    Attributes:
+        description: str. Where the files come from, for reports and errors.
+    """
+
+    description: str = ""
+
+    def files(self) -> list[str]:
+        """Every file, as relative POSIX paths."""
+        raise NotImplementedError
+
+    def read(self, relpath: str, max_bytes: int = MAX_CSV_BYTES) -> bytes:
+        """The bytes of one file.
+
+        Raises:
+            FileNotFoundError: no such file.
+            FileTooLarge: the file is larger than `max_bytes` (nothing is read).
+        """
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Closes open archive handles."""
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class FolderSource(Source):
+    """A folder: its top-level files and the files one level down in `subdirs`.
+
+    Args:
+        root: path. The folder.
+        subdirs: folder names to list, or None for every immediate subfolder. Defaults to None.
+    """
+
+    def __init__(self, root: epath.PathLike, subdirs: Sequence[str] | None = None):
+        self.root = epath.Path(root)
+        self.subdirs = subdirs
+        self.description = f"folder {self.root}"
+
+    def files(self) -> list[str]:
+        out = []
+        for p in sorted(self.root.iterdir()):
+            if p.is_file():
+                out.append(p.name)
+            elif p.is_dir() and (self.subdirs is None or p.name in self.subdirs):
+                out.extend(f"{p.name}/{q.name}" for q in sorted(p.iterdir()) if q.is_file())
+        return out
+
+    def read(self, relpath: str, max_bytes: int = MAX_CSV_BYTES) -> bytes:
+        path = self.root / relpath
+        if not path.is_file():
+            raise FileNotFoundError(relpath)
+        size = path.stat().length
+        if size > max_bytes:
+            raise FileTooLarge(f"{size / 1e6:.0f} MB")
+        return path.read_bytes()
+
+
+class _ConcatenatedParts(io.RawIOBase):
+    """The byte-wise concatenation of `x.zip.001`, `x.zip.002`, ... as one seekable file."""
+
+    def __init__(self, parts: Sequence[epath.Path]):
+        super().__init__()
+        self._parts = list(parts)
+        self._sizes = [p.stat().length for p in self._parts]
+        self._starts = [sum(self._sizes[:i]) for i in range(len(self._sizes))]
+        self._size = sum(self._sizes)
+        self._pos = 0
+        self._handles: dict[int, Any] = {}
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(view) and self._pos < self._size:
+            index = max(i for i, s in enumerate(self._starts) if s <= self._pos)
+            handle = self._handles.get(index)
+            if handle is None:
+                handle = self._handles[index] = self._parts[index].open("rb")
+            handle.seek(self._pos - self._starts[index])
+            want = min(len(view) - done, self._starts[index] + self._sizes[index] - self._pos)
+            chunk = handle.read(want)
+            if not chunk:
+                break
+            view[done : done + len(chunk)] = chunk
+            done += len(chunk)
+            self._pos += len(chunk)
+        return done
+
+    def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
+        self._handles.clear()
+        super().close()
+
+
+def _is_unsafe_member(name: str) -> bool:
+    norm = name.replace("\\", "/")
+    return (
+        norm.startswith("/")
+        or bool(re.match(r"^[A-Za-z]:", norm))
+        or ".." in norm.split("/")
+        or "\x00" in norm
+    )
+
+
+class ZipSource(Source):
+    """A zip read in place (one file or split parts), one handle per reading thread.
+
+    Members are addressed relative to the folder holding the shallowest `anchor` file (so a
+    zip with a top folder, `aptos2019-blindness-detection/train.csv`, reads as `train.csv`);
+    without an anchor in the archive, relative to a single top folder when every member sits in
+    one, else to the archive root.
+
+    Args:
+        parts: the zip path, or its parts `x.zip.001, x.zip.002, ...` in order.
+        anchor: str. A file name that marks the layout's root. Defaults to None.
+        hint: str. What to re-download, for error messages. Defaults to "the Kaggle download".
+
+    Raises:
+        DatasetBuildError: not a readable zip, or a member pointing outside the archive.
+    """
+
+    def __init__(
+        self,
+        parts: epath.PathLike | Sequence[epath.PathLike],
+        anchor: str | None = None,
+        hint: str = "the Kaggle download",
+    ):
+        if isinstance(parts, str | os.PathLike):
+            parts = [parts]
+        self.parts = [epath.Path(p) for p in parts]
+        self.path = self.parts[0]
+        names = ", ".join(p.name for p in self.parts)
+        self.description = f"zip {self.path}" + (
+            f" ({len(self.parts)} parts: {names})" if len(self.parts) > 1 else ""
+        )
+        self._local = threading.local()
+        self._handles: list[Any] = []
+        self._lock = threading.Lock()
+        try:
+            infos = self._zip().infolist()
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            missing = " (a part may be missing or incomplete)" if len(self.parts) > 1 else ""
+            raise DatasetBuildError(
+                f"{self.path}: not a readable zip{missing} ({e}). Re-download {hint}."
+            ) from None
+        unsafe = [i.filename for i in infos if _is_unsafe_member(i.filename)]
+        if unsafe:
+            raise DatasetBuildError(
+                f"{self.path}: member {unsafe[0]!r} (and {len(unsafe) - 1} more) points outside "
+                f"the archive; refusing to read this zip. Re-download {hint}."
+            )
+        files = [i for i in infos if not i.is_dir()]
+        prefix = ""
+        anchored = sorted(
+            (i.filename for i in files if anchor and i.filename.rsplit("/", 1)[-1] == anchor),
+            key=lambda n: (n.count("/"), n),
+        )
+        if anchored:
+            prefix = anchored[0][: -len(anchor)]
+        else:
+            tops = {i.filename.split("/", 1)[0] for i in files}
+            if len(tops) == 1 and all("/" in i.filename for i in files):
+                top = tops.pop()
+                # Keep a top folder that is itself a layout folder (`train/x.jpeg`).
+                if all(i.filename.count("/") >= 2 for i in files):
+                    prefix = top + "/"
+        self._infos = {i.filename[len(prefix) :]: i for i in files if i.filename.startswith(prefix)}
+
+    def _zip(self) -> zipfile.ZipFile:
+        zf = getattr(self._local, "zf", None)
+        if zf is None:
+            handle = (
+                self.parts[0].open("rb")
+                if len(self.parts) == 1
+                else io.BufferedReader(_ConcatenatedParts(self.parts), 1 << 16)
+            )
+            zf = zipfile.ZipFile(handle)
+            self._local.zf = zf
+            with self._lock:
+                self._handles.append((zf, handle))
+        return zf
+
+    def files(self) -> list[str]:
+        return list(self._infos)
+
+    def read(self, relpath: str, max_bytes: int = MAX_CSV_BYTES) -> bytes:
+        info = self._infos.get(relpath)
+        if info is None:
+            raise FileNotFoundError(relpath)
+        if info.file_size > max_bytes:
+            raise FileTooLarge(f"{info.file_size / 1e6:.0f} MB uncompressed")
+        return self._zip().read(info)
+
+    def close(self) -> None:
+        with self._lock:
+            for zf, handle in self._handles:
+                zf.close()
+                handle.close()
+            self._handles.clear()
+
+
+class UnionSource(Source):
+    """Several sources seen as one; the first source holding a path wins.
+
+    Args:
+        sources: the sources, in priority order (the extracted folder before the zips).
+    """
+
+    def __init__(self, sources: Sequence[Source]):
+        self.sources = list(sources)
+        self.description = " + ".join(s.description for s in self.sources)
+        self._owner: dict[str, Source] = {}
+        for s in self.sources:
+            for rel in s.files():
+                self._owner.setdefault(rel, s)
+
+    def files(self) -> list[str]:
+        return list(self._owner)
+
+    def read(self, relpath: str, max_bytes: int = MAX_CSV_BYTES) -> bytes:
+        owner = self._owner.get(relpath)
+        if owner is None:
+            raise FileNotFoundError(relpath)
+        return owner.read(relpath, max_bytes)
+
+    def close(self) -> None:
+        for s in self.sources:
+            s.close()
+
+
+def zip_archives(folder: epath.Path, accept: Callable[[str], bool]) -> list[list[epath.Path]]:
+    """The zips in `folder` whose name `accept`s, each as its list of parts.
+
+    `x.zip` is one archive; `x.zip.001`, `x.zip.002`, ... (without `x.zip`) are the parts of
+    one archive, in order. `accept` receives the archive name (`x.zip`).
+    """
+    singles, parted = {}, {}
+    for p in sorted(folder.iterdir()):
+        if not p.is_file():
+            continue
+        m = _PART_RE.match(p.name)
+        if m and accept(m.group("base")):
+            parted.setdefault(m.group("base"), []).append((int(m.group("n")), p))
+        elif p.name.endswith(".zip") and accept(p.name):
+            singles[p.name] = [p]
+    out = dict(parted)
+    for base, numbered in parted.items():
+        out[base] = [p for _, p in sorted(numbered)]
+    out = {base: parts for base, parts in out.items() if base not in singles}
+    out.update(singles)
+    return [out[name] for name in sorted(out)]
+
+
+def _parts_of(path: epath.Path) -> list[epath.Path]:
+    m = _PART_RE.match(path.name)
+    if not m:
+        return [path]
+    base = m.group("base")
+    return sorted(
+        (p for p in path.parent.iterdir() if _PART_RE.match(p.name) and p.name.startswith(base)),
+        key=lambda p: int(_PART_RE.match(p.name).group("n")),
+    )
+
+
+def open_source(
+    manual_dir: epath.PathLike,
+    *,
+    anchor: str | None,
+    extracted_names: Iterable[str] = (),
+    accept_zip: Callable[[str], bool] = lambda name: True,
+    subdirs: Sequence[str] | None = None,
+    hint: str = "the Kaggle download",
+    what: str = "the download",
+) -> Source:
+    """Finds a download in `manual_dir`: the extracted folder, the folder holding the zip(s),
+    the zip file itself, or the first part of a split zip.
+
+    A folder is read together with the accepted zips inside it (a folder holding
+    `trainLabels.csv` and `train.zip.001..005` is one layout); extracted files win over zip
+    members of the same path.
+
+    Args:
+        manual_dir: path. The manual dir, the extracted folder, a zip, or `x.zip.001`.
+        anchor: str or None. The file that marks the layout root (e.g. `train.csv`); the
+            download is refused without it. None: no such file (class folders).
+        extracted_names: folder names the extracted download may sit in below `manual_dir`
+            (e.g. `aptos2019-blindness-detection`). Defaults to none.
+        accept_zip: predicate on an archive name: which zips in a folder belong to the
+            download. Defaults to every zip.
+        subdirs: folders of the extracted layout to list (None: every immediate subfolder).
+        hint: str. What to download, for errors. Defaults to "the Kaggle download".
+        what: str. What was looked for, for errors (e.g. "aptos2019-blindness-detection.zip
+            nor an extracted folder with train.csv").
+
+    Returns:
+        A `Source`; close it when done (or use it as a context manager).
+
+    Raises:
+        DatasetBuildError: nothing of the layout is there (one line naming what to download).
+    """
+    root = epath.Path(manual_dir).expanduser()
+    if root.is_file():
+        if root.name.endswith(".zip") or _PART_RE.match(root.name):
+            return ZipSource(_parts_of(root), anchor=anchor, hint=hint)
+        raise DatasetBuildError(
+            f"{root}: not a zip and not a folder. Pass the extracted folder, the folder holding "
+            f"the zip, or the zip itself ({hint})."
+        )
+    if not root.is_dir() or not any(root.iterdir()):
+        raise DatasetBuildError(
+            f"{root}: the manual dir does not exist or is empty. Download {hint} into it "
+            "(the zip, its parts, or the extracted folder)."
+        )
+    folder = root
+    if anchor and not (root / anchor).exists():
+        for name in extracted_names:
+            if (root / name / anchor).exists():
+                folder = root / name
+                break
+    # The folder counts when it holds the layout itself, not just the zips.
+    holds_layout = (
+        (folder / anchor).exists() if anchor else any(p.is_dir() for p in folder.iterdir())
+    )
+    sources: list[Source] = [FolderSource(folder, subdirs)] if holds_layout else []
+    sources += [
+        ZipSource(parts, anchor=anchor, hint=hint) for parts in zip_archives(folder, accept_zip)
+    ]
+    union = UnionSource(sources)
+    if anchor and anchor not in union.files():
+        union.close()
+        raise DatasetBuildError(f"{root}: found neither {what}. Download {hint} into that folder.")
+    return union
+
+
+# --------------------------------------------------------------------------------------------
+# CSVs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CsvRow:
+    """One data row: `fields` maps lower-cased header names to stripped values.
+
+    Attributes:
+        row: int. 1-based data row number (the header is row 0).
+        line: int. 1-based line of the file where the row ends.
+        fields: dict[str, str].
+    """
+
+    row: int
+    line: int
+    fields: dict[str, str]
+
+    def where(self, filename: str) -> str:
+        """`"train.csv row 3 (line 4)"`, the prefix of every row error."""
+        return f"{filename} row {self.row} (line {self.line})"
+
+
+def read_csv(
+    data: bytes, filename: str, required: Sequence[str], example: str = ""
+) -> list[CsvRow]:
+    """Parses a label CSV with the `csv` module and checks its header.
+
+    Accepted: a UTF-8 BOM, LF/CRLF/CR line ends, quoted fields (`"blurry, dark"`), extra
+    columns in any order, header names in any case, whitespace around names and values, blank
+    lines. Rows with fewer fields than the header are refused.
+
+    Args:
+        data: bytes. The file content.
+        filename: str. Name used in errors.
+        required: column names (lower case) that must be in the header.
+        example: str. The expected header, for errors. Defaults to `",".join(required)`.
+
+    Returns:
+        The data rows in file order.
+
+    Raises:
+        DatasetBuildError: not UTF-8, empty, a missing column, a short row, a malformed quote.
+    """
+    expected = example or ",".join(required)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DatasetBuildError(
+            f"{filename}: not UTF-8 text ({e.reason} at byte {e.start}); re-download it."
+        ) from None
+    reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True, strict=True)
+    try:
+        header = next(reader, None)
+        if not header or not any(h.strip() for h in header):
+            raise DatasetBuildError(
+                f"{filename}: empty file or empty header; expected a header line such as "
+                f"'{expected}' (re-download it)."
+            )
+        names = [h.strip().lower() for h in header]
+        for column in required:
+            if column not in names:
+                raise DatasetBuildError(
+                    f"{filename}: missing column '{column}' (header is {','.join(header)!r}); "
+                    f"the file starts with '{expected}'. Fix the header or re-download it."
+                )
+        rows = []
+        for cells in reader:
+            if not cells or not any(c.strip() for c in cells):
+                continue  # blank lines are harmless
+            row = CsvRow(len(rows) + 1, reader.line_num, {})
+            if len(cells) < len(names):
+                raise DatasetBuildError(
+                    f"{row.where(filename)}: {len(cells)} field(s) but the header has "
+                    f"{len(names)}: {','.join(cells)!r}. Fix or delete the row."
+                )
+            rows.append(
+                CsvRow(
+                    row.row, row.line, {n: c.strip() for n, c in zip(names, cells, strict=False)}
+                )
+            )
+    except csv.Error as e:
+        raise DatasetBuildError(
+            f"{filename} line {reader.line_num}: not valid CSV ({e}). Fix the quoting of that row."
+        ) from None
+    if not rows:
+        raise DatasetBuildError(f"{filename}: no data rows. Re-download it.")
+    return rows
+
+
+def check_image_id(value: str, where: str, column: str) -> str:
+    """Checks that an id names a plain file (no folders, no `..`) and returns it.
+
+    Raises:
+        DatasetBuildError: empty or not a plain file name.
+    """
+    if not value:
+        raise DatasetBuildError(f"{where}: empty {column}. Fill it in or delete the row.")
+    if not _ID_RE.match(value) or ".." in value:
+        raise DatasetBuildError(
+            f"{where}: {column} {value!r} is not a plain file name (letters, digits, '_', '-', "
+            "'.'). Fix or delete the row."
+        )
+    return value
+
+
+def parse_grade(value: str, where: str, column: str, fix: str) -> int:
+    """A 0-4 grade from a CSV cell.
+
+    Raises:
+        DatasetBuildError: not an integer, or not in 0-4.
+    """
+    try:
+        grade = int(value)
+    except ValueError:
+        raise DatasetBuildError(
+            f"{where}: {column} {value!r} is not an integer grade 0-4. {fix}"
+        ) from None
+    if not 0 <= grade <= 4:
+        raise DatasetBuildError(f"{where}: {column} '{value}' is not in 0-4. {fix}")
+    return grade
+
+
+def read_id_grades(
+    data: bytes,
+    filename: str,
+    id_column: str,
+    grade_column: str | None,
+    fix: str,
+    extra_columns: Sequence[str] = (),
+) -> tuple[dict[str, int], dict[str, dict[str, str]]]:
+    """Reads `id,grade[,...]` rows: checked ids (unique), grades 0-4 (or -1 without a column).
+
+    Args:
+        data: bytes. The CSV file.
+        filename: str. Name for errors.
+        id_column: str. The id column (e.g. `id_code`, `image`).
+        grade_column: str or None. The grade column (e.g. `diagnosis`, `level`); None for an
+            unlabelled file (every grade -1).
+        fix: str. The fix to suggest for a bad grade.
+        extra_columns: further required columns, returned per id.
+
+    Returns:
+        `({id: grade}, {id: {extra column: value}})`, both in file order.
+
+    Raises:
+        DatasetBuildError: any malformed header, row, id or grade.
+    """
+    required = [id_column] + ([grade_column] if grade_column else []) + list(extra_columns)
+    out: dict[str, int] = {}
+    extras: dict[str, dict[str, str]] = {}
+    first_row: dict[str, int] = {}
+    for row in read_csv(data, filename, required):
+        where = row.where(filename)
+        image_id = check_image_id(row.fields[id_column], where, id_column)
+        if image_id in out:
+            raise DatasetBuildError(
+                f"{where}: {id_column} {image_id!r} already appears on row {first_row[image_id]}. "
+                "Delete one of the two rows."
+            )
+        grade = -1
+        if grade_column:
+            grade = parse_grade(row.fields[grade_column], where, grade_column, fix)
+        out[image_id] = grade
+        extras[image_id] = {c: row.fields[c] for c in extra_columns}
+        first_row[image_id] = row.row
+    return out, extras
