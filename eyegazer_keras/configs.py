@@ -149,7 +149,11 @@ def _blog_run1() -> TrainConfig:
 
 
 def _blog_run2() -> TrainConfig:
-    """Write-up run 2: ViT-Large, 5-class, batch 16, class weights + collapse detector.
+    """Write-up run 2: ViT-Large in21k, 5-class, batch 16, class weights + collapse detector.
+
+    The backbone is the ImageNet-21k ViT-L/16 the write-up started from
+    (`vit_large_patch16_224_imagenet21k`, converted by keras-hub from
+    `google/vit-large-patch16-224-in21k`), not the ImageNet-1k fine-tuned `*_imagenet` preset.
 
     The write-up's run collapsed onto the majority class (accuracy 0.53). Here class weights are on
     and the collapse detector warns, records and (with `stop_on_collapse`) stops.
@@ -159,7 +163,7 @@ def _blog_run2() -> TrainConfig:
     return TrainConfig(
         name="blog-run2",
         dataset="aptos2019",
-        backbone="vit_large_patch16_224_imagenet",
+        backbone="vit_large_patch16_224_imagenet21k",
         backbone_config={},
         image_size=224,
         lora_rank=16,
@@ -174,7 +178,10 @@ def _blog_run2() -> TrainConfig:
 
 
 def _blog_run3() -> TrainConfig:
-    """Write-up run 3: binary (grade 0 vs 1-4), ViT-Large, LoRA r=16 alpha=16 on query/value, 2 epochs.
+    """Write-up run 3: binary (grade 0 vs 1-4), ViT-Large in21k, LoRA r=16 alpha=16 on query/value, 2 epochs.
+
+    Same recipe as the published PEFT adapter `monsoon-nlp/eyegazer-vit-binary` (base
+    `google/vit-large-patch16-224-in21k` = keras-hub `vit_large_patch16_224_imagenet21k`).
 
     Command: `eyegazer train --config blog-run3 --workdir runs/blog-run3`
     Runtime: about an hour on one GPU. Expected: accuracy around 0.90 (the write-up), AUROC,
@@ -184,7 +191,7 @@ def _blog_run3() -> TrainConfig:
         name="blog-run3",
         dataset="aptos2019",
         label_mode="binary",
-        backbone="vit_large_patch16_224_imagenet",
+        backbone="vit_large_patch16_224_imagenet21k",
         backbone_config={},
         image_size=224,
         lora_rank=16,

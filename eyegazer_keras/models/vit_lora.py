@@ -317,41 +317,18 @@ def _load_backbone(backbone, backbone_config, image_size, dtype):
                 f"{backbone}: no config.json. Pass a directory written by "
                 "ViTBackbone.save_to_preset or a Hugging Face ViT checkpoint directory."
             )
+    from eyegazer_keras.interop import hf_vit  # HF checkpoints live in interop (keras-hub only)
+
     kind, config = _preset_kind(backbone)
     kwargs = {} if dtype is None else {"dtype": dtype}
     if kind == "hf_checkpoint":
-        # keras-hub's converter drops HF's layer_norm_eps (HF default 1e-12, keras-hub 1e-6).
-        kwargs["layer_norm_epsilon"] = config.get("layer_norm_eps", 1e-12)
+        kwargs.update(hf_vit.hf_backbone_kwargs(config))
     if kind == "hf_checkpoint" and (config.get("architectures") or [""])[0] == "ViTModel":
-        vit = _load_hf_vitmodel(backbone, config, kwargs)
+        vit = hf_vit.load_hf_vitmodel(backbone, config, kwargs)
     else:
         vit = keras_hub.models.ViTBackbone.from_preset(backbone, **kwargs)
     source = {"type": kind, "preset": backbone}
     return vit, source, _preset_normalization(backbone, kind)
-
-
-def _load_hf_vitmodel(preset, config, kwargs):
-    """Loads an HF `ViTModel` checkpoint, whose keys lack the `vit.` prefix (keras-hub #3007).
-
-    Same keras-hub converter, with a weight loader that also tries the key without `vit.`.
-    """
-    from keras_hub.src.utils.transformers import convert_vit
-    from keras_hub.src.utils.transformers.safetensor_utils import SafetensorLoader
-
-    class _Loader(SafetensorLoader):
-        def get_tensor(self, hf_weight_key):
-            try:
-                return super().get_tensor(hf_weight_key)
-            except Exception:
-                if not hf_weight_key.startswith("vit."):
-                    raise
-                self.prefix = None
-                return super().get_tensor(hf_weight_key[len("vit.") :])
-
-    vit = keras_hub.models.ViTBackbone.from_preset(preset, load_weights=False, **kwargs)
-    with _Loader(preset) as loader:
-        convert_vit.convert_weights(vit, loader, config)
-    return vit
 
 
 def _preset_kind(preset):

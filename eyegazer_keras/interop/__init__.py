@@ -1,0 +1,9 @@
+"""Hugging Face interop: HF ViT checkpoints in (`hf_vit`), PEFT LoRA adapters in and out (`peft`).
+
+* `peft.import_peft`: a PEFT adapter (``adapter_config.json`` + ``adapter_model.safetensors``,
+  local or ``hf://org/name``) on a ViT base becomes an ordinary `eyegazer train` run folder;
+* `peft.export_peft`: a run's LoRA + head become a PEFT adapter that
+  ``PeftModel.from_pretrained`` loads onto the matching HF base.
+
+Neither needs torch, transformers or peft: the files are read and written with `safetensors`.
+"""

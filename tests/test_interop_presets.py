@@ -1,0 +1,50 @@
+"""Every config's keras-hub preset exists and is the ViT flavour its docstring claims."""
+
+import re
+
+import keras_hub
+import pytest
+
+from eyegazer_keras import configs
+from eyegazer_keras.interop import hf_vit
+
+PRESETS = keras_hub.models.ViTBackbone.presets
+PRESET_CONFIGS = [
+    name
+    for name, factory in configs.CONFIGS.items()
+    if getattr(factory(), "backbone", "config") != "config"
+]
+
+
+def test_some_configs_use_presets():
+    assert {"blog-run1", "blog-run2", "blog-run3"} <= set(PRESET_CONFIGS)
+
+
+@pytest.mark.parametrize("name", PRESET_CONFIGS)
+def test_config_preset_exists_and_matches_its_docstring(name):
+    backbone = configs.get_config(name).backbone
+    assert backbone in PRESETS, f"{name}: {backbone} is not a keras-hub ViT preset"
+    summary = configs.CONFIGS[name].__doc__.splitlines()[0]
+    size = re.search(r"ViT-(Base|Large|Huge)", summary)
+    assert size, f"{name}: docstring names no ViT size: {summary!r}"
+    description = PRESETS[backbone]["metadata"]["description"]
+    assert description.startswith(f"ViT-{size.group(1)[0]}"), (name, description)
+    in21k = "in21k" in summary
+    assert ("ImageNet 21k" in description) == in21k, (name, summary, description)
+    assert backbone.endswith("_imagenet21k") == in21k, (name, backbone)
+
+
+def test_the_write_up_runs_start_from_in21k_backbones():
+    for name in ("blog-run1", "blog-run2", "blog-run3"):
+        assert configs.get_config(name).backbone.endswith("_imagenet21k"), name
+    assert hf_vit.hf_origin(configs.get_config("blog-run3").backbone) == (
+        "google/vit-large-patch16-224-in21k"
+    )
+
+
+def test_every_vit_preset_has_its_hf_origin():
+    assert set(hf_vit.HF_ORIGINS) == set(PRESETS)
+    for preset, origin in hf_vit.HF_ORIGINS.items():
+        assert origin.endswith("-in21k") == preset.endswith("_imagenet21k"), preset
+        handle = PRESETS[preset]["kaggle_handle"]
+        assert hf_vit.hf_origin(handle) == origin, handle
