@@ -1,0 +1,360 @@
+"""A Gradio app for people: upload a fundus photo, see what the exported model makes of it.
+
+The engine of `eyegazer app`. It runs the exported SavedModel only (`predict.load_exported`, the
+same `serving_default` call as `eyegazer predict` and `eyegazer serve`), so the page shows
+exactly what serving returns:
+
+* the photo's bytes go to the export unchanged (JPEG/PNG of any size);
+* "what the model saw": the photo after `fundus.serving_transform` with the export's own
+  sizes (crop, pad, resize; Ben Graham when the export uses it), the function the export runs;
+* classification exports (grade, binary): the probabilities (`gr.Label`), the expected grade and
+  referable probability (grade) or DR probability (binary), and the decision at the export's
+  threshold (`decision_threshold`); regression exports: the continuous grade, the grade from
+  the export's cut-offs and its referable flag;
+* the gradability verdict only when the export's signature returns `gradable`, the explanation
+  overlay only when the export has an explanation signature (`explanation_signature`);
+  otherwise those parts stay hidden;
+* the not-a-medical-device notice, always.
+
+A file that is not a decodable image gets a one-line error on the page (`gr.Error`); the app
+keeps running.
+
+Example:
+
+```python
+from eyegazer_keras import app
+
+app.launch("exports/eyegazer", host="127.0.0.1", port=7860)  # blocks; Ctrl-C stops it
+```
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+
+import gradio as gr
+import numpy as np
+import tensorflow as tf
+
+from eyegazer_keras import NOT_A_MEDICAL_DEVICE, export, fundus, predict
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+API_NAME = "grade"
+DEFAULT_THRESHOLD = 0.5
+# Where an export's metadata may carry an operating threshold (issue 17 puts one there).
+THRESHOLD_KEYS = {
+    "grade": ("referable_threshold", "threshold"),
+    "binary": ("dr_threshold", "threshold"),
+}
+EXAMPLE_SEEDS_GRADES = ((3, 0), (11, 2), (29, 4))  # synthetic_fundus generator (seed, grade)
+OVERLAY_ALPHA = 0.45
+
+
+def decision_threshold(metadata: dict, task: str) -> tuple[float, str]:
+    """The export's operating threshold for the referable (grade) or DR (binary) decision.
+
+    Args:
+        metadata: dict. The export's metadata (`ExportedModel.metadata`).
+        task: str. `"grade"` or `"binary"`.
+
+    Returns:
+        `(threshold, where it came from)`: the first of `THRESHOLD_KEYS[task]` found in the
+        metadata (a number, or a dict with a `"threshold"` entry), else `(0.5, "default")`.
+    """
+    for key in THRESHOLD_KEYS.get(task, ()):
+        value = metadata.get(key)
+        if isinstance(value, dict):
+            value = value.get("threshold")
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value), f"metadata `{key}`"
+    return DEFAULT_THRESHOLD, "default: the export records no threshold"
+
+
+def explanation_signature(exported: predict.ExportedModel) -> str | None:
+    """The name of the export's explanation signature (e.g. `serving_explain`), or None.
+
+    A signature counts when its name contains "explain" and it takes `image_bytes`.
+    """
+    for name, fn in exported.loaded.signatures.items():
+        _, inputs = fn.structured_input_signature
+        if "explain" in name and export.BYTES_INPUT in inputs:
+            return name
+    return None
+
+
+def has_gradability(exported: predict.ExportedModel) -> bool:
+    """Whether the export's `serving_default` returns a `gradable` output."""
+    fn = exported.loaded.signatures[export.BYTES_SIGNATURE]
+    return "gradable" in fn.structured_outputs
+
+
+def model_input_image(exported: predict.ExportedModel, image_bytes: bytes) -> np.ndarray:
+    """What the model saw: `fundus.serving_transform` with the export's sizes, `uint8 [S, S, 3]`.
+
+    Raises:
+        tf.errors.InvalidArgumentError: when the bytes are not a decodable image.
+    """
+    meta = exported.metadata
+    x = fundus.serving_transform(
+        tf.constant(image_bytes),
+        int(meta["source_size"]),
+        int(meta["image_size"]),
+        bool(meta.get("use_ben_graham", False)),
+    )
+    return np.clip(x.numpy(), 0, 255).astype(np.uint8)
+
+
+def _enlarged(image: np.ndarray, min_side: int = 224) -> np.ndarray:
+    """Nearest-neighbour enlargement by an integer factor, for display only (pixels stay exact)."""
+    factor = max(1, -(-min_side // max(image.shape[:2])))
+    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """A heat map (any `[h, w]` or `[h, w, 1]` float) blended over `uint8 [H, W, 3]` (inferno)."""
+    from matplotlib import colormaps
+
+    heat = np.asarray(heat, np.float32).squeeze()
+    heat = tf.image.resize(heat[..., None], image.shape[:2], method="bilinear").numpy()[..., 0]
+    lo, hi = float(np.min(heat)), float(np.max(heat))
+    heat = (heat - lo) / (hi - lo) if hi > lo else np.zeros_like(heat)
+    colour = colormaps["inferno"](heat)[..., :3] * 255.0
+    return np.clip((1 - alpha) * image + alpha * colour, 0, 255).astype(np.uint8)
+
+
+def _explanation(exported: predict.ExportedModel, name: str, image_bytes: bytes) -> np.ndarray:
+    """The first float map (`[1, h, w]` or `[1, h, w, 1]`) the explanation signature returns."""
+    out = exported.loaded.signatures[name](**{export.BYTES_INPUT: tf.constant([image_bytes])})
+    for key in sorted(out):
+        value = out[key]
+        if value.dtype.is_floating and value.shape.rank in (3, 4):
+            return value.numpy()[0]
+    raise ValueError(f"signature {name!r} returned no [B, H, W] float map: {sorted(out)}")
+
+
+def _label_value(row: dict, task: str, class_names: Sequence[str]):
+    if task == "regression":
+        return row["class_name"]
+    return {name: float(p) for name, p in zip(class_names, row["probabilities"], strict=True)}
+
+
+def _summary(row: dict, meta: dict) -> str:
+    task, names = meta["task"], meta["class_names"]
+    if task == "regression":
+        cut = ", ".join(f"{c:.2f}" for c in meta.get("cutoffs") or [])
+        return "\n".join(
+            [
+                f"- **Continuous grade**: {row['grade']:.2f}",
+                f"- **Grade** (export's cut-offs {cut}): {row['predicted_grade']} "
+                f"{row['class_name']}",
+                f"- **Referable** (grade ≥ 2): {'yes' if row['referable'] else 'no'}",
+            ]
+        )
+    threshold, source = decision_threshold(meta, task)
+    if task == "grade":
+        p, what = row["referable_probability"], "Referable probability (grade ≥ 2)"
+        decision = "refer" if p >= threshold else "do not refer"
+        lines = [
+            f"- **Predicted grade**: {row['predicted_class']} {row['class_name']}",
+            f"- **Expected grade** (Σ p·k): {row['expected_grade']:.2f}",
+        ]
+    else:
+        p, what = row["dr_probability"], f"{names[1]} probability"
+        decision = names[1] if p >= threshold else names[0]
+        lines = [f"- **Predicted class**: {row['class_name']}"]
+    return "\n".join(
+        lines
+        + [
+            f"- **{what}**: {p:.3f}",
+            f"- **Decision** at threshold {threshold:.2f} ({source}): **{decision}**",
+        ]
+    )
+
+
+def _gradability(row: dict) -> str:
+    if row["gradable"]:
+        return "**Gradable photo**: it passed the export's quality gate."
+    reason = row.get("ungradable_reason") or "no reason given"
+    return f"**Ungradable photo** (`{reason}`): take a new photo. The grade shown is not reliable."
+
+
+def _read_upload(payload) -> tuple[bytes, str]:
+    """Bytes and name of the uploaded file (Gradio `FileData` dict, or a path)."""
+    if payload is None:
+        raise gr.Error("No photo: upload a JPEG or PNG fundus photo, or pick an example.")
+    if isinstance(payload, dict):
+        path, name = payload.get("path"), payload.get("orig_name") or "photo"
+    else:
+        path = name = os.fspath(payload)
+    data, error = predict._read_input(path, None)
+    if error is not None:
+        raise gr.Error(error.replace(path, os.path.basename(name)))
+    return data, os.path.basename(name)
+
+
+def build_app(model: str | os.PathLike | predict.ExportedModel, examples_dir=None) -> gr.Blocks:
+    """The Gradio Blocks page on an export.
+
+    Args:
+        model: str, path or `predict.ExportedModel`. The export.
+        examples_dir: str or path or None. Folder with example photos to offer (see
+            `write_examples`). Defaults to None (no examples).
+
+    Returns:
+        A `gr.Blocks` (not launched). Its API endpoint `/grade` takes the photo file and returns
+        (model input image, label, summary markdown, gradability markdown, overlay image).
+
+    Raises:
+        FileNotFoundError, ValueError: as `predict.load_exported`.
+    """
+    exported = model if isinstance(model, predict.ExportedModel) else predict.load_exported(model)
+    meta = exported.metadata
+    task, names = meta["task"], list(meta["class_names"])
+    gradability = has_gradability(exported)
+    explain_name = explanation_signature(exported)
+
+    def grade(payload):
+        data, name = _read_upload(payload)
+        try:
+            row = predict._rows(exported.predict_bytes([data]), 1, task)[0]
+            seen = model_input_image(exported, data)
+            heat = _explanation(exported, explain_name, data) if explain_name else None
+        except tf.errors.InvalidArgumentError as e:
+            raise gr.Error(predict._decode_error(name, e)) from None
+        return (
+            _enlarged(seen),
+            _label_value(row, task, names),
+            _summary(row, meta),
+            _gradability(row) if gradability else "",
+            _enlarged(overlay(seen, heat)) if heat is not None else None,
+        )
+
+    kind = {"grade": "5-grade classifier", "binary": "DR / no-DR classifier"}.get(
+        task, "regression (continuous grade + cut-offs)"
+    )
+    # analytics_enabled=False: no version check or telemetry (the package never probes the net).
+    with gr.Blocks(title="eyegazer: DR grade of a fundus photo", analytics_enabled=False) as demo:
+        gr.Markdown(
+            "# eyegazer: diabetic-retinopathy grade of a fundus photo\n"
+            f"> **Not a medical device.** {NOT_A_MEDICAL_DEVICE}\n\n"
+            f"Export `{os.path.basename(os.path.normpath(exported.path))}`: {kind}, "
+            f"{meta['image_size']} px model input, classes {', '.join(names)}."
+        )
+        with gr.Row():
+            with gr.Column():
+                photo = gr.Image(
+                    type="filepath",
+                    sources=["upload"],
+                    label="Fundus photo (JPEG or PNG)",
+                    elem_id="photo",
+                )
+                button = gr.Button("Grade", variant="primary", elem_id="grade-button")
+                if examples_dir is not None:
+                    files = sorted(
+                        os.path.join(examples_dir, f)
+                        for f in os.listdir(examples_dir)
+                        if f.lower().endswith((".png", ".jpg", ".jpeg"))
+                    )
+                    gr.Examples(files, inputs=photo, label="Example photos")
+            with gr.Column():
+                seen = gr.Image(
+                    label=f"What the model saw ({meta['image_size']} px, cropped and resized)",
+                    interactive=False,
+                    format="png",
+                    height=240,
+                    elem_id="model-input",
+                )
+                label = gr.Label(
+                    label="Grade probabilities" if task != "regression" else "Grade",
+                    num_top_classes=len(names),
+                    elem_id="grade-label",
+                )
+                summary = gr.Markdown(elem_id="grade-summary")
+                verdict = gr.Markdown(visible=gradability, elem_id="gradability")
+                heat = gr.Image(
+                    label="Explanation overlay",
+                    visible=bool(explain_name),
+                    interactive=False,
+                    format="png",
+                    height=240,
+                    elem_id="explanation",
+                )
+        button.click(
+            grade,
+            inputs=photo,
+            outputs=[seen, label, summary, verdict, heat],
+            api_name=API_NAME,
+            preprocess=False,  # the upload's own bytes, as a server gets them (no PIL re-open)
+        )
+    return demo
+
+
+def write_examples(folder: str | os.PathLike) -> list[str]:
+    """Writes the example photos: a few synthetic ones and `skimage.data.retina()`.
+
+    Args:
+        folder: str or path. Created if missing.
+
+    Returns:
+        The written PNG/JPEG paths.
+    """
+    from eyegazer_datasets.synthetic_fundus import generator
+    from PIL import Image
+    from skimage import data as skimage_data
+
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for seed, grade in EXAMPLE_SEEDS_GRADES:
+        image, framing = generator.render(seed, grade)
+        path = os.path.join(folder, f"synthetic_grade{grade}_{framing}.png")
+        Image.fromarray(image).save(path)
+        paths.append(path)
+    path = os.path.join(folder, "skimage_retina.jpg")
+    Image.fromarray(skimage_data.retina()).save(path, quality=92)
+    return paths + [path]
+
+
+def launch(
+    model: str | os.PathLike | predict.ExportedModel,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    block: bool = True,
+    examples: bool = True,
+) -> gr.Blocks:
+    """Builds and launches the app (headless: no browser opened, no share link, no analytics).
+
+    Args:
+        model: str, path or `predict.ExportedModel`. The export.
+        host: str. Interface to listen on. Defaults to "127.0.0.1".
+        port: int. Port. Defaults to 7860.
+        block: bool. Serve until interrupted (True) or return the running app (False;
+            `demo.close()` stops it). Defaults to True.
+        examples: bool. Offer the example photos (written to a temporary folder that is removed
+            when the app closes). Defaults to True.
+
+    Returns:
+        The launched `gr.Blocks` (`demo.local_url` is its address).
+    """
+    examples_dir = tempfile.TemporaryDirectory(prefix="eyegazer_examples_") if examples else None
+    if examples_dir is not None:
+        write_examples(examples_dir.name)
+    demo = build_app(model, examples_dir.name if examples_dir else None)
+    demo._eyegazer_examples = examples_dir  # removed with the app object
+    logger.info("Launching the app on http://%s:%d", host, port)
+    demo.launch(
+        server_name=host,
+        server_port=int(port),
+        prevent_thread_lock=not block,
+        inbrowser=False,
+        share=False,
+        show_error=True,
+        allowed_paths=[examples_dir.name] if examples_dir else None,
+    )
+    return demo

@@ -1,0 +1,226 @@
+"""`eyegazer app`: the Gradio page on tiny exports, over gradio_client and in a real browser."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+# No telemetry or version checks from Gradio or gradio_client: tests talk to 127.0.0.1 only.
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from gradio_client import Client, handle_file  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from eyegazer_keras import GRADE_NAMES, NOT_A_MEDICAL_DEVICE, app, export, predict  # noqa: E402
+from tests.test_export import (  # noqa: E402
+    IMAGE_SIZE,
+    SOURCE_SIZE,
+    encode,
+    synthetic_fundus,
+    tiny_vit_classifier,
+)
+from tests.test_serve import free_port  # noqa: E402
+
+CHROMEDRIVER = "/usr/bin/chromedriver"  # Debian's chromium-driver (.ci/run installs it)
+CHROMIUM = "/usr/bin/chromium"
+
+
+def tiny_regressor(seed: int = 0) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3)),
+            keras.layers.Rescaling(1.0 / 255.0),
+            keras.layers.Conv2D(4, 3, strides=2, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(1),
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    root = tmp_path_factory.mktemp("app_exports")
+    kwargs = dict(image_size=IMAGE_SIZE, source_size=SOURCE_SIZE)
+    return {
+        "grade": export.export_saved_model(
+            tiny_vit_classifier(5), root / "grade", task="grade", **kwargs
+        ),
+        "binary": export.export_saved_model(
+            tiny_vit_classifier(2, seed=1), root / "binary", task="binary", **kwargs
+        ),
+        "regression": export.export_saved_model(
+            tiny_regressor(), root / "regression", task="regression", **kwargs
+        ),
+    }
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    path = tmp_path_factory.mktemp("photos") / "eye.jpg"
+    path.write_bytes(encode(synthetic_fundus(480, 640, seed=3), "JPEG"))
+    return str(path)
+
+
+def _launch(model_dir, examples=False):
+    return app.launch(model_dir, host="127.0.0.1", port=free_port(), block=False, examples=examples)
+
+
+def _client(demo) -> Client:
+    return Client(demo.local_url, verbose=False, analytics_enabled=False)
+
+
+@pytest.mark.parametrize("task", ["grade", "binary", "regression"])
+def test_client_gets_the_savedmodels_outputs(exports, photo, task):
+    expected = predict.load_exported(exports[task]).predict_bytes([open(photo, "rb").read()])
+    demo = _launch(exports[task])
+    try:
+        client = _client(demo)
+        seen, label, summary, verdict, heat = client.predict(
+            handle_file(photo), api_name=f"/{app.API_NAME}"
+        )
+    finally:
+        demo.close()
+    exported = predict.load_exported(exports[task])
+    want_seen = app.model_input_image(exported, open(photo, "rb").read())
+    assert want_seen.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+    np.testing.assert_array_equal(np.asarray(Image.open(seen)), app._enlarged(want_seen))
+    assert verdict == "" and heat is None  # no gradability output, no explain signature
+    want_name = expected["class_name"][0].decode()
+    assert label["label"] == want_name
+    if task == "regression":
+        assert f"{expected['grade'][0]:.2f}" in summary and "cut-offs 0.50, 1.50" in summary
+        return
+    got = {c["label"]: c["confidence"] for c in label["confidences"]}
+    names = GRADE_NAMES if task == "grade" else ("no_dr", "dr")
+    np.testing.assert_allclose(
+        [got[n] for n in names], expected["probabilities"][0], rtol=0, atol=1e-6
+    )
+    key = "referable_probability" if task == "grade" else "dr_probability"
+    assert f"{expected[key][0]:.3f}" in summary
+    assert "Decision** at threshold 0.50 (default" in summary
+
+
+def test_bad_upload_is_a_readable_error_and_the_app_keeps_running(exports, photo, tmp_path):
+    notes = tmp_path / "notes.png"
+    notes.write_text("patient notes, not an image\n")
+    png = encode(synthetic_fundus(200, 260, seed=4), "PNG")
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(png[: len(png) // 2])
+    demo = _launch(exports["grade"])
+    try:
+        client = _client(demo)
+        for path, message in [
+            (notes, "notes.png: not an image (unknown file format); expected a JPEG or PNG file."),
+            (truncated, "truncated.png: corrupt or truncated image"),
+        ]:
+            with pytest.raises(Exception, match=r"\S") as info:
+                client.predict(handle_file(str(path)), api_name=f"/{app.API_NAME}")
+            assert message in str(info.value) and "\n" not in str(info.value).strip()
+        label = client.predict(handle_file(photo), api_name=f"/{app.API_NAME}")[1]
+        assert label["label"] in GRADE_NAMES
+    finally:
+        demo.close()
+
+
+def _components(demo) -> dict:
+    return {c["props"].get("elem_id"): c["props"] for c in demo.config["components"]}
+
+
+def test_page_always_shows_the_notice_and_hides_what_the_export_lacks(exports):
+    exported = predict.load_exported(exports["grade"])
+    assert not app.has_gradability(exported) and app.explanation_signature(exported) is None
+    demo = app.build_app(exported)
+    props = _components(demo)
+    assert props["gradability"]["visible"] is False
+    assert props["explanation"]["visible"] is False
+    texts = [c["props"].get("value") or "" for c in demo.config["components"]]
+    assert any(NOT_A_MEDICAL_DEVICE in str(t) for t in texts)
+
+
+def test_decision_threshold_comes_from_the_metadata():
+    assert app.decision_threshold({}, "grade") == (0.5, "default: the export records no threshold")
+    assert app.decision_threshold({"referable_threshold": 0.3}, "grade")[0] == 0.3
+    assert app.decision_threshold({"threshold": {"threshold": 0.2}}, "binary")[0] == 0.2
+
+
+def test_examples_are_real_photos_the_export_grades(exports, tmp_path):
+    paths = app.write_examples(tmp_path / "examples")
+    assert len(paths) == 4 and any("retina" in p for p in paths)
+    results = predict.predict_paths(exports["grade"], paths)
+    assert all("error" not in r for r in results), results
+
+
+def test_overlay_blends_a_map_over_the_image():
+    image = np.full((32, 32, 3), 100, np.uint8)
+    heat = np.zeros((4, 4), np.float32)
+    heat[0, 0] = 1.0
+    out = app.overlay(image, heat)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert not np.array_equal(out[0, 0], out[-1, -1])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (os.path.exists(CHROMEDRIVER) and os.path.exists(CHROMIUM)),
+    reason="needs Debian chromium + chromium-driver (apt-get install chromium chromium-driver)",
+)
+def test_real_browser_uploads_clicks_and_reads_the_grade(exports, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # Upload a synthetic photo with lesions (the app's grade-2 example) from its own folder.
+    photo = next(p for p in app.write_examples(tmp_path / "upload") if "grade2" in p)
+    expected = predict.predict_paths(exports["grade"], [photo])[0]
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",  # CI runs as root
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,1000",
+        # nothing but 127.0.0.1: no update checks, sync, field trials or safe browsing
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-default-apps",
+        "--disable-extensions",
+        "--no-first-run",
+        "--no-default-browser-check",
+        "--no-proxy-server",
+    ):
+        options.add_argument(flag)
+    demo = _launch(exports["grade"], examples=True)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        driver.get(demo.local_url)
+        wait = WebDriverWait(driver, 120)
+        upload = wait.until(
+            ec.presence_of_element_located((By.CSS_SELECTOR, "#photo input[type=file]"))
+        )
+        upload.send_keys(photo)
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo img")))
+        driver.find_element(By.ID, "grade-button").click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "grade-summary"), "Expected grade"))
+        label = driver.find_element(By.ID, "grade-label").text
+        summary = driver.find_element(By.ID, "grade-summary").text
+        assert expected["class_name"] in label
+        assert f"{expected['referable_probability']:.3f}" in summary
+        assert "Not a medical device" in driver.find_element(By.TAG_NAME, "body").text
+        shot = tmp_path / "app.png"
+        assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+        target = os.environ.get("EYEGAZER_SCREENSHOT")  # e.g. docs/app_screenshot.png
+        if target:
+            shutil.copyfile(shot, target)
+    finally:
+        driver.quit()
+        demo.close()
