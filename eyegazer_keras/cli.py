@@ -160,6 +160,44 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_import_peft(args) -> int:
+    from eyegazer_keras.interop import peft
+
+    record = peft.import_peft(
+        args.base,
+        args.adapter,
+        args.workdir,
+        dataset=args.dataset,
+        dataset_config=args.dataset_config,
+        data_dir=args.data_dir,
+        crop=args.crop,
+    )
+    _print(
+        f"imported {record['adapter']} ({record['naming']} transformers naming): LoRA "
+        f"r={record['rank']} alpha={record['lora_alpha']:g} on {','.join(record['targets'])}, "
+        f"{record['num_labels']} labels, head from the {record['head_from']}"
+    )
+    pre = record["trained_preprocessing"]
+    _print(
+        f"trained on: resize to {pre['resize']} (no fundus crop), mean {pre['image_mean']}, "
+        f"std {pre['image_std']} ({pre['source']}); export will use crop={record['export_crop']}"
+    )
+    _print(f"run written to {os.path.abspath(args.workdir)}")
+    return 0
+
+
+def cmd_export_peft(args) -> int:
+    from eyegazer_keras.interop import peft
+
+    record = peft.export_peft(args.workdir, args.output)
+    _print(
+        f"PEFT adapter written to {os.path.abspath(args.output)}: base "
+        f"{record['base_model_name_or_path']}, r={record['rank']}, "
+        f"lora_alpha={record['lora_alpha']:g}, targets {','.join(record['target_modules'])}"
+    )
+    return 0
+
+
 def cmd_predict(args) -> int:
     from eyegazer_keras import predict
 
@@ -273,6 +311,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", required=True)
     p.add_argument("--output", required=True)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "import-peft", help="a Hugging Face PEFT LoRA adapter -> an eyegazer run folder"
+    )
+    p.add_argument(
+        "--base",
+        required=True,
+        help="the ViT it was trained on: keras-hub preset name, preset dir, HF ViT dir or hf://org/name",
+    )
+    p.add_argument("--adapter", required=True, help="PEFT adapter dir or hf://org/name")
+    p.add_argument("--workdir", required=True, help="run folder to write")
+    p.add_argument("--dataset", default="aptos2019", help="dataset `evaluate` uses by default")
+    p.add_argument("--dataset-config", help="its builder config")
+    p.add_argument("--data-dir")
+    p.add_argument(
+        "--crop",
+        choices=["none", "fundus"],
+        default="none",
+        help="preprocessing the export applies: none = as HF ViTImageProcessor (default, what the "
+        "adapter was trained on), fundus = this project's border crop",
+    )
+    p.set_defaults(func=cmd_import_peft)
+
+    p = sub.add_parser("export-peft", help="a run's LoRA + head -> a Hugging Face PEFT adapter")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--output", required=True, help="adapter folder to write")
+    p.set_defaults(func=cmd_export_peft)
 
     p = sub.add_parser("predict", help="one JSON line per image (use - for stdin)")
     p.add_argument("--model", required=True, help="exported SavedModel directory")
