@@ -185,3 +185,217 @@ def test_refuses_pickled_weights(tmp_path):
     os.remove(adapter / "adapter_model.bin")
     with pytest.raises(FileNotFoundError, match="adapter_model.bin"):
         peft.read_peft_adapter(adapter)
+
+
+# --------------------------------------------------------------------------------------------
+# hf:// through a local Hugging Face cache, the CLI, a fresh process
+# --------------------------------------------------------------------------------------------
+def hf_cache(root, repos: dict) -> dict:
+    """A directory laid out as huggingface_hub's cache, and the env that points at it offline.
+
+    `repos` maps "org/name" -> a local folder whose files become the repo's `main` snapshot
+    (`hub/models--org--name/{refs/main, blobs/<sha256>, snapshots/<commit>/<file> -> blob}`).
+    """
+    import hashlib
+
+    hub = root / "hub"
+    for repo, folder in repos.items():
+        base = hub / ("models--" + repo.replace("/", "--"))
+        commit = hashlib.sha1(repo.encode()).hexdigest()
+        (base / "refs").mkdir(parents=True)
+        (base / "refs" / "main").write_text(commit)
+        (base / "blobs").mkdir()
+        snapshot = base / "snapshots" / commit
+        snapshot.mkdir(parents=True)
+        for name in os.listdir(folder):
+            data = open(os.path.join(folder, name), "rb").read()
+            blob = base / "blobs" / hashlib.sha256(data).hexdigest()
+            blob.write_bytes(data)
+            os.symlink(os.path.relpath(blob, snapshot), snapshot / name)
+    return {
+        "HF_HOME": str(root),
+        "HF_HUB_CACHE": str(hub),
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
+
+
+FRESH_LOGITS = """
+import json, sys
+import numpy as np
+from eyegazer_keras import train
+from eyegazer_keras.interop import peft
+_, model = train.load_run(sys.argv[1])
+images = np.load(sys.argv[2])["images"].astype("float32")
+print("LOGITS", json.dumps(peft.classifier_logits(model, images).tolist()))
+"""
+
+
+def run_python(args, env_extra, **kwargs):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **env_extra)
+    return subprocess.run(
+        [sys.executable, *args], env=env, capture_output=True, text=True, timeout=300, **kwargs
+    )
+
+
+@pytest.mark.slow
+def test_cli_import_from_hf_ids_offline_then_fresh_process_logits(tmp_path):
+    env = hf_cache(
+        tmp_path / "hf",
+        {
+            "google/vit-tiny-in21k": fixture("vitmodel"),
+            "monsoon-nlp/eyegazer-vit-tiny": fixture("legacy_vitmodel"),
+        },
+    )
+    workdir = tmp_path / "run"
+    cli = ["-m", "eyegazer_keras.cli", "import-peft", "--workdir", str(workdir)]
+    out = run_python(
+        cli
+        + [
+            "--base",
+            "hf://google/vit-tiny-in21k",
+            "--adapter",
+            "hf://monsoon-nlp/eyegazer-vit-tiny",
+        ]
+        + ["--dataset", "synthetic_fundus"],
+        env,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "legacy transformers naming" in out.stdout and "no fundus crop" in out.stdout
+    with open(workdir / "config.json") as f:
+        assert json.load(f)["backbone"] == "hf://google/vit-tiny-in21k"
+    # A fresh process rebuilds the run from the (offline) cache and gives HF's logits.
+    script = tmp_path / "logits.py"
+    script.write_text(FRESH_LOGITS)
+    out = run_python([str(script), str(workdir), os.path.join(FIXTURES, "expected.npz")], env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = next(x for x in out.stdout.splitlines() if x.startswith("LOGITS "))
+    logits = np.asarray(json.loads(line[len("LOGITS ") :]))
+    diff = np.abs(logits - EXPECTED["logits_legacy_vitmodel"]).max()
+    assert diff <= TOL, diff
+    # A repo missing from the cache: one line, no traceback, no network.
+    out = run_python(cli + ["--base", "hf://google/vit-tiny-in21k", "--adapter", "hf://a/b"], env)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("eyegazer import-peft: error: hf://a/b: no adapter_config.json"), last
+    assert "HF_HUB_OFFLINE" in last
+
+
+# --------------------------------------------------------------------------------------------
+# export-peft without torch: file layout, round trip through our own import, refusals
+# --------------------------------------------------------------------------------------------
+def test_export_peft_writes_current_naming_and_reimports_exactly(tmp_path):
+    from safetensors.numpy import load_file
+
+    import_case("vitmodel", "legacy_vitmodel", tmp_path / "run")
+    record = peft.export_peft(tmp_path / "run", tmp_path / "out")
+    with open(tmp_path / "out" / peft.ADAPTER_CONFIG) as f:
+        config = json.load(f)
+    assert config["base_model_name_or_path"] == fixture("vitmodel")
+    assert (config["r"], config["lora_alpha"], config["target_modules"]) == (
+        4,
+        8,
+        ["q_proj", "v_proj"],
+    )
+    assert config["modules_to_save"] == ["classifier"] and config["bias"] == "none"
+    assert record["trained_preprocessing"]["crop"] == "none"
+    exported = load_file(str(tmp_path / "out" / peft.ADAPTER_WEIGHTS))
+    current = load_file(fixture("current_vitmodel/adapter_model.safetensors"))
+    assert sorted(exported) == sorted(current)  # the names current PEFT itself writes
+    for key, value in current.items():
+        np.testing.assert_allclose(exported[key], value, rtol=0, atol=0)
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert "PeftModel.from_pretrained" in readme and "NOT a medical device" in readme
+
+
+def _fake_run(tmp_path, backbone, **build):
+    """A run folder (config.json + adapter.npz) for a model built from `backbone`."""
+    from eyegazer_keras import configs
+
+    build.setdefault("lora_rank", 4)
+    model = vit_lora.build_vit_classifier(
+        backbone,
+        num_classes=2,
+        image_size=32,
+        backbone_config=dict(patch_size=8, num_layers=2, num_heads=4, hidden_dim=48, mlp_dim=96),
+        **build,
+    )
+    run = tmp_path / "fake_run"
+    run.mkdir()
+    config = configs.TrainConfig(label_mode="binary", image_size=32, backbone=str(backbone))
+    (run / "config.json").write_text(json.dumps(configs.to_dict(config)))
+    vit_lora.save_adapter(model, run / "adapter.npz")
+    return run, model
+
+
+@pytest.mark.parametrize(
+    ("make_backbone", "build", "needle"),
+    [
+        (lambda p: "config", {}, "randomly initialised ViT"),
+        (lambda p: _saved_preset(p), {}, "has no Hugging Face original"),
+        (lambda p: fixture("vitmodel"), {"pooling": "gap"}, "pooling='gap'"),
+        (lambda p: fixture("vitmodel"), {"lora_rank": 0}, "full fine-tuning"),
+        (lambda p: fixture("vitmodel"), {"lora_targets": ("query", "dense_1")}, "dense_1"),
+    ],
+)
+def test_export_peft_refuses_runs_it_cannot_write(make_backbone, build, needle, tmp_path):
+    run, _ = _fake_run(tmp_path, make_backbone(tmp_path), **build)
+    with pytest.raises(peft.PeftFormatError, match=needle) as err:
+        peft.export_peft(run, tmp_path / "out")
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+def _saved_preset(tmp_path):
+    import keras_hub
+
+    backbone = keras_hub.models.ViTBackbone(
+        image_shape=(32, 32, 3), patch_size=8, num_layers=2, num_heads=4, hidden_dim=48, mlp_dim=96
+    )
+    backbone.save_to_preset(str(tmp_path / "preset"))
+    return str(tmp_path / "preset")
+
+
+def test_keras_preset_names_export_with_their_hf_origin(tmp_path):
+    """A run on `vit_large_patch16_224_imagenet21k` names google/vit-large-patch16-224-in21k."""
+    run, _ = _fake_run(tmp_path, fixture("vitmodel"))
+    with np.load(run / "adapter.npz") as data:
+        arrays = dict(data)
+    metadata = json.loads(str(arrays.pop("__metadata__")))
+    metadata["build"]["backbone"] = {
+        "type": "keras_preset",
+        "preset": "vit_large_patch16_224_imagenet21k",
+    }
+    arrays["__metadata__"] = np.array(json.dumps(metadata))
+    np.savez(run / "adapter.npz", **arrays)
+    record = peft.export_peft(run, tmp_path / "out")
+    assert record["base_model_name_or_path"] == "google/vit-large-patch16-224-in21k"
+
+
+def test_keras_layout_exports_exactly_as_a_larger_rank(tmp_path):
+    """Keras-core LoRA (A per head) = rank heads*r PEFT LoRA: same merged update, exactly."""
+    from safetensors.numpy import load_file
+
+    run, model = _fake_run(tmp_path, fixture("vitmodel"), lora_layout="keras", lora_alpha=6)
+    rng = np.random.default_rng(0)
+    for v in model.trainable_weights:
+        v.assign(rng.standard_normal(v.shape).astype("float32"))
+    vit_lora.save_adapter(model, run / "adapter.npz")
+    record = peft.export_peft(run, tmp_path / "out")
+    assert (record["rank"], record["lora_alpha"]) == (16, 24.0)  # 4 heads x (r=4, alpha=6)
+    tensors = load_file(str(tmp_path / "out" / peft.ADAPTER_WEIGHTS))
+    prefix = "base_model.model.vit.layers.1.attention.q_proj."
+    delta = (24 / 16) * tensors[prefix + "lora_B.weight"] @ tensors[prefix + "lora_A.weight"]
+    import keras
+
+    query = next(
+        layer
+        for layer in model.get_layer("backbone")._flatten_layers()
+        if layer.name == "query" and "transformer_block_2/" in layer.lora_kernel_a.path
+    )
+
+    merged = keras.ops.convert_to_numpy(query.kernel) - keras.ops.convert_to_numpy(query._kernel)
+    np.testing.assert_allclose(delta.T, merged.reshape(48, 48), atol=1e-5)

@@ -17,10 +17,9 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft_lib = pytest.importorskip("peft")
 
-from tests.conftest import tiny_train_overrides  # noqa: E402
-
 from eyegazer_keras import configs, train  # noqa: E402
 from eyegazer_keras.interop import peft  # noqa: E402
+from tests.conftest import tiny_train_overrides  # noqa: E402
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "hf")
 VITMODEL = os.path.join(FIXTURES, "vitmodel")
