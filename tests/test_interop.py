@@ -399,3 +399,23 @@ def test_keras_layout_exports_exactly_as_a_larger_rank(tmp_path):
 
     merged = keras.ops.convert_to_numpy(query.kernel) - keras.ops.convert_to_numpy(query._kernel)
     np.testing.assert_allclose(delta.T, merged.reshape(48, 48), atol=1e-5)
+
+
+def test_crop_none_reproduces_vitimageprocessor():
+    """`PreprocessingSpec(crop="none")` vs transformers' ViTImageProcessor on a 64x48 PNG."""
+    import tensorflow as tf
+
+    from eyegazer_keras import fundus
+
+    raw = tf.io.read_file(fixture("photo.png"))
+    spec = fundus.PreprocessingSpec(stored_size=32, crop="none")
+    ours = fundus.photo_to_model_input(fundus.decode_image(raw), 32, spec).numpy()
+    hf = EXPECTED["photo_pixel_values"][0].transpose(1, 2, 0) * 127.5 + 127.5  # back to 0..255
+    diff = np.abs(ours - hf)
+    assert diff.max() <= 1.0 + 1e-4, diff.max()  # at most one grey level (rounding)
+    assert diff.mean() <= 0.05, diff.mean()
+    # The fundus crop is a different input: the check can tell them apart.
+    cropped = fundus.photo_to_model_input(
+        fundus.decode_image(raw), 32, fundus.PreprocessingSpec(stored_size=32, crop="fundus")
+    ).numpy()
+    assert np.abs(cropped - hf).mean() > 1.0
