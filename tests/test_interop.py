@@ -419,3 +419,20 @@ def test_crop_none_reproduces_vitimageprocessor():
         fundus.decode_image(raw), 32, fundus.PreprocessingSpec(stored_size=32, crop="fundus")
     ).numpy()
     assert np.abs(cropped - hf).mean() > 1.0
+
+
+def test_import_onto_a_local_keras_preset_dir(tmp_path):
+    """The same HF ViT saved as a keras-hub preset (`save_to_preset`) is a valid base too."""
+    model = vit_lora.build_vit_classifier(
+        fixture("vitmodel"), num_classes=2, image_size=32, lora_rank=0
+    )
+    model.get_layer("backbone").save_to_preset(str(tmp_path / "preset"))
+    record = peft.import_peft(
+        tmp_path / "preset", fixture("legacy_vitmodel"), tmp_path / "run", dataset="x"
+    )
+    assert record["base_kind"] == "keras_preset"
+    _, imported = train.load_run(str(tmp_path / "run"))
+    diff = np.abs(peft.classifier_logits(imported, images()) - EXPECTED["logits_legacy_vitmodel"])
+    assert diff.max() <= TOL, diff.max()
+    with pytest.raises(peft.PeftFormatError, match="has no Hugging Face original"):
+        peft.export_peft(tmp_path / "run", tmp_path / "out")

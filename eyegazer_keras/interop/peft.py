@@ -322,9 +322,7 @@ def _base_info(base) -> dict:
     """Image size, kind, and the HF preprocessing of a base (read from its config files)."""
     config = hf_vit.read_json(base, "config.json") if _is_hf_like(base) else None
     if config is None or "registered_name" in config:  # keras-hub preset (name or dir)
-        import keras_hub
-
-        backbone_config = (config or {}).get("config") or _keras_preset_config(keras_hub, base)
+        backbone_config = (config or {}).get("config") or _keras_preset_config(base)
         size = int(backbone_config["image_shape"][0])
         return {"kind": "keras_preset", "image_size": size, "preprocessor": None}
     if config.get("model_type") != "vit":
@@ -346,7 +344,7 @@ def _is_hf_like(base):
     return base.startswith(hf_vit.HF_SCHEME) or os.path.isdir(base)
 
 
-def _keras_preset_config(keras_hub, base):
+def _keras_preset_config(base):
     from keras_hub.src.utils import preset_utils
 
     return preset_utils.load_json(base, preset_utils.CONFIG_FILE)["config"]
