@@ -135,10 +135,19 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from eyegazer_keras import train
 
-    m = train.evaluate_run(args.workdir, args.split)
+    m = train.evaluate_run(args.workdir, args.split, explain_maps=args.explain, tta=args.tta)
     _print(
         json.dumps({k: m.get(k) for k in ("n", "accuracy", "majority_baseline", "qwk", "auroc")})
     )
+    if args.explain:
+        e = m["explanations"]
+        _print(
+            "explanations (grade >= 2, pointing game / pixel AUROC): "
+            + ", ".join(
+                f"{k} {v['pointing_game']:.3f}/{(v['pixel_auroc'] or float('nan')):.3f}"
+                for k, v in e["maps"].items()
+            )
+        )
     _print(f"metrics and plots written to {os.path.abspath(args.workdir)}")
     return 0
 
@@ -155,7 +164,7 @@ def cmd_search(args) -> int:
 def cmd_export(args) -> int:
     from eyegazer_keras import train
 
-    path = train.export_run(args.workdir, args.output)
+    path = train.export_run(args.workdir, args.output, tta=args.tta)
     _print(f"SavedModel written to {path}")
     return 0
 
@@ -206,6 +215,22 @@ def cmd_predict(args) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"eyegazer predict: error: {err}", file=sys.stderr)
         return 2
+    if args.explain:
+        from eyegazer_keras import explain
+
+        model = predict.load_exported(args.model)
+        ok = [i for i, r in enumerate(results) if "error" not in r and r["path"] != "-"]
+        try:
+            pngs = explain.write_overlays(
+                model,
+                [(results[i]["path"], open(results[i]["path"], "rb").read()) for i in ok],
+                args.explain,
+            )
+        except ValueError as err:
+            print(f"eyegazer predict: error: {err}", file=sys.stderr)
+            return 2
+        for i, png in zip(ok, pngs, strict=True):
+            results[i]["explanation_png"] = png
     for line in predict.format_prediction_lines(results):
         _print(line)
     return 1 if any("error" in r for r in results) else 0
@@ -296,6 +321,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="metrics.json + plots for a trained run")
     p.add_argument("--workdir", required=True)
     p.add_argument("--split", default="validation")
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="also score explanation maps against lesion masks: explanations_<split>.json",
+    )
+    p.add_argument(
+        "--tta",
+        choices=("none", "flip", "flip4"),
+        help="also report QWK/AUROC/ECE with test-time augmentation (default: the run's tta)",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
@@ -310,6 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="SavedModel (+ model card) from a run")
     p.add_argument("--workdir", required=True)
     p.add_argument("--output", required=True)
+    p.add_argument(
+        "--tta",
+        choices=("none", "flip", "flip4"),
+        help="average flipped views inside the SavedModel (default: the run's tta)",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
@@ -341,6 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="one JSON line per image (use - for stdin)")
     p.add_argument("--model", required=True, help="exported SavedModel directory")
+    p.add_argument(
+        "--explain",
+        metavar="DIR",
+        help="write an explanation overlay PNG per photo into DIR (serving_explain signature)",
+    )
     p.add_argument("images", nargs="+")
     p.set_defaults(func=cmd_predict)
 

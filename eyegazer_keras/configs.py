@@ -69,6 +69,8 @@ class TrainConfig:
     tpu: str | None = None  # TPU name/address for strategy=tpu (None: Cloud TPU VM / env)
     checkpoint_every_steps: int = 50  # 0: back up at epoch ends only
     export: bool = True
+    # Test-time augmentation in evaluate/export: none | flip (+ left-right) | flip4 (+ up-down).
+    tta: str | None = None
     requires_real_data: bool = False
 
     @property
@@ -301,6 +303,7 @@ CHOICES = {
     "monitor": ("val_qwk", "val_auroc", "val_accuracy"),
     "strategy": ("auto", "default", "onedevice", "mirrored", "multiworker", "tpu"),
     "lr_schedule": ("cosine", "constant"),
+    "tta": (None, "flip", "flip4"),
     "tuner": ("greedy", "bayesian", "random", "hyperband"),
 }
 POSITIVE = ("batch_size", "epochs", "image_size", "max_trials", "learning_rate")

@@ -79,9 +79,12 @@ __all__ = [
     "baseline_map",
     "default_method",
     "explain",
+    "explanations_report",
+    "write_overlays",
     "grad_cam",
     "gradient_rollout",
     "is_vit",
+    "map_function",
     "overlay",
     "pixel_auroc",
     "pointing_game_hit",
@@ -263,7 +266,18 @@ def _last_conv(model: keras.Model) -> keras.layers.Layer:
     return convs[-1]
 
 
-def grad_cam(model: keras.Model, images, class_index=None, layer_name: str | None = None):
+def _grad_cam_probe(model: keras.Model, layer_name: str | None = None) -> keras.Model:
+    conv = model.get_layer(layer_name) if layer_name else _last_conv(model)
+    return keras.Model(model.inputs, [conv.output, model.outputs[0]])
+
+
+def grad_cam(
+    model: keras.Model,
+    images,
+    class_index=None,
+    layer_name: str | None = None,
+    probe: keras.Model | None = None,
+):
     """Grad-CAM (Selvaraju et al. 2017) on a CNN's last ``Conv2D``.
 
     The explained output is the class's logit (softmax heads: ``log p``; a regression head with one
@@ -275,6 +289,8 @@ def grad_cam(model: keras.Model, images, class_index=None, layer_name: str | Non
         images: float32 ``[B, S, S, 3]`` model input (0..255).
         class_index: int or None. class explained for classifiers. Defaults to the predicted one.
         layer_name: str or None. the convolution to use. Defaults to the last ``Conv2D``.
+        probe: keras.Model or None. a prebuilt ``(conv output, model output)`` model (as
+            ``map_function`` makes for graphs). Defaults to None (built here).
 
     Returns:
         float32 ``[B, S, S]`` in [0, 1], in the model input's frame.
@@ -283,8 +299,7 @@ def grad_cam(model: keras.Model, images, class_index=None, layer_name: str | Non
         ValueError: no ``Conv2D`` layer at the model's top level.
     """
     images = tf.convert_to_tensor(images, tf.float32)
-    conv = model.get_layer(layer_name) if layer_name else _last_conv(model)
-    probe = keras.Model(model.inputs, [conv.output, model.outputs[0]])
+    probe = probe or _grad_cam_probe(model, layer_name)
     with tf.GradientTape() as tape:
         features, output = probe(images, training=False)
         output = tf.cast(output, tf.float32)
@@ -308,6 +323,26 @@ _METHODS = {
 }
 
 
+def map_function(model: keras.Model, method: str | None = None):
+    """A function ``images float32 [B, S, S, 3] -> maps float32 [B, S, S]`` for graphs.
+
+    Everything that builds Keras objects happens here, once, so the returned function can be
+    traced inside a ``tf.function`` (e.g. the SavedModel's ``serving_explain`` signature).
+
+    Raises:
+        ValueError: unknown method, or a method that does not fit the model.
+    """
+    method = method or default_method(model)
+    if method not in _METHODS:
+        raise ValueError(f"method={method!r} is not one of {', '.join(METHODS)}.")
+    if method in VIT_METHODS:
+        if not is_vit(model):
+            raise ValueError(f"{method} explains ViT classifiers; use grad_cam for this model.")
+        return lambda images: _METHODS[method](model, images)
+    probe = _grad_cam_probe(model)
+    return lambda images: grad_cam(model, images, probe=probe)
+
+
 def explain(model: keras.Model, images, method: str | None = None) -> np.ndarray:
     """Explanation maps of a batch, by method name.
 
@@ -322,14 +357,10 @@ def explain(model: keras.Model, images, method: str | None = None) -> np.ndarray
     Raises:
         ValueError: unknown method, or a method that does not fit the model.
     """
-    method = method or default_method(model)
-    if method not in _METHODS:
-        raise ValueError(f"method={method!r} is not one of {', '.join(METHODS)}.")
-    if method in VIT_METHODS and not is_vit(model):
-        raise ValueError(f"{method} explains ViT classifiers; use grad_cam for this model.")
+    fn = map_function(model, method)
     x = np.asarray(images, dtype=np.float32)
     single = x.ndim == 3
-    maps = _METHODS[method](model, x[None] if single else x).numpy()
+    maps = fn(tf.constant(x[None] if single else x)).numpy()
     return maps[0] if single else maps
 
 
@@ -525,3 +556,163 @@ def overlay(image, saliency, alpha: float = 0.45) -> np.ndarray:
     heat = colormaps["inferno"](s)[..., :3] * 255.0
     weight = alpha * s[..., None]
     return np.clip((1 - weight) * img + weight * heat, 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- split report
+
+
+def _masked_batches(ds: tf.data.Dataset, image_size: int, min_grade: int, batch_size: int):
+    if "lesion_mask" not in ds.element_spec:
+        raise ValueError(
+            "this dataset has no lesion_mask feature: explanation maps can only be scored on "
+            "synthetic_fundus >= 1.1.0 (run `eyegazer prepare synthetic_fundus` again)."
+        )
+
+    def prepare(ex):
+        image = fundus.resize_for_model(ex["image"], image_size)
+        mask = tf.image.resize(
+            tf.cast(ex["lesion_mask"], tf.float32), [image_size, image_size], method="area"
+        )
+        return image, mask[..., 0] > 0, ex["label"]
+
+    ds = ds.filter(lambda ex: ex["label"] >= min_grade)
+    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(
+        batch_size
+    )
+
+
+def explanations_report(
+    model: keras.Model,
+    ds: tf.data.Dataset,
+    image_size: int,
+    *,
+    split: str = "validation",
+    methods=None,
+    min_grade: int = 2,
+    batch_size: int = 32,
+    max_examples: int | None = None,
+    seed: int = 0,
+) -> tuple[dict, dict]:
+    """Scores a model's explanation maps against a split's lesion masks.
+
+    Args:
+        model: keras.Model. ViT classifier or CNN taking ``float32 [B, S, S, 3]`` 0..255.
+        ds: ``tf.data.Dataset`` of dicts with ``image`` (stored uint8), ``lesion_mask``
+            (stored uint8 fraction) and ``label`` (``data.load_split`` of synthetic_fundus).
+        image_size: int. model input side S; masks are resized to it (a pixel is lesion when
+            any part of it is).
+        split: str. recorded in the result. Defaults to "validation".
+        methods: sequence of method names or None. Defaults to both ViT methods for a ViT,
+            ``("grad_cam",)`` otherwise.
+        min_grade: int. only photos of this grade or higher are scored. Defaults to 2.
+        batch_size: int. Defaults to 32.
+        max_examples: int or None. stop after this many scored photos. Defaults to all.
+        seed: int. random-baseline seed. Defaults to 0.
+
+    Returns:
+        ``(report, examples)``: the ``score_maps`` dict plus ``split``, ``min_grade``,
+        ``methods``, ``grid`` (patch grid of a ViT), ``frame`` and ``limits`` text; and
+        ``examples``, one photo per grade present (``images`` uint8 [n, S, S, 3], ``grades``,
+        ``maps`` per method) for figures.
+
+    Raises:
+        ValueError: the dataset has no lesion masks, or no photo of grade >= ``min_grade``.
+    """
+    if methods is None:
+        methods = VIT_METHODS if is_vit(model) else CNN_METHODS
+    fns = {m: map_function(model, m) for m in methods}
+    images, masks, grades, maps = [], [], [], {m: [] for m in methods}
+    for x, mask, label in _masked_batches(ds, image_size, min_grade, batch_size):
+        images.append(x.numpy().astype(np.uint8))
+        masks.append(mask.numpy())
+        grades.append(label.numpy())
+        for m, fn in fns.items():
+            maps[m].append(fn(x).numpy())
+        if max_examples and sum(len(g) for g in grades) >= max_examples:
+            break
+    if not images:
+        raise ValueError(f"split {split!r} has no photo of grade >= {min_grade} to score.")
+    images, masks, grades = (np.concatenate(a) for a in (images, masks, grades))
+    maps = {m: np.concatenate(v) for m, v in maps.items()}
+    report = score_maps(maps, masks, images, seed=seed)
+    grid = None
+    if is_vit(model):
+        _, embedding, _ = _vit_parts(model)
+        cells = int(round(math.sqrt(int(embedding.num_patches))))
+        grid = f"{cells}x{cells} patches (patch {image_size // cells} at {image_size} px)"
+    report.update(
+        split=split,
+        min_grade=int(min_grade),
+        methods=list(methods),
+        grid=grid,
+        frame=(
+            "model input: the fundus crop padded to a centred square, resized to "
+            f"{image_size} px; masks resized the same way (any lesion coverage = lesion)"
+        ),
+        limits=(
+            "ViT maps are resized from the patch grid, so a hit needs the lesion to fall in or "
+            "near the top patch; synthetic lesions only; maps show output sensitivity, not a "
+            "lesion segmentation, and are not validated clinically."
+        ),
+    )
+    first = {int(g): i for i, g in reversed(list(enumerate(grades)))}
+    pick = [first[g] for g in sorted(first)]
+    examples = {
+        "images": images[pick],
+        "grades": grades[pick],
+        "masks": masks[pick],
+        "maps": {m: v[pick] for m, v in maps.items()},
+    }
+    return report, examples
+
+
+# --------------------------------------------------------------------------- predict --explain
+
+
+def write_overlays(exported, items, out_dir, signature: str = "serving_explain") -> list[str]:
+    """Runs an export's ``serving_explain`` signature and writes one overlay PNG per photo.
+
+    The PNG shows the map over the photo in the map's frame: the fundus crop padded to a square
+    and resized to the model input side (``fundus.preprocess_fundus`` without Ben Graham).
+
+    Args:
+        exported: a `predict.ExportedModel` (``loaded`` SavedModel and ``metadata`` dict).
+        items: sequence of ``(name, image_bytes)``; ``name`` gives the PNG its stem.
+        out_dir: str or PathLike. folder for the PNGs (created; nothing is written elsewhere).
+        signature: str. Defaults to ``"serving_explain"``.
+
+    Returns:
+        The PNG paths, in order (``<stem>_explain.png``; ``_2``, ``_3`` ... on name clashes).
+
+    Raises:
+        ValueError: the export has no explain signature (exports before this version).
+        tf.errors.InvalidArgumentError: undecodable bytes.
+    """
+    import os
+
+    from PIL import Image
+
+    if signature not in exported.loaded.signatures:
+        raise ValueError(
+            f"{exported.path} has no {signature} signature; re-export the run with "
+            "`eyegazer export --workdir W --output DIR` to add it."
+        )
+    size = int(exported.metadata["image_size"])
+    os.makedirs(out_dir, exist_ok=True)
+    fn = exported.loaded.signatures[signature]
+    written, used = [], set()
+    for name, blob in items:
+        out = fn(image_bytes=tf.constant([blob]))
+        saliency = out["explanation"].numpy()[0]
+        photo = fundus.preprocess_fundus(fundus.decode_image(tf.constant(blob)), size).numpy()
+        stem = os.path.splitext(os.path.basename(str(name)))[0] or "stdin"
+        candidate, k = f"{stem}_explain.png", 1
+        while candidate in used:
+            k += 1
+            candidate = f"{stem}_explain_{k}.png"
+        used.add(candidate)
+        path = os.path.join(out_dir, candidate)
+        big = np.kron(overlay(photo, saliency), np.ones((4, 4, 1), np.uint8))  # 4x: visible
+        Image.fromarray(big).save(path)
+        written.append(path)
+    return written

@@ -9,7 +9,16 @@ endpoints run exactly the build + training path from `eyegazer_keras.fundus` in 
 * `serving_images`: `images` (`uint8 [batch, H, W, 3]`, already decoded)
   -> `fundus.preprocess_fundus` + `fundus.resize_for_model` per image -> model -> same outputs;
 * `metadata`: no input -> `metadata_json` (`tf.string` scalar): task, class names, sizes,
-  cut-offs, config, versions and the not-a-medical-device notice.
+  cut-offs, config, versions and the not-a-medical-device notice;
+* `serving_explain` (when `explain_method` is given): `image_bytes` as `serving_default` ->
+  the same outputs plus `explanation` (`float32 [B, S, S]` in [0, 1], S = the model input side,
+  in the frame of the cropped photo padded to a square and resized to S; see
+  `eyegazer_keras.explain`), computed on the model without TTA.
+
+With `calibration` (a run's `metrics.fit_calibration` result) the probabilities are
+temperature-scaled inside the graph and the metadata carries `calibrated`, `temperature` and
+the `operating_threshold`; with `tta` ("flip", "flip4") the outputs are the mean over flipped
+views (`models.wrappers.serving_model`).
 
 The same JSON is written to `assets.extra/eyegazer_metadata.json` (readable without
 TensorFlow; TF Serving ignores `assets.extra`), and a model card (`MODEL_CARD.md` +
@@ -56,6 +65,8 @@ TASKS = ("grade", "binary", "regression")
 BYTES_SIGNATURE = "serving_default"
 IMAGES_SIGNATURE = "serving_images"
 METADATA_SIGNATURE = "metadata"
+EXPLAIN_SIGNATURE = "serving_explain"
+EXPLANATION_OUTPUT = "explanation"
 BYTES_INPUT = "image_bytes"
 IMAGES_INPUT = "images"
 METADATA_OUTPUT = "metadata_json"
@@ -233,6 +244,9 @@ def export_saved_model(
     cutoffs: Sequence[float] | None = None,
     metadata: Mapping | None = None,
     model_card: Mapping | None = None,
+    calibration: Mapping | None = None,
+    tta: str = "none",
+    explain_method: str | None = None,
 ) -> str:
     """Writes a servable SavedModel (bytes + tensor endpoints, metadata) and its model card.
 
@@ -256,6 +270,14 @@ def export_saved_model(
             `training` (or `training_config`), `validation_metrics`, `preprocessing` (a note;
             the exact pipeline is always filled in), `intended_use`, `limits`, plus free keys.
             Missing parts get explicit "not recorded" text. Defaults to None.
+        calibration: dict or None. `metrics.fit_calibration` output (`temperature`,
+            `threshold`, ...): applied inside the export and recorded in the metadata.
+            Classifiers only. Defaults to None (uncalibrated).
+        tta: str. test-time augmentation inside the graph, one of
+            `models.wrappers.TTA_MODES`. Defaults to "none".
+        explain_method: str or None. adds the `serving_explain` signature with this
+            `eyegazer_keras.explain` method (e.g. "gradient_rollout", "grad_cam"). Defaults to
+            None (no explain signature).
 
     Returns:
         The SavedModel directory as a string.
@@ -287,12 +309,13 @@ def export_saved_model(
         cutoffs=cutoffs,
         extra=metadata,
     )
+    served = _serving_extras(meta, model, task, image_size, calibration, tta, explain_method)
     meta_json = json.dumps(meta, indent=2, sort_keys=True)
     outputs = _outputs_fn(task, class_names, cutoffs)
     model_input = tf.TensorSpec([image_size, image_size, 3], tf.float32)
 
     def predict_model_input(x):
-        return outputs(model(x, training=False))
+        return outputs(served(x, training=False))
 
     def serve_bytes(image_bytes):
         x = tf.map_fn(
@@ -328,6 +351,16 @@ def export_saved_model(
         input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name=IMAGES_INPUT)],
     )
     archive.add_endpoint(METADATA_SIGNATURE, serve_metadata, input_signature=[])
+    if explain_method:
+        _add_explain_endpoint(
+            archive,
+            model,
+            explain_method,
+            predict_model_input,
+            source_size,
+            image_size,
+            use_ben_graham,
+        )
     output_dir = os.fspath(output_dir)
     archive.write_out(output_dir, verbose=False)
 
@@ -338,6 +371,70 @@ def export_saved_model(
     write_model_card(output_dir, meta, model_card)
     logger.info("Exported %s SavedModel to %s", task, output_dir)
     return output_dir
+
+
+def _serving_extras(meta, model, task, image_size, calibration, tta, explain_method):
+    """Calibration, TTA and explain entries of the metadata; returns the model to serve."""
+    from eyegazer_keras.models import wrappers
+
+    if calibration is not None and task == "regression":
+        raise ValueError("calibration applies to classifiers, not task='regression'.")
+    temperature = float(calibration["temperature"]) if calibration is not None else None
+    served = wrappers.serving_model(model, temperature, tta)
+    meta["calibrated"] = calibration is not None
+    meta["temperature"] = temperature
+    meta["tta"] = {"mode": tta, "views": len(wrappers.tta_views(tf.zeros([1, 1, 1, 3]), tta))}
+    meta["operating_threshold"] = (
+        None
+        if calibration is None
+        else {
+            "output": calibration.get("threshold_output"),
+            "threshold": float(calibration["threshold"]),
+            "target_sensitivity": calibration.get("target_sensitivity"),
+            "chosen_on": calibration.get("method"),
+            "report_half": (calibration.get("report_half") or {}).get("operating_point"),
+        }
+    )
+    if explain_method:
+        meta["signatures"][EXPLAIN_SIGNATURE] = {
+            "inputs": {BYTES_INPUT: "string [B]"},
+            "outputs": {
+                **OUTPUTS[task],
+                EXPLANATION_OUTPUT: (
+                    "float32",
+                    f"[B, {image_size}, {image_size}]",
+                    f"{explain_method} map in [0, 1], frame of the cropped photo padded to a "
+                    f"square and resized to {image_size} px; not a lesion segmentation",
+                ),
+            },
+        }
+        meta["explanation"] = {"method": explain_method, "tta": "none (maps of the base model)"}
+    return served
+
+
+def _add_explain_endpoint(
+    archive, model, method, predict_model_input, source_size, image_size, use_ben_graham
+):
+    from eyegazer_keras import explain
+
+    maps_fn = explain.map_function(model, method)
+    model_input = tf.TensorSpec([image_size, image_size, 3], tf.float32)
+
+    def serve_explain(image_bytes):
+        x = tf.map_fn(
+            lambda b: fundus.serving_transform(b, source_size, image_size, use_ben_graham),
+            image_bytes,
+            fn_output_signature=model_input,
+        )
+        out = dict(predict_model_input(x))
+        out[EXPLANATION_OUTPUT] = maps_fn(x)
+        return out
+
+    archive.add_endpoint(
+        EXPLAIN_SIGNATURE,
+        serve_explain,
+        input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)],
+    )
 
 
 def _md_value(value, indent: int = 0) -> list[str]:

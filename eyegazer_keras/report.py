@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "plot_confusion_matrix",
+    "plot_explanations",
     "plot_predictions_vs_true",
     "plot_reliability",
     "plot_roc",
@@ -266,6 +267,51 @@ def plot_reliability(
     bottom.set_yscale("symlog")
     bottom.set_xlabel("confidence (top-class probability)")
     bottom.set_ylabel("rows")
+    return _save_figure(fig, path)
+
+
+def plot_explanations(examples: Mapping, path: str | os.PathLike, title: str | None = None) -> Path:
+    """Draws one row per photo: the photo, its lesion mask, and each method's map over it.
+
+    Args:
+        examples: dict from `explain.explanations_report`: ``images`` uint8 [n, S, S, 3],
+            ``grades`` [n], ``masks`` bool [n, S, S] (optional) and ``maps`` (method -> float
+            [n, S, S] in [0, 1]).
+        path: str or PathLike. PNG to write.
+        title: str or None. figure title. Defaults to ``"Explanation maps"``.
+
+    Returns:
+        The path written.
+    """
+    from eyegazer_keras import explain
+
+    images = np.asarray(examples["images"])
+    maps = dict(examples["maps"])
+    masks = examples.get("masks")
+    n = images.shape[0]
+    cols = 1 + (masks is not None) + len(maps)
+    fig = _new_figure(2.0 * cols, 2.1 * n + 0.4)
+    axes = fig.subplots(n, cols, squeeze=False)
+    for i in range(n):
+        panels = [("photo (model input)", images[i])]
+        if masks is not None:
+            panels.append(("lesion mask", np.asarray(masks[i], np.float32)))
+        panels += [(name, explain.overlay(images[i], m[i])) for name, m in maps.items()]
+        for j, (name, panel) in enumerate(panels):
+            ax = axes[i, j]
+            ax.imshow(
+                panel,
+                cmap="gray" if panel.ndim == 2 else None,
+                vmin=0,
+                vmax=1 if panel.ndim == 2 else None,
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(name, fontsize=8)
+        grade = int(examples["grades"][i])
+        axes[i, 0].set_ylabel(f"grade {grade} {GRADE_NAMES[grade]}", fontsize=8)
+    fig.suptitle(title or "Explanation maps", fontsize=10)
     return _save_figure(fig, path)
 
 

@@ -34,8 +34,8 @@ import numpy as np
 import tensorflow as tf
 
 from eyegazer_keras import configs as configs_lib
-from eyegazer_keras import data, distribute, export, metrics, report
-from eyegazer_keras.models import vit_lora
+from eyegazer_keras import data, distribute, explain, export, metrics, report
+from eyegazer_keras.models import vit_lora, wrappers
 from eyegazer_keras.runtime import (  # noqa: F401  (re-exported until every caller uses runtime)
     CPU_FUSION_FLAGS,
     add_cpu_fusion_flags,
@@ -804,6 +804,7 @@ def _train(config, workdir, strategy, progress, t_start) -> dict:
             "validation",
             history={k: v for k, v in history.items() if k != "val_majority_prediction"},
             collapse=collapse.events,
+            fit_calibration=True,
         )
         if config.export:
             summary["export"] = export_run(workdir, os.path.join(workdir, "export"), model=model)
@@ -813,7 +814,16 @@ def _train(config, workdir, strategy, progress, t_start) -> dict:
     return summary
 
 
-def _evaluate_model(config, trainer, workdir, split, history=None, collapse=None) -> dict:
+def _evaluate_model(
+    config,
+    trainer,
+    workdir,
+    split,
+    history=None,
+    collapse=None,
+    fit_calibration=False,
+    tta="none",
+) -> dict:
     labels = data.split_labels(*_split_args(config, split))
     if not data.has_labels(labels):
         raise RunError(
@@ -831,20 +841,67 @@ def _evaluate_model(config, trainer, workdir, split, history=None, collapse=None
     train_labels = data.split_labels(*_split_args(config, "train"))
     train_targets = data.transform_labels_np(train_labels, config.label_mode)
     task = "binary" if config.label_mode == "binary" else "grade"
+    y = data.transform_labels_np(labels, config.label_mode)
+    calibration = _run_calibration(workdir, y, probs, task, fit=fit_calibration)
     result = report.write_report(
         workdir,
-        data.transform_labels_np(labels, config.label_mode),
+        y,
         probs,
         task,
         history=history,
         split=split,
+        calibration=calibration,
         majority_class=int(np.bincount(train_targets).argmax()),
         collapse_threshold=config.collapse_threshold,
     )
+    rewrite = False
     if collapse is not None:
         result["collapse_events"] = collapse
+        rewrite = True
+    if tta != "none":
+        served = wrappers.serving_model(trainer.model, None, tta)
+        tta_probs = np.concatenate([served(b[0], training=False).numpy() for b in ds], axis=0)
+        result["tta"] = _tta_comparison(y, probs, tta_probs, task, tta)
+        rewrite = True
+    if rewrite:
         report.write_metrics_json(os.path.join(workdir, f"metrics_{split}.json"), result)
     return result
+
+
+CALIBRATION_FILE = "calibration.json"
+
+
+def _run_calibration(workdir, y, probs, task, fit: bool) -> dict | None:
+    """Fits (end of train) or reads (evaluate) the run's temperature and operating threshold."""
+    path = os.path.join(workdir, CALIBRATION_FILE)
+    if fit:
+        try:
+            calibration = metrics.fit_calibration(y, probs, task)
+        except ValueError as err:  # e.g. a validation half without referable photos
+            logger.warning("No calibration fitted: %s", err)
+            return None
+        _write_json(path, calibration)
+        return calibration
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return None
+
+
+def _tta_comparison(y, probs, tta_probs, task, mode) -> dict:
+    """QWK, AUROC and ECE without and with test-time augmentation (uncalibrated both)."""
+
+    def summary(p):
+        m = metrics.classification_metrics(y, p, task)
+        return {"qwk": m["qwk"], "auroc": m["auroc"], "ece": m["calibration"]["ece"]}
+
+    without, with_tta = summary(probs), summary(tta_probs)
+    delta = {
+        k: (with_tta[k] - without[k]) if None not in (with_tta[k], without[k]) else None
+        for k in without
+    }
+    views = len(wrappers.tta_views(tf.zeros([1, 1, 1, 3]), mode))
+    return {"mode": mode, "views": views, "without": without, "with": with_tta, "delta": delta}
 
 
 def load_run(workdir: str, strategy=None):
@@ -870,17 +927,48 @@ def load_run(workdir: str, strategy=None):
     return config, model
 
 
-def evaluate_run(workdir: str, split: str = "validation") -> dict:
-    """`eyegazer evaluate`: recomputes metrics and plots of a run for a labeled split."""
+def evaluate_run(
+    workdir: str, split: str = "validation", explain_maps: bool = False, tta: str | None = None
+) -> dict:
+    """`eyegazer evaluate`: recomputes metrics and plots of a run for a labeled split.
+
+    With ``explain_maps`` it also writes ``explanations_<split>.json`` (pointing game and pixel
+    AUROC of the maps against the lesion masks, with baselines; `explain.explanations_report`)
+    and ``explanations_<split>.png``; with ``tta`` ("flip", "flip4") the metrics gain a ``tta``
+    section (QWK, AUROC, ECE without and with test-time augmentation).
+    """
     workdir = os.path.abspath(os.path.expanduser(workdir))
     config, model = load_run(workdir)
     trainer = Trainer(model, None, tf.distribute.get_strategy(), config.batch_size)
+    tta = tta or getattr(config, "tta", None) or "none"
     with xla_fusion(config):  # predict as during training
-        return _evaluate_model(config, trainer, workdir, split)
+        result = _evaluate_model(config, trainer, workdir, split, tta=tta)
+        if explain_maps:
+            result["explanations"] = _explain_split(config, model, workdir, split)
+    return result
 
 
-def export_run(workdir: str, output: str, model: keras.Model | None = None) -> str:
-    """`eyegazer export`: SavedModel (bytes + tensor endpoints) and model card from a run."""
+def _explain_split(config, model, workdir, split) -> dict:
+    ds = data.load_split(*_split_args(config, split))
+    scores, examples = explain.explanations_report(model, ds, config.image_size, split=split)
+    report.write_metrics_json(os.path.join(workdir, f"explanations_{split}.json"), scores)
+    report.plot_explanations(
+        examples,
+        os.path.join(workdir, f"explanations_{split}.png"),
+        title=f"{config.name}: {split}, one photo per grade >= 2",
+    )
+    return scores
+
+
+def export_run(
+    workdir: str, output: str, model: keras.Model | None = None, tta: str | None = None
+) -> str:
+    """`eyegazer export`: SavedModel (bytes + tensor endpoints) and model card from a run.
+
+    The run's `calibration.json` (temperature and operating threshold, fitted at the end of
+    `train`) is applied inside the export; `tta` (default: the config's `tta`) averages flips
+    inside it; the `serving_explain` signature returns `explain.default_method` maps.
+    """
     workdir = os.path.abspath(os.path.expanduser(workdir))
     if model is None:
         config, model = load_run(workdir)
@@ -927,10 +1015,16 @@ def export_run(workdir: str, output: str, model: keras.Model | None = None) -> s
             f"resize to {config.image_size}px; normalisation inside the model"
         ),
     }
+    calibration = _run_calibration(workdir, None, None, task, fit=False)
+    tta = tta or getattr(config, "tta", None) or "none"
+    card.update(_card_calibration(val_metrics, calibration, tta))
     return str(
         export.export_saved_model(
             model,
             output,
+            calibration=calibration,
+            tta=tta,
+            explain_method=explain.default_method(model),
             task=task,
             image_size=config.image_size,
             source_size=source,
@@ -939,6 +1033,40 @@ def export_run(workdir: str, output: str, model: keras.Model | None = None) -> s
             model_card=card,
         )
     )
+
+
+def _card_calibration(val_metrics: dict, calibration: dict | None, tta: str) -> dict:
+    """Model-card sections: calibration figures, operating threshold, TTA, what maps are."""
+    maps = (
+        "serving_explain returns a map of where the model's output is sensitive (gradient-"
+        "weighted attention rollout, Chefer et al. 2021; Grad-CAM for CNNs), on the patch grid. "
+        "It is not a lesion segmentation and has not been validated clinically."
+    )
+    if calibration is None:
+        return {"calibration": "not fitted (no calibration.json in the run)", "explanations": maps}
+    half = calibration.get("report_half", {})
+    before, after = half.get("before", {}), half.get("after", {})
+    point = half.get("operating_point", {})
+    return {
+        "calibration": {
+            "method": calibration.get("method"),
+            "temperature": calibration.get("temperature"),
+            "ece_15_bins": {"before": before.get("ece"), "after": after.get("ece")},
+            "brier": {"before": before.get("brier"), "after": after.get("brier")},
+            "measured_on": f"the other half of validation ({calibration.get('report_rows')} rows)",
+            "reliability_diagram": "reliability_validation.png in the run folder",
+        },
+        "operating_threshold": {
+            "output": calibration.get("threshold_output"),
+            "threshold": calibration.get("threshold"),
+            "target_sensitivity": calibration.get("target_sensitivity"),
+            "sensitivity_on_report_half": point.get("sensitivity"),
+            "specificity_on_report_half": point.get("specificity"),
+        },
+        "tta": tta,
+        "explanations": maps,
+        "uncalibrated_validation_ece": (val_metrics.get("calibration") or {}).get("ece"),
+    }
 
 
 def _write_json(path: str, obj) -> None:
