@@ -395,6 +395,9 @@ def _serving_extras(meta, model, task, image_size, calibration, tta, explain_met
             "report_half": (calibration.get("report_half") or {}).get("operating_point"),
         }
     )
+    if calibration is not None:  # the decision threshold under the output's own name
+        key = "referable_threshold" if task == "grade" else "dr_threshold"
+        meta[key] = float(calibration["threshold"])
     if explain_method:
         meta["signatures"][EXPLAIN_SIGNATURE] = {
             "inputs": {BYTES_INPUT: "string [B]"},

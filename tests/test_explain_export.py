@@ -105,6 +105,7 @@ def test_explain_signature_temperature_and_tta_in_a_fresh_process(tmp_path):
     meta = json.loads(str(got["meta"]))
     assert meta["calibrated"] is True and meta["temperature"] == 1.7
     assert meta["operating_threshold"]["threshold"] == 0.31
+    assert meta["referable_threshold"] == 0.31  # what `eyegazer app` reads
     assert meta["tta"] == {"mode": "flip4", "views": 4}
     assert "serving_explain" in meta["signatures"]
     # In this process: the model input the export computes, then the same math by hand.

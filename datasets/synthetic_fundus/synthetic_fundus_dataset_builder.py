@@ -58,9 +58,11 @@ LESION_MASK_DOC = (
 def stored_frame(array: tf.Tensor, photo: tf.Tensor, size: int) -> tf.Tensor:
     """Maps an `uint8 [H, W, C]` array in the photo's frame to the stored image's frame.
 
-    Crops `array` with the photo's fundus box, pads it to a square and resizes it (antialiased
-    bilinear) to `size`: the geometry of `fundus.preprocess_fundus` without its colour steps,
-    so `stored_frame(photo, photo, size) == preprocess_fundus(photo, size)`.
+    Crops `array` with the photo's fundus box (`fundus.fundus_bbox`, padded with zeros where the
+    box leaves the frame), pads it to a square and resizes it (antialiased bilinear) to `size`:
+    the geometry of `fundus.preprocess_fundus` without its colour steps (and without blanking
+    outside the fitted disc, where the generator draws no lesion), so for a generated photo
+    `stored_frame(photo, photo, size) == preprocess_fundus(photo, size)`.
 
     Args:
         array: `uint8 [H, W, C]`, e.g. a lesion mask scaled to 0/255.
@@ -70,8 +72,7 @@ def stored_frame(array: tf.Tensor, photo: tf.Tensor, size: int) -> tf.Tensor:
     Returns:
         `uint8 [size, size, C]`.
     """
-    box = fundus.fundus_bbox(photo)
-    cropped = array[box[0] : box[0] + box[2], box[1] : box[1] + box[3], :]
+    cropped = fundus.crop_to_box(array, fundus.fundus_bbox(photo))
     return fundus.resize_uint8(fundus.pad_to_square(cropped), size)
 
 

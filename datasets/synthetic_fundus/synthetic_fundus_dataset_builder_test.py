@@ -94,13 +94,19 @@ def test_lesion_mask_is_in_the_stored_frame():
 
     from eyegazer_keras import fundus
 
+    framings = set()
+    for seed in range(11, 23):  # every framing: full and cut discs (circle fit), rect (fallback)
+        photo, framing, _ = generator.render_with_mask(seed, 3, 200)
+        framings.add(framing)
+        t_photo = tf.constant(photo)
+        # The mask's geometry IS the image's: the same chain on the photo gives the stored image.
+        np.testing.assert_array_equal(
+            builder_lib.stored_frame(t_photo, t_photo, 64).numpy(),
+            fundus.preprocess_fundus(t_photo, 64).numpy(),
+        )
+    assert framings == set(generator.FRAMINGS)
     photo, _, mask = generator.render_with_mask(11, 3, 200)
     t_photo = tf.constant(photo)
-    # The mask's geometry IS the image's: the same chain on the photo gives the stored image.
-    np.testing.assert_array_equal(
-        builder_lib.stored_frame(t_photo, t_photo, 64).numpy(),
-        fundus.preprocess_fundus(t_photo, 64).numpy(),
-    )
     stored = builder_lib.stored_frame(
         tf.constant(mask[..., None].astype(np.uint8) * 255), t_photo, 64
     )
