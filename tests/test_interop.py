@@ -93,6 +93,16 @@ def test_import_records_the_hf_preprocessing(tmp_path):
     assert pre["crop"] == "none" and pre["resize"] == [32, 32]
     assert pre["image_mean"] == pre["image_std"] == [0.5, 0.5, 0.5]
     assert pre["source"] == "preprocessor_config.json"
+    # The spec the export serves with: HF's plain resize, normalisation inside the model.
+    with open(tmp_path / "run" / peft.RUN_DATA) as f:
+        run_data = json.load(f)
+    assert run_data["preprocessing"]["crop"] == "none"
+    assert run_data["preprocessing"]["stored_size"] == 32
+    assert (run_data["task"], run_data["class_names"]) == ("binary", ["no_dr", "dr"])
+    assert run_data["majority_class"] is None  # an imported adapter's training set is unknown
+    import_case("vitmodel", "legacy_vitmodel", tmp_path / "run2", crop="fundus")
+    with open(tmp_path / "run2" / peft.RUN_DATA) as f:
+        assert json.load(f)["preprocessing"]["crop"] == "fundus"
 
 
 def edited_adapter(tmp_path, edit_config=None, edit_tensors=None, source="current_vitmodel"):

@@ -49,6 +49,7 @@ __all__ = [
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 IMPORT_RECORD = "peft_import.json"
+RUN_DATA = "dataset.json"  # the run's dataset facts + preprocessing spec (runs.RunData)
 EXPORT_RECORD = "eyegazer_export.json"
 PREFIX = "base_model.model."
 
@@ -438,8 +439,34 @@ def _write_run(model, config, workdir, peft, base, base_info, crop):
         "export_crop": crop,
     }
     _write_json(os.path.join(workdir, IMPORT_RECORD), record)
+    _write_json(os.path.join(workdir, RUN_DATA), _run_data(config, crop))
     logger.info("imported %s (%s naming) onto %s into %s", peft.source, peft.naming, base, workdir)
     return record
+
+
+def _run_data(config, crop) -> dict:
+    """The run's ``dataset.json``: what `eyegazer export` serves with, no dataset needed.
+
+    The preprocessing spec is the adapter's (`crop="none"`: ViTImageProcessor's plain resize)
+    or, on request, this project's fundus crop; the model normalises inside. The training set
+    of an imported adapter is unknown: no split sizes, and no majority class (metrics then take
+    the majority baseline from the evaluated split and say so).
+    """
+    from eyegazer_keras import GRADE_NAMES, data, fundus, metrics
+
+    spec = fundus.PreprocessingSpec(stored_size=config.image_size, crop=crop)
+    binary = config.label_mode == "binary"
+    return {
+        "dataset": config.dataset,
+        "builder_config": config.dataset_config,
+        "version": "unknown (imported PEFT adapter)",
+        "splits": {},
+        "data_dir": os.path.abspath(data.default_data_dir(config.data_dir)),
+        "task": "binary" if binary else "grade",
+        "class_names": list(metrics.BINARY_NAMES if binary else GRADE_NAMES),
+        "majority_class": None,
+        "preprocessing": spec.to_dict(),
+    }
 
 
 def _write_json(path, obj):
