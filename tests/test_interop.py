@@ -446,3 +446,18 @@ def test_import_onto_a_local_keras_preset_dir(tmp_path):
     assert diff.max() <= TOL, diff.max()
     with pytest.raises(peft.PeftFormatError, match="has no Hugging Face original"):
         peft.export_peft(tmp_path / "run", tmp_path / "out")
+
+
+def test_evaluate_an_imported_run(tiny_data_dir, tmp_path):
+    """`eyegazer evaluate` works on an imported run, unchanged (here on the tiny synthetic set)."""
+    import_case(
+        "vitmodel",
+        "legacy_vitmodel",
+        tmp_path / "run",
+        dataset="synthetic_fundus",
+        dataset_config="tiny",
+        data_dir=tiny_data_dir,
+    )
+    m = train.evaluate_run(str(tmp_path / "run"), "validation")
+    assert m["n"] == 24 and m["task"] == "binary"
+    assert (tmp_path / "run" / "metrics_validation.json").exists()
