@@ -1,19 +1,148 @@
 """`eyegazer`: the command line. Thin: parse, call one library function, print.
 
 Exit code 0 on success; on bad input a one-line reason on stderr and a non-zero code.
+
+Each verb is one `@verb(...)`-decorated function plus an `arguments` function that adds its
+options; verbs import the library lazily, inside the function, so `eyegazer --help` and
+`eyegazer predict` never load keras-hub (or TensorFlow, for `--help`). To add a verb:
+
+```python
+def _hello_arguments(p):
+    p.add_argument("--name", default="world")
+
+
+@verb("hello", "print a greeting", arguments=_hello_arguments)
+def cmd_hello(args):
+    _print(f"hello {args.name}")
+    return 0
+```
+
+Outputs default to one root, `--root` (default `runs/`, or `$EYEGAZER_ROOT`): run folders go to
+`<root>/<config>` and prepared datasets to `<root>/tfds` unless `--data-dir`, `--set data_dir=`,
+`$EYEGAZER_DATA_DIR` or `$TFDS_DATA_DIR` say otherwise. Every verb that writes prints the
+resolved absolute paths first.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import dataclasses
 import json
 import logging
 import os
+import re
 import sys
+import threading
+from collections.abc import Callable
 
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, RuntimeError, OSError, KeyError)
+DATA_DIR_ENV = ("EYEGAZER_DATA_DIR", "TFDS_DATA_DIR")
 
 
+# --------------------------------------------------------------------------------------------
+# The verb registry
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Verb:
+    """One `eyegazer` sub-command.
+
+    Args:
+        name: str. The verb, e.g. "train".
+        help: str. One line for `eyegazer --help`.
+        run: callable. `run(args) -> int`, the exit code.
+        arguments: callable or None. `arguments(parser)` adds the verb's options.
+        trains: bool. Whether the verb runs TensorFlow training/inference code that needs the
+            CPU fusion flags set before TensorFlow starts (see `train.add_cpu_fusion_flags`).
+    """
+
+    name: str
+    help: str
+    run: Callable[[argparse.Namespace], int]
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    trains: bool = False
+
+
+VERBS: dict[str, Verb] = {}
+
+
+def verb(name: str, help: str, *, arguments=None, trains: bool = False):
+    """Decorator registering `run(args) -> int` as `eyegazer NAME` (in definition order).
+
+    Raises:
+        ValueError: if `name` is already registered.
+    """
+
+    def register(run):
+        if name in VERBS:
+            raise ValueError(f"eyegazer verb '{name}' is registered twice")
+        VERBS[name] = Verb(name, help, run, arguments, trains)
+        return run
+
+    return register
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Choices from the registries (no TensorFlow import)
+# --------------------------------------------------------------------------------------------
+def dataset_names() -> list[str]:
+    """The TFDS builders shipped in `eyegazer_datasets` (`<name>/<name>_dataset_builder.py`)."""
+    import importlib.util
+    import pkgutil
+
+    spec = importlib.util.find_spec("eyegazer_datasets")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    names = []
+    for info in pkgutil.iter_modules(spec.submodule_search_locations):
+        folder = os.path.join(info.module_finder.path, info.name)
+        if info.ispkg and os.path.exists(os.path.join(folder, f"{info.name}_dataset_builder.py")):
+            names.append(info.name)
+    return sorted(names)
+
+
+def config_names(kind: str) -> list[str]:
+    """Names in `configs.CONFIGS` of one kind: "train" (TrainConfig) or "search" (SearchConfig)."""
+    from eyegazer_keras import configs
+
+    return configs.names(kind)
+
+
+def _config_help(kind: str) -> str:
+    return (
+        f"one of {', '.join(config_names(kind))}; append ':runlocal' for the tiny variant "
+        "(e.g. demo:runlocal)"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Paths
+# --------------------------------------------------------------------------------------------
+def default_root() -> str:
+    """`$EYEGAZER_ROOT`, else `runs` (relative to the working directory)."""
+    return os.environ.get("EYEGAZER_ROOT") or "runs"
+
+
+def resolve_data_dir(given: str | None, root: str) -> str:
+    """`given`, else `$EYEGAZER_DATA_DIR` / `$TFDS_DATA_DIR`, else `<root>/tfds`; absolute."""
+    if not given:
+        given = next((os.environ[k] for k in DATA_DIR_ENV if os.environ.get(k)), None)
+    return os.path.abspath(os.path.expanduser(given or os.path.join(root, "tfds")))
+
+
+def _print_paths(**paths: str | None) -> None:
+    for key, path in paths.items():
+        if path:
+            _print(f"{key.replace('_', ' ')}: {os.path.abspath(os.path.expanduser(path))}")
+
+
+# --------------------------------------------------------------------------------------------
+# Errors and start-up noise
+# --------------------------------------------------------------------------------------------
 def _is_tf_error(err: BaseException) -> bool:
     import tensorflow as tf
 
@@ -29,27 +158,129 @@ def _expected(err: BaseException) -> bool:
     return "tensorflow" in sys.modules and _is_tf_error(err)
 
 
-def _quiet_tensorflow() -> None:
+# What TensorFlow/XLA/absl write to the process's stderr (fd 2) at start-up, before and beside
+# any Python logging: absl/glog-format INFO and WARNING lines, CUDA probing errors on machines
+# without a GPU driver, and the CPU-instruction notice. TF_CPP_MIN_LOG_LEVEL does not reach the
+# lines logged before absl::InitializeLog (tensorflow/tensorflow#100442).
+NATIVE_NOISE = re.compile(
+    r"(WARNING: All log messages before absl::InitializeLog\(\) is called"
+    r"|[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] "
+    r"|E\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] .*(cuInit|CUDA|cuda|cuFFT|cuDNN|cuBLAS)"
+    r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IW] "
+    r"|To enable the following instructions: .*rebuild TensorFlow)"
+    r".*$"  # to the end of the line (it may follow a progress bar's carriage return)
+)
+
+
+def drop_native_noise(line: str) -> str:
+    """`line` without the `NATIVE_NOISE` part; "" if nothing but the noise was in it."""
+    kept = NATIVE_NOISE.sub("", line.rstrip("\n"))
+    if kept == line.rstrip("\n"):
+        return line
+    return kept + "\n" if kept.strip() else ""
+
+
+class _NativeStderrFilter:
+    """Routes fd 2 through a pipe and drops `NATIVE_NOISE` lines; everything else passes.
+
+    Installed only by the `eyegazer` program (not by `main(argv)` called in-process), because
+    it replaces the process-wide file descriptor 2.
+    """
+
+    def __init__(self) -> None:
+        self._saved: int | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+            read, write = os.pipe()
+        except OSError:
+            return  # no usable fd 2: leave stderr as it is
+        os.dup2(write, 2)
+        os.close(write)
+        self._saved = saved
+        self._thread = threading.Thread(target=self._pump, args=(read,), daemon=True)
+        self._thread.start()
+        atexit.register(self.stop)
+
+    def _pump(self, read: int) -> None:
+        with os.fdopen(read, "rb") as source:
+            for line in source:  # keep draining even if writing fails, or writers would block
+                text = line.decode("utf-8", "replace")
+                kept = drop_native_noise(text)
+                if not kept:
+                    continue
+                try:
+                    os.write(self._saved, line if kept is text else kept.encode("utf-8"))
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        if self._saved is None:
+            return
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(self._saved, 2)  # closes the pipe's write end: the pump reads to the end
+        self._thread.join(timeout=5)
+        self._saved = None
+
+
+def _quiet_start_up(verbose: bool) -> None:
+    """Silences TensorFlow/absl start-up logging unless `verbose`."""
+    if verbose:
+        return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    for name in ("absl", "tensorflow"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _print(line: str) -> None:
-    print(line, flush=True)
+def _add_cpu_fusion_flags() -> None:
+    from eyegazer_keras import train
+
+    train.add_cpu_fusion_flags()
 
 
+# --------------------------------------------------------------------------------------------
+# prepare
+# --------------------------------------------------------------------------------------------
+def _prepare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", choices=dataset_names())
+    p.add_argument(
+        "--manual-dir",
+        help="the extracted folder, the folder holding the Kaggle zip(s), or the zip itself",
+    )
+    p.add_argument("--data-dir", help="where prepared TFRecords go (default <root>/tfds)")
+    p.add_argument("--config", help="builder config (e.g. 512, 512_ben_graham, tiny)")
+    p.add_argument("--preview", metavar="PNG", help="write a grid of validation images per grade")
+    p.add_argument(
+        "--max-bad-fraction",
+        type=float,
+        metavar="F",
+        help="manual downloads: fail when more than this fraction of the listed photos is "
+        "missing, unreadable or refused (default 0.01); they are skipped and counted below it",
+    )
+
+
+@verb("prepare", "build a dataset (TFRecords under --data-dir)", arguments=_prepare_arguments)
 def cmd_prepare(args) -> int:
+    data_dir = resolve_data_dir(args.data_dir, args.root)
+    _print_paths(data_dir=data_dir, manual_dir=args.manual_dir, preview=args.preview)
+    return _prepare(
+        args.dataset, data_dir, args.config, args.manual_dir, args.preview, args.max_bad_fraction
+    )
+
+
+def _prepare(dataset, data_dir, config, manual_dir, preview, max_bad_fraction=None) -> int:
     from eyegazer_keras import data
 
-    builder = data.prepare(
-        args.dataset,
-        args.data_dir,
-        args.config,
-        args.manual_dir,
-        max_bad_fraction=args.max_bad_fraction,
-    )
-    _print(f"prepared {args.dataset}/{builder.builder_config.name} in {builder.data_dir}")
+    builder = data.prepare(dataset, data_dir, config, manual_dir, max_bad_fraction=max_bad_fraction)
+    _print(f"prepared {dataset}/{builder.builder_config.name} in {builder.data_dir}")
     for split, info in builder.info.splits.items():
-        labels = data.split_labels(args.dataset, split, args.data_dir, args.config)
+        labels = data.split_labels(dataset, split, data_dir, config)
         if data.has_labels(labels):
             counts = {
                 name: int((labels == k).sum())
@@ -66,14 +297,28 @@ def cmd_prepare(args) -> int:
             if key in build:
                 _print(f"  {key}: {json.dumps(build[key], default=str)[:600]}")
         _print(f"  build report: {report_path}")
-    if args.preview:
-        path = preview_grid(args.dataset, args.data_dir, args.config, args.preview)
+    if preview:
+        path = preview_grid(dataset, data_dir, config, preview)
         _print(f"  preview: {path}")
     return 0
 
 
 def preview_grid(dataset: str, data_dir, config, path: str, per_grade: int = 6) -> str:
-    """Writes a PNG grid: one row per grade, `per_grade` validation images each."""
+    """Writes a PNG grid: one row per grade, `per_grade` validation images each.
+
+    Args:
+        dataset: str. A prepared dataset name, e.g. "synthetic_fundus".
+        data_dir: str or None. Where it is prepared.
+        config: str or None. Its builder config.
+        path: str. The PNG to write.
+        per_grade: int. Images per row (grade). Defaults to 6.
+
+    Returns:
+        `path`.
+
+    Raises:
+        data.DataNotPreparedError: if the dataset is not prepared in `data_dir`.
+    """
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -103,22 +348,70 @@ def preview_grid(dataset: str, data_dir, config, path: str, per_grade: int = 6) 
     return path
 
 
-def _load_config(args, kind: str):
-    """The named config with `--set` and `--data-dir` applied; `kind` is "train" or "search"."""
+# --------------------------------------------------------------------------------------------
+# train / search: a named config
+# --------------------------------------------------------------------------------------------
+def _config_arguments(kind: str):
+    def add(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", required=True, metavar="NAME", help=_config_help(kind))
+        p.add_argument("--workdir", help="run directory (default <root>/<config name>)")
+        p.add_argument("--data-dir", help="prepared datasets (default <root>/tfds)")
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config field (parsed by the field's type)",
+        )
+
+    return add
+
+
+def load_config(name: str, overrides, data_dir: str | None, root: str, kind: str):
+    """The named config with `overrides` applied and its data dir resolved.
+
+    The data dir is `data_dir` (`--data-dir`) if given, else the config's own `data_dir`
+    (e.g. from `--set data_dir=...`), else `resolve_data_dir`'s default.
+
+    Args:
+        name: str. A config name from `configs.CONFIGS`, optionally with ":runlocal".
+        overrides: list of "key=value" strings (`--set`).
+        data_dir: str or None. `--data-dir`.
+        root: str. The output root.
+        kind: str. "train" or "search".
+
+    Returns:
+        The config (`TrainConfig` or `SearchConfig`).
+
+    Raises:
+        configs.ConfigError: unknown name, bad override, or a config of the other kind.
+    """
     from eyegazer_keras import configs
 
-    config = configs.apply_overrides(configs.get_config(args.config), args.set)
+    config = configs.apply_overrides(configs.get_config(name), overrides)
     expected = configs.TrainConfig if kind == "train" else configs.SearchConfig
     if not isinstance(config, expected):
         other = "search" if kind == "train" else "train"
-        raise ValueError(f"config '{args.config}' is not a {kind} config; use `eyegazer {other}`")
-    if args.data_dir:
-        config.data_dir = args.data_dir
-    return config, args.workdir or os.path.join("runs", config.name)
+        raise configs.ConfigError(f"config '{name}' is not a {kind} config; use `eyegazer {other}`")
+    config.data_dir = resolve_data_dir(data_dir or config.data_dir, root)
+    return config
 
 
+def _workdir(args, config) -> str:
+    return os.path.abspath(args.workdir or os.path.join(args.root, config.name))
+
+
+@verb(
+    "train",
+    "ViT + LoRA fit (checkpoints, metrics, adapter, SavedModel)",
+    arguments=_config_arguments("train"),
+    trains=True,
+)
 def cmd_train(args) -> int:
-    config, workdir = _load_config(args, "train")
+    config = load_config(args.config, args.set, args.data_dir, args.root, "train")
+    workdir = _workdir(args, config)
+    export_dir = os.path.join(workdir, "export") if config.export else None
+    _print_paths(data_dir=config.data_dir, workdir=workdir, export_dir=export_dir)
     from eyegazer_keras import train
 
     summary = train.run_training(config, workdir, progress=_print)
@@ -128,11 +421,49 @@ def cmd_train(args) -> int:
             "validation: "
             + json.dumps({k: m.get(k) for k in ("accuracy", "majority_baseline", "qwk", "auroc")})
         )
-        _print(f"run written to {os.path.abspath(workdir)}")
+        _print(f"run written to {workdir}")
     return 0
 
 
+@verb(
+    "search",
+    "AutoKeras ImageRegressor search, cut-offs tuned on QWK, export",
+    arguments=_config_arguments("search"),
+    trains=True,
+)
+def cmd_search(args) -> int:
+    config = load_config(args.config, args.set, args.data_dir, args.root, "search")
+    workdir = _workdir(args, config)
+    export_dir = os.path.join(workdir, "export") if config.export else None
+    _print_paths(data_dir=config.data_dir, workdir=workdir, export_dir=export_dir)
+    from eyegazer_keras import search
+
+    summary = search.run_search(config, workdir, progress=_print)
+    _print(json.dumps(summary.get("metrics", summary), default=str)[:2000])
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate / export / predict: a finished run or export
+# --------------------------------------------------------------------------------------------
+def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", required=True, help="a run folder written by `eyegazer train`")
+    p.add_argument("--split", default="validation")
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="also score explanation maps against lesion masks: explanations_<split>.json",
+    )
+    p.add_argument(
+        "--tta",
+        choices=("none", "flip", "flip4"),
+        help="also report QWK/AUROC/ECE with test-time augmentation (default: the run's tta)",
+    )
+
+
+@verb("evaluate", "metrics.json + plots for a trained run", arguments=_evaluate_arguments)
 def cmd_evaluate(args) -> int:
+    _print_paths(workdir=args.workdir)
     from eyegazer_keras import train
 
     m = train.evaluate_run(args.workdir, args.split, explain_maps=args.explain, tta=args.tta)
@@ -152,16 +483,19 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_search(args) -> int:
-    config, workdir = _load_config(args, "search")
-    from eyegazer_keras import search
+def _export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", required=True, help="a run folder written by `eyegazer train`")
+    p.add_argument("--output", required=True, help="the SavedModel directory to write")
+    p.add_argument(
+        "--tta",
+        choices=("none", "flip", "flip4"),
+        help="average flipped views inside the SavedModel (default: the run's tta)",
+    )
 
-    summary = search.run_search(config, workdir, progress=_print)
-    _print(json.dumps(summary.get("metrics", summary), default=str)[:2000])
-    return 0
 
-
+@verb("export", "SavedModel (+ model card) from a run", arguments=_export_arguments)
 def cmd_export(args) -> int:
+    _print_paths(workdir=args.workdir, export_dir=args.output)
     from eyegazer_keras import train
 
     path = train.export_run(args.workdir, args.output, tta=args.tta)
@@ -169,7 +503,36 @@ def cmd_export(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------
+# import-peft / export-peft: Hugging Face PEFT adapters in and out
+# --------------------------------------------------------------------------------------------
+def _import_peft_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--base",
+        required=True,
+        help="the ViT it was trained on: keras-hub preset name, preset dir, HF ViT dir or hf://org/name",
+    )
+    p.add_argument("--adapter", required=True, help="PEFT adapter dir or hf://org/name")
+    p.add_argument("--workdir", required=True, help="run folder to write")
+    p.add_argument("--dataset", default="aptos2019", help="dataset `evaluate` uses by default")
+    p.add_argument("--dataset-config", help="its builder config")
+    p.add_argument("--data-dir")
+    p.add_argument(
+        "--crop",
+        choices=["none", "fundus"],
+        default="none",
+        help="preprocessing the export applies: none = as HF ViTImageProcessor (default, what the "
+        "adapter was trained on), fundus = this project's border crop",
+    )
+
+
+@verb(
+    "import-peft",
+    "a Hugging Face PEFT LoRA adapter -> an eyegazer run folder",
+    arguments=_import_peft_arguments,
+)
 def cmd_import_peft(args) -> int:
+    _print_paths(workdir=args.workdir, data_dir=args.data_dir)
     from eyegazer_keras.interop import peft
 
     record = peft.import_peft(
@@ -195,7 +558,18 @@ def cmd_import_peft(args) -> int:
     return 0
 
 
+def _export_peft_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--output", required=True, help="adapter folder to write")
+
+
+@verb(
+    "export-peft",
+    "a run's LoRA + head -> a Hugging Face PEFT adapter",
+    arguments=_export_peft_arguments,
+)
 def cmd_export_peft(args) -> int:
+    _print_paths(workdir=args.workdir, output=args.output)
     from eyegazer_keras.interop import peft
 
     record = peft.export_peft(args.workdir, args.output)
@@ -207,7 +581,19 @@ def cmd_export_peft(args) -> int:
     return 0
 
 
+def _predict_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="exported SavedModel directory")
+    p.add_argument(
+        "--explain",
+        metavar="DIR",
+        help="write an explanation overlay PNG per photo into DIR (serving_explain signature)",
+    )
+    p.add_argument("images", nargs="+", help="image files; - reads one image from stdin")
+
+
+@verb("predict", "one JSON line per image (use - for stdin)", arguments=_predict_arguments)
 def cmd_predict(args) -> int:
+    # stdout is the JSON-lines contract: no path lines here.
     from eyegazer_keras import predict
 
     try:
@@ -236,6 +622,16 @@ def cmd_predict(args) -> int:
     return 1 if any("error" in r for r in results) else 0
 
 
+# --------------------------------------------------------------------------------------------
+# app / serve: an export, for people and for programs
+# --------------------------------------------------------------------------------------------
+def _app_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="exported SavedModel directory")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    p.add_argument("--port", type=int, default=7860)
+
+
+@verb("app", "Gradio app on an export, for people (a browser page)", arguments=_app_arguments)
 def cmd_app(args) -> int:
     from eyegazer_keras import app  # imports gradio: only for this verb
 
@@ -243,6 +639,17 @@ def cmd_app(args) -> int:
     return 0
 
 
+def _serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="exported SavedModel directory")
+    p.add_argument("--name", default="eyegazer", help="model name in /v1/models/NAME:predict")
+    p.add_argument("--port", type=int, default=8080, help="HTTP port")
+
+
+@verb(
+    "serve",
+    "KServe V1 (TF Serving REST) server on an export, for programs",
+    arguments=_serve_arguments,
+)
 def cmd_serve(args) -> int:
     from eyegazer_keras import serve  # imports kserve: only for this verb
 
@@ -250,29 +657,44 @@ def cmd_serve(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    """prepare synthetic_fundus -> train (demo config) -> evaluate -> export -> predict."""
-    from eyegazer_keras import configs, train
-
-    os.makedirs(args.workdir, exist_ok=True)
-    config = configs.apply_overrides(configs.get_config("demo"), args.set)
-    config.data_dir = args.data_dir
-    _print(f"1/4 preparing {config.dataset}/{config.dataset_config} (generated here, no download)")
-    cmd_prepare(
-        argparse.Namespace(
-            dataset=config.dataset,
-            data_dir=args.data_dir,
-            config=config.dataset_config,
-            manual_dir=None,
-            max_bad_fraction=None,
-            preview=os.path.join(args.workdir, "preview.png") if args.workdir else None,
-        )
+# --------------------------------------------------------------------------------------------
+# demo
+# --------------------------------------------------------------------------------------------
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", help="run directory (default <root>/demo)")
+    p.add_argument("--data-dir", help="prepared datasets (default <root>/tfds)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--runlocal",
+        action="store_true",
+        help="the tiny demo:runlocal config (seconds; for checking an install)",
     )
-    _print("2/4 training ViT + LoRA (demo config)")
-    summary = train.run_training(config, args.workdir, progress=_print)
+
+
+@verb(
+    "demo",
+    "prepare synthetic data, train, evaluate and export in one go",
+    arguments=_demo_arguments,
+    trains=True,
+)
+def cmd_demo(args) -> int:
+    """prepare synthetic_fundus -> train (demo config) -> evaluate -> export."""
+    name = "demo:runlocal" if args.runlocal else "demo"
+    config = load_config(name, args.set, args.data_dir, args.root, "train")
+    workdir = os.path.abspath(args.workdir or os.path.join(args.root, "demo"))
+    export_dir = os.path.join(workdir, "export") if config.export else None
+    preview = os.path.join(workdir, "preview.png")
+    _print_paths(data_dir=config.data_dir, workdir=workdir, export_dir=export_dir)
+    os.makedirs(workdir, exist_ok=True)
+    from eyegazer_keras import train
+
+    _print(f"1/4 preparing {config.dataset}/{config.dataset_config} (generated here, no download)")
+    _prepare(config.dataset, config.data_dir, config.dataset_config, None, preview)
+    _print(f"2/4 training ViT + LoRA ({name} config)")
+    summary = train.run_training(config, workdir, progress=_print)
     _print(f"    {summary['trainable_parameters']}")
     _print("3/4 evaluating on the validation split")
-    m = train.evaluate_run(args.workdir, "validation")
+    m = train.evaluate_run(workdir, "validation")
     _print(
         "    "
         + json.dumps(
@@ -283,145 +705,61 @@ def cmd_demo(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------
+# Parser and entry point
+# --------------------------------------------------------------------------------------------
+def _common(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default if default is argparse.SUPPRESS else False,
+        help="log at INFO level and keep TensorFlow's start-up lines",
+    )
+    parser.add_argument(
+        "--root",
+        default=default if default is argparse.SUPPRESS else default_root(),
+        help="where outputs go by default (default $EYEGAZER_ROOT or runs)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The `eyegazer` parser, one sub-parser per entry of `VERBS`."""
     parser = argparse.ArgumentParser(
         prog="eyegazer",
         description="Diabetic-retinopathy grading with Keras. Research software, NOT a medical device.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("prepare", help="build a dataset (synthetic_fundus or aptos2019)")
-    p.add_argument("dataset", choices=["synthetic_fundus", "aptos2019"])
-    p.add_argument(
-        "--manual-dir",
-        help="the extracted folder, the folder holding the Kaggle zip(s), or the zip itself",
-    )
-    p.add_argument("--data-dir", help="where prepared TFRecords go (default ~/tensorflow_datasets)")
-    p.add_argument("--config", help="builder config (e.g. 512, 512_ben_graham, tiny)")
-    p.add_argument("--preview", metavar="PNG", help="write a grid of validation images per grade")
-    p.add_argument(
-        "--max-bad-fraction",
-        type=float,
-        metavar="F",
-        help="manual downloads: fail when more than this fraction of the listed photos is "
-        "missing, unreadable or refused (default 0.01); they are skipped and counted below it",
-    )
-    p.set_defaults(func=cmd_prepare)
-
-    p = sub.add_parser("train", help="ViT + LoRA fit (checkpoints, metrics, adapter, SavedModel)")
-    p.add_argument("--config", required=True, help="demo | blog-run1 | blog-run2 | blog-run3")
-    p.add_argument("--workdir", help="run directory (default runs/<config>)")
-    p.add_argument("--data-dir")
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field"
-    )
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("evaluate", help="metrics.json + plots for a trained run")
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--split", default="validation")
-    p.add_argument(
-        "--explain",
-        action="store_true",
-        help="also score explanation maps against lesion masks: explanations_<split>.json",
-    )
-    p.add_argument(
-        "--tta",
-        choices=("none", "flip", "flip4"),
-        help="also report QWK/AUROC/ECE with test-time augmentation (default: the run's tta)",
-    )
-    p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser(
-        "search", help="AutoKeras ImageRegressor search, cut-offs tuned on QWK, export"
-    )
-    p.add_argument("--config", required=True, help="search-demo | search-aptos")
-    p.add_argument("--workdir")
-    p.add_argument("--data-dir")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.set_defaults(func=cmd_search)
-
-    p = sub.add_parser("export", help="SavedModel (+ model card) from a run")
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--output", required=True)
-    p.add_argument(
-        "--tta",
-        choices=("none", "flip", "flip4"),
-        help="average flipped views inside the SavedModel (default: the run's tta)",
-    )
-    p.set_defaults(func=cmd_export)
-
-    p = sub.add_parser(
-        "import-peft", help="a Hugging Face PEFT LoRA adapter -> an eyegazer run folder"
-    )
-    p.add_argument(
-        "--base",
-        required=True,
-        help="the ViT it was trained on: keras-hub preset name, preset dir, HF ViT dir or hf://org/name",
-    )
-    p.add_argument("--adapter", required=True, help="PEFT adapter dir or hf://org/name")
-    p.add_argument("--workdir", required=True, help="run folder to write")
-    p.add_argument("--dataset", default="aptos2019", help="dataset `evaluate` uses by default")
-    p.add_argument("--dataset-config", help="its builder config")
-    p.add_argument("--data-dir")
-    p.add_argument(
-        "--crop",
-        choices=["none", "fundus"],
-        default="none",
-        help="preprocessing the export applies: none = as HF ViTImageProcessor (default, what the "
-        "adapter was trained on), fundus = this project's border crop",
-    )
-    p.set_defaults(func=cmd_import_peft)
-
-    p = sub.add_parser("export-peft", help="a run's LoRA + head -> a Hugging Face PEFT adapter")
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--output", required=True, help="adapter folder to write")
-    p.set_defaults(func=cmd_export_peft)
-
-    p = sub.add_parser("predict", help="one JSON line per image (use - for stdin)")
-    p.add_argument("--model", required=True, help="exported SavedModel directory")
-    p.add_argument(
-        "--explain",
-        metavar="DIR",
-        help="write an explanation overlay PNG per photo into DIR (serving_explain signature)",
-    )
-    p.add_argument("images", nargs="+")
-    p.set_defaults(func=cmd_predict)
-
-    p = sub.add_parser("app", help="Gradio app on an export, for people (a browser page)")
-    p.add_argument("--model", required=True, help="exported SavedModel directory")
-    p.add_argument("--host", default="127.0.0.1", help="interface to listen on")
-    p.add_argument("--port", type=int, default=7860)
-    p.set_defaults(func=cmd_app)
-
-    p = sub.add_parser(
-        "serve", help="KServe V1 (TF Serving REST) server on an export, for programs"
-    )
-    p.add_argument("--model", required=True, help="exported SavedModel directory")
-    p.add_argument("--name", default="eyegazer", help="model name in /v1/models/NAME:predict")
-    p.add_argument("--port", type=int, default=8080, help="HTTP port")
-    p.set_defaults(func=cmd_serve)
-
-    p = sub.add_parser("demo", help="prepare synthetic data, train, evaluate and export in one go")
-    p.add_argument("--workdir", default=os.path.join("runs", "demo"))
-    p.add_argument("--data-dir")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.set_defaults(func=cmd_demo)
+    _common(parser, None)
+    common = argparse.ArgumentParser(add_help=False)
+    _common(common, argparse.SUPPRESS)  # `eyegazer train -v` as well as `eyegazer -v train`
+    sub = parser.add_subparsers(dest="command", required=True, metavar="VERB")
+    for v in VERBS.values():
+        p = sub.add_parser(v.name, help=v.help, description=v.help, parents=[common])
+        if v.arguments:
+            v.arguments(p)
+        p.set_defaults(func=v.run, verb=v)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs `eyegazer` with `argv` (default `sys.argv[1:]`) and returns the exit code.
+
+    Called with `argv=None` (the `eyegazer` program), it also filters TensorFlow's native
+    start-up lines out of fd 2 unless `-v`; called with a list (tests, notebooks) it leaves the
+    process's file descriptors alone.
+    """
+    as_program = argv is None
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    _quiet_tensorflow()
-    from eyegazer_keras import train
-
-    train.add_cpu_fusion_flags()  # before any verb runs TensorFlow (`demo` prepares first)
+    _quiet_start_up(args.verbose)
+    if as_program and not args.verbose:
+        _NativeStderrFilter().start()
+    if args.verb.trains:
+        _add_cpu_fusion_flags()  # before the verb runs TensorFlow (`demo` prepares first)
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -1,34 +1,97 @@
 """Named experiment configs: small dataclasses, chosen by name, overridden with `--set key=value`.
 
 Every config docstring says the command, the expected runtime and the expected result, in the
-manner of big_vision configs. The trainer and the search are generic; configs choose.
+manner of big_vision configs (`big_vision/configs/*.py`). The trainer and the search are
+generic; configs choose.
+
+Each config has a `runlocal` variant, as big_vision's `--config file.py:runlocal`: the same
+recipe (task, LoRA layout, class weights, monitor, collapse detector) on the tiny synthetic set
+(`synthetic_fundus/tiny`, 80 training photos) with a 2-layer ViT at 32 px and 1 epoch, for
+tests, notebooks and checking an install. Ask for it by name:
+
+```python
+from eyegazer_keras import configs
+
+config = configs.get_config("blog-run3:runlocal")
+assert config.dataset_config == "tiny" and config.task == "binary"
+config = configs.apply_overrides(config, ["epochs=2", 'backbone_config={"num_layers": 2}'])
+assert config.epochs == 2 and config.backbone_config == {"num_layers": 2}
+```
+
+The blog-* configs reproduce the runs of the write-up these experiments come from: "Grading
+diabetic retinopathy with a Vision Transformer and LoRA" (three runs on APTOS 2019: ViT-Base
+5-class, ViT-Large 5-class that collapsed onto the majority class, ViT-Large binary), whose
+figures the docstrings quote.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import types
+import typing
 from typing import Any
 
-TINY_VIT = {
+logger = logging.getLogger(__name__)
+
+# The demo's self-made backbone (stage 1 trains it, stage 2 adds LoRA): 4 layers, hidden 96.
+DEMO_VIT = {
     "patch_size": 8,
     "num_layers": 4,
     "num_heads": 4,
     "hidden_dim": 96,
     "mlp_dim": 192,
 }
+# The `runlocal` backbone: keras-hub's test size (2 layers, hidden 48), patch 8 at 32 px.
+RUNLOCAL_VIT = {
+    "patch_size": 8,
+    "num_layers": 2,
+    "num_heads": 2,
+    "hidden_dim": 48,
+    "mlp_dim": 96,
+}
+RUNLOCAL_TRAIN = {
+    "dataset": "synthetic_fundus",
+    "dataset_config": "tiny",
+    "image_size": 32,
+    "backbone": None,
+    "backbone_config": RUNLOCAL_VIT,
+    "pretrain_epochs": 0,
+    "batch_size": 16,
+    "epochs": 1,
+    "augment": False,
+    "lora_rank": 4,
+}
+RUNLOCAL_SEARCH = {
+    "dataset": "synthetic_fundus",
+    "dataset_config": "tiny",
+    "image_size": 32,
+    "max_trials": 1,
+    "epochs": 1,
+    "batch_size": 16,
+    "block_type": "vanilla",
+    "augment": False,
+}
+RUNLOCAL_SUFFIX = ":runlocal"
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    """ViT + LoRA fit settings. Every field can be overridden with `--set field=value`."""
+    """ViT + LoRA fit settings. Every field can be overridden with `--set field=value`.
+
+    `task` is what the head predicts: "grade" (5 classes, ICDR grades 0-4) or "binary" (grade 0
+    vs 1-4, "any DR"). A regression model is the AutoKeras search's (`SearchConfig`).
+    `backbone` is a keras-hub preset name, a local preset dir, `hf://id`, a local Hugging Face
+    dir, or None for a randomly initialised ViT built from `backbone_config`.
+    """
 
     name: str = "custom"
     # Data.
     dataset: str = "synthetic_fundus"
     dataset_config: str | None = None
     data_dir: str | None = None
-    label_mode: str = "grade"  # grade | binary
+    task: str = "grade"  # grade | binary
     image_size: int = 64
     augment: bool = True
     class_weight: str | None = "balanced"  # balanced | none
@@ -36,13 +99,13 @@ class TrainConfig:
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
     # Model.
-    backbone: str = "config"  # keras-hub preset name | local preset dir | hf://id | HF dir | config
-    backbone_config: dict = dataclasses.field(default_factory=lambda: dict(TINY_VIT))
+    backbone: str | None = None  # preset name | local preset dir | hf://id | HF dir | None
+    backbone_config: dict = dataclasses.field(default_factory=lambda: dict(DEMO_VIT))
     pretrain_epochs: int = 0  # >0: full fine-tune a self-made backbone first, save it as a preset
     pooling: str = "token"
     lora_rank: int = 8
     lora_alpha: float | None = None
-    lora_targets: tuple = ("query", "value")
+    lora_targets: tuple[str, ...] = ("query", "value")
     # peft: rank-r A (hidden, r) / B (r, heads, head_dim) as PEFT; keras: Keras core's per-head A.
     lora_layout: str = "peft"
     head_dropout: float = 0.0
@@ -71,16 +134,27 @@ class TrainConfig:
     export: bool = True
     # Test-time augmentation in evaluate/export: none | flip (+ left-right) | flip4 (+ up-down).
     tta: str | None = None
-    requires_real_data: bool = False
+
+    def __post_init__(self):
+        _upgrade_values(self)
 
     @property
     def num_classes(self) -> int:
-        return 2 if self.label_mode == "binary" else 5
+        """2 for `task="binary"`, else 5."""
+        return 2 if self.task == "binary" else 5
+
+    @property
+    def label_mode(self) -> str:
+        """Deprecated alias of `task` (renamed in issue 14); kept while callers move over."""
+        import warnings
+
+        warnings.warn("TrainConfig.label_mode is now TrainConfig.task", DeprecationWarning, 2)
+        return self.task
 
 
 @dataclasses.dataclass
 class SearchConfig:
-    """AutoKeras ImageRegressor search settings (`eyegazer search`)."""
+    """AutoKeras ImageRegressor search settings (`eyegazer search`); the task is regression."""
 
     name: str = "custom-search"
     dataset: str = "synthetic_fundus"
@@ -101,21 +175,63 @@ class SearchConfig:
     overwrite: bool = False
     strategy: str = "default"
     export: bool = True
-    requires_real_data: bool = False
+
+    @property
+    def task(self) -> str:
+        """Always "regression": the search fits an ImageRegressor on the grade."""
+        return "regression"
 
 
-def _demo() -> TrainConfig:
-    """The embedded default: synthetic fundus set (Ben Graham config), tiny ViT, LoRA r=8.
+# Keys and values that older run folders' `config.json` (and older `--set` habits) hold.
+RENAMED_KEYS = {
+    "label_mode": "task",  # issue 14: one name for grade | binary | regression
+}
+REMOVED_KEYS = (
+    "requires_real_data",  # read nowhere; real-data configs fail fast on the missing dataset
+)
+LEGACY_VALUES = {
+    ("backbone", "config"): None,  # the magic string for "built from backbone_config"
+}
 
-    Stage 1 fully trains a 4-layer ViT on the synthetic train split and saves it with
+
+def _upgrade_values(config) -> None:
+    for (key, old), new in LEGACY_VALUES.items():
+        if getattr(config, key, None) == old:
+            setattr(config, key, new)
+
+
+def _runlocal(config, settings: dict):
+    config.name = f"{config.name}-runlocal"
+    for key, value in settings.items():
+        setattr(config, key, dict(value) if isinstance(value, dict) else value)
+    return config
+
+
+def _demo(runlocal: bool = False) -> TrainConfig:
+    """The embedded default: synthetic fundus set (Ben Graham config), demo-sized ViT, LoRA r=8.
+
+    Stage 1 fully trains a 4-layer ViT (`DEMO_VIT`) on the synthetic train split and saves it with
     `save_to_preset` (the stand-in for ImageNet pretraining: no downloads here); stage 2 loads
     it back with `from_preset`, enables LoRA on query/value and trains adapters + a new head.
 
-    Command: `eyegazer train --config demo --workdir runs/demo`
+    Command: `eyegazer demo` (prepare + train + evaluate + export), or
+    `eyegazer prepare synthetic_fundus --config ben_graham` then
+    `eyegazer train --config demo --workdir runs/demo`
     Runtime: a few minutes on 2 CPU cores (pretraining stage + LoRA stage).
     Expected: validation QWK >= 0.7 on synthetic_fundus (see README for the measured figure).
+
+    runlocal (`--config demo:runlocal`, or `eyegazer demo --runlocal`): no pretraining stage,
+    2-layer ViT at 32 px, 1 epoch on synthetic_fundus/tiny (prepare it with
+    `eyegazer prepare synthetic_fundus --config tiny`). Runtime: well under a minute on 2 CPU
+    cores. Expected: a complete run folder; its metrics are near chance (80 training photos).
+
+    Args:
+        runlocal: bool. The tiny variant. Defaults to False.
+
+    Returns:
+        A fresh `TrainConfig`.
     """
-    return TrainConfig(
+    config = TrainConfig(
         name="demo",
         dataset_config="ben_graham",
         pretrain_epochs=12,
@@ -125,17 +241,28 @@ def _demo() -> TrainConfig:
         batch_size=32,
         learning_rate=5e-4,
     )
+    return _runlocal(config, RUNLOCAL_TRAIN) if runlocal else config
 
 
-def _blog_run1() -> TrainConfig:
+def _blog_run1(runlocal: bool = False) -> TrainConfig:
     """Write-up run 1: ViT-Base in21k, 5-class, LoRA r=16 on query/value, 3 epochs.
 
     Command: `eyegazer prepare aptos2019 --manual-dir ~/Downloads` then
     `eyegazer train --config blog-run1 --workdir runs/blog-run1`
     Runtime: about 20 min on one V100 in the write-up; see benchmarks/NOTES.md for ours.
     Expected: accuracy around 0.76 (the write-up), QWK reported alongside.
+
+    runlocal (`--config blog-run1:runlocal`): the same recipe on synthetic_fundus/tiny with a
+    random 2-layer ViT (no preset download), 32 px, 1 epoch. Runtime: well under a minute on 2
+    CPU cores. Expected: a complete run folder; metrics near chance.
+
+    Args:
+        runlocal: bool. The tiny variant. Defaults to False.
+
+    Returns:
+        A fresh `TrainConfig`.
     """
-    return TrainConfig(
+    config = TrainConfig(
         name="blog-run1",
         dataset="aptos2019",
         backbone="vit_base_patch16_224_imagenet21k",
@@ -146,11 +273,11 @@ def _blog_run1() -> TrainConfig:
         epochs=3,
         batch_size=32,
         learning_rate=5e-4,
-        requires_real_data=True,
     )
+    return _runlocal(config, RUNLOCAL_TRAIN) if runlocal else config
 
 
-def _blog_run2() -> TrainConfig:
+def _blog_run2(runlocal: bool = False) -> TrainConfig:
     """Write-up run 2: ViT-Large in21k, 5-class, batch 16, class weights + collapse detector.
 
     The backbone is the ImageNet-21k ViT-L/16 the write-up started from
@@ -161,8 +288,18 @@ def _blog_run2() -> TrainConfig:
     and the collapse detector warns, records and (with `stop_on_collapse`) stops.
     Command: `eyegazer train --config blog-run2 --workdir runs/blog-run2`
     Runtime: hours on one GPU. Expected: no collapse; QWK and AUROC in metrics.json.
+
+    runlocal (`--config blog-run2:runlocal`): the same recipe (class weights, collapse detector
+    stopping) on synthetic_fundus/tiny with a random 2-layer ViT, 32 px, 1 epoch. Runtime: well
+    under a minute on 2 CPU cores. Expected: a complete run folder; metrics near chance.
+
+    Args:
+        runlocal: bool. The tiny variant. Defaults to False.
+
+    Returns:
+        A fresh `TrainConfig`.
     """
-    return TrainConfig(
+    config = TrainConfig(
         name="blog-run2",
         dataset="aptos2019",
         backbone="vit_large_patch16_224_imagenet21k",
@@ -175,11 +312,11 @@ def _blog_run2() -> TrainConfig:
         learning_rate=5e-4,
         class_weight="balanced",
         stop_on_collapse=True,
-        requires_real_data=True,
     )
+    return _runlocal(config, RUNLOCAL_TRAIN) if runlocal else config
 
 
-def _blog_run3() -> TrainConfig:
+def _blog_run3(runlocal: bool = False) -> TrainConfig:
     """Write-up run 3: binary (grade 0 vs 1-4), ViT-Large in21k, LoRA r=16 alpha=16 on query/value, 2 epochs.
 
     Same recipe as the published PEFT adapter `monsoon-nlp/eyegazer-vit-binary` (base
@@ -188,11 +325,22 @@ def _blog_run3() -> TrainConfig:
     Command: `eyegazer train --config blog-run3 --workdir runs/blog-run3`
     Runtime: about an hour on one GPU. Expected: accuracy around 0.90 (the write-up), AUROC,
     sensitivity and specificity in metrics.json.
+
+    runlocal (`--config blog-run3:runlocal`): the binary task, AUROC-monitored, on
+    synthetic_fundus/tiny with a random 2-layer ViT, 32 px, 1 epoch. Runtime: well under a
+    minute on 2 CPU cores. Expected: a complete run folder with AUROC, sensitivity and
+    specificity; values near chance.
+
+    Args:
+        runlocal: bool. The tiny variant. Defaults to False.
+
+    Returns:
+        A fresh `TrainConfig`.
     """
-    return TrainConfig(
+    config = TrainConfig(
         name="blog-run3",
         dataset="aptos2019",
-        label_mode="binary",
+        task="binary",
         backbone="vit_large_patch16_224_imagenet21k",
         backbone_config={},
         image_size=224,
@@ -202,27 +350,48 @@ def _blog_run3() -> TrainConfig:
         batch_size=16,
         learning_rate=5e-4,
         monitor="val_auroc",
-        requires_real_data=True,
     )
+    return _runlocal(config, RUNLOCAL_TRAIN) if runlocal else config
 
 
-def _search_demo() -> SearchConfig:
+def _search_demo(runlocal: bool = False) -> SearchConfig:
     """AutoKeras ImageRegressor search on the synthetic set: 2 trials, 32 px.
 
     Command: `eyegazer search --config search-demo --workdir runs/search-demo`
     Runtime: a few minutes on 2 CPU cores. Expected: QWK with tuned cut-offs >= QWK with rounding.
+
+    runlocal (`--config search-demo:runlocal`): 1 trial of 1 epoch on synthetic_fundus/tiny.
+    Runtime: about a minute on 2 CPU cores. Expected: a search folder, cut-offs and an export;
+    QWK near chance.
+
+    Args:
+        runlocal: bool. The tiny variant. Defaults to False.
+
+    Returns:
+        A fresh `SearchConfig`.
     """
-    return SearchConfig(name="search-demo", max_trials=2, epochs=3, image_size=32)
+    config = SearchConfig(name="search-demo", max_trials=2, epochs=3, image_size=32)
+    return _runlocal(config, RUNLOCAL_SEARCH) if runlocal else config
 
 
-def _search_aptos() -> SearchConfig:
+def _search_aptos(runlocal: bool = False) -> SearchConfig:
     """AutoKeras ImageRegressor search on real APTOS 2019 at 224 px.
 
     Command: `eyegazer prepare aptos2019 --manual-dir ~/Downloads` then
     `eyegazer search --config search-aptos --workdir runs/search-aptos`
     Runtime: hours on one GPU. Expected: QWK around 0.85+ with tuned cut-offs.
+
+    runlocal (`--config search-aptos:runlocal`): 1 trial of 1 epoch on synthetic_fundus/tiny at
+    32 px with a fixed vanilla block. Runtime: about a minute on 2 CPU cores. Expected: a search
+    folder, cut-offs and an export; QWK near chance.
+
+    Args:
+        runlocal: bool. The tiny variant. Defaults to False.
+
+    Returns:
+        A fresh `SearchConfig`.
     """
-    return SearchConfig(
+    config = SearchConfig(
         name="search-aptos",
         dataset="aptos2019",
         image_size=224,
@@ -230,8 +399,8 @@ def _search_aptos() -> SearchConfig:
         epochs=15,
         block_type=None,
         augment=True,
-        requires_real_data=True,
     )
+    return _runlocal(config, RUNLOCAL_SEARCH) if runlocal else config
 
 
 CONFIGS = {
@@ -252,22 +421,90 @@ def get_config(name: str) -> TrainConfig | SearchConfig:
     """Returns a fresh copy of the named config.
 
     Args:
-        name: str. One of `CONFIGS`.
+        name: str. One of `CONFIGS`, optionally followed by ":runlocal" for its tiny variant
+            (e.g. "demo:runlocal").
+
+    Returns:
+        A new `TrainConfig` or `SearchConfig`.
+
+    Raises:
+        ConfigError: if the name (or its suffix) is unknown; the message lists the names.
     """
-    if name not in CONFIGS:
+    base, runlocal = name, False
+    if ":" in name:
+        base, suffix = name.split(":", 1)
+        if f":{suffix}" != RUNLOCAL_SUFFIX:
+            raise ConfigError(
+                f"unknown config variant ':{suffix}' in '{name}'; use {base}:runlocal"
+            )
+        runlocal = True
+    if base not in CONFIGS:
         raise ConfigError(f"unknown config '{name}'; choose one of: {', '.join(sorted(CONFIGS))}")
-    return CONFIGS[name]()
+    return CONFIGS[base](runlocal=runlocal)
 
 
-def _parse_value(text: str, current: Any, field: dataclasses.Field) -> Any:
-    """Parses `text` by the field's DECLARED type (not the default's runtime type)."""
+def names(kind: str | None = None) -> list[str]:
+    """The names in `CONFIGS`, in definition order.
+
+    Args:
+        kind: str or None. "train" (only `TrainConfig`s), "search" (only `SearchConfig`s) or
+            None (all). Defaults to None.
+
+    Returns:
+        A list of config names.
+
+    Raises:
+        ValueError: for another `kind`.
+    """
+    classes = {None: (TrainConfig, SearchConfig), "train": TrainConfig, "search": SearchConfig}
+    if kind not in classes:
+        raise ValueError(f"kind must be 'train', 'search' or None, got {kind!r}")
+    return [n for n, factory in CONFIGS.items() if isinstance(factory(), classes[kind])]
+
+
+# ---------------------------------------------------------------------------------------------
+# `--set` values, parsed by the field's declared type (typing.get_type_hints)
+# ---------------------------------------------------------------------------------------------
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+def _parse_as(text: str, hint: Any) -> Any:
+    """Parses `text` as the type `hint`; raises ValueError saying what was expected."""
     stripped = text.strip()
     lowered = stripped.lower()
-    if lowered in ("none", "null"):
-        return None
-    hint = str(field.type).replace(" ", "")
-    kinds = set(hint.split("|"))
-    if "dict" in kinds:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if type(None) in options and lowered in ("none", "null"):
+            return None
+        order = (bool, int, float, dict, tuple, str)  # most specific first: "1" is an int
+        concrete = sorted(
+            (o for o in options if o is not type(None)),
+            key=lambda o: order.index(typing.get_origin(o) or o),
+        )
+        errors = []
+        for option in concrete:
+            try:
+                return _parse_as(text, option)
+            except ValueError as err:
+                errors.append(str(err))
+        raise ValueError(" or ".join(errors))
+    if hint is bool:
+        if lowered in _TRUE + _FALSE:
+            return lowered in _TRUE
+        raise ValueError(f"expected true/false, got '{text}'")
+    if hint is int:
+        try:
+            return int(stripped)
+        except ValueError:
+            raise ValueError(f"expected an integer, got '{text}'") from None
+    if hint is float:
+        try:
+            return float(stripped)
+        except ValueError:
+            raise ValueError(f"expected a number, got '{text}'") from None
+    if hint is dict or origin is dict:
         try:
             value = json.loads(stripped)
         except json.JSONDecodeError:
@@ -275,26 +512,43 @@ def _parse_value(text: str, current: Any, field: dataclasses.Field) -> Any:
         if not isinstance(value, dict):
             raise ValueError(f"expected a JSON object such as {{\"num_layers\": 2}}, got '{text}'")
         return value
-    if "tuple" in kinds:
-        items = json.loads(stripped) if stripped.startswith("[") else stripped.split(",")
+    if hint is tuple or origin is tuple:
+        try:
+            items = json.loads(stripped) if stripped.startswith("[") else stripped.split(",")
+        except json.JSONDecodeError:
+            raise ValueError(f"expected a comma-separated list, got '{text}'") from None
         items = [str(x).strip() for x in items if str(x).strip()]
         if not items:
             raise ValueError("expected a comma-separated list, e.g. query,value")
         return tuple(items)
-    if "bool" in kinds and lowered in ("true", "false", "yes", "no", "on", "off", "1", "0"):
-        return lowered in ("true", "yes", "on", "1")
-    if "float" in kinds:
-        return float(stripped)
-    if "int" in kinds:
-        return int(stripped)
-    if "bool" in kinds and "str" not in kinds:
-        raise ValueError(f"expected true/false, got '{text}'")
-    del current
-    return stripped
+    if hint is str:
+        return stripped
+    raise ValueError(f"cannot parse a value of type {hint}")
+
+
+def parse_value(config_class: type, key: str, text: str) -> Any:
+    """Parses a `--set key=text` value by the declared type of field `key` of `config_class`.
+
+    `none`/`null` is None for optional fields; booleans are true/false (yes/no, on/off, 1/0);
+    dicts are JSON objects; tuples are comma lists or JSON lists; `bool | str` takes either.
+
+    Args:
+        config_class: type. `TrainConfig` or `SearchConfig`.
+        key: str. A field name.
+        text: str. The value as typed.
+
+    Returns:
+        The parsed value.
+
+    Raises:
+        ValueError: if `text` does not parse as the field's type (the message says what would).
+        KeyError: if `key` is not a field.
+    """
+    return _parse_as(text, typing.get_type_hints(config_class)[key])
 
 
 CHOICES = {
-    "label_mode": ("grade", "binary"),
+    "task": ("grade", "binary"),
     "class_weight": ("balanced", None),
     "pooling": ("token", "gap"),
     "lora_layout": ("peft", "keras"),
@@ -306,50 +560,81 @@ CHOICES = {
     "tta": (None, "flip", "flip4"),
     "tuner": ("greedy", "bayesian", "random", "hyperband"),
 }
+WHY_NOT = {
+    ("task", "regression"): "a grade regressor is `eyegazer search` (AutoKeras ImageRegressor)",
+}
 POSITIVE = ("batch_size", "epochs", "image_size", "max_trials", "learning_rate")
 NON_NEGATIVE = ("lora_rank", "pretrain_epochs", "checkpoint_every_steps", "head_dropout")
 
 
 def validate(config):
-    """Raises `ConfigError` naming the field and the allowed values for a wrong setting."""
+    """Checks a config's values.
+
+    Args:
+        config: a `TrainConfig` or `SearchConfig`.
+
+    Returns:
+        The same config.
+
+    Raises:
+        ConfigError: naming the field and the allowed values for a wrong setting.
+    """
+    fields = {f.name for f in dataclasses.fields(config)}
     for name, allowed in CHOICES.items():
-        if hasattr(config, name) and getattr(config, name) not in allowed:
+        value = getattr(config, name, None)
+        if name in fields and value not in allowed:
             shown = ", ".join("none" if a is None else str(a).lower() for a in allowed)
-            raise ConfigError(f"--set {name}={getattr(config, name)}: choose one of {shown}")
+            why = WHY_NOT.get((name, value))
+            raise ConfigError(
+                f"--set {name}={value}: choose one of {shown}" + (f" ({why})" if why else "")
+            )
     for name in POSITIVE:
-        if hasattr(config, name) and not getattr(config, name) > 0:
+        if name in fields and not getattr(config, name) > 0:
             raise ConfigError(f"--set {name}={getattr(config, name)}: must be > 0")
     for name in NON_NEGATIVE:
-        if hasattr(config, name) and getattr(config, name) < 0:
+        if name in fields and getattr(config, name) < 0:
             raise ConfigError(f"--set {name}={getattr(config, name)}: must be >= 0")
     return config
+
+
+def _items(overrides) -> list[tuple[str, Any]]:
+    if isinstance(overrides, dict):
+        return list(overrides.items())
+    items = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set '{item}': expected key=value, e.g. --set epochs=2")
+        key, value = item.split("=", 1)
+        items.append((key.strip(), value))
+    return items
 
 
 def apply_overrides(config, overrides: list[str] | dict | None):
     """Applies `key=value` overrides (from `--set`) to a config dataclass, in place.
 
-    Values are parsed with the field's type: ints, floats, booleans (true/false), `none`,
-    JSON for dicts (`backbone_config={"num_layers":2}`) and comma lists for tuples.
+    String values are parsed with the field's declared type (`parse_value`): ints, floats,
+    booleans (true/false), `none`, JSON for dicts (`backbone_config={"num_layers":2}`) and comma
+    lists for tuples. Dict values are taken as they are. A renamed key (`label_mode`, now
+    `task`) is applied to its new name with a logged notice.
 
     Args:
         config: a `TrainConfig` or `SearchConfig`.
-        overrides: list of "key=value" strings, or a dict.
+        overrides: list of "key=value" strings, or a dict, or None.
 
     Returns:
-        The same config.
+        The same config, validated.
+
+    Raises:
+        ConfigError: for a malformed item, an unknown key (the message lists the valid keys),
+            a value that does not parse, or a value `validate` refuses.
     """
     if not overrides:
         return config
-    items = overrides.items() if isinstance(overrides, dict) else None
-    if items is None:
-        items = []
-        for item in overrides:
-            if "=" not in item:
-                raise ConfigError(f"--set '{item}': expected key=value, e.g. --set epochs=2")
-            key, value = item.split("=", 1)
-            items.append((key.strip(), value))
-    fields = {f.name: f for f in dataclasses.fields(config)}
-    for key, value in items:
+    fields = {f.name for f in dataclasses.fields(config)}
+    for key, value in _items(overrides):
+        if key in RENAMED_KEYS and RENAMED_KEYS[key] in fields:
+            logger.warning("config key '%s' is now '%s'", key, RENAMED_KEYS[key])
+            key = RENAMED_KEYS[key]
         if key not in fields:
             raise ConfigError(
                 f"--set {key}=...: '{key}' is not a field of {type(config).__name__}; "
@@ -357,29 +642,57 @@ def apply_overrides(config, overrides: list[str] | dict | None):
             )
         if isinstance(value, str):
             try:
-                value = _parse_value(value, getattr(config, key), fields[key])
-            except (ValueError, json.JSONDecodeError) as err:
+                value = parse_value(type(config), key, value)
+            except ValueError as err:
                 raise ConfigError(f"--set {key}={value}: {err}") from None
         setattr(config, key, value)
+    _upgrade_values(config)
     return validate(config)
 
 
 def to_dict(config) -> dict:
-    """A JSON-serialisable dict of a config."""
+    """A JSON-serialisable dict of a config, with its class under "kind".
+
+    Args:
+        config: a `TrainConfig` or `SearchConfig`.
+
+    Returns:
+        A dict `from_dict` reads back.
+    """
     out = dataclasses.asdict(config)
     out["kind"] = type(config).__name__
     return out
 
 
 def from_dict(data: dict):
-    """Rebuilds a config written by `to_dict` (e.g. a run's `config.json`)."""
+    """Rebuilds a config written by `to_dict` (e.g. a run's `config.json`), old ones included.
+
+    Older files are upgraded: `label_mode` is read as `task`, `backbone: "config"` as None,
+    `requires_real_data` is dropped, and a LoRA run written before `lora_layout` existed gets
+    Keras core's layout (`"keras"`), which is what it trained with. Unknown keys are ignored.
+
+    Args:
+        data: dict. As `to_dict` returns (JSON-decoded).
+
+    Returns:
+        A `TrainConfig` or `SearchConfig`.
+
+    Raises:
+        KeyError: if "kind" names no config class.
+    """
     data = dict(data)
     kind = data.pop("kind", "TrainConfig")
     cls = {"TrainConfig": TrainConfig, "SearchConfig": SearchConfig}[kind]
-    names = {f.name for f in dataclasses.fields(cls)}
+    names_ = {f.name for f in dataclasses.fields(cls)}
+    for old, new in RENAMED_KEYS.items():
+        if old in data and new in names_:
+            data.setdefault(new, data.pop(old))
+    for key in REMOVED_KEYS:
+        data.pop(key, None)
     if cls is TrainConfig and "lora_layout" not in data and data.get("lora_rank", 8):
         data["lora_layout"] = "keras"  # written before lora_layout existed: Keras core's LoRA
-    config = cls(**{k: v for k, v in data.items() if k in names})
+    config = cls(**{k: v for k, v in data.items() if k in names_})
     if isinstance(getattr(config, "lora_targets", None), list):
         config.lora_targets = tuple(config.lora_targets)
+    _upgrade_values(config)
     return config

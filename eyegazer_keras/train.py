@@ -588,7 +588,7 @@ def _run_stage(
         progress(f"model: {vit_lora.format_trainable_parameters(model)}")
 
     num_classes = config.num_classes
-    train_targets = data.transform_labels_np(train_labels, config.label_mode)
+    train_targets = data.transform_labels_np(train_labels, config.task)
     weights = (  # balanced sampling already evens classes out: do not correct twice
         data.class_weights(train_targets, num_classes)
         if config.class_weight == "balanced" and not config.balanced_sampling
@@ -599,7 +599,7 @@ def _run_stage(
     split_val = data.load_split(*_split_args(config, "validation"))
     cached_train = data.cached_images(split_train, config.image_size)
     base_kwargs = dict(
-        label_mode=config.label_mode, image_size=config.image_size, num_classes=num_classes
+        label_mode=config.task, image_size=config.image_size, num_classes=num_classes
     )
 
     def train_fn(epoch: int):
@@ -617,8 +617,8 @@ def _run_stage(
         )
 
     val_ds = data.make_dataset(split_val, batch_size=config.batch_size, **base_kwargs)
-    val_targets = data.transform_labels_np(val_labels, config.label_mode)
-    task = "binary" if config.label_mode == "binary" else "grade"
+    val_targets = data.transform_labels_np(val_labels, config.task)
+    task = config.task
 
     def evaluate_fn():
         probs = trainer.predict(val_ds)
@@ -832,16 +832,16 @@ def _evaluate_model(
         )
     ds = data.make_dataset(
         data.load_split(*_split_args(config, split)),
-        label_mode=config.label_mode,
+        label_mode=config.task,
         image_size=config.image_size,
         batch_size=config.batch_size,
         cache=False,
     )
     probs = trainer.predict(ds)
     train_labels = data.split_labels(*_split_args(config, "train"))
-    train_targets = data.transform_labels_np(train_labels, config.label_mode)
-    task = "binary" if config.label_mode == "binary" else "grade"
-    y = data.transform_labels_np(labels, config.label_mode)
+    train_targets = data.transform_labels_np(train_labels, config.task)
+    task = config.task
+    y = data.transform_labels_np(labels, config.task)
     calibration = _run_calibration(workdir, y, probs, task, fit=fit_calibration)
     result = report.write_report(
         workdir,
@@ -983,7 +983,7 @@ def export_run(
     if os.path.exists(metrics_path):
         with open(metrics_path) as f:
             val_metrics = json.load(f)
-    task = "binary" if config.label_mode == "binary" else "grade"
+    task = config.task
     card = {
         "model": f"keras-hub ViT + LoRA (rank {config.lora_rank}) {task} classifier",
         "data": {

@@ -5,8 +5,15 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Download caches go to a throw-away folder, never the user's home: a failed preset download
+# leaves an empty kagglehub folder that later looks like a cached preset.
+_CACHE = tempfile.mkdtemp(prefix="eyegazer-test-cache-")
+os.environ["KAGGLEHUB_CACHE"] = os.path.join(_CACHE, "kagglehub")
+os.environ["HF_HOME"] = os.path.join(_CACHE, "huggingface")
+os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest  # noqa: E402
 
 from eyegazer_keras import train  # noqa: E402
@@ -34,7 +41,7 @@ def tiny_train_overrides(data_dir: str, **extra) -> dict:
         "dataset_config": "tiny",
         "data_dir": data_dir,
         "image_size": 32,
-        "backbone": "config",
+        "backbone": None,
         "backbone_config": dict(TINY_BACKBONE),
         "pretrain_epochs": 0,
         "batch_size": 16,
