@@ -52,21 +52,18 @@ class Verb:
         help: str. One line for `eyegazer --help`.
         run: callable. `run(args) -> int`, the exit code.
         arguments: callable or None. `arguments(parser)` adds the verb's options.
-        trains: bool. Whether the verb runs TensorFlow training/inference code that needs the
-            CPU fusion flags set before TensorFlow starts (see `train.add_cpu_fusion_flags`).
     """
 
     name: str
     help: str
     run: Callable[[argparse.Namespace], int]
     arguments: Callable[[argparse.ArgumentParser], None] | None = None
-    trains: bool = False
 
 
 VERBS: dict[str, Verb] = {}
 
 
-def verb(name: str, help: str, *, arguments=None, trains: bool = False):
+def verb(name: str, help: str, *, arguments=None):
     """Decorator registering `run(args) -> int` as `eyegazer NAME` (in definition order).
 
     Raises:
@@ -76,7 +73,7 @@ def verb(name: str, help: str, *, arguments=None, trains: bool = False):
     def register(run):
         if name in VERBS:
             raise ValueError(f"eyegazer verb '{name}' is registered twice")
-        VERBS[name] = Verb(name, help, run, arguments, trains)
+        VERBS[name] = Verb(name, help, run, arguments)
         return run
 
     return register
@@ -236,12 +233,6 @@ def _quiet_start_up(verbose: bool) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     for name in ("absl", "tensorflow"):
         logging.getLogger(name).setLevel(logging.ERROR)
-
-
-def _add_cpu_fusion_flags() -> None:
-    from eyegazer_keras import train
-
-    train.add_cpu_fusion_flags()
 
 
 # --------------------------------------------------------------------------------------------
@@ -405,7 +396,6 @@ def _workdir(args, config) -> str:
     "train",
     "ViT + LoRA fit (checkpoints, metrics, adapter, SavedModel)",
     arguments=_config_arguments("train"),
-    trains=True,
 )
 def cmd_train(args) -> int:
     config = load_config(args.config, args.set, args.data_dir, args.root, "train")
@@ -429,7 +419,6 @@ def cmd_train(args) -> int:
     "search",
     "AutoKeras ImageRegressor search, cut-offs tuned on QWK, export",
     arguments=_config_arguments("search"),
-    trains=True,
 )
 def cmd_search(args) -> int:
     config = load_config(args.config, args.set, args.data_dir, args.root, "search")
@@ -675,7 +664,6 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
     "demo",
     "prepare synthetic data, train, evaluate and export in one go",
     arguments=_demo_arguments,
-    trains=True,
 )
 def cmd_demo(args) -> int:
     """prepare synthetic_fundus -> train (demo config) -> evaluate -> export."""
@@ -758,8 +746,9 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_start_up(args.verbose)
     if as_program and not args.verbose:
         _NativeStderrFilter().start()
-    if args.verb.trains:
-        _add_cpu_fusion_flags()  # before the verb runs TensorFlow (`demo` prepares first)
+    from eyegazer_keras import runtime  # no TensorFlow/keras import
+
+    runtime.add_cpu_fusion_flags()  # before any verb runs TensorFlow (`demo` prepares first)
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -13,14 +13,65 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _CACHE = tempfile.mkdtemp(prefix="eyegazer-test-cache-")
 os.environ["KAGGLEHUB_CACHE"] = os.path.join(_CACHE, "kagglehub")
 os.environ["HF_HOME"] = os.path.join(_CACHE, "huggingface")
-os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest  # noqa: E402
+
+from tests import _netguard  # noqa: E402
+
+# No network in tests (issue 13): this process and every Python child it starts (through
+# tests/netguard/sitecustomize.py, first on their PYTHONPATH) may connect to loopback only.
+NETGUARD_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "netguard")
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (NETGUARD_DIR, os.environ.get("PYTHONPATH")) if p
+)
+os.environ[_netguard.LOG_ENV] = os.path.join(_CACHE, "netguard.log")
+_netguard.install()
 
 from eyegazer_keras import train  # noqa: E402
 
 # What the `eyegazer` CLI sets first thing; in pytest's one process `configure_runtime` would
 # come after TensorFlow's first function and be ignored, so set it up front.
 train.add_cpu_fusion_flags()
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "network_blocked_expected: the test checks behaviour without network; the guard must "
+        "block at least one attempt (and no packet leaves)",
+    )
+
+
+def _netguard_lines() -> list[str]:
+    try:
+        with open(os.environ[_netguard.LOG_ENV]) as f:
+            return f.read().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+@pytest.fixture(autouse=True)
+def no_network(request):
+    """Fails the test if it, or a Python process it started, tried to reach a non-local host.
+
+    The attempt itself already raised `_netguard.NetworkBlockedError` (a ConnectionRefusedError);
+    this catches the ones a library swallowed. Tests marked `network_blocked_expected` must
+    instead show at least one blocked attempt. Yields `attempts()`, the blocked attempts so far.
+    """
+    start = len(_netguard_lines())
+
+    def attempts() -> list[str]:
+        return _netguard_lines()[start:]
+
+    yield attempts
+    seen = attempts()
+    if request.node.get_closest_marker("network_blocked_expected"):
+        if not seen:
+            pytest.fail("expected a blocked network attempt, saw none")
+    elif seen:
+        pytest.fail(
+            "network access attempted (tests may reach 127.0.0.1 only):\n" + "\n".join(seen)
+        )
+
 
 TINY_BACKBONE = {"patch_size": 8, "num_layers": 2, "num_heads": 2, "hidden_dim": 48, "mlp_dim": 96}
 

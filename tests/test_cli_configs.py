@@ -69,8 +69,10 @@ def test_real_data_configs_fail_fast_without_data(tmp_path, name):
     assert "Traceback" not in out.stderr
 
 
-def test_blog_config_fails_fast_without_preset(tiny_data_dir, tmp_path):
-    # Data present (tiny synthetic set stands in), preset missing and no network.
+@pytest.mark.network_blocked_expected
+def test_blog_config_fails_fast_without_preset(tiny_data_dir, tmp_path, no_network):
+    # Data present (tiny synthetic set stands in), preset missing and no network: the child's
+    # attempt to reach Kaggle is blocked by the test session's guard (tests/_netguard.py).
     out = _run(
         "train",
         "--config",
@@ -86,6 +88,7 @@ def test_blog_config_fails_fast_without_preset(tiny_data_dir, tmp_path):
     )
     assert out.returncode == 2, out.stderr
     assert "vit_base_patch16_224_imagenet21k" in out.stderr and "--set backbone=" in out.stderr
+    assert any("kaggle" in line for line in no_network()), no_network()
 
 
 def test_unknown_config_is_one_line(tmp_path):
