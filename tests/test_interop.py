@@ -80,7 +80,7 @@ def test_import_matches_peft_logits(base, adapter, tmp_path):
     assert (record["rank"], record["lora_alpha"], record["targets"]) == (4, 8.0, ["query", "value"])
     # An ordinary run folder: the trainer's own loader rebuilds the model from it.
     config, model = train.load_run(str(tmp_path / "run"))
-    assert (config.label_mode, config.image_size, config.lora_layout) == ("binary", 32, "peft")
+    assert (config.task, config.image_size, config.lora_layout) == ("binary", 32, "peft")
     diff = np.abs(peft.classifier_logits(model, images()) - EXPECTED[f"logits_{adapter}"])
     assert diff.max() <= TOL, (adapter, diff.max())
 
@@ -335,7 +335,7 @@ def _fake_run(tmp_path, backbone, **build):
     )
     run = tmp_path / "fake_run"
     run.mkdir()
-    config = configs.TrainConfig(label_mode="binary", image_size=32, backbone=str(backbone))
+    config = configs.TrainConfig(task="binary", image_size=32, backbone=str(backbone))
     (run / "config.json").write_text(json.dumps(configs.to_dict(config)))
     vit_lora.save_adapter(model, run / "adapter.npz")
     return run, model

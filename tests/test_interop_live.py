@@ -49,7 +49,7 @@ def test_train_here_export_peft_load_in_peft(layout, tiny_data_dir, tmp_path):
         tiny_train_overrides(
             tiny_data_dir,
             backbone=VITMODEL,
-            label_mode="binary",
+            task="binary",
             lora_layout=layout,
             pooling="token",
             learning_rate=0.05,  # move LoRA B away from its zero init in one short epoch

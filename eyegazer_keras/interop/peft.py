@@ -285,7 +285,7 @@ def import_peft(
         dataset=dataset,
         dataset_config=dataset_config,
         data_dir=data_dir,
-        label_mode="binary" if num_labels == 2 else "grade",
+        task="binary" if num_labels == 2 else "grade",
         image_size=base_info["image_size"],
         backbone=base,
         backbone_config={},
