@@ -23,6 +23,7 @@ NOTEBOOKS = [
     "04_binary_screening.ipynb",
     "05_autokeras_regression.ipynb",
     "06_serving.ipynb",
+    "07_explanations.ipynb",
 ]
 CELL_TIMEOUT_S = 600
 
