@@ -309,7 +309,22 @@ def import_peft(
         lora_layout="peft",
     )
     _assign(model, peft, head)
+    _warn_other_base(peft, base)
     return _write_run(model, config, workdir, peft, base, base_info, crop)
+
+
+def _warn_other_base(peft, base):
+    """Logs when the adapter names another base than the one given (shapes matched anyway)."""
+    named = peft.config.get("base_model_name_or_path")
+    given = base[len(hf_vit.HF_SCHEME) :] if base.startswith(hf_vit.HF_SCHEME) else base
+    given = hf_vit.hf_origin(given) or given
+    if named and os.path.basename(named.rstrip("/")) != os.path.basename(given.rstrip("/")):
+        logger.warning(
+            "%s was trained on %s, not %s: shapes match, but check that it is the same ViT",
+            peft.source,
+            named,
+            base,
+        )
 
 
 def _normalise_source(source):
@@ -435,6 +450,7 @@ def _write_run(model, config, workdir, peft, base, base_info, crop):
         "num_labels": int(model.output.shape[-1]),
         "head_from": "adapter" if peft.head is not None else "base",
         "adapter_config": peft.config,
+        "adapter_base_model_name_or_path": peft.config.get("base_model_name_or_path"),
         "trained_preprocessing": _hf_preprocessing(base_info, config.image_size),
         "export_crop": crop,
     }
