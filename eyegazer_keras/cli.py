@@ -7,14 +7,20 @@ options; verbs import the library lazily, inside the function, so `eyegazer --he
 `eyegazer predict` never load keras-hub (or TensorFlow, for `--help`). To add a verb:
 
 ```python
+from eyegazer_keras.cli import main, verb
+
+
 def _hello_arguments(p):
     p.add_argument("--name", default="world")
 
 
 @verb("hello", "print a greeting", arguments=_hello_arguments)
 def cmd_hello(args):
-    _print(f"hello {args.name}")
+    print(f"hello {args.name}")
     return 0
+
+
+assert main(["hello", "--name", "retina"]) == 0  # prints "hello retina"
 ```
 
 Outputs default to one root, `--root` (default `runs/`, or `$EYEGAZER_ROOT`): run folders go to

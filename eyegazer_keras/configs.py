@@ -18,10 +18,11 @@ config = configs.apply_overrides(config, ["epochs=2", 'backbone_config={"num_lay
 assert config.epochs == 2 and config.backbone_config == {"num_layers": 2}
 ```
 
-The blog-* configs reproduce the runs of the write-up these experiments come from: "Grading
-diabetic retinopathy with a Vision Transformer and LoRA" (three runs on APTOS 2019: ViT-Base
-5-class, ViT-Large 5-class that collapsed onto the majority class, ViT-Large binary), whose
-figures the docstrings quote.
+The blog-* configs reproduce the three runs of the eyegazer write-up on APTOS 2019 (Kaggle
+APTOS 2019 Blindness Detection): ViT-Base 5-class; ViT-Large 5-class, which collapsed onto the
+majority class; ViT-Large binary, whose PEFT LoRA adapter is published on the Hugging Face Hub
+as `monsoon-nlp/eyegazer-vit-binary` (see README "Use the published eyegazer-vit-binary
+adapter"). Their docstrings quote the write-up's figures; QWK is APTOS 2019's metric.
 """
 
 from __future__ import annotations

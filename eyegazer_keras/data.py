@@ -9,7 +9,8 @@ Example:
 ```python
 from eyegazer_keras import data
 
-split = data.load_split("synthetic_fundus", "train")
+data.prepare("synthetic_fundus", data_dir="tfds", config="tiny")  # 120 generated photos
+split = data.load_split("synthetic_fundus", "train", data_dir="tfds", config="tiny")
 train = data.make_dataset(split, label_mode="grade", image_size=64, batch_size=32, training=True)
 ```
 """

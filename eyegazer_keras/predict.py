@@ -8,12 +8,25 @@ truncated). One bad file never stops the others.
 Example:
 
 ```python
-from eyegazer_keras import predict
+import keras
+import numpy as np
+import tensorflow as tf
+from eyegazer_keras import export, predict
 
-results = predict.predict_paths("exports/demo", ["eye1.png", "eye2.jpg"])
+# A tiny export and a fundus-like photo to predict on (use your own export and photos).
+inputs = keras.Input((32, 32, 3))
+x = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255.0)(inputs))
+model = keras.Model(inputs, keras.layers.Dense(5, activation="softmax")(x))
+export.export_saved_model(model, "exports/demo", task="grade", image_size=32, source_size=64)
+yy, xx = np.mgrid[0:300, 0:400]
+photo = np.zeros((300, 400, 3), np.uint8)
+photo[(yy - 150) ** 2 + (xx - 200) ** 2 < 140**2] = (200, 90, 40)
+tf.io.write_file("eye1.png", tf.io.encode_png(photo))
+
+results = predict.predict_paths("exports/demo", ["eye1.png", "missing.jpg"])
 for line in predict.format_prediction_lines(results):
     print(line)
-failed = any("error" in r for r in results)
+failed = any("error" in r for r in results)  # True: missing.jpg is not there
 ```
 """
 

@@ -16,10 +16,11 @@ Files in `workdir`: `config.json`, `metrics_validation.json`, `confusion_matrix_
 Example:
 
 ```python
-from eyegazer_keras import configs, search
+from eyegazer_keras import configs, data, search
 
-config = configs.apply_overrides(configs.get_config("search-demo"), ["max_trials=1"])
-summary = search.run_search(config, "runs/search-demo", progress=print)
+data.prepare("synthetic_fundus", data_dir="tfds", config="tiny")
+config = configs.apply_overrides(configs.get_config("search-demo:runlocal"), ["data_dir=tfds"])
+summary = search.run_search(config, "runs/search-demo-runlocal", progress=print)
 print(summary["metrics"]["qwk_tuned"])
 ```
 """

@@ -471,7 +471,7 @@ def _run_data(config, crop) -> dict:
     from eyegazer_keras import GRADE_NAMES, data, fundus, metrics
 
     spec = fundus.PreprocessingSpec(stored_size=config.image_size, crop=crop)
-    binary = config.label_mode == "binary"
+    binary = config.task == "binary"
     return {
         "dataset": config.dataset,
         "builder_config": config.dataset_config,

@@ -26,7 +26,7 @@ from eyegazer_keras import configs
 from eyegazer_keras.models import regressor
 
 config = configs.get_config("search-demo")
-auto_model = regressor.build_regressor(config, directory="/tmp/run/search")
+auto_model = regressor.build_regressor(config, directory="runs/search-demo/search")
 ```
 """
 
