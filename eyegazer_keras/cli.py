@@ -244,22 +244,64 @@ def _quiet_start_up(verbose: bool) -> None:
 # --------------------------------------------------------------------------------------------
 # prepare
 # --------------------------------------------------------------------------------------------
+# One line per dataset for `eyegazer prepare --help`; the layout text is the builder's own.
+_DATASET_HELP = {
+    "synthetic_fundus": "generated fundus photos with known lesions (no download)",
+    "aptos2019": "APTOS 2019 Kaggle zip or extracted folder",
+    "eyepacs2015": "EyePACS / Kaggle DR Detection 2015 (folders, zips or split zip parts)",
+    "fundus_folder": "graded photos in class folders (No_DR/ ... Proliferate_DR/ or 0/ ... 4/)",
+}
+
+
 def _prepare_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dataset", choices=dataset_names())
-    p.add_argument(
+    """`eyegazer prepare DATASET ...`: one sub-command per dataset; its `--help` is the layout."""
+    from eyegazer_datasets.common import layouts  # plain strings, no TensorFlow
+
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
         "--manual-dir",
-        help="the extracted folder, the folder holding the Kaggle zip(s), or the zip itself",
+        help="the extracted folder, the folder holding the zip(s) or zip parts, or the zip itself",
     )
-    p.add_argument("--data-dir", help="where prepared TFRecords go (default <root>/tfds)")
-    p.add_argument("--config", help="builder config (e.g. 512, 512_ben_graham, tiny)")
-    p.add_argument("--preview", metavar="PNG", help="write a grid of validation images per grade")
-    p.add_argument(
+    options.add_argument("--data-dir", help="where prepared TFRecords go (default <root>/tfds)")
+    options.add_argument("--config", help="builder config (e.g. 512, 512_ben_graham, 256, tiny)")
+    options.add_argument(
+        "--preview", metavar="PNG", help="write a grid of validation images per grade"
+    )
+    options.add_argument(
         "--max-bad-fraction",
         type=float,
         metavar="F",
         help="manual downloads: fail when more than this fraction of the listed photos is "
-        "missing, unreadable or refused (default 0.01); they are skipped and counted below it",
+        "missing, unreadable or refused (default 0.01); below it they are skipped and counted "
+        "in build_report.json",
     )
+    options.add_argument(
+        "--keep-ungradable",
+        action="store_true",
+        help="manual downloads: keep labelled photos the fundus quality gate calls ungradable "
+        "(default: skip them and count them by reason in build_report.json)",
+    )
+    datasets = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    for name in dataset_names():
+        d = datasets.add_parser(
+            name,
+            parents=[options],
+            help=_DATASET_HELP.get(name, name),
+            description=layouts.MANUAL_DOWNLOAD_INSTRUCTIONS.get(name, _DATASET_HELP.get(name)),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        d.set_defaults(label_map=None, groups=None)
+        if name == "fundus_folder":
+            d.add_argument(
+                "--label-map",
+                metavar="NAME=GRADE,...",
+                help="grades of folder names beyond the usual spellings, e.g. 'Blurry=0'",
+            )
+            d.add_argument(
+                "--groups",
+                metavar="CSV",
+                help="CSV with columns image,patient: a patient's photos stay in one split",
+            )
 
 
 @verb("prepare", "build a dataset (TFRecords under --data-dir)", arguments=_prepare_arguments)
@@ -267,14 +309,22 @@ def cmd_prepare(args) -> int:
     data_dir = resolve_data_dir(args.data_dir, args.root)
     _print_paths(data_dir=data_dir, manual_dir=args.manual_dir, preview=args.preview)
     return _prepare(
-        args.dataset, data_dir, args.config, args.manual_dir, args.preview, args.max_bad_fraction
+        args.dataset,
+        data_dir,
+        args.config,
+        args.manual_dir,
+        args.preview,
+        max_bad_fraction=args.max_bad_fraction,
+        keep_ungradable=args.keep_ungradable or None,
+        label_map=args.label_map,
+        groups=args.groups,
     )
 
 
-def _prepare(dataset, data_dir, config, manual_dir, preview, max_bad_fraction=None) -> int:
+def _prepare(dataset, data_dir, config, manual_dir, preview, **builder_options) -> int:
     from eyegazer_keras import data
 
-    builder = data.prepare(dataset, data_dir, config, manual_dir, max_bad_fraction=max_bad_fraction)
+    builder = data.prepare(dataset, data_dir, config, manual_dir, **builder_options)
     _print(f"prepared {dataset}/{builder.builder_config.name} in {builder.data_dir}")
     for split, info in builder.info.splits.items():
         labels = data.split_labels(dataset, split, data_dir, config)

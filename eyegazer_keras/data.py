@@ -30,7 +30,7 @@ from eyegazer_keras import fundus
 
 logger = logging.getLogger(__name__)
 
-DATASETS = ("synthetic_fundus", "aptos2019")
+DATASETS = ("synthetic_fundus", "aptos2019", "eyepacs2015", "fundus_folder")
 LABEL_MODES = ("grade", "binary", "regression")
 
 
@@ -78,6 +78,9 @@ def get_builder(
 MANUAL_DOWNLOADS = {
     "aptos2019": "aptos2019-blindness-detection.zip from "
     "https://www.kaggle.com/competitions/aptos2019-blindness-detection/data",
+    "eyepacs2015": "trainLabels.csv and train.zip.001-005 from "
+    "https://www.kaggle.com/competitions/diabetic-retinopathy-detection/data",
+    "fundus_folder": "graded photos in class folders (see `eyegazer prepare fundus_folder --help`)",
 }
 
 

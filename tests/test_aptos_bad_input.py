@@ -416,3 +416,49 @@ def test_cli_prepare_max_bad_fraction(tmp_path, capsys):
     assert cli.main([*argv, "--config", "256", "--max-bad-fraction", "0.5"]) == 0
     out = capsys.readouterr().out
     assert "prepared aptos2019/256" in out and '"skipped": 5' in out
+
+
+# ---------------------------------------------------------------------------- quality gate
+
+
+def _ungradable_layout(tmp_path):
+    ids = list(TRAIN)
+    images = _images()
+    images[f"train_images/{ids[0]}.png"] = dummy.encode(np.zeros((75, 100, 3), np.uint8))
+    images[f"train_images/{ids[1]}.png"] = dummy.encode(np.full((75, 100, 3), 6, np.uint8))
+    images[f"train_images/{ids[2]}.png"] = dummy.encode(np.full((20, 24, 3), 120, np.uint8))
+    images[f"train_images/{ids[3]}.png"] = dummy.encode(np.full((75, 100, 3), 255, np.uint8))
+    return dummy.write_layout(tmp_path / "kaggle", TRAIN, TEST, images), ids
+
+
+def test_ungradable_train_photos_are_skipped_and_counted_by_reason(tmp_path):
+    root, ids = _ungradable_layout(tmp_path)
+    builder, report = _build(tmp_path, root, max_bad_fraction=0.0)
+    assert report["counts"]["skipped"] == 0  # readable photos are not bad files
+    assert report["counts"]["ungradable"] == 4
+    by_file = {u["file"]: u["reason"] for u in report["ungradable"]}
+    assert by_file[f"train_images/{ids[0]}.png"] == "too_dark"
+    assert by_file[f"train_images/{ids[1]}.png"] == "too_dark"
+    assert by_file[f"train_images/{ids[2]}.png"] == "too_small"
+    assert by_file[f"train_images/{ids[3]}.png"] == "overexposed"
+    assert report["ungradable_by_reason"] == {"overexposed": 1, "too_dark": 2, "too_small": 1}
+    written = {
+        e["id_code"].decode()
+        for split in ("train", "validation")
+        for e in tfds.as_numpy(builder.as_dataset(split=split))
+    }
+    assert written == set(ids[4:])
+
+
+def test_keep_ungradable_keeps_them(tmp_path):
+    root, ids = _ungradable_layout(tmp_path)
+    builder, report = _build(tmp_path, root, keep_ungradable=True)
+    assert report["counts"]["ungradable"] == 0 and report["quality_gate"] is None
+    splits = builder.info.splits
+    assert splits["train"].num_examples + splits["validation"].num_examples == 10
+
+
+def test_the_gate_passes_every_dummy_photo(tmp_path):
+    # The gate must not reject good photos: none of the generated fundus photos is refused.
+    _, report = _build(tmp_path, _FOLDER / "dummy_data" / "folder", max_bad_fraction=0.0)
+    assert report["ungradable"] == [] and report["quality_gate"] == "fundus.assess_quality"

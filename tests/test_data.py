@@ -1,5 +1,8 @@
 """data.py over a real prepared synthetic_fundus split: label modes, weights, batches, numpy."""
 
+import json
+import pathlib
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -178,3 +181,48 @@ def test_binary_weights_and_balanced_sampling_use_targets(tiny_data_dir):
     )
     labels = np.concatenate([b[1].numpy() for b in balanced])
     assert abs(labels.mean() - 0.5) < 0.15  # no DR vs DR drawn equally, not by raw grade
+
+
+@pytest.mark.parametrize(
+    "dataset, expected",
+    [
+        ("eyepacs2015", ["trainLabels.csv", "train.zip.001", "retinopathy_solution.csv"]),
+        ("fundus_folder", ["No_DR/", "Proliferate_DR/", "--label-map", "--groups"]),
+        ("aptos2019", ["train_images/", "the zip file itself"]),
+    ],
+)
+def test_prepare_help_explains_the_layout(dataset, expected, capsys):
+    from eyegazer_keras import cli
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(["prepare", dataset, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for text in expected:
+        assert text in out, text
+
+
+def test_prepare_eyepacs_and_fundus_folder_from_the_cli(tmp_path, capsys):
+    from eyegazer_keras import cli
+
+    repo = pathlib.Path(__file__).resolve().parents[1] / "datasets"
+    data_dir = str(tmp_path / "tfds")
+    argv = [
+        "prepare",
+        "eyepacs2015",
+        "--manual-dir",
+        str(repo / "eyepacs2015" / "dummy_data" / "zip_parts"),
+    ]
+    assert cli.main([*argv, "--data-dir", data_dir, "--config", "256"]) == 0
+    out = capsys.readouterr().out
+    assert "prepared eyepacs2015/256" in out and "sample: 2 examples" in out
+    named = repo / "fundus_folder" / "dummy_data" / "named"
+    argv = ["prepare", "fundus_folder", "--manual-dir", str(named), "--data-dir", data_dir]
+    argv += ["--config", "256", "--groups", str(named / "groups.csv"), "--label-map", "Mild=1"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "prepared fundus_folder/256" in out and '"validation":' in out
+    report = json.loads(
+        (tmp_path / "tfds" / "fundus_folder" / "256" / "1.0.0" / "build_report.json").read_text()
+    )
+    assert report["patients_in_two_splits"] == [] and sum(report["patients"].values()) == 9

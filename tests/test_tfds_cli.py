@@ -125,7 +125,7 @@ def test_aptos2019_tfds_build_from_the_builder_folder(tmp_path):
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    variant = data_dir / "aptos2019" / "256" / "1.0.0"
+    variant = data_dir / "aptos2019" / "256" / "1.1.0"
     sizes = _split_sizes(variant)
     assert set(sizes) == {"train", "validation", "test"}
     # 12 labelled dummy photos (a conflicting duplicate pair kept), 4 test photos.
@@ -153,3 +153,26 @@ def test_synthetic_fundus_tfds_build_tiny_config(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     sizes = _split_sizes(data_dir / "synthetic_fundus" / "tiny" / "1.1.0")
     assert sizes == {"train": 80, "validation": 24, "test": 16}
+
+
+@pytest.mark.slow  # a TF subprocess: ~10-20 s on 2 busy cores
+def test_eyepacs2015_tfds_build_from_zip_parts(tmp_path):
+    data_dir = tmp_path / "data"
+    result = _run(
+        [
+            "-m",
+            "eyegazer_keras.tfds_cli",
+            "build",
+            str(REPO / "datasets" / "eyepacs2015"),
+            "--manual_dir",
+            str(REPO / "datasets" / "eyepacs2015" / "dummy_data" / "zip_parts"),
+            "--data_dir",
+            str(data_dir),
+            "--config",
+            "256",
+        ],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    sizes = _split_sizes(data_dir / "eyepacs2015" / "256" / "1.0.0")
+    assert sizes == {"train": 12, "validation": 4, "test": 6, "sample": 2}

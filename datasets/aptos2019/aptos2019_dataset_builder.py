@@ -29,7 +29,7 @@ from etils import epath
 
 # Shared with every eyegazer builder. Absolute: `tfds build datasets/aptos2019` imports this file
 # as the top-level package `aptos2019`, where `from ..common` has no parent to climb to.
-from eyegazer_datasets.common import build, duplicates, images, kaggle_source, splits
+from eyegazer_datasets.common import build, duplicates, images, kaggle_source, layouts, splits
 
 from eyegazer_keras import GRADE_NAMES
 
@@ -56,21 +56,7 @@ DOWNLOAD_HINT = (
 # The one-line errors of this builder are `DatasetBuildError`s (a `ValueError`).
 Aptos2019BuildError = kaggle_source.DatasetBuildError
 
-MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
-APTOS 2019 is only available from Kaggle, after accepting the competition rules at
-{HOMEPAGE}/data
-
-Download `{ZIP_NAME}` (about 9.5 GB), either from that page or with
-`kaggle competitions download -c aptos2019-blindness-detection`. Pass any of these as the manual
-dir (`--manual_dir`, default `~/tensorflow_datasets/downloads/manual/`):
-
-* the folder holding the zip (it is read in place, never extracted);
-* the zip file itself;
-* the extracted folder (`train.csv`, `test.csv`, `train_images/`, `test_images/`).
-
-Then run `eyegazer prepare aptos2019 --manual-dir DIR` or
-`eyegazer-tfds build datasets/aptos2019 --manual_dir DIR`.
-"""
+MANUAL_DOWNLOAD_INSTRUCTIONS = layouts.MANUAL_DOWNLOAD_INSTRUCTIONS["aptos2019"]
 
 
 @dataclasses.dataclass(eq=False)
@@ -208,8 +194,12 @@ class Builder(build.FundusBuilder):
         `keep_ungradable`, and TFDS's `data_dir`, `config`, ...).
     """
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release.",
+        "1.1.0": "EXIF-aware decode, disc crop (fitted circle), Ben Graham with Graham's 90 % "
+        "boundary clip, fundus quality gate on train photos (skipped, counted by reason).",
+    }
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
     DOWNLOAD_HINT = DOWNLOAD_HINT
     BUILDER_CONFIGS = [

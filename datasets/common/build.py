@@ -28,6 +28,7 @@ import logging
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
@@ -126,9 +127,18 @@ def make_config(
     )
 
 
-def default_quality_gate():
-    """The fundus quality gate builders apply to labelled photos (None until fundus has one)."""
-    return getattr(fundus, "assess_quality_np", None)
+def quality_gate(image: np.ndarray) -> tuple[bool, str]:
+    """`fundus.assess_quality` as the decode step's gate: `(gradable, ungradable_reason)`.
+
+    Args:
+        image: `uint8 [H, W, 3]`, decoded and upright.
+
+    Returns:
+        `(True, "")` for a gradable photo, else `(False, reason)` with a reason of
+        `fundus.REASONS` (`too_small`, `too_dark`, `no_fundus`, `overexposed`, `too_blurry`).
+    """
+    quality = fundus.assess_quality(image)
+    return bool(quality["gradable"]), quality["ungradable_reason"].numpy().decode()
 
 
 def skipped_entries(results: Mapping[str, images.Processed], fallback: Mapping[str, str]) -> list:
@@ -278,7 +288,7 @@ class FundusBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
 
     def decode(self, source: kaggle_source.Source, jobs: Sequence[images.Job]):
         """Step 2: decodes every job (`images.decode_all`) with the quality gate unless kept."""
-        gate = None if self.keep_ungradable else default_quality_gate()
+        gate = None if self.keep_ungradable else quality_gate
         return images.decode_all(
             self.name,
             source,
@@ -303,7 +313,7 @@ class FundusBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
             "max_bad_fraction": self.max_bad_fraction,
             "max_megapixels": self.max_megapixels,
             "keep_ungradable": self.keep_ungradable,
-            "quality_gate": None if default_quality_gate() is None else "fundus.assess_quality",
+            "quality_gate": None if self.keep_ungradable else "fundus.assess_quality",
             "timing": decoded.timing,
         }
 

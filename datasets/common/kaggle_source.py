@@ -405,14 +405,13 @@ def open_source(
             if (root / name / anchor).exists():
                 folder = root / name
                 break
-    # The folder counts when it holds the layout itself, not just the zips.
-    holds_layout = (
-        (folder / anchor).exists() if anchor else any(p.is_dir() for p in folder.iterdir())
-    )
-    sources: list[Source] = [FolderSource(folder, subdirs)] if holds_layout else []
-    sources += [
-        ZipSource(parts, anchor=anchor, hint=hint) for parts in zip_archives(folder, accept_zip)
-    ]
+    archives = zip_archives(folder, accept_zip)
+    archive_files = {p.name for parts in archives for p in parts}
+    # The folder counts when it holds more than the zips (a CSV, an extracted folder).
+    sources: list[Source] = []
+    if any(p.name not in archive_files for p in folder.iterdir()):
+        sources.append(FolderSource(folder, subdirs))
+    sources += [ZipSource(parts, anchor=anchor, hint=hint) for parts in archives]
     union = UnionSource(sources)
     if anchor and anchor not in union.files():
         union.close()

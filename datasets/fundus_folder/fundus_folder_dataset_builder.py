@@ -1,0 +1,382 @@
+"""Graded fundus photos in class folders (`No_DR/ Mild/ ... Proliferate_DR/` or `0/ ... 4/`).
+
+Many copies of the public sets circulate as one folder per grade: the resized Kaggle
+derivatives ship `No_DR/`, `Mild/`, `Moderate/`, `Severe/`, `Proliferate_DR/`; others use
+`0/` ... `4/`. This builder reads such a tree (a folder, the folder holding its zip, or the zip),
+maps every folder name to a 0-4 grade (the usual spellings, numbers, or a `label_map` for
+anything else; an unknown folder is refused, never guessed), and builds `train` / `validation`
+with the same decode, quality gate, crop, duplicate grouping and build report as APTOS 2019. An
+optional groups CSV (`image,patient`) keeps a patient's photos in one split.
+
+Example:
+
+```python
+from eyegazer_datasets.fundus_folder import fundus_folder_dataset_builder as folder
+
+report = folder.prepare("~/Downloads/gaussian_filtered_images", label_map={"Blurry": 0})
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from collections.abc import Mapping
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+# Shared with every eyegazer builder. Absolute: `tfds build datasets/fundus_folder` imports this
+# file as the top-level package `fundus_folder`, where `from ..common` has no parent to climb to.
+from eyegazer_datasets.common import build, duplicates, images, kaggle_source, layouts, splits
+
+from eyegazer_keras import GRADE_NAMES
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+# Folder names (lower case, without spaces, '-' and '_') -> grade.
+KNOWN_NAMES = {
+    **{str(g): g for g in range(5)},
+    **{f"grade{g}": g for g in range(5)},
+    **{f"class{g}": g for g in range(5)},
+    "nodr": 0,
+    "normal": 0,
+    "nodiabeticretinopathy": 0,
+    "mild": 1,
+    "mildnpdr": 1,
+    "moderate": 2,
+    "moderatenpdr": 2,
+    "severe": 3,
+    "severenpdr": 3,
+    "proliferatedr": 4,
+    "proliferate": 4,
+    "proliferative": 4,
+    "proliferativedr": 4,
+    "pdr": 4,
+    **{name.replace("_", ""): g for g, name in enumerate(GRADE_NAMES)},
+}
+# Folders that are never classes (macOS zips, hidden folders).
+IGNORED_FOLDERS = re.compile(r"^(__MACOSX|\..*)$")
+DOWNLOAD_HINT = (
+    "a folder of graded photos in class folders (No_DR/, Mild/, Moderate/, Severe/, "
+    "Proliferate_DR/ or 0/ ... 4/), or its zip"
+)
+
+MANUAL_DOWNLOAD_INSTRUCTIONS = layouts.MANUAL_DOWNLOAD_INSTRUCTIONS["fundus_folder"]
+
+
+@dataclasses.dataclass(eq=False)
+class FundusFolderConfig(build.FundusConfig):
+    """What changes the bytes on disk; see `build.FundusConfig` for the fields."""
+
+
+def make_config(
+    size: int = 512,
+    ben_graham: bool = False,
+    conflict_policy: str = "keep",
+    duplicate_max_distance: int = duplicates.DEFAULT_MAX_DISTANCE,
+) -> FundusFolderConfig:
+    """Returns a config named after its choices, e.g. `512_ben_graham`.
+
+    Args: as `build.make_config`.
+    """
+    return build.make_config(
+        size,
+        ben_graham,
+        conflict_policy,
+        duplicate_max_distance,
+        config_class=FundusFolderConfig,
+    )
+
+
+def normalise_name(name: str) -> str:
+    """`"Proliferate_DR"` -> `"proliferatedr"`: lower case without spaces, `-` and `_`."""
+    return re.sub(r"[\s_\-]+", "", name.strip().lower())
+
+
+def grade_of_folder(name: str, label_map: Mapping[str, int] | None = None) -> int:
+    """The 0-4 grade a class folder stands for.
+
+    Args:
+        name: str. The folder name.
+        label_map: `{folder name: grade}` for names the usual spellings do not cover; matched
+            after `normalise_name`, and consulted first.
+
+    Returns:
+        The grade.
+
+    Raises:
+        DatasetBuildError: an unknown name (the message lists the known spellings).
+    """
+    key = normalise_name(name)
+    mapped = {normalise_name(k): int(v) for k, v in (label_map or {}).items()}
+    grade = mapped.get(key, KNOWN_NAMES.get(key))
+    if grade is None:
+        raise kaggle_source.DatasetBuildError(
+            f"folder {name!r} is not a grade: name it No_DR, Mild, Moderate, Severe, "
+            f"Proliferate_DR or 0-4, or map it with --label-map '{name}=GRADE' (GRADE in 0-4)."
+        )
+    if not 0 <= grade <= 4:
+        raise kaggle_source.DatasetBuildError(
+            f"label_map maps {name!r} to {grade}, not a grade 0-4; fix the --label-map entry."
+        )
+    return grade
+
+
+def parse_label_map(text: str | Mapping[str, int] | None) -> dict[str, int]:
+    """`"Blurry=0,Very mild=1"` (or a dict) -> `{"Blurry": 0, "Very mild": 1}`.
+
+    Raises:
+        DatasetBuildError: an entry that is not `NAME=GRADE` with an integer grade.
+    """
+    if not text:
+        return {}
+    if isinstance(text, Mapping):
+        return {str(k): int(v) for k, v in text.items()}
+    out = {}
+    for entry in text.split(","):
+        name, eq, grade = entry.partition("=")
+        if not eq or not name.strip() or not grade.strip().lstrip("-").isdigit():
+            raise kaggle_source.DatasetBuildError(
+                f"--label-map entry {entry!r} is not NAME=GRADE (e.g. Blurry=0)."
+            )
+        out[name.strip()] = int(grade)
+    return out
+
+
+def read_groups_csv(path: epath.PathLike) -> dict[str, str]:
+    """Reads a groups CSV (`image,patient`): `{image stem: patient}`.
+
+    Raises:
+        DatasetBuildError: missing file, header or value (naming the row).
+    """
+    path = epath.Path(path).expanduser()
+    if not path.is_file():
+        raise kaggle_source.DatasetBuildError(f"{path}: groups file not found.")
+    out = {}
+    for row in kaggle_source.read_csv(path.read_bytes(), path.name, ["image", "patient"]):
+        image, patient = row.fields["image"], row.fields["patient"]
+        if not image or not patient:
+            raise kaggle_source.DatasetBuildError(
+                f"{row.where(path.name)}: empty image or patient. Fill it in or delete the row."
+            )
+        out[image.rsplit(".", 1)[0] if "." in image else image] = patient
+    return out
+
+
+def open_source(manual_dir: epath.PathLike) -> kaggle_source.Source:
+    """The class-folder tree: a folder, a folder holding one zip, or the zip.
+
+    Raises:
+        DatasetBuildError: an empty or missing manual dir.
+    """
+    root = epath.Path(manual_dir).expanduser()
+    if root.is_dir():
+        # A folder holding just one folder (the tree's top folder, as extracted zips often are).
+        entries = [p for p in root.iterdir() if not IGNORED_FOLDERS.match(p.name)]
+        if len(entries) == 1 and entries[0].is_dir():
+            inner = entries[0]
+            if any(p.is_dir() for p in inner.iterdir()):
+                root = inner
+    return kaggle_source.open_source(root, anchor=None, hint=DOWNLOAD_HINT)
+
+
+def index_class_folders(
+    files: list[str], label_map: Mapping[str, int] | None
+) -> tuple[dict[str, int], dict[str, str], dict[str, str]]:
+    """Step 1: `({key: grade}, {key: relpath}, {class folder: grade})` of every photo.
+
+    A single top folder above the class folders is looked through. Keys are the file stems.
+
+    Raises:
+        DatasetBuildError: no class folder, an unknown folder, one stem in two folders.
+    """
+    entries = [(rel, rel.split("/")) for rel in files]
+    entries = [(r, p) for r, p in entries if not any(IGNORED_FOLDERS.match(x) for x in p[:-1])]
+    tops = {p[0] for _, p in entries if len(p) > 1}
+    if len(tops) == 1:
+        top = next(iter(tops))
+        if all(len(p) == 3 for _, p in entries if p[0] == top):
+            entries = [(r, p[1:]) if p[0] == top else (r, p) for r, p in entries]
+    grades: dict[str, int] = {}
+    paths: dict[str, str] = {}
+    folders: dict[str, int] = {}
+    for rel, p in entries:
+        if len(p) != 2:
+            continue
+        folder, fname = p
+        stem, dot, ext = fname.rpartition(".")
+        if not dot or f".{ext.lower()}" not in IMAGE_EXTENSIONS:
+            continue
+        if folder not in folders:
+            folders[folder] = grade_of_folder(folder, label_map)
+        key = kaggle_source.check_image_id(stem, rel, "file name")
+        if key in paths:
+            raise kaggle_source.DatasetBuildError(
+                f"photo name {key!r} is in both {paths[key]} and {rel}; rename or remove one "
+                "(names identify photos in the split and the report)."
+            )
+        grades[key] = folders[folder]
+        paths[key] = rel
+    if not grades:
+        raise kaggle_source.DatasetBuildError(
+            f"no photos in class folders found; expected {DOWNLOAD_HINT}."
+        )
+    return grades, paths, folders
+
+
+class Builder(build.FundusBuilder):
+    """DatasetBuilder for graded photos in class folders (manual, offline).
+
+    Args:
+        label_map: dict or `"NAME=GRADE,..."`. Folder names beyond the usual spellings.
+        groups: path. A CSV `image,patient`: photos of one patient stay in one split.
+        **kwargs: see `build.FundusBuilder`.
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+    DOWNLOAD_HINT = DOWNLOAD_HINT
+    BUILDER_CONFIGS = [make_config(512), make_config(512, ben_graham=True), make_config(256)]
+    DEFAULT_CONFIG_NAME = "512"
+
+    def __init__(
+        self,
+        *,
+        label_map: str | Mapping[str, int] | None = None,
+        groups: epath.PathLike | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.label_map = parse_label_map(label_map)
+        self.groups_file = None if groups is None else epath.Path(groups)
+        self._original_state.update(label_map=label_map, groups=groups)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        size = self.builder_config.size
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(size, size, 3), encoding_format="png"),
+                    "id_code": tfds.features.Text(doc="the file stem"),
+                    "class_folder": tfds.features.Text(doc="the folder the photo was in"),
+                    "patient_id": tfds.features.Text(doc="from the groups CSV, else the id"),
+                    "label": tfds.features.ClassLabel(names=list(GRADE_NAMES)),
+                    "original_height": tfds.features.Scalar(dtype=np.int32),
+                    "original_width": tfds.features.Scalar(dtype=np.int32),
+                    "image_hash": tfds.features.Text(),
+                    "duplicate_group": tfds.features.Text(),
+                    "label_conflict": tfds.features.Scalar(dtype=np.bool_),
+                }
+            ),
+            supervised_keys=("image", "label"),
+        )
+
+    def _open_source(self, manual_dir: epath.Path) -> kaggle_source.Source:
+        return open_source(manual_dir)
+
+    def _plan_build(self, source: kaggle_source.Source) -> tuple[dict[str, list[dict]], dict]:
+        config = self.builder_config
+        patient_of = read_groups_csv(self.groups_file) if self.groups_file else {}
+        grades, paths, folders = index_class_folders(source.files(), self.label_map)
+        jobs = [images.Job(k, paths[k], gate=True) for k in grades]
+        decoded = self.decode(source, jobs)
+        report = self.base_report(source, decoded)
+        report["class_folders"] = folders
+        good = self.skip_report(decoded, jobs, report, paths)
+        good_grades = {k: g for k, g in grades.items() if k in good}
+        dup_groups = build.duplicate_groups(good, config)
+        unknown = sorted(set(patient_of) - set(grades))
+        patients = {k: patient_of.get(k, k) for k in grades}
+        by_patient: dict[str, list[str]] = {}
+        for k in good_grades:
+            by_patient.setdefault(patients[k], []).append(k)
+        together = duplicates.merge_groups(good_grades, dup_groups, by_patient.values())
+        validation = splits.assign_validation(good_grades, together, salt="fundus_folder")
+        resolution = duplicates.resolve_conflicts(dup_groups, good_grades, config.conflict_policy)
+        group_id = {i: g[0] for g in dup_groups for i in g}
+        plan: dict[str, list[dict]] = {"train": [], "validation": []}
+        for k in sorted(good_grades):
+            if k in resolution.dropped:
+                (self.scratch_dir / f"{k}.png").unlink()
+                continue
+            r = good[k]
+            plan["validation" if k in validation else "train"].append(
+                {
+                    "key": k,
+                    "id_code": k,
+                    "class_folder": paths[k].rsplit("/", 2)[-2],
+                    "patient_id": patients[k],
+                    "label": resolution.labels[k],
+                    "original_height": r.height,
+                    "original_width": r.width,
+                    "image_hash": f"{r.phash:016x}",
+                    "duplicate_group": group_id.get(k, ""),
+                    "label_conflict": group_id.get(k, "") in resolution.conflicting,
+                }
+            )
+        written = {row["id_code"]: s for s, rows in plan.items() for row in rows}
+        per_split, shared = splits.patients_per_split(written, patients)
+        build.check_not_empty(plan, report, f"{len(good)} photos decoded")
+        report.update(
+            {
+                "counts": {
+                    "photos": len(grades),
+                    "decoded": len(good),
+                    "skipped": len(report["skipped"]),
+                    "ungradable": len(report["ungradable"]),
+                    "duplicate_groups": len(dup_groups),
+                    "label_conflict_groups": len(resolution.conflicting),
+                    "dropped_by_policy": len(resolution.dropped),
+                    **{split: len(rows) for split, rows in plan.items()},
+                },
+                "patients": per_split,
+                "patients_in_two_splits": shared,
+                "groups_file": None if self.groups_file is None else str(self.groups_file),
+                "groups_not_found": unknown,
+                "duplicate_groups": [
+                    {"group": g[0], "members": g, "action": resolution.actions[g[0]]}
+                    for g in dup_groups
+                ],
+                "validation": {
+                    "rule": splits.SPLIT_RULE,
+                    "grouped_by": ["patient", "duplicate_group"],
+                    "fraction": splits.VALIDATION_FRACTION,
+                    "ids": sorted(validation),
+                },
+            }
+        )
+        return plan, report
+
+
+load_build_report = build.load_build_report
+
+
+def prepare(
+    manual_dir: str | epath.PathLike,
+    data_dir: str | epath.PathLike | None = None,
+    config: str | FundusFolderConfig = "512",
+    **options,
+) -> dict:
+    """Builds a class-folder dataset and returns the build report.
+
+    This is what `eyegazer prepare fundus_folder --manual-dir DIR [--label-map ...]
+    [--groups CSV]` calls.
+
+    Args:
+        manual_dir: path. The class-folder tree, its zip, or the folder holding the zip.
+        data_dir: path. TFDS data dir. Defaults to `~/tensorflow_datasets`.
+        config: str or `FundusFolderConfig`. Defaults to `"512"`.
+        **options: `label_map`, `groups` and the `build.FundusBuilder` options.
+
+    Returns:
+        The build report (dict).
+
+    Raises:
+        DatasetBuildError: bad input (one line naming the fix).
+    """
+    return build.prepare(Builder, manual_dir, data_dir, config, **options)
