@@ -140,7 +140,15 @@ def _prepare_manual(name, data_dir, config, manual_dir, options) -> tfds.core.Da
 def prepared_builder(
     name: str, data_dir: str | None = None, config: str | None = None
 ) -> tfds.core.DatasetBuilder:
-    """Returns the builder if `name` is prepared in `data_dir`, else raises `DataNotPreparedError`."""
+    """Returns the builder if `name` is prepared in `data_dir`, else raises `DataNotPreparedError`.
+
+    For a mixture (`"aptos2019,eyepacs2015"`, see `parse_mixture`) this is the first member's
+    builder, after checking that every member is prepared and stores the same pixels (size,
+    Ben Graham), so stored size and preprocessing are those of every member.
+    """
+    members = parse_mixture(name)
+    if len(members) > 1:
+        return _mixture_builders(members, data_dir, config)[0]
     builder = get_builder(name, data_dir, config)
     if not tf.io.gfile.exists(os.path.join(builder.data_dir, "dataset_info.json")):
         manual = " --manual-dir DIR_OR_ZIP" if name in MANUAL_DOWNLOADS else ""
@@ -164,7 +172,13 @@ def load_split(
     config: str | None = None,
     max_examples: int | None = None,
 ) -> tf.data.Dataset:
-    """Loads a prepared split as a dataset of dicts (`image` uint8, `label` int64, `id_code`)."""
+    """Loads a prepared split as a dataset of dicts (`image` uint8, `label` int64, `id_code`).
+
+    `name` may be a mixture (`"aptos2019,eyepacs2015"` or `"aptos2019:0.3,eyepacs2015:0.7"`):
+    see `load_mixture`.
+    """
+    if len(parse_mixture(name)) > 1:
+        return load_mixture(name, split, data_dir, config, max_examples)
     builder = prepared_builder(name, data_dir, config)
     if split not in builder.info.splits:
         raise ValueError(
@@ -183,7 +197,14 @@ def split_labels(
     config: str | None = None,
     max_examples: int | None = None,
 ) -> np.ndarray:
-    """All labels of a split, read without decoding images."""
+    """All labels of a split, read without decoding images (a mixture: in its sampled order)."""
+    if len(parse_mixture(name)) > 1:
+        return np.fromiter(
+            load_mixture(name, split, data_dir, config, max_examples, labels_only=True)
+            .map(lambda ex: ex["label"])
+            .as_numpy_iterator(),
+            dtype=np.int64,
+        )
     builder = prepared_builder(name, data_dir, config)
     ds = builder.as_dataset(
         split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()}
@@ -191,6 +212,152 @@ def split_labels(
     if max_examples:
         ds = ds.take(max_examples)
     return np.fromiter(ds.map(lambda ex: ex["label"]).as_numpy_iterator(), dtype=np.int64)
+
+
+# ---- Mixtures of datasets (training on several sets at once) --------------------------------
+
+# The sampling of a mixture's train split is seeded by this: the same mixture gives the same
+# sequence of examples in every run (labels-only reads draw the same sequence).
+MIXTURE_SEED = 2015
+
+
+def parse_mixture(spec: str) -> list[tuple[str, float | None]]:
+    """`"aptos2019:0.3,eyepacs2015:0.7"` -> `[("aptos2019", 0.3), ("eyepacs2015", 0.7)]`.
+
+    Args:
+        spec: str. One dataset name, or comma-separated names, each optionally `:weight`.
+            Either every member has a weight or none has (then weights follow the members'
+            train sizes).
+
+    Returns:
+        `[(name, weight or None)]`; one element for a single dataset.
+
+    Raises:
+        ValueError: an unknown name, a repeated name, a bad or non-positive weight, or weights
+            given for only some members.
+    """
+    members = []
+    for part in str(spec).split(","):
+        name, colon, weight = part.strip().partition(":")
+        if name not in DATASETS:
+            raise ValueError(
+                f"unknown dataset '{name}' in '{spec}'; choose from: {', '.join(DATASETS)}"
+            )
+        value = None
+        if colon:
+            try:
+                value = float(weight)
+            except ValueError:
+                raise ValueError(
+                    f"weight '{weight}' of {name} in '{spec}' is not a number"
+                ) from None
+            if not value > 0:
+                raise ValueError(f"weight of {name} in '{spec}' must be > 0, got {weight}")
+        members.append((name, value))
+    names = [n for n, _ in members]
+    if len(set(names)) != len(names):
+        raise ValueError(f"dataset mixture '{spec}' names a dataset twice")
+    if len(members) > 1 and len({w is None for _, w in members}) > 1:
+        raise ValueError(f"dataset mixture '{spec}': give a weight to every member or to none")
+    return members
+
+
+def _mixture_builders(members, data_dir, config) -> list[tfds.core.DatasetBuilder]:
+    builders = [prepared_builder(n, data_dir, config) for n, _ in members]
+    stored = {
+        (source_size(b), bool(getattr(b.builder_config, "ben_graham", False))) for b in builders
+    }
+    if len(stored) > 1:
+        raise ValueError(
+            "the datasets of a mixture must store the same pixels (size, Ben Graham): "
+            + ", ".join(
+                f"{n}/{b.builder_config.name}" for (n, _), b in zip(members, builders, strict=True)
+            )
+            + "; prepare them with one --config"
+        )
+    return builders
+
+
+def mixture_weights(name: str, data_dir: str | None = None, config: str | None = None) -> dict:
+    """The sampling weights of a mixture's train split, normalised to sum to 1.
+
+    Stated weights are used as given; without them each member weighs its train size (one
+    epoch then sees every photo about once, as a concatenation would).
+
+    Returns:
+        `{dataset: weight}`.
+    """
+    members = parse_mixture(name)
+    builders = _mixture_builders(members, data_dir, config)
+    raw = [
+        w if w is not None else b.info.splits["train"].num_examples
+        for (_, w), b in zip(members, builders, strict=True)
+    ]
+    total = float(sum(raw))
+    return {n: r / total for (n, _), r in zip(members, raw, strict=True)}
+
+
+def load_mixture(
+    name: str,
+    split: str,
+    data_dir: str | None = None,
+    config: str | None = None,
+    max_examples: int | None = None,
+    labels_only: bool = False,
+) -> tf.data.Dataset:
+    """A split of several datasets at once, as dicts (`image`, `label`, `id_code`).
+
+    `train` is sampled with `tf.data.Dataset.sample_from_datasets` at `mixture_weights`
+    (seeded by `MIXTURE_SEED`, members repeated so the weights hold for the whole epoch); its
+    length is the sum of the members' train sizes. Other splits (`validation`, `test`) are the
+    members one after another, each whole: evaluation never samples. `id_code`s are prefixed
+    with the dataset name (`eyepacs2015/10_left`).
+
+    Args:
+        name: str. The mixture, see `parse_mixture`.
+        split: str. A split every member has.
+        data_dir: str. TFDS data dir. Defaults to `default_data_dir()`.
+        config: str. The builder config of every member (they must store the same pixels).
+        max_examples: int. Keep only the first this many examples. Defaults to all.
+        labels_only: bool. Skip image decoding (for `split_labels`). Defaults to False.
+
+    Returns:
+        A `tf.data.Dataset`.
+
+    Raises:
+        ValueError: a member without the split, or members storing different pixels.
+        DataNotPreparedError: a member is not prepared.
+    """
+    members = parse_mixture(name)
+    builders = _mixture_builders(members, data_dir, config)
+    parts = []
+    for (member, _), builder in zip(members, builders, strict=True):
+        if split not in builder.info.splits:
+            raise ValueError(f"dataset '{member}' of the mixture '{name}' has no split '{split}'")
+        decoders = {"image": tfds.decode.SkipDecoding()} if labels_only else None
+        ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
+        prefix = tf.constant(f"{member}/")
+
+        def _common(ex, prefix=prefix):
+            out = {"label": ex["label"], "id_code": prefix + ex["id_code"]}
+            if not labels_only:
+                out["image"] = ex["image"]
+            return out
+
+        parts.append(ds.map(_common, deterministic=True))
+    if split == "train":
+        sizes = [b.info.splits["train"].num_examples for b in builders]
+        weights = list(mixture_weights(name, data_dir, config).values())
+        ds = tf.data.Dataset.sample_from_datasets(
+            [p.repeat() for p in parts], weights=weights, seed=MIXTURE_SEED
+        ).take(sum(sizes))
+    else:
+        ds = parts[0]
+        for p in parts[1:]:
+            ds = ds.concatenate(p)
+    if max_examples:
+        ds = ds.take(max_examples)
+    return ds
 
 
 def has_labels(labels: np.ndarray) -> bool:

@@ -226,3 +226,60 @@ def test_prepare_eyepacs_and_fundus_folder_from_the_cli(tmp_path, capsys):
         (tmp_path / "tfds" / "fundus_folder" / "256" / "1.0.0" / "build_report.json").read_text()
     )
     assert report["patients_in_two_splits"] == [] and sum(report["patients"].values()) == 9
+
+
+@pytest.fixture(scope="module")
+def two_real_layouts(tmp_path_factory):
+    """aptos2019/256 and eyepacs2015/256 built from their dummy Kaggle layouts (one data dir)."""
+    from eyegazer_datasets.aptos2019 import aptos2019_dataset_builder as aptos
+    from eyegazer_datasets.eyepacs2015 import eyepacs2015_dataset_builder as eyepacs
+
+    repo = pathlib.Path(__file__).resolve().parents[1] / "datasets"
+    data_dir = tmp_path_factory.mktemp("two")
+    aptos.prepare(repo / "aptos2019" / "dummy_data" / "folder", data_dir, "256")
+    eyepacs.prepare(repo / "eyepacs2015" / "dummy_data" / "folder", data_dir, "256")
+    return str(data_dir)
+
+
+def test_mixture_samples_at_the_stated_weights(two_real_layouts):
+    name = "aptos2019:0.25,eyepacs2015:0.75"
+    assert data.parse_mixture(name) == [("aptos2019", 0.25), ("eyepacs2015", 0.75)]
+    assert data.mixture_weights(name, two_real_layouts, "256") == {
+        "aptos2019": 0.25,
+        "eyepacs2015": 0.75,
+    }
+    ds = data.load_split(name, "train", two_real_layouts, "256")
+    ids = [ex["id_code"].decode() for ex in ds.as_numpy_iterator()]
+    assert len(ids) == 9 + 12  # one epoch = the members' train sizes together
+    share = sum(i.startswith("eyepacs2015/") for i in ids) / len(ids)
+    assert 0.5 < share < 0.95  # 0.75 stated; 21 draws
+    # split_labels draws the same sequence without decoding images.
+    labels = [int(ex["label"]) for ex in data.load_split(name, "train", two_real_layouts, "256")]
+    assert data.split_labels(name, "train", two_real_layouts, "256").tolist() == labels
+    # Without weights, each member weighs its train size.
+    weights = data.mixture_weights("aptos2019,eyepacs2015", two_real_layouts, "256")
+    assert weights == pytest.approx({"aptos2019": 9 / 21, "eyepacs2015": 12 / 21})
+
+
+def test_mixture_validation_is_every_member_whole(two_real_layouts):
+    ds = data.load_split("aptos2019,eyepacs2015", "validation", two_real_layouts, "256")
+    ids = [ex["id_code"].decode() for ex in ds.as_numpy_iterator()]
+    assert len(ids) == 3 + 4 and len(set(ids)) == 7
+    batches = data.make_dataset(ds, image_size=32, batch_size=4)
+    images, labels = next(iter(batches))
+    assert images.shape == (4, 32, 32, 3) and labels.dtype == tf.int32
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("aptos2019,kaggle", "unknown dataset 'kaggle'"),
+        ("aptos2019:0.5,eyepacs2015", "give a weight to every member or to none"),
+        ("aptos2019:x,eyepacs2015:1", "weight 'x' of aptos2019"),
+        ("aptos2019:0,eyepacs2015:1", "must be > 0"),
+        ("aptos2019,aptos2019", "names a dataset twice"),
+    ],
+)
+def test_bad_mixture_specs(spec, message):
+    with pytest.raises(ValueError, match=message):
+        data.parse_mixture(spec)
