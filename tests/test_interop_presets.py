@@ -12,7 +12,7 @@ PRESETS = keras_hub.models.ViTBackbone.presets
 PRESET_CONFIGS = [
     name
     for name, factory in configs.CONFIGS.items()
-    if getattr(factory(), "backbone", "config") != "config"
+    if getattr(factory(), "backbone", None) not in (None, "config")  # None: a random ViT
 ]
 
 
