@@ -71,10 +71,16 @@ def _path(*parts):
 
 
 def _images():
+    """A fundus-like disc (orange, with dark 'vessels') and uniform noise, both sharp enough
+    to pass the export's quality gate (`fundus.assess_quality`)."""
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:SIZE, 0:SIZE]
-    smooth = np.stack([xx * 8, yy * 8, (xx + yy) * 4], axis=-1)
-    return np.stack([smooth, rng.integers(0, 256, (SIZE, SIZE, 3))]).clip(0, 255).astype("uint8")
+    inside = (yy - 15.5) ** 2 + (xx - 15.5) ** 2 <= 15.5**2
+    disc = np.where(inside[..., None], [[[210, 110, 50]]], 0)
+    vessels = inside & (((xx + yy) % 7 == 0) | ((xx - yy) % 9 == 0))
+    disc = np.where(vessels[..., None], [[[90, 30, 20]]], disc)
+    noise = rng.integers(0, 256, (SIZE, SIZE, 3))
+    return np.stack([disc, noise]).clip(0, 255).astype("uint8")
 
 
 def _pixel_values(images):
