@@ -468,7 +468,8 @@ def score_maps(
     Returns:
         Dict with ``n_scored``, ``n_skipped_no_lesion``, ``tolerance_px``, ``size`` and
         ``maps``: for each method and each baseline, ``pointing_game`` (hit rate),
-        ``pixel_auroc`` (mean over photos) and ``n``; plus ``best_baseline`` and
+        ``pixel_auroc`` (mean over photos), ``n`` and ``pointing_game_at_tolerance`` (hit rates
+        at 0 px, half the tolerance and the tolerance, keyed by the radius); plus ``best_baseline`` and
         ``pointing_game_ratio`` (each method's hit rate / the best baseline's).
 
     Raises:
@@ -490,6 +491,8 @@ def score_maps(
     centre = baseline_map("centre_prior", size)
     hits = {k: [] for k in (*all_maps, *BASELINES)}
     aucs = {k: [] for k in hits}
+    stricter = sorted({t for t in (0, tol // 2) if t < tol})
+    strict_hits = {k: {t: [] for t in stricter} for k in hits}
     skipped = 0
     for i in range(n):
         inside = images[i].max(axis=-1) > fundus.DEFAULT_THRESHOLD
@@ -502,6 +505,8 @@ def score_maps(
         per["centre_prior"] = centre
         for name, saliency in per.items():
             hits[name].append(pointing_game_hit(saliency, mask, tol, inside))
+            for t in stricter:
+                strict_hits[name][t].append(pointing_game_hit(saliency, mask, t, inside))
             auc = pixel_auroc(saliency, mask, inside)
             if auc is not None:
                 aucs[name].append(auc)
@@ -510,6 +515,10 @@ def score_maps(
             "pointing_game": float(np.mean(hits[name])) if hits[name] else None,
             "pixel_auroc": float(np.mean(aucs[name])) if aucs[name] else None,
             "n": len(hits[name]),
+            "pointing_game_at_tolerance": {
+                str(t): float(np.mean(v)) if v else None
+                for t, v in {**strict_hits[name], tol: hits[name]}.items()
+            },
         }
         for name in hits
     }

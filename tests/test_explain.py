@@ -178,7 +178,9 @@ def test_scores_by_hand():
     )
     assert out["n_scored"] == 1 and out["n_skipped_no_lesion"] == 1
     assert out["tolerance_px"] == round(15 / 224 * S)
-    assert out["maps"]["oracle"] == {"pointing_game": 1.0, "pixel_auroc": 1.0, "n": 1}
+    oracle = out["maps"]["oracle"]
+    assert (oracle["pointing_game"], oracle["pixel_auroc"], oracle["n"]) == (1.0, 1.0, 1)
+    assert oracle["pointing_game_at_tolerance"] == {"0": 1.0, "1": 1.0, "2": 1.0}
     assert set(out["maps"]) == {"oracle", "random", "centre_prior"}
     assert out["maps"]["centre_prior"]["pointing_game"] == 0.0  # lesion far from the centre
     with pytest.raises(ValueError, match="shape"):
