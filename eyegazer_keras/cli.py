@@ -712,7 +712,7 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--runlocal",
         action="store_true",
-        help="the tiny demo:runlocal config (seconds; for checking an install)",
+        help="the tiny demo:runlocal config (minutes on 2 cores; for checking an install)",
     )
 
 

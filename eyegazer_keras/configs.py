@@ -223,8 +223,9 @@ def _demo(runlocal: bool = False) -> TrainConfig:
 
     runlocal (`--config demo:runlocal`, or `eyegazer demo --runlocal`): no pretraining stage,
     2-layer ViT at 32 px, 1 epoch on synthetic_fundus/tiny (prepare it with
-    `eyegazer prepare synthetic_fundus --config tiny`). Runtime: well under a minute on 2 CPU
-    cores. Expected: a complete run folder; its metrics are near chance (80 training photos).
+    `eyegazer prepare synthetic_fundus --config tiny`). Runtime: minutes; `eyegazer demo
+    --runlocal` (prepare + train + evaluate + export) took 263 s on 2 shared, busy CPU cores.
+    Expected: a complete run folder and export; metrics near chance (80 training photos).
 
     Args:
         runlocal: bool. The tiny variant. Defaults to False.
@@ -254,8 +255,8 @@ def _blog_run1(runlocal: bool = False) -> TrainConfig:
     Expected: accuracy around 0.76 (the write-up), QWK reported alongside.
 
     runlocal (`--config blog-run1:runlocal`): the same recipe on synthetic_fundus/tiny with a
-    random 2-layer ViT (no preset download), 32 px, 1 epoch. Runtime: well under a minute on 2
-    CPU cores. Expected: a complete run folder; metrics near chance.
+    random 2-layer ViT (no preset download), 32 px, 1 epoch. Runtime: as demo:runlocal (same
+    data and model size). Expected: a complete run folder; metrics near chance.
 
     Args:
         runlocal: bool. The tiny variant. Defaults to False.
@@ -291,8 +292,8 @@ def _blog_run2(runlocal: bool = False) -> TrainConfig:
     Runtime: hours on one GPU. Expected: no collapse; QWK and AUROC in metrics.json.
 
     runlocal (`--config blog-run2:runlocal`): the same recipe (class weights, collapse detector
-    stopping) on synthetic_fundus/tiny with a random 2-layer ViT, 32 px, 1 epoch. Runtime: well
-    under a minute on 2 CPU cores. Expected: a complete run folder; metrics near chance.
+    stopping) on synthetic_fundus/tiny with a random 2-layer ViT, 32 px, 1 epoch. Runtime: as
+    demo:runlocal. Expected: a complete run folder; metrics near chance.
 
     Args:
         runlocal: bool. The tiny variant. Defaults to False.
@@ -328,9 +329,9 @@ def _blog_run3(runlocal: bool = False) -> TrainConfig:
     sensitivity and specificity in metrics.json.
 
     runlocal (`--config blog-run3:runlocal`): the binary task, AUROC-monitored, on
-    synthetic_fundus/tiny with a random 2-layer ViT, 32 px, 1 epoch. Runtime: well under a
-    minute on 2 CPU cores. Expected: a complete run folder with AUROC, sensitivity and
-    specificity; values near chance.
+    synthetic_fundus/tiny with a random 2-layer ViT, 32 px, 1 epoch. Runtime: as
+    demo:runlocal. Expected: a complete run folder with AUROC, sensitivity and specificity;
+    values near chance.
 
     Args:
         runlocal: bool. The tiny variant. Defaults to False.
@@ -362,7 +363,8 @@ def _search_demo(runlocal: bool = False) -> SearchConfig:
     Runtime: a few minutes on 2 CPU cores. Expected: QWK with tuned cut-offs >= QWK with rounding.
 
     runlocal (`--config search-demo:runlocal`): 1 trial of 1 epoch on synthetic_fundus/tiny.
-    Runtime: about a minute on 2 CPU cores. Expected: a search folder, cut-offs and an export;
+    Runtime: one AutoKeras trial (not timed separately; the module docstring example of
+    `search` runs it). Expected: a search folder, cut-offs and an export;
     QWK near chance.
 
     Args:
@@ -383,7 +385,7 @@ def _search_aptos(runlocal: bool = False) -> SearchConfig:
     Runtime: hours on one GPU. Expected: QWK around 0.85+ with tuned cut-offs.
 
     runlocal (`--config search-aptos:runlocal`): 1 trial of 1 epoch on synthetic_fundus/tiny at
-    32 px with a fixed vanilla block. Runtime: about a minute on 2 CPU cores. Expected: a search
+    32 px with a fixed vanilla block. Runtime: as search-demo:runlocal. Expected: a search
     folder, cut-offs and an export; QWK near chance.
 
     Args:

@@ -16,6 +16,7 @@ os.environ["HF_HOME"] = os.path.join(_CACHE, "huggingface")
 import pytest  # noqa: E402
 
 from tests import _netguard  # noqa: E402
+from tests.test_case import TINY_VIT  # noqa: E402
 
 # No network in tests (issue 13): this process and every Python child it starts (through
 # tests/netguard/sitecustomize.py, first on their PYTHONPATH) may connect to loopback only.
@@ -26,11 +27,11 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 os.environ[_netguard.LOG_ENV] = os.path.join(_CACHE, "netguard.log")
 _netguard.install()
 
-from eyegazer_keras import train  # noqa: E402
+from eyegazer_keras import configs, runtime  # noqa: E402
 
 # What the `eyegazer` CLI sets first thing; in pytest's one process `configure_runtime` would
 # come after TensorFlow's first function and be ignored, so set it up front.
-train.add_cpu_fusion_flags()
+runtime.add_cpu_fusion_flags()
 
 
 def pytest_configure(config):
@@ -73,7 +74,7 @@ def no_network(request):
         )
 
 
-TINY_BACKBONE = {"patch_size": 8, "num_layers": 2, "num_heads": 2, "hidden_dim": 48, "mlp_dim": 96}
+TINY_BACKBONE = TINY_VIT  # the shared tiny ViT (tests/test_case.py) at the runlocal 32 px
 
 
 @pytest.fixture(scope="session")
@@ -87,20 +88,13 @@ def tiny_data_dir(tmp_path_factory):
 
 
 def tiny_train_overrides(data_dir: str, **extra) -> dict:
-    """A `TrainConfig` override dict for a seconds-long run on the tiny set."""
-    out = {
-        "dataset_config": "tiny",
-        "data_dir": data_dir,
-        "image_size": 32,
-        "backbone": None,
-        "backbone_config": dict(TINY_BACKBONE),
-        "pretrain_epochs": 0,
-        "batch_size": 16,
-        "epochs": 1,
-        "augment": False,
-        "export": False,
-        "lora_rank": 4,
-    }
+    """A `TrainConfig` override dict for a seconds-long run on the tiny set.
+
+    The configs' own `runlocal` settings (`configs.RUNLOCAL_TRAIN`: synthetic_fundus/tiny, 32 px,
+    the tiny ViT, 1 epoch), the prepared `data_dir`, no export.
+    """
+    out = {**configs.RUNLOCAL_TRAIN, "data_dir": data_dir, "export": False}
+    out["backbone_config"] = dict(TINY_BACKBONE)
     out.update(extra)
     return out
 

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 
 from eyegazer_keras import configs, distribute, train  # noqa: E402
 
-BACKBONE = {"patch_size": 8, "num_layers": 2, "num_heads": 2, "hidden_dim": 48, "mlp_dim": 96}
+BACKBONE = dict(configs.RUNLOCAL_VIT)  # the tiny test ViT (tests/test_case.py)
 
 
 def one_step(strategy, init_weights, x, y, w, steps=1):

@@ -12,35 +12,17 @@ import sys
 import textwrap
 
 import keras
-import keras_hub
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 
 from eyegazer_keras import GRADE_NAMES, NOT_A_MEDICAL_DEVICE, export, fundus, metrics
+from tests.test_case import tiny_vit_classifier  # noqa: F401  (test_serve/test_app import it here)
 
 IMAGE_SIZE = 32
 SOURCE_SIZE = 64
 DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "serving.md"
-
-
-def tiny_vit_classifier(num_classes: int, seed: int = 0) -> keras.Model:
-    """Tiny random ViT with the project's model contract (0..255 in, normalisation inside)."""
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
-    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0)(inputs)
-    x = keras_hub.models.ViTBackbone(
-        image_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
-        patch_size=8,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=48,
-        mlp_dim=96,
-    )(x)
-    x = keras.layers.GlobalAveragePooling1D()(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax")(x)
-    return keras.Model(inputs, outputs)
 
 
 def synthetic_fundus(height: int = 480, width: int = 640, seed: int = 0) -> np.ndarray:

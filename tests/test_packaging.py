@@ -7,6 +7,8 @@ import zipfile
 
 import pytest
 
+from tests.conftest import NETGUARD_DIR
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -66,7 +68,7 @@ def test_wheel_ships_builders_and_builds_dataset(tmp_path):
         "print(b.info.splits['train'].num_examples)\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
-    env["PYTHONPATH"] = str(site)
+    env["PYTHONPATH"] = os.pathsep.join([NETGUARD_DIR, str(site)])  # the wheel, and no network
     out = subprocess.run(
         [sys.executable, "-c", script],
         cwd=tmp_path,

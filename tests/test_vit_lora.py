@@ -19,9 +19,13 @@ from eyegazer_keras.models.vit_lora import (
     lora_parameter_count,
     save_adapter,
 )
+from tests.test_case import tiny_vit
 
-SIZE, PATCH, LAYERS, HEADS, HIDDEN, MLP = 28, 7, 2, 2, 48, 96
-TINY = dict(patch_size=PATCH, num_layers=LAYERS, num_heads=HEADS, hidden_dim=HIDDEN, mlp_dim=MLP)
+SIZE = 28  # keras-hub's test image size
+TINY = tiny_vit(SIZE)  # the shared tiny ViT (tests/test_case.py), patch 7 at 28 px
+PATCH, LAYERS, HEADS, HIDDEN, MLP = (
+    TINY[k] for k in ("patch_size", "num_layers", "num_heads", "hidden_dim", "mlp_dim")
+)
 
 
 def _images(n=2, size=SIZE, seed=0):
