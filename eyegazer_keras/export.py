@@ -545,3 +545,63 @@ def write_model_card(output_dir: str | os.PathLike, meta: Mapping, card: Mapping
         json.dump(full, f, indent=2)
         f.write("\n")
     return full
+
+
+# --------------------------------------------------------------------------------------------
+# The model card of a training run (`train.export_run`). Kept apart from the SavedModel code.
+# --------------------------------------------------------------------------------------------
+RUN_CARD_METRICS = (
+    "accuracy",
+    "majority_baseline",
+    "qwk",
+    "auroc",
+    "sensitivity",
+    "specificity",
+    "referable",
+    "n",
+)
+
+
+def training_run_card(
+    *,
+    model_name: str,
+    run_data: Mapping,
+    training_config: Mapping,
+    validation_metrics: Mapping,
+) -> dict:
+    """Model-card content (`model_card=` of `export_saved_model`) for an `eyegazer train` run.
+
+    Args:
+        model_name: str. Title, e.g. "keras-hub ViT + LoRA (rank 8) grade classifier".
+        run_data: dict. The run's `dataset.json` (`train.RunData.to_dict()`): `dataset`,
+            `builder_config`, `version`, `splits`, `preprocessing`
+            (`fundus.PreprocessingSpec.to_dict()`).
+        training_config: dict. The run's `config.json`.
+        validation_metrics: dict. The run's `metrics_validation.json` (`RUN_CARD_METRICS` kept).
+
+    Returns:
+        A dict with `model_name`, `data`, `training`, `validation_metrics`, `preprocessing`.
+    """
+    pre = run_data.get("preprocessing", {})
+    source, size = pre.get("stored_size"), training_config.get("image_size")
+    return {
+        "model_name": model_name,
+        "data": {
+            "dataset": run_data.get("dataset"),
+            "config": run_data.get("builder_config"),
+            "version": run_data.get("version"),
+            "splits": run_data.get("splits"),
+            "trained_on": "train",
+            "validated_on": "validation",
+        },
+        "training": dict(training_config),
+        "validation_metrics": {
+            k: validation_metrics[k] for k in RUN_CARD_METRICS if k in validation_metrics
+        },
+        "preprocessing": (
+            f"decode JPEG/PNG -> crop black border, pad to square, resize to {source}px"
+            f"{' + Ben Graham' if pre.get('ben_graham') else ''} "
+            f"(eyegazer_keras.fundus.preprocess_fundus) -> resize to {size}px; "
+            "normalisation inside the model"
+        ),
+    }

@@ -38,6 +38,7 @@ from sklearn.metrics import (
 )
 
 from eyegazer_keras import GRADE_NAMES
+from eyegazer_keras.files import json_safe  # re-exported: metrics.json_safe is public
 
 logger = logging.getLogger(__name__)
 
@@ -79,32 +80,6 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def json_safe(obj):
-    """Converts numpy scalars/arrays, tuples and non-finite floats to plain JSON values.
-
-    Args:
-        obj: any nesting of dicts, lists, tuples, numpy arrays and scalars.
-
-    Returns:
-        The same structure with numpy types replaced by Python types, tuples by lists and
-        NaN/inf floats by ``None``.
-    """
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return json_safe(obj.tolist())
-    if isinstance(obj, bool | np.bool_):
-        return bool(obj)
-    if isinstance(obj, int | np.integer):
-        return int(obj)
-    if isinstance(obj, float | np.floating):
-        value = float(obj)
-        return value if math.isfinite(value) else None
-    return obj
 
 
 def _float_or_none(value) -> float | None:

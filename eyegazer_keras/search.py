@@ -27,14 +27,13 @@ print(summary["metrics"]["qwk_tuned"])
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from eyegazer_keras import configs, data
+from eyegazer_keras import configs, data, files
 
 logger = logging.getLogger(__name__)
 
@@ -207,11 +206,11 @@ def run_search(config, workdir, progress: Callable[[str], None] | None = None) -
     if config.strategy == "multiworker":
         search_strategy(config.strategy)  # raises the one-line reason before any work
     builder = data.prepared_builder(config.dataset, config.data_dir, config.dataset_config)
-    workdir = Path(workdir)
+    # config.json holds the absolute data dir: the run works from any working directory.
+    config.data_dir = os.path.abspath(data.default_data_dir(config.data_dir))
+    workdir = Path(workdir).expanduser().absolute()
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(
-        json.dumps(configs.to_dict(config), indent=2, sort_keys=True) + "\n", encoding="utf-8"
-    )
+    files.write_json_atomic(workdir / "config.json", configs.to_dict(config))
 
     from eyegazer_keras import metrics, report
     from eyegazer_keras.models import regressor
@@ -279,9 +278,7 @@ def run_search(config, workdir, progress: Callable[[str], None] | None = None) -
         "wall_time_s": round(time.monotonic() - start, 1),
         "export_dir": export_dir,
     }
-    (workdir / SUMMARY_FILE).write_text(
-        json.dumps(metrics.json_safe(summary), indent=2, sort_keys=True) + "\n", encoding="utf-8"
-    )
+    files.write_json_atomic(workdir / SUMMARY_FILE, summary)
     return summary
 
 

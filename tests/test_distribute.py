@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from eyegazer_keras import distribute
+from eyegazer_keras import callbacks, distribute
 from tests.conftest import train_command
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -112,6 +112,7 @@ def test_two_worker_processes_train_in_sync_and_only_chief_writes(tiny_data_dir,
             "checkpoints",
             "config.json",
             "confusion_matrix_validation.png",
+            "dataset.json",
             "history.json",
             "logs",
             "metrics_validation.json",
@@ -129,11 +130,11 @@ def test_killed_worker_restarts_and_job_completes(tiny_data_dir, tmp_path):
     cmd = _worker_cmd(tiny_data_dir, workdir, epochs=6, checkpoint_every_steps=2)
     ports = _free_ports(2)
     procs = _start_workers(cmd, ports, tmp_path, tmp_path)
-    meta = workdir / "backup" / "training_metadata.json"
     deadline = time.time() + 300
     killed = False
     while time.time() < deadline and all(p.poll() is None for p in procs):
-        if meta.exists() and json.loads(meta.read_text())["epoch"] >= 1:
+        position = callbacks.backup_position(str(workdir / "backup"))
+        if position and position[0] >= 1:
             procs[1].send_signal(signal.SIGKILL)  # the non-chief worker dies mid-run
             killed = True
             break

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from eyegazer_keras import configs, runtime, train
+from eyegazer_keras import callbacks, configs, files, fundus, runtime, train
 from eyegazer_keras.models import vit_lora
 from tests.conftest import TINY_BACKBONE, tiny_train_overrides, train_command
 
@@ -112,6 +112,79 @@ def test_evaluate_matches_training_metrics_and_refuses_test(finished_run):
     assert out.returncode == 2 and "no labels" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_evaluate_keeps_what_training_recorded(finished_run):
+    """`eyegazer evaluate` rewrote metrics_validation.json without train's collapse_events."""
+    workdir, summary, _ = finished_run
+    before = json.load(open(os.path.join(workdir, "metrics_validation.json")))
+    after = train.evaluate_run(workdir, "validation", progress_bar=False)
+    assert "collapse_events" in before
+    assert after["collapse_events"] == before["collapse_events"] == summary["collapse_events"]
+    stored = json.load(open(os.path.join(workdir, "metrics_validation.json")))
+    assert stored["collapse_events"] == before["collapse_events"]
+
+
+def test_evaluate_shows_a_progress_bar_on_request(finished_run, capsys):
+    workdir, _, _ = finished_run
+    train.evaluate_run(workdir, "validation", progress_bar=True)
+    assert "evaluate validation" in capsys.readouterr().err
+    train.evaluate_run(workdir, "validation")  # default: only on a terminal (pytest's is not)
+    assert "evaluate validation" not in capsys.readouterr().err
+
+
+def test_run_folder_is_self_contained(finished_run, tiny_data_dir, tmp_path, monkeypatch):
+    """Issue 13 item 8: config.json holds absolute paths; a run folder copied elsewhere exports
+    without the dataset, and evaluate works from any working directory."""
+    import shutil
+
+    workdir, _, _ = finished_run
+    stored = json.load(open(os.path.join(workdir, "config.json")))
+    assert os.path.isabs(stored["data_dir"]) and os.path.samefile(stored["data_dir"], tiny_data_dir)
+    run_data = json.load(open(os.path.join(workdir, train.RUN_DATA)))
+    spec = fundus.PreprocessingSpec.from_dict(run_data["preprocessing"])
+    assert spec == fundus.PreprocessingSpec(stored_size=64, ben_graham=False, crop="fundus")
+    assert run_data["class_names"] == ["no_dr", "mild", "moderate", "severe", "proliferative"]
+    assert run_data["splits"] == {"train": 80, "validation": 24, "test": 16}
+    # Evaluate from another working directory, through a relative path to the run.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    m = train.evaluate_run(os.path.relpath(workdir, elsewhere), "validation", progress_bar=False)
+    assert m["n"] == 24
+    # Copy the run to a new place and make its dataset unreachable: export still works.
+    copy = tmp_path / "copied_run"
+    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("export"))
+    config = json.load(open(copy / "config.json"))
+    config["data_dir"] = str(tmp_path / "no_such_data_dir")
+    (copy / "config.json").write_text(json.dumps(config))
+    out = train.export_run(str(copy), str(tmp_path / "exp"))
+    meta = json.load(open(os.path.join(out, "assets.extra", "eyegazer_metadata.json")))
+    assert meta["source_size"] == 64 and meta["image_size"] == 32
+    card = json.load(open(os.path.join(out, "model_card.json")))
+    assert card["data"]["splits"] == {"train": 80, "validation": 24, "test": 16}
+    assert card["validation_metrics"]["n"] == 24
+    assert not (tmp_path / "no_such_data_dir").exists()  # nothing was written there
+    with pytest.raises(Exception, match="not prepared"):  # evaluate does need the data
+        train.evaluate_run(str(copy), "validation", progress_bar=False)
+
+
+def test_a_preset_that_cannot_be_loaded_is_one_line(tiny_data_dir, tmp_path, monkeypatch):
+    """Issue 13 item 12: no reachability probe; the loader's own error becomes the message. The
+    network is blocked here, so the loader fails without any connection attempt leaving."""
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "network blocked by the test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub"))
+    config = _config(tiny_data_dir, backbone="vit_base_patch16_224_imagenet21k")
+    with pytest.raises(train.RunError) as err:
+        train.run_training(config, str(tmp_path / "run"))
+    message = str(err.value)
+    assert "vit_base_patch16_224_imagenet21k" in message and "--set backbone=" in message
+    assert "\n" not in message
+
+
 def test_export_from_workdir_predicts(finished_run, tmp_path):
     from eyegazer_keras import predict
 
@@ -165,7 +238,7 @@ def test_collapse_detector_warns_records_and_stops(caplog, tmp_path):
         }
 
     detector = train.CollapseDetector(threshold=0.95, patience=2, stop=True)
-    backup = train.ChiefBackupAndRestore(str(tmp_path / "b"), str(tmp_path / "b"), chief=True)
+    backup = callbacks.TrainingBackup(str(tmp_path / "b"), str(tmp_path / "b"), chief=True)
     with caplog.at_level("WARNING"):
         history = trainer.fit(lambda e: ds, 4, 6, evaluate, [detector, backup], backup)
     assert len(history["loss"]) == 2  # stopped after `patience` collapsed epochs, not 6
@@ -184,13 +257,13 @@ def test_collapse_detector_ignores_healthy_predictions():
 def test_kill_minus_nine_then_resume(tiny_data_dir, tmp_path):
     workdir = tmp_path / "run"
     cmd = train_command(tiny_data_dir, workdir, epochs=6, checkpoint_every_steps=2)
-    meta = workdir / "backup" / "training_metadata.json"
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 240
     killed_at = None
     while time.time() < deadline and proc.poll() is None:
-        if meta.exists():
-            info = json.loads(meta.read_text())
+        position = callbacks.backup_position(str(workdir / "backup"))
+        if position:
+            info = {"epoch": position[0], "batch": position[1]}
             if info["epoch"] >= 1 and info["batch"] > 0:  # mid-epoch, after one full epoch
                 proc.send_signal(signal.SIGKILL)
                 killed_at = info
@@ -253,11 +326,10 @@ def test_evaluate_and_export_a_run_without_pretraining(tiny_data_dir, tmp_path):
 
 def test_resume_with_a_different_config_is_refused(tiny_data_dir, tmp_path):
     workdir = tmp_path / "run"
-    (workdir / "backup").mkdir(parents=True)
     config = _config(tiny_data_dir)
     train.configs_lib.validate(config)
-    train._write_json(str(workdir / "config.json"), configs.to_dict(config))
-    (workdir / "backup" / "training_metadata.json").write_text('{"epoch": 1, "batch": 0}')
+    files.write_json_atomic(str(workdir / "config.json"), configs.to_dict(config))
+    _write_backup(str(workdir / "backup"), epoch=1, step=0)
     train._check_resume_config(config, str(workdir))  # same config: fine
     changed = _config(tiny_data_dir, batch_size=8)
     with pytest.raises(
@@ -361,21 +433,112 @@ def test_resolve_auto_picks_fusion_on_cpu(monkeypatch):
     assert runtime.resolve_auto(configs.TrainConfig(name="x", jit_compile=1)).jit_compile is True
 
 
-def test_backup_removes_a_checkpoint_a_kill_left_half_written(tmp_path):
-    """A kill -9 during `Checkpoint.write` leaves `ckpt-E-B_temp/`; the next save must clean it
-    (it used to fail the resumed run with "Is a directory")."""
-    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    model.compile(optimizer="adam", loss="mse")
-    model.optimizer.build(model.trainable_variables)
-    stale = tmp_path / "ckpt-0-1_temp"
+def _tiny_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.GlobalAveragePooling2D(name="pool"),
+            keras.layers.Dense(5, activation="softmax", name="head"),
+        ],
+        name="tiny",
+    )
+    optimizer = keras.optimizers.SGD(0.05)
+    model.compile(optimizer=optimizer)
+    optimizer.build(model.trainable_variables)
+    return model, optimizer
+
+
+def _write_backup(backup_dir, epoch, step):
+    """A real `TrainingBackup` checkpoint at (epoch, step) of a tiny model."""
+    model, _ = _tiny_model()
+    backup = callbacks.TrainingBackup(backup_dir)
+    backup.set_model(model)
+    backup.state.epoch.assign(epoch)
+    backup.state.step.assign(step)
+    backup.save()
+    assert callbacks.backup_position(backup_dir) == (epoch, step)
+
+
+def test_backup_survives_a_checkpoint_a_kill_left_half_written(tmp_path):
+    """A kill -9 during a save leaves `ckpt-N_temp/` (and maybe a stale `ckpt-N.index`); the
+    resumed run's next save reuses that number. It must succeed (the hand-written pruning used
+    to fail here with "Is a directory") and leave exactly one complete backup."""
+    model, _ = _tiny_model()
+    stale = tmp_path / "ckpt-1_temp"
     stale.mkdir()
     (stale / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"half")
-    (tmp_path / "ckpt-0-1.index").write_bytes(b"old")
-    backup = train.ChiefBackupAndRestore(str(tmp_path), str(tmp_path), chief=True, save_freq=1)
+    (tmp_path / "ckpt-1.index").write_bytes(b"old")
+    backup = callbacks.TrainingBackup(str(tmp_path), str(tmp_path), chief=True, save_freq=1)
     backup.set_model(model)
-    backup.on_epoch_begin(0)
-    backup.on_train_batch_end(1)
+    backup.on_train_begin()  # nothing committed yet: nothing restored
+    backup.state.begin_epoch(0)
+    for batch in range(2):
+        backup.state.add_step(0.5, 0.01)
+        backup.on_train_batch_end(batch)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert "training_metadata.json" in names
-    assert all(n.startswith("ckpt-0-2.") for n in names if n != "training_metadata.json"), names
-    assert backup.resume_position() == (0, 2)
+    assert "checkpoint" in names and not any(n.endswith("_temp") for n in names), names
+    assert [n for n in names if n != "checkpoint"] == [
+        "ckpt-2.data-00000-of-00001",
+        "ckpt-2.index",
+    ], names  # max_to_keep=1: the manager swept ckpt-1, no hand-written pruning
+    assert callbacks.backup_position(str(tmp_path)) == (0, 2)
+
+
+class _Killed(Exception):
+    pass
+
+
+class _KillAt(keras.callbacks.Callback):
+    """Raises after the backup of step `step` of epoch `epoch` (it comes after the backup)."""
+
+    def __init__(self, epoch, step):
+        super().__init__()
+        self.at, self.epoch = (epoch, step), None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.epoch, batch + 1) == self.at:
+            raise _Killed
+
+
+class _StepLosses(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.losses = {}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.losses.setdefault(self.epoch, []).append(logs["loss"])
+
+
+def test_resumed_epoch_logs_the_loss_of_the_whole_epoch(tmp_path):
+    """Issue 13 item 10: killed mid-epoch and resumed, history.json's loss of that epoch is the
+    mean over ALL its steps (the running sum travels in the backup), equal to the loss an
+    uninterrupted run logs, not the mean of the steps after the resume."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (32, 8, 8, 3)).astype("float32")
+    y = rng.integers(0, 5, 32)
+    ds = tf.data.Dataset.from_tensor_slices((x, y, np.ones(32, "float32"))).batch(4)  # 8 steps
+
+    def fit(backup_dir, extra=(), seed=0):
+        model, optimizer = _tiny_model(seed)
+        trainer = train.Trainer(model, optimizer, tf.distribute.get_strategy(), 4)
+        backup = callbacks.TrainingBackup(str(backup_dir), save_freq=1)
+        return trainer.fit(lambda e: ds, 8, 3, lambda: {}, [backup, *extra], backup)
+
+    steps = _StepLosses()
+    uninterrupted = fit(tmp_path / "a", [steps])
+    with pytest.raises(_Killed):
+        fit(tmp_path / "b", [_KillAt(epoch=1, step=5)])
+    assert callbacks.backup_position(str(tmp_path / "b")) == (1, 5)
+    resumed = fit(tmp_path / "b", seed=1)  # other initial weights: the backup restores them
+    np.testing.assert_allclose(resumed["loss"], uninterrupted["loss"], rtol=1e-5)
+    np.testing.assert_allclose(uninterrupted["loss"][1], np.mean(steps.losses[1]), rtol=1e-6)
+    after_resume = np.mean(steps.losses[1][5:])
+    assert abs(after_resume - uninterrupted["loss"][1]) > 1e-3  # the test can tell them apart
+    assert not (tmp_path / "b").exists()  # a finished run removes its backup

@@ -1,0 +1,132 @@
+"""What evaluation adds to a run's metrics: calibration, test-time augmentation, explanations.
+
+* `run_calibration`: temperature scaling and a sensitivity-targeted operating threshold
+  (`metrics.fit_calibration`), fitted once at the end of `eyegazer train` on half of the
+  validation split and stored as `calibration.json`; evaluation and export read it back.
+* `tta_comparison`: QWK, AUROC and ECE without and with test-time flips
+  (`models.wrappers.serving_model`).
+* `explain_split`: maps scored against the lesion masks (`explain.explanations_report`).
+* `card_sections`: the model-card sections describing all three.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from eyegazer_keras import explain, files, metrics, report
+from eyegazer_keras.models import wrappers
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CALIBRATION_FILE",
+    "card_sections",
+    "explain_split",
+    "run_calibration",
+    "tta_comparison",
+    "tta_probabilities",
+]
+
+CALIBRATION_FILE = "calibration.json"
+
+
+def run_calibration(workdir, y, probs, task, fit: bool) -> dict | None:
+    """Fits (end of train) or reads (evaluate) the run's temperature and operating threshold."""
+    path = os.path.join(workdir, CALIBRATION_FILE)
+    if fit:
+        try:
+            calibration = metrics.fit_calibration(y, probs, task)
+        except ValueError as err:  # e.g. a validation half without referable photos
+            logger.warning("No calibration fitted: %s", err)
+            return None
+        files.write_json_atomic(path, calibration)
+        return calibration
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return None
+
+
+def tta_probabilities(model, dataset, mode: str) -> np.ndarray:
+    """Probabilities `[N, k]` of `model` averaged over the `mode` flips, for a batched dataset."""
+    served = wrappers.serving_model(model, None, mode)
+    return np.concatenate([served(b[0], training=False).numpy() for b in dataset], axis=0)
+
+
+def tta_comparison(y, probs, tta_probs, task, mode) -> dict:
+    """QWK, AUROC and ECE without and with test-time augmentation (uncalibrated both)."""
+
+    def summary(p):
+        m = metrics.classification_metrics(y, p, task)
+        return {"qwk": m["qwk"], "auroc": m["auroc"], "ece": m["calibration"]["ece"]}
+
+    without, with_tta = summary(probs), summary(tta_probs)
+    delta = {
+        k: (with_tta[k] - without[k]) if None not in (with_tta[k], without[k]) else None
+        for k in without
+    }
+    views = len(wrappers.tta_views(tf.zeros([1, 1, 1, 3]), mode))
+    return {"mode": mode, "views": views, "without": without, "with": with_tta, "delta": delta}
+
+
+def explain_split(model, split_ds, image_size: int, workdir: str, split: str, name: str) -> dict:
+    """Writes `explanations_<split>.json` (pointing game, pixel AUROC vs lesion masks) and PNG.
+
+    Args:
+        model: the run's model.
+        split_ds: the split as `data.load_split` returns it (dicts with `image`, `label`, ...).
+        image_size: int. Model input side.
+        workdir: str. The run folder.
+        split: str. Split name (file names).
+        name: str. The config name (plot title).
+
+    Returns:
+        The scores dict of `explain.explanations_report`.
+    """
+    scores, examples = explain.explanations_report(model, split_ds, image_size, split=split)
+    report.write_metrics_json(os.path.join(workdir, f"explanations_{split}.json"), scores)
+    report.plot_explanations(
+        examples,
+        os.path.join(workdir, f"explanations_{split}.png"),
+        title=f"{name}: {split}, one photo per grade >= 2",
+    )
+    return scores
+
+
+def card_sections(val_metrics: dict, calibration: dict | None, tta: str) -> dict:
+    """Model-card sections: calibration figures, operating threshold, TTA, what maps are."""
+    maps = (
+        "serving_explain returns a map of where the model's output is sensitive (gradient-"
+        "weighted attention rollout, Chefer et al. 2021; Grad-CAM for CNNs), on the patch grid. "
+        "It is not a lesion segmentation and has not been validated clinically."
+    )
+    if calibration is None:
+        return {"calibration": "not fitted (no calibration.json in the run)", "explanations": maps}
+    half = calibration.get("report_half", {})
+    before, after = half.get("before", {}), half.get("after", {})
+    point = half.get("operating_point", {})
+    return {
+        "calibration": {
+            "method": calibration.get("method"),
+            "temperature": calibration.get("temperature"),
+            "ece_15_bins": {"before": before.get("ece"), "after": after.get("ece")},
+            "brier": {"before": before.get("brier"), "after": after.get("brier")},
+            "measured_on": f"the other half of validation ({calibration.get('report_rows')} rows)",
+            "reliability_diagram": "reliability_validation.png in the run folder",
+        },
+        "operating_threshold": {
+            "output": calibration.get("threshold_output"),
+            "threshold": calibration.get("threshold"),
+            "target_sensitivity": calibration.get("target_sensitivity"),
+            "sensitivity_on_report_half": point.get("sensitivity"),
+            "specificity_on_report_half": point.get("specificity"),
+        },
+        "tta": tta,
+        "explanations": maps,
+        "uncalibrated_validation_ece": (val_metrics.get("calibration") or {}).get("ece"),
+    }

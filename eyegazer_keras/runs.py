@@ -1,0 +1,484 @@
+"""A run folder: what it stores, rebuilding its model, evaluating it, exporting it.
+
+`eyegazer train` (`train.run_training`) writes the folder; this module reads it back. The folder
+is self-contained: `config.json` (absolute paths) and `dataset.json` (`RunData`: dataset
+version, splits, task, class names, majority class, preprocessing) hold what `export_run`
+needs, so a run copied without its dataset exports; `evaluate_run` works from any working
+directory (it reads the prepared dataset from the stored absolute `data_dir`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from eyegazer_keras import GRADE_NAMES, data, evaluation, explain, export, fundus, metrics, report
+from eyegazer_keras import configs as configs_lib
+from eyegazer_keras.models import vit_lora
+from eyegazer_keras.runtime import resolve_auto, xla_fusion
+from eyegazer_keras.trainer import Trainer
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BEST_ADAPTER",
+    "PRETRAINED_DIR",
+    "RUN_DATA",
+    "RunData",
+    "RunError",
+    "build_model",
+    "evaluate_run",
+    "export_run",
+    "find_backbone",
+    "load_run",
+    "predict_split",
+    "split_dataset",
+    "write_split_metrics",
+]
+
+BEST_ADAPTER = os.path.join("checkpoints", "best_adapter.npz")
+PRETRAINED_DIR = "pretrained_backbone"
+RUN_DATA = "dataset.json"
+
+
+class RunError(RuntimeError):
+    """A run cannot start or continue; the message says why and how to fix it."""
+
+
+# --------------------------------------------------------------------------------------------
+# What a run knows about its data, resolved once
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class RunData:
+    """The dataset facts of a run, read once from the prepared builder and kept in the run.
+
+    Written to `<workdir>/dataset.json`, so export needs no dataset and evaluation no train
+    split.
+
+    Attributes:
+        dataset: str. TFDS dataset name (`synthetic_fundus`, `aptos2019`, ...).
+        builder_config: str. The builder config name (e.g. `"256"`, `"tiny"`).
+        version: str. The prepared dataset version.
+        splits: dict. Examples per split, e.g. `{"train": 80, "validation": 24, "test": 16}`.
+        data_dir: str. Absolute TFDS data dir the run read.
+        task: str. `"grade"` (5 classes, APTOS 0..4) or `"binary"` (no_dr vs dr).
+        class_names: list of str. Name per class id.
+        majority_class: int. Most frequent training class (the majority baseline, collapse).
+        preprocessing: dict. `fundus.PreprocessingSpec.to_dict()`: `stored_size` (stored side,
+            px), `ben_graham`, `crop`, `normalization` (+ `mean`/`std`); see `spec()`.
+        train_targets: int array `[N_train]` or None. Training class ids (not stored).
+        val_targets: int array `[N_val]` or None. Validation class ids (not stored).
+    """
+
+    dataset: str
+    builder_config: str | None
+    version: str
+    splits: dict
+    data_dir: str
+    task: str
+    class_names: list
+    majority_class: int
+    preprocessing: dict
+    train_targets: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    val_targets: np.ndarray | None = dataclasses.field(default=None, repr=False)
+
+    @classmethod
+    def from_config(cls, config: configs_lib.TrainConfig) -> RunData:
+        """Reads the builder and the train/validation labels once.
+
+        Raises:
+            data.DataNotPreparedError: the dataset is not prepared in `config.data_dir`.
+            RunError: the validation split has no labels.
+        """
+        builder = data.prepared_builder(config.dataset, config.data_dir, config.dataset_config)
+        train = data.transform_labels_np(
+            data.split_labels(*split_args(config, "train")), config.task
+        )
+        val_labels = data.split_labels(*split_args(config, "validation"))
+        if not data.has_labels(val_labels):
+            raise RunError("the validation split has no labels; cannot select checkpoints")
+        task = config.task
+        return cls(
+            dataset=config.dataset,
+            builder_config=builder.builder_config.name if builder.builder_config else None,
+            version=str(builder.version),
+            splits={k: v.num_examples for k, v in builder.info.splits.items()},
+            data_dir=os.path.abspath(data.default_data_dir(config.data_dir)),
+            task=task,
+            class_names=list(metrics.BINARY_NAMES if task == "binary" else GRADE_NAMES),
+            majority_class=int(np.bincount(train, minlength=config.num_classes).argmax()),
+            preprocessing=_preprocessing(builder),
+            train_targets=train,
+            val_targets=data.transform_labels_np(val_labels, config.task),
+        )
+
+    def spec(self) -> fundus.PreprocessingSpec:
+        """The photo -> stored image -> model input recipe of the run."""
+        return fundus.PreprocessingSpec.from_dict(self.preprocessing)
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        del out["train_targets"], out["val_targets"]
+        return out
+
+    @classmethod
+    def from_dict(cls, stored: dict) -> RunData:
+        names = {f.name for f in dataclasses.fields(cls)} - {"train_targets", "val_targets"}
+        return cls(**{k: v for k, v in stored.items() if k in names})
+
+    @classmethod
+    def of_run(cls, workdir: str, config: configs_lib.TrainConfig) -> RunData:
+        """The run's `dataset.json`; for runs from before it existed, read from the dataset."""
+        path = os.path.join(workdir, RUN_DATA)
+        if os.path.exists(path):
+            with open(path) as f:
+                return cls.from_dict(json.load(f))
+        return cls.from_config(config)
+
+
+def _preprocessing(builder) -> dict:
+    """The run's `fundus.PreprocessingSpec` (stored size, Ben Graham, crop, normalisation)."""
+    spec = fundus.PreprocessingSpec(
+        stored_size=data.source_size(builder),
+        ben_graham=bool(getattr(builder.builder_config, "ben_graham", False)),
+    )
+    return spec.to_dict()
+
+
+def split_args(config, split: str) -> tuple:
+    """(dataset, split, data_dir, dataset_config, max_examples) for `data.load_split` & co."""
+    limit = config.max_train_examples if split == "train" else config.max_eval_examples
+    return config.dataset, split, config.data_dir, config.dataset_config, limit
+
+
+# --------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------
+def build_model(config: configs_lib.TrainConfig, backbone: str | None = None) -> keras.Model:
+    """Builds the configured keras-hub ViT(+LoRA) classifier in the current strategy scope.
+
+    Args:
+        config: TrainConfig. Image size, LoRA rank/alpha/targets/layout, pooling, head
+            dropout, mixed precision and `backbone_config` are read from it.
+        backbone: str or None. Overrides `config.backbone`: a keras-hub preset name, a local
+            preset dir, `hf://` id / local Hugging Face dir, or "config" (random ViT from
+            `backbone_config`). Defaults to None (`config.backbone`).
+
+    Returns:
+        A `keras.Model` taking `float32 [B, image_size, image_size, 3]` RGB in 0..255 and
+        returning float32 softmax probabilities `[B, num_classes]` (5 grades or 2).
+
+    Raises:
+        RunError: a preset / hf:// backbone that is not on disk cannot be loaded (no network,
+            unknown name); the message says how to pass a local directory.
+    """
+    source = backbone or config.backbone
+    dtype = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}.get(
+        config.mixed_precision or "", None
+    )
+    try:
+        return vit_lora.build_vit_classifier(
+            source,
+            num_classes=config.num_classes,
+            image_size=config.image_size,
+            pooling=config.pooling,
+            lora_rank=config.lora_rank,
+            lora_alpha=config.lora_alpha,
+            lora_targets=tuple(config.lora_targets),
+            lora_layout=config.lora_layout,
+            head_dropout=config.head_dropout,
+            backbone_config=dict(config.backbone_config) if config.backbone_config else None,
+            dtype=dtype,
+        )
+    except (OSError, ValueError) as err:  # requests' ConnectionError is an OSError
+        if source in (None, "config") or os.path.isdir(os.path.expanduser(str(source))):
+            raise
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise RunError(
+            f"backbone '{source}' could not be loaded ({type(err).__name__}: {reason}); "
+            "download the preset on a machine with network access and pass its local directory "
+            "with --set backbone=/path/to/preset"
+        ) from err
+
+
+def find_backbone(model: keras.Model):
+    """The keras-hub `ViTBackbone` inside a classifier."""
+    import keras_hub
+
+    for layer in model.layers:
+        if isinstance(layer, keras_hub.models.ViTBackbone):
+            return layer
+    raise RunError("no keras_hub ViTBackbone inside the model")
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics of one split
+# --------------------------------------------------------------------------------------------
+def split_dataset(config: configs_lib.TrainConfig, split: str) -> tf.data.Dataset:
+    """A labeled split as batched `(float32 [B, S, S, 3], label, weight)`, in order.
+
+    Raises:
+        RunError: the split has no labels (Kaggle test images are unlabeled).
+    """
+    labels = data.split_labels(*split_args(config, split))
+    if not data.has_labels(labels):
+        raise RunError(
+            f"split '{split}' of {config.dataset} has no labels (Kaggle test images are "
+            "unlabeled); evaluate on 'validation' or 'train'"
+        )
+    return data.make_dataset(
+        data.load_split(*split_args(config, split)),
+        label_mode=config.task,
+        image_size=config.image_size,
+        batch_size=config.batch_size,
+        cache=False,
+    )
+
+
+def predict_split(
+    trainer: Trainer, config: configs_lib.TrainConfig, split: str, progress_bar: bool | None = False
+) -> np.ndarray:
+    """Probabilities `float32 [N, num_classes]` for every example of a labeled split, in order.
+
+    Raises:
+        RunError: the split has no labels.
+    """
+    ds = split_dataset(config, split)
+    return trainer.predict(ds, progress_bar=progress_bar, desc=f"evaluate {split}")
+
+
+def write_split_metrics(
+    workdir: str,
+    split: str,
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    run_data: RunData,
+    config: configs_lib.TrainConfig,
+    history: dict | None = None,
+    extras: dict | None = None,
+    calibration: dict | None = None,
+) -> dict:
+    """The one writer of a split's `metrics_<split>.json` (+ plots), with the run's extras.
+
+    Args:
+        workdir: str. The run directory.
+        split: str. Split name (file names and the `split` key).
+        y_true: int array `[N]`. Class ids (grades 0..4, or 0/1 for binary).
+        probs: float array `[N, num_classes]`. Predicted probabilities.
+        run_data: RunData. Task and majority class.
+        config: TrainConfig. The collapse threshold.
+        history: dict or None. The fit history, for `training_curves.png`. Defaults to None.
+        extras: dict or None. Keys stored next to the metrics, e.g. the training's
+            `collapse_events`. Defaults to None.
+        calibration: dict or None. The run's `calibration.json` (`evaluation.run_calibration`),
+            adding the calibrated figures. Defaults to None.
+
+    Returns:
+        The metrics dict as written (accuracy, QWK as in the APTOS 2019 competition, AUROC,
+        referable sensitivity/specificity, confusion matrix, ..., plus `extras`).
+    """
+    result = report.write_report(
+        workdir,
+        y_true,
+        probs,
+        run_data.task,
+        history=history,
+        split=split,
+        calibration=calibration,
+        majority_class=run_data.majority_class,
+        collapse_threshold=config.collapse_threshold,
+    )
+    if extras:
+        result.update(extras)
+        report.write_metrics_json(os.path.join(workdir, f"metrics_{split}.json"), result)
+    return result
+
+
+def _recorded_extras(workdir: str, split: str) -> dict:
+    """What training recorded about `split` beyond the metrics (the collapse events)."""
+    if split != "validation":
+        return {}
+    for name in ("run.json", "metrics_validation.json"):
+        path = os.path.join(workdir, name)
+        if os.path.exists(path):
+            with open(path) as f:
+                recorded = json.load(f)
+            if "collapse_events" in recorded:
+                return {"collapse_events": recorded["collapse_events"]}
+    return {}
+
+
+# --------------------------------------------------------------------------------------------
+# A finished run: reload, evaluate, export
+# --------------------------------------------------------------------------------------------
+def _read_config(workdir: str) -> configs_lib.TrainConfig:
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(config_path):
+        raise RunError(f"{config_path} not found: is {workdir} an `eyegazer train` workdir?")
+    with open(config_path) as f:
+        return configs_lib.from_dict(json.load(f))
+
+
+def load_run(workdir: str, strategy=None):
+    """Rebuilds a finished run's model (best weights) and config from its workdir.
+
+    Needs only the run folder (and, for a keras-hub preset / hf:// backbone, that backbone);
+    not the dataset.
+
+    Args:
+        workdir: str. An `eyegazer train` run directory (any working directory; copied runs
+            work too).
+        strategy: tf.distribute.Strategy or None. Scope to build in. Defaults to the current.
+
+    Returns:
+        `(config, model)`: the run's TrainConfig (`"auto"` resolved for this machine) and the
+        model with the best epoch's adapter, `float32 [B, S, S, 3]` 0..255 in, softmax out.
+
+    Raises:
+        RunError: `config.json` or the best adapter is missing (not a run, or no finished epoch),
+            or the backbone cannot be loaded.
+    """
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    config = _read_config(workdir)
+    best = os.path.join(workdir, BEST_ADAPTER)
+    if not os.path.exists(best):
+        raise RunError(f"{best} not found: the run has not finished an epoch yet")
+    backbone = config.backbone
+    if config.pretrain_epochs:
+        backbone = os.path.join(workdir, PRETRAINED_DIR)
+    strategy = strategy or tf.distribute.get_strategy()
+    resolve_auto(config)
+    with strategy.scope():
+        keras.utils.set_random_seed(config.seed)  # as in `_build_in_scope`
+        model = build_model(config, backbone)
+    vit_lora.load_adapter(model, best)
+    return config, model
+
+
+def evaluate_run(
+    workdir: str,
+    split: str = "validation",
+    explain_maps: bool = False,
+    tta: str | None = None,
+    progress_bar: bool | None = None,
+) -> dict:
+    """`eyegazer evaluate`: recomputes metrics and plots of a run for a labeled split.
+
+    Keeps what training recorded for the validation split (`collapse_events`) and applies the
+    run's `calibration.json`. With `explain_maps` it also writes `explanations_<split>.json`
+    (pointing game and pixel AUROC of the maps against the lesion masks, with baselines;
+    `explain.explanations_report`) and `explanations_<split>.png`; with `tta` ("flip",
+    "flip4") the metrics gain a `tta` section (QWK, AUROC, ECE without and with test-time
+    augmentation).
+
+    Args:
+        workdir: str. The run directory (from any working directory).
+        split: str. A labeled split of the run's dataset. Defaults to "validation".
+        explain_maps: bool. Also score explanation maps. Defaults to False.
+        tta: str or None. "none", "flip" or "flip4". Defaults to the config's `tta`.
+        progress_bar: bool or None. tqdm bar on stderr while predicting; None: only when stderr
+            is a terminal. Defaults to None.
+
+    Returns:
+        The metrics dict written to `metrics_<split>.json` (see `write_split_metrics`), plus
+        `explanations` with `explain_maps`.
+
+    Raises:
+        RunError: not a finished run, or the split has no labels.
+        data.DataNotPreparedError: the run's dataset is not prepared in its `data_dir`.
+    """
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    config, model = load_run(workdir)
+    run_data = RunData.of_run(workdir, config)
+    trainer = Trainer(model, None, tf.distribute.get_strategy(), config.batch_size)
+    tta = tta or getattr(config, "tta", None) or "none"
+    y_true = data.transform_labels_np(data.split_labels(*split_args(config, split)), config.task)
+    extras = _recorded_extras(workdir, split)
+    with xla_fusion(config):  # predict as during training
+        ds = split_dataset(config, split)
+        probs = trainer.predict(ds, progress_bar=progress_bar, desc=f"evaluate {split}")
+        if tta != "none":
+            tta_probs = evaluation.tta_probabilities(model, ds, tta)
+            extras["tta"] = evaluation.tta_comparison(y_true, probs, tta_probs, run_data.task, tta)
+        calibration = evaluation.run_calibration(workdir, None, None, run_data.task, fit=False)
+        result = write_split_metrics(
+            workdir, split, y_true, probs, run_data, config, extras=extras, calibration=calibration
+        )
+        if explain_maps:
+            result["explanations"] = evaluation.explain_split(
+                model,
+                data.load_split(*split_args(config, split)),
+                config.image_size,
+                workdir,
+                split,
+                config.name,
+            )
+    return result
+
+
+def export_run(
+    workdir: str, output: str, model: keras.Model | None = None, tta: str | None = None
+) -> str:
+    """`eyegazer export`: SavedModel (bytes + tensor endpoints) and model card from a run.
+
+    Reads only the run folder (`config.json`, `dataset.json`, the adapter, metrics,
+    `calibration.json`): a run copied to another machine without its dataset exports. The
+    calibration (temperature and operating threshold, fitted at the end of `train`) is applied
+    inside the export; `tta` averages flips inside it; the `serving_explain` signature returns
+    `explain.default_method` maps.
+
+    Args:
+        workdir: str. The run directory.
+        output: str. SavedModel directory to write (see `export.export_saved_model`).
+        model: keras.Model or None. The trained model, to skip rebuilding it. Defaults to None.
+        tta: str or None. "none", "flip" or "flip4". Defaults to the config's `tta`.
+
+    Returns:
+        The SavedModel directory, as a string.
+
+    Raises:
+        RunError: not a finished run (see `load_run`).
+    """
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    if model is None:
+        config, model = load_run(workdir)
+    else:
+        config = _read_config(workdir)
+    run_data = RunData.of_run(workdir, config)
+    validation = {}
+    metrics_path = os.path.join(workdir, "metrics_validation.json")
+    if os.path.exists(metrics_path):
+        with open(metrics_path) as f:
+            validation = json.load(f)
+    spec = run_data.spec()
+    card = export.training_run_card(
+        model_name=f"keras-hub ViT + LoRA (rank {config.lora_rank}) {run_data.task} classifier",
+        run_data=run_data.to_dict(),
+        training_config=configs_lib.to_dict(config),
+        validation_metrics=validation,
+    )
+    calibration = evaluation.run_calibration(workdir, None, None, run_data.task, fit=False)
+    tta = tta or getattr(config, "tta", None) or "none"
+    card.update(evaluation.card_sections(validation, calibration, tta))
+    return str(
+        export.export_saved_model(
+            model,
+            output,
+            calibration=calibration,
+            tta=tta,
+            explain_method=explain.default_method(model),
+            task=run_data.task,
+            image_size=config.image_size,
+            source_size=spec.stored_size,
+            use_ben_graham=spec.ben_graham,
+            class_names=run_data.class_names,
+            metadata={"config": configs_lib.to_dict(config)},
+            model_card=card,
+        )
+    )
