@@ -7,12 +7,11 @@ of one. Importable without TensorFlow, keras or sklearn (numpy only).
 Example:
 
 ```python
-import tempfile, os
+import json
 from eyegazer_keras import files
 
-path = os.path.join(tempfile.mkdtemp(), "run.json")
-files.write_json_atomic(path, {"qwk": float("nan"), "n": 24})
-open(path).read()  # '{\\n  "n": 24,\\n  "qwk": null\\n}\\n'
+files.write_json_atomic("run.json", {"qwk": float("nan"), "n": 24})
+assert json.load(open("run.json")) == {"n": 24, "qwk": None}
 ```
 """
 
