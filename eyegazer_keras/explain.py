@@ -78,6 +78,7 @@ __all__ = [
     "attention_rollout",
     "baseline_map",
     "default_method",
+    "supported_method",
     "explain",
     "explanations_report",
     "write_overlays",
@@ -104,6 +105,20 @@ def is_vit(model: keras.Model) -> bool:
 def default_method(model: keras.Model) -> str:
     """``"gradient_rollout"`` for a ViT classifier, ``"grad_cam"`` for anything else."""
     return "gradient_rollout" if is_vit(model) else "grad_cam"
+
+
+def supported_method(model: keras.Model) -> str | None:
+    """``default_method(model)`` when it can explain this model, else None.
+
+    ViT classifiers and CNNs with a top-level ``Conv2D`` (AutoKeras ``vanilla`` blocks) can be
+    explained; CNNs whose convolutions sit inside a nested application model (AutoKeras
+    ``resnet``/``xception``/``efficient`` blocks) cannot, yet.
+    """
+    if is_vit(model):
+        return "gradient_rollout"
+    if any(isinstance(layer, keras.layers.Conv2D) for layer in model.layers):
+        return "grad_cam"
+    return None
 
 
 def _vit_parts(model: keras.Model):

@@ -324,7 +324,15 @@ def _export(model, config, builder, cutoffs, result, workdir: Path, trials: int)
         cutoffs=cutoffs,
         metadata={"config": configs.to_dict(config), "run": str(workdir)},
         model_card=card,
+        explain_method=_explain_method(model),
     )
+
+
+def _explain_method(model) -> str | None:
+    """Grad-CAM for the `serving_explain` signature when the searched CNN allows it."""
+    from eyegazer_keras import explain
+
+    return explain.supported_method(model)
 
 
 def main(argv: list[str] | None = None) -> int:

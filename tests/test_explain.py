@@ -197,3 +197,17 @@ def test_overlay_is_an_image_of_the_photo():
     assert out.shape == (S, S, 3) and out.dtype == np.uint8
     assert np.array_equal(out[-1, -1], photo[-1, -1])  # map 0: the photo unchanged
     assert not np.array_equal(out[0, 0], photo[0, 0])
+
+
+def test_supported_method_per_model_kind():
+    import keras
+
+    from eyegazer_keras import explain
+
+    assert explain.supported_method(_tiny_vit()) == "gradient_rollout"
+    assert (
+        explain.supported_method(_tiny_cnn()) == "grad_cam"
+    )  # top-level Conv2D (AutoKeras vanilla)
+    inner = _tiny_cnn()
+    nested = keras.Sequential([keras.Input((S, S, 3)), inner])  # convolutions inside a sub-model
+    assert explain.supported_method(nested) is None
