@@ -262,11 +262,18 @@ def parse_mixture(spec: str) -> list[tuple[str, float | None]]:
     return members
 
 
+def stored_pixels(builder: tfds.core.DatasetBuilder) -> tuple[int, bool]:
+    """`(stored side in px, Ben Graham applied)`: what a prepared builder's images are.
+
+    Two datasets with equal `stored_pixels` hold photos a model can read alike (mixtures,
+    external validation).
+    """
+    return source_size(builder), bool(getattr(builder.builder_config, "ben_graham", False))
+
+
 def _mixture_builders(members, data_dir, config) -> list[tfds.core.DatasetBuilder]:
     builders = [prepared_builder(n, data_dir, config) for n, _ in members]
-    stored = {
-        (source_size(b), bool(getattr(b.builder_config, "ben_graham", False))) for b in builders
-    }
+    stored = {stored_pixels(b) for b in builders}
     if len(stored) > 1:
         raise ValueError(
             "the datasets of a mixture must store the same pixels (size, Ben Graham): "
