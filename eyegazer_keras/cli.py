@@ -504,6 +504,14 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
         choices=("none", "flip", "flip4"),
         help="also report QWK/AUROC/ECE with test-time augmentation (default: the run's tta)",
     )
+    p.add_argument(
+        "--dataset",
+        choices=dataset_names(),
+        help="external validation: score the run on another prepared dataset "
+        "(writes metrics_<dataset>_<split>.json naming both datasets)",
+    )
+    p.add_argument("--config", help="builder config of --dataset (default: the run's)")
+    p.add_argument("--data-dir", help="where --dataset is prepared (default: the run's data dir)")
 
 
 @verb("evaluate", "metrics.json + plots for a trained run", arguments=_evaluate_arguments)
@@ -511,7 +519,15 @@ def cmd_evaluate(args) -> int:
     _print_paths(workdir=args.workdir)
     from eyegazer_keras import train
 
-    m = train.evaluate_run(args.workdir, args.split, explain_maps=args.explain, tta=args.tta)
+    m = train.evaluate_run(
+        args.workdir,
+        args.split,
+        explain_maps=args.explain,
+        tta=args.tta,
+        dataset=args.dataset,
+        dataset_config=args.config,
+        data_dir=args.data_dir,
+    )
     _print(
         json.dumps({k: m.get(k) for k in ("n", "accuracy", "majority_baseline", "qwk", "auroc")})
     )
@@ -523,6 +539,11 @@ def cmd_evaluate(args) -> int:
                 f"{k} {v['pointing_game']:.3f}/{(v['pixel_auroc'] or float('nan')):.3f}"
                 for k, v in e["maps"].items()
             )
+        )
+    if args.dataset:
+        name = f"metrics_{args.dataset}_{args.split}.json"
+        _print(
+            f"external validation on {args.dataset}: {os.path.join(os.path.abspath(args.workdir), name)}"
         )
     _print(f"metrics and plots written to {os.path.abspath(args.workdir)}")
     return 0

@@ -367,6 +367,9 @@ def evaluate_run(
     explain_maps: bool = False,
     tta: str | None = None,
     progress_bar: bool | None = None,
+    dataset: str | None = None,
+    dataset_config: str | None = None,
+    data_dir: str | None = None,
 ) -> dict:
     """`eyegazer evaluate`: recomputes metrics and plots of a run for a labeled split.
 
@@ -384,10 +387,16 @@ def evaluate_run(
         tta: str or None. "none", "flip" or "flip4". Defaults to the config's `tta`.
         progress_bar: bool or None. tqdm bar on stderr while predicting; None: only when stderr
             is a terminal. Defaults to None.
+        dataset: str or None. External validation: score the run on another prepared dataset
+            (e.g. trained on `aptos2019`, scored on `eyepacs2015`); see `external_config`.
+            Defaults to the run's own dataset.
+        dataset_config: str or None. That dataset's builder config. Defaults to the run's.
+        data_dir: str or None. Where that dataset is prepared. Defaults to the run's.
 
     Returns:
         The metrics dict written to `metrics_<split>.json` (see `write_split_metrics`), plus
-        `explanations` with `explain_maps`.
+        `explanations` with `explain_maps`. With `dataset`: `metrics_<dataset>_<split>.json`,
+        naming both datasets (`trained_on`, `evaluated_on`).
 
     Raises:
         RunError: not a finished run, or the split has no labels.
@@ -398,8 +407,12 @@ def evaluate_run(
     run_data = RunData.of_run(workdir, config)
     trainer = Trainer(model, None, tf.distribute.get_strategy(), config.batch_size)
     tta = tta or getattr(config, "tta", None) or "none"
-    y_true = data.transform_labels_np(data.split_labels(*split_args(config, split)), config.task)
+    name = split
     extras = _recorded_extras(workdir, split)
+    if dataset is not None:
+        config, extras = external_config(config, run_data, dataset, dataset_config, data_dir, split)
+        name = f"{dataset}_{split}"
+    y_true = data.transform_labels_np(data.split_labels(*split_args(config, split)), config.task)
     with xla_fusion(config):  # predict as during training
         ds = split_dataset(config, split)
         probs = trainer.predict(ds, progress_bar=progress_bar, desc=f"evaluate {split}")
@@ -408,7 +421,7 @@ def evaluate_run(
             extras["tta"] = evaluation.tta_comparison(y_true, probs, tta_probs, run_data.task, tta)
         calibration = evaluation.run_calibration(workdir, None, None, run_data.task, fit=False)
         result = write_split_metrics(
-            workdir, split, y_true, probs, run_data, config, extras=extras, calibration=calibration
+            workdir, name, y_true, probs, run_data, config, extras=extras, calibration=calibration
         )
         if explain_maps:
             result["explanations"] = evaluation.explain_split(
@@ -416,10 +429,59 @@ def evaluate_run(
                 data.load_split(*split_args(config, split)),
                 config.image_size,
                 workdir,
-                split,
+                name,
                 config.name,
             )
     return result
+
+
+def external_config(
+    config: configs_lib.TrainConfig,
+    run_data: RunData,
+    dataset: str,
+    dataset_config: str | None,
+    data_dir: str | None,
+    split: str,
+) -> tuple[configs_lib.TrainConfig, dict]:
+    """The run's config pointed at another dataset, and the metrics keys that say so.
+
+    External validation (a model trained on APTOS 2019 scored on EyePACS 2015) reads the other
+    dataset through the run's own input pipeline; its photos must be stored the way the run's
+    were (Ben Graham or not; the stored size may differ, every photo is resized to the model
+    input). The majority baseline stays the run's training majority class.
+
+    Returns:
+        `(config, extras)`: `extras` has `trained_on` and `evaluated_on` (`dataset`, `config`,
+        and the split).
+
+    Raises:
+        RunError: the other dataset stores Ben Graham photos and the run did not, or vice versa.
+        data.DataNotPreparedError: the dataset is not prepared.
+    """
+    external = dataclasses.replace(
+        config,
+        dataset=dataset,
+        dataset_config=dataset_config or config.dataset_config,
+        data_dir=os.path.abspath(os.path.expanduser(data_dir)) if data_dir else config.data_dir,
+    )
+    builder = data.prepared_builder(external.dataset, external.data_dir, external.dataset_config)
+    _, ben_graham = data.stored_pixels(builder)
+    if ben_graham != bool(run_data.preprocessing.get("ben_graham", False)):
+        raise RunError(
+            f"{dataset}/{builder.builder_config.name} stores "
+            f"{'Ben Graham' if ben_graham else 'plain'} photos but the run was trained on "
+            f"{'Ben Graham' if not ben_graham else 'plain'} ones; prepare {dataset} with the "
+            "matching --config"
+        )
+    extras = {
+        "trained_on": {"dataset": run_data.dataset, "config": run_data.builder_config},
+        "evaluated_on": {
+            "dataset": dataset,
+            "config": builder.builder_config.name,
+            "split": split,
+        },
+    }
+    return external, extras
 
 
 def export_run(

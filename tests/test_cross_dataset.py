@@ -31,7 +31,9 @@ def two_builds(tmp_path_factory):
 @pytest.mark.slow  # one tiny fit + two evaluations
 def test_train_on_aptos_evaluate_on_eyepacs(two_builds, tmp_path, capsys):
     workdir = tmp_path / "run"
-    argv = train_command(two_builds, workdir, dataset="aptos2019", dataset_config="256")[3:]
+    argv = train_command(
+        two_builds, workdir, dataset="aptos2019", dataset_config="256", batch_size=4
+    )[3:]
     assert cli.main(argv) == 0
     own = json.loads((workdir / "metrics_validation.json").read_text())
     argv = ["evaluate", "--workdir", str(workdir), "--dataset", "eyepacs2015", "--split"]
