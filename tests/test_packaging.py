@@ -39,6 +39,12 @@ def test_wheel_ships_builders_and_builds_dataset(tmp_path):
         "eyegazer_datasets/aptos2019/CITATIONS.bib",
         "eyegazer_datasets/common/kaggle_source.py",
         "eyegazer_datasets/common/duplicates.py",
+        "eyegazer_datasets/common/layouts.py",
+        "eyegazer_datasets/eyepacs2015/eyepacs2015_dataset_builder.py",
+        "eyegazer_datasets/eyepacs2015/README.md",
+        "eyegazer_datasets/eyepacs2015/dummy_data/make_dummy_data.py",
+        "eyegazer_datasets/fundus_folder/fundus_folder_dataset_builder.py",
+        "eyegazer_datasets/fundus_folder/CITATIONS.bib",
         "eyegazer_keras/cli.py",
     ]:
         assert required in names, required
