@@ -54,3 +54,18 @@ def test_train_on_aptos_evaluate_on_eyepacs(two_builds, tmp_path, capsys):
     # The test split of EyePACS has labels (the solution file): external test works too.
     assert cli.main([*argv, "test", "--config", "256", "--data-dir", two_builds]) == 0
     assert json.loads((workdir / "metrics_eyepacs2015_test.json").read_text())["n"] == 6
+
+
+@pytest.mark.slow  # one tiny fit on a mixture
+def test_train_on_a_mixture(two_builds, tmp_path):
+    workdir = tmp_path / "mix"
+    argv = train_command(
+        two_builds,
+        workdir,
+        dataset="aptos2019:0.5,eyepacs2015:0.5",
+        dataset_config="256",
+        batch_size=4,
+    )[3:]
+    assert cli.main(argv) == 0
+    metrics = json.loads((workdir / "metrics_validation.json").read_text())
+    assert metrics["n"] == 3 + 4  # both members' validation splits, whole
