@@ -618,7 +618,7 @@ def cmd_import_peft(args) -> int:
     pre = record["trained_preprocessing"]
     _print(
         f"trained on: resize to {pre['resize']} (no fundus crop), mean {pre['image_mean']}, "
-        f"std {pre['image_std']} ({pre['source']}); export will use crop={record['export_crop']}"
+        f"std {pre['image_std']} ({pre['source']}); recorded for export: crop={record['export_crop']} (dataset.json)"
     )
     _print(f"run written to {os.path.abspath(args.workdir)}")
     return 0

@@ -100,6 +100,10 @@ def test_import_records_the_hf_preprocessing(tmp_path):
     assert run_data["preprocessing"]["stored_size"] == 32
     assert (run_data["task"], run_data["class_names"]) == ("binary", ["no_dr", "dr"])
     assert run_data["majority_class"] is None  # an imported adapter's training set is unknown
+    from eyegazer_keras import runs
+
+    config = runs.load_run(str(tmp_path / "run"))[0]
+    assert runs.RunData.of_run(str(tmp_path / "run"), config).spec().crop == "none"
     import_case("vitmodel", "legacy_vitmodel", tmp_path / "run2", crop="fundus")
     with open(tmp_path / "run2" / peft.RUN_DATA) as f:
         assert json.load(f)["preprocessing"]["crop"] == "fundus"
