@@ -109,6 +109,7 @@ def test_two_worker_processes_train_in_sync_and_only_chief_writes(tiny_data_dir,
     assert sorted(p.name for p in workdir.iterdir()) == sorted(
         [
             "adapter.npz",
+            "calibration.json",
             "checkpoints",
             "config.json",
             "confusion_matrix_validation.png",
