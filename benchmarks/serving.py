@@ -1,35 +1,62 @@
-"""Serving latency: the exported bytes endpoint vs the in-process Keras call on ready tensors.
+"""Serving speed: the exported bytes endpoint vs HF transformers on torch, and over HTTP.
 
-Measures, in one run and one process:
+Two parts, both on ViT-S/16 at 224 px (12 layers, 6 heads, hidden 384, MLP 1536, LoRA rank 16
+on query/value, 5 classes; random weights: speed does not depend on them), 512x384 JPEG input.
 
-* `bytes`: `serving_default` of the exported SavedModel on 512-px JPEG bytes (decode + fundus
-  crop/pad/resize + model), for a batch of 1 and a batch of 32;
-* `keras`: the same Keras model called in-process on already-preprocessed float32 tensors
-  (`tf.function`-compiled, the fair baseline; the eager call is printed too);
-* the decode + fundus preprocessing alone (what the SavedModel adds on top of the model);
-* the ratio bytes / keras (target <= 1.2x: the preprocessing inside the SavedModel should cost
-  at most 20% on top of the model).
+`--part peer` (issue 18), each measurement in its own subprocess, one after the other:
 
-Rounds are interleaved and the best of each is kept, so other load on a shared CPU skews both
-sides alike.
+* ours: the model `eyegazer train` builds (`train.build_model`), exported with
+  `export.export_saved_model`, reloaded with `predict.load_exported`, and timed on
+  `serving_default` with JPEG bytes (decode + fundus crop/pad/resize + model) at batch 1 and 32.
+  Variants are `+`-joined levers: `fp32`/`bf16` (Keras `mixed_bfloat16` policy), `merged` (LoRA
+  merged into the kernels before export: a LoRA-free model loaded with the merged weights; without
+  it the export computes `x @ W + s (x @ A) @ B`, as `eyegazer export` writes it today), `fuse`
+  (TF auto-clustering of the element-wise ops, `runtime.xla_fusion`'s setting, applied to the
+  loaded SavedModel), `inter1` (one inter-op thread, as `runtime.configure_runtime` sets on small
+  CPUs), `noonednn` (`TF_ENABLE_ONEDNN_OPTS=0`), `xla` (the in-process Keras model on ready
+  tensors under `tf.function(jit_compile=True)`: the export has no XLA switch).
+* peer: transformers `ViTForImageClassification` + PEFT LoRA (same shape and rank), merged with
+  `merge_and_unload()` (checked: no LoRA module left), `torch.inference_mode()`, all cores;
+  `fp32` or `bf16` (`torch.autocast`), on ready `pixel_values` (model only), and `e2e`: the same
+  JPEG bytes through PIL + `ViTImageProcessor` + model (what a transformers server does).
+* http: `eyegazer serve` (KServe) on the `fp32+merged` export in a subprocess; POSTs of 32
+  instances one after another, and 1-instance POSTs from 1 and 4 concurrent clients.
+
+Prints img/s (median block; warm-up excluded) per variant, img per CPU-second x cores (steadier
+on a shared machine), and the ratios best-ours / best-peer at batch 1 and 32.
+
+`--part overhead` (the earlier check, in one process, interleaved): the bytes endpoint against
+the same Keras model called in-process on preprocessed tensors (target <= 1.2x).
 
 Usage:
 
-    python benchmarks/serving.py            # ViT-S/16 at 224 px, random weights (minutes on 2 cores)
-    python benchmarks/serving.py --tiny     # tiny ViT at 32 px, seconds
-
-Weights are random: latency does not depend on them.
+    pip install -r benchmarks/requirements-peer.txt   # torch (CPU), transformers, peft
+    nice python benchmarks/serving.py --part peer     # ~15 min on 2 shared cores
+    python benchmarks/serving.py --part overhead [--tiny]
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import io
+import json
 import os
+import socket
+import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 
 import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from train_throughput import SHAPE, _machine, _timed, backbone_config, peer_model  # noqa: E402
+
+OURS_DEFAULT = "fp32,fp32+merged,fp32+merged+fuse,fp32+merged+inter1,bf16+merged,fp32+merged+xla"
+PEER_DEFAULT = "fp32,bf16,fp32+e2e"
 
 
 def fundus_like_jpeg(width: int, seed: int = 0) -> bytes:
@@ -49,7 +76,294 @@ def fundus_like_jpeg(width: int, seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
-def build_model(args):
+# ------------------------------------------------------------------------------------------------
+# Ours: the exported bytes endpoint
+# ------------------------------------------------------------------------------------------------
+def build_ours(levers: set[str]):
+    """`train.build_model` for ViT-S/16 + LoRA r16; with `merged`, a LoRA-free copy holding the
+    merged kernels (`save_weights` writes W + s A @ B; the rank-0 model loads them)."""
+    import keras
+
+    from eyegazer_keras import configs, train
+
+    def config(rank: int):
+        return configs.TrainConfig(
+            name="bench",
+            backbone="config",
+            backbone_config=backbone_config(SHAPE),
+            image_size=SHAPE["image"],
+            lora_rank=rank,
+            lora_alpha=SHAPE["rank"] if rank else None,
+            mixed_precision="bfloat16" if "bf16" in levers else None,
+        )
+
+    keras.utils.set_random_seed(0)
+    model = train.build_model(config(SHAPE["rank"]), "config")
+    rng = np.random.default_rng(0)
+    for layer in model._flatten_layers():  # a non-zero LoRA update, so merging is visible
+        if getattr(layer, "lora_enabled", False):
+            b = layer.lora_kernel_b
+            b.assign(rng.normal(0, 0.02, b.shape).astype("float32"))
+    if "merged" not in levers:
+        return model, model
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "merged.weights.h5")
+        model.save_weights(path)
+        merged = train.build_model(config(0), "config")
+        merged.load_weights(path)
+    return model, merged
+
+
+def worker_ours(variant: str, args) -> dict:
+    levers = set(variant.split("+"))
+    if "noonednn" in levers:
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
+    import tensorflow as tf
+
+    from eyegazer_keras import export, fundus, predict, runtime
+
+    runtime.add_cpu_fusion_flags()  # what the `eyegazer` CLI does first, for every verb
+    if "inter1" in levers:
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    jpeg = fundus_like_jpeg(args.jpeg_px)
+    lora_model, model = build_ours(levers)
+    x32 = tf.stack([fundus.serving_transform(tf.constant(jpeg), args.source_size, 224)] * 32)
+    check = float(np.abs(model(x32[:2]).numpy() - lora_model(x32[:2]).numpy()).max())
+    tolerance = 1e-2 if "bf16" in levers else 1e-4  # bf16 rounds the merged kernels
+    assert check < tolerance, f"merged model differs from the LoRA model by {check}"
+    result = {"side": "ours", "variant": variant, "max_dp_vs_lora": check}
+    if "xla" in levers:  # in-process, on ready tensors: what XLA would give the export
+        fn = tf.function(lambda x: model(x, training=False), jit_compile=True)
+        result["kind"] = "keras tensors (jit_compile=True)"
+        for batch in (1, 32):
+            x = x32[:batch]
+            result[f"b{batch}"] = _timed(
+                lambda x=x: fn(x).numpy(), args.warmup, args.steps[batch], args.repeats, batch
+            )
+        return result
+    with tempfile.TemporaryDirectory() as tmp:
+        export.export_saved_model(
+            model, tmp, task="grade", image_size=224, source_size=args.source_size
+        )
+        exported = predict.load_exported(tmp)
+        if "fuse" in levers:
+            tf.config.optimizer.set_jit("autoclustering")
+        result["kind"] = "SavedModel serving_default, JPEG bytes"
+        for batch in (1, 32):
+            blobs = [jpeg] * batch
+            result[f"b{batch}"] = _timed(
+                lambda b=blobs: exported.predict_bytes(b)["probabilities"],
+                args.warmup,
+                args.steps[batch],
+                args.repeats,
+                batch,
+            )
+    result["tf"] = tf.__version__
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# Peer: transformers ViTForImageClassification + PEFT LoRA, merged, on torch CPU
+# ------------------------------------------------------------------------------------------------
+def worker_peer(variant: str, args) -> dict:
+    import torch
+    import transformers
+    from PIL import Image
+    from transformers import ViTImageProcessor
+
+    levers = set(variant.split("+"))
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    peft_model, _ = peer_model(SHAPE)
+    for name, p in peft_model.named_parameters():  # non-zero LoRA update, as ours
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, 0.0, 0.02)
+    model = peft_model.merge_and_unload().eval()
+    leftover = [n for n, _ in model.named_modules() if "lora" in n.lower()]
+    assert not leftover, f"LoRA not merged: {leftover[:3]}"
+    bf16 = "bf16" in levers
+    processor = ViTImageProcessor(size={"height": 224, "width": 224})
+    jpeg = fundus_like_jpeg(args.jpeg_px)
+
+    def run(batch: int):
+        if "e2e" in levers:
+            images = [Image.open(io.BytesIO(jpeg)).convert("RGB") for _ in range(batch)]
+            pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+        else:
+            pixels = ready[:batch]
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(pixel_values=pixels).logits
+        return torch.softmax(logits.float(), -1).numpy()
+
+    ready = processor(
+        images=[Image.open(io.BytesIO(jpeg)).convert("RGB")] * 32, return_tensors="pt"
+    )["pixel_values"]
+    result = {
+        "side": "peer",
+        "variant": variant,
+        "kind": "PIL + ViTImageProcessor + model" if "e2e" in levers else "model on pixel_values",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "merged": True,
+    }
+    for batch in (1, 32):
+        result[f"b{batch}"] = _timed(
+            lambda b=batch: run(b), args.warmup, args.steps[batch], args.repeats, batch
+        )
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# HTTP: `eyegazer serve` (KServe) on the merged fp32 export
+# ------------------------------------------------------------------------------------------------
+def _post(url: str, body: bytes) -> dict:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=600) as response:
+        return json.loads(response.read())
+
+
+def worker_http(variant: str, args) -> dict:
+    import concurrent.futures
+
+    from eyegazer_keras import export
+
+    jpeg = fundus_like_jpeg(args.jpeg_px)
+    instance = {"b64": base64.b64encode(jpeg).decode()}
+    result = {"side": "http", "variant": variant, "kind": "eyegazer serve (KServe), JSON+b64"}
+    with tempfile.TemporaryDirectory() as tmp:
+        _, model = build_ours({"fp32", "merged"})
+        export.export_saved_model(
+            model, tmp, task="grade", image_size=224, source_size=args.source_size
+        )
+        del model
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "eyegazer_keras.cli", "serve", "--model", tmp]
+        proc = subprocess.Popen(
+            cmd + ["--port", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        )
+        url = f"http://127.0.0.1:{port}/v1/models/eyegazer:predict"
+        try:
+            for _ in range(600):
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models/eyegazer", timeout=5)
+                    break
+                except OSError:
+                    time.sleep(1)
+            for batch, clients in ((32, 1), (1, 1), (1, 4)):
+                body = json.dumps({"instances": [instance] * batch}).encode()
+                assert len(_post(url, body)["predictions"]) == batch
+                steps = max(1, args.steps[batch] // clients)
+
+                def block(body=body, clients=clients, steps=steps):
+                    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+                        list(
+                            pool.map(
+                                lambda _: [_post(url, body) for _ in range(steps)], range(clients)
+                            )
+                        )
+
+                result[f"b{batch}x{clients}"] = _timed(
+                    block, 1, 1, args.repeats, batch * clients * steps
+                )
+        finally:
+            proc.terminate()
+            proc.wait(timeout=120)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# Driver
+# ------------------------------------------------------------------------------------------------
+def _run_worker(side: str, variant: str, args) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--part", "peer", "--worker"]
+    cmd += [f"{side}:{variant}", "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+    cmd += ["--steps1", str(args.steps[1]), "--steps32", str(args.steps[32])]
+    cmd += ["--smoke"] if args.smoke else []
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT ") :])
+    tail = (proc.stderr or proc.stdout)[-2000:]
+    return {"side": side, "variant": variant, "error": f"exit {proc.returncode}: {tail}"}
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def part_peer(args) -> int:
+    if args.worker:
+        side, variant = args.worker.split(":")
+        worker = {"ours": worker_ours, "peer": worker_peer, "http": worker_http}[side]
+        print("RESULT " + json.dumps(worker(variant, args)), flush=True)
+        return 0
+    jobs = [("ours", v) for v in args.ours.split(",") if v]
+    jobs += [("peer", v) for v in args.peer.split(",") if v]
+    jobs += [("http", "fp32+merged")] if args.http else []
+    print(f"machine: {_machine()}; load average before: {_load()}")
+    print(
+        f"ViT-S/16 @224, LoRA r{SHAPE['rank']}, JPEG {args.jpeg_px}x{args.jpeg_px * 3 // 4}; "
+        f"{args.warmup} warm-up + {args.repeats} timed blocks of {args.steps[1]} (batch 1) / "
+        f"{args.steps[32]} (batch 32) calls; median block"
+    )
+    results = []
+    for side, variant in jobs:
+        r = _run_worker(side, variant, args)
+        results.append(r)
+        if "error" in r:
+            print(f"{side:4s} {variant:22s} FAILED {r['error']}", flush=True)
+            continue
+        cells = []
+        for key in sorted(k for k in r if k.startswith("b") and isinstance(r[k], dict)):
+            t = r[key]
+            cpu = "" if side == "http" else f" (cpu x cores {t['cpu_img_per_s']:6.2f})"
+            cells.append(f"{key}: {t['img_per_s']:6.2f} img/s{cpu}")  # http: the server's CPU
+            # time is in another process, so only the wall-clock rate is shown
+        extra = (
+            f" max|dp| merged vs LoRA {r['max_dp_vs_lora']:.1e}" if "max_dp_vs_lora" in r else ""
+        )
+        print(f"{side:4s} {variant:22s} {'  '.join(cells)}  [{r['kind']}]{extra}", flush=True)
+    print(f"load average after: {_load()}")
+    for batch in (1, 32):
+        key = f"b{batch}"
+
+        def best(side, exclude=(), key=key):
+            ok = [
+                r
+                for r in results
+                if r["side"] == side and key in r and not any(e in r["variant"] for e in exclude)
+            ]
+            return max(ok, key=lambda r: r[key]["img_per_s"]) if ok else None
+
+        o, p = best("ours", ("xla",)), best("peer", ("e2e",))
+        if o and p:
+            line = (
+                f"batch {batch}: best bytes endpoint {o['variant']} {o[key]['img_per_s']:.2f} img/s"
+                f" / best peer model-only {p['variant']} {p[key]['img_per_s']:.2f} = "
+                f"{o[key]['img_per_s'] / p[key]['img_per_s']:.2f}x"
+            )
+            e2e = [r for r in results if r["side"] == "peer" and "e2e" in r["variant"] and key in r]
+            if e2e:
+                line += f"; / peer e2e {e2e[0][key]['img_per_s']:.2f} = "
+                line += f"{o[key]['img_per_s'] / e2e[0][key]['img_per_s']:.2f}x"
+            print(line)
+    print("target: bytes endpoint >= 1.5x the peer at batch 32, >= 1.0x at batch 1")
+    return 0 if all("error" not in r for r in results) else 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Part "overhead": bytes endpoint vs the in-process Keras call (one process, interleaved)
+# ------------------------------------------------------------------------------------------------
+def build_plain_vit(args):
     import keras
     import keras_hub
 
@@ -69,11 +383,7 @@ def build_model(args):
 
 
 def interleaved_seconds(fns: dict, rounds: int, warmup: int = 1) -> dict[str, float]:
-    """Best-of-`rounds` seconds per function, calling them in turn every round.
-
-    The functions run interleaved so that load from other processes on a shared machine hits
-    them alike; the minimum is the least disturbed run.
-    """
+    """Best-of-`rounds` seconds per function, calling them in turn every round."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -86,56 +396,39 @@ def interleaved_seconds(fns: dict, rounds: int, warmup: int = 1) -> dict[str, fl
     return {name: min(t) for name, t in times.items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tiny", action="store_true", help="tiny ViT at 32 px (quick check)")
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--source-size", type=int, default=512, help="builder's stored size")
-    parser.add_argument("--jpeg-px", type=int, default=512, help="width of the test JPEG")
-    parser.add_argument("--patch-size", type=int, default=16)
-    parser.add_argument("--num-layers", type=int, default=12)
-    parser.add_argument("--num-heads", type=int, default=6)
-    parser.add_argument("--hidden-dim", type=int, default=384)
-    parser.add_argument("--mlp-dim", type=int, default=1536)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
-    args = parser.parse_args()
+def part_overhead(args) -> int:
     if args.tiny:
         args.image_size, args.patch_size, args.num_layers = 32, 8, 2
         args.num_heads, args.hidden_dim, args.mlp_dim = 2, 48, 96
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
     from eyegazer_keras import export, fundus
 
-    model = build_model(args)
+    model = build_plain_vit(args)
     jpeg = fundus_like_jpeg(args.jpeg_px)
     ready = fundus.serving_transform(tf.constant(jpeg), args.source_size, args.image_size)
     compiled = tf.function(lambda x: model(x, training=False))
+    spec = tf.TensorSpec([args.image_size, args.image_size, 3], tf.float32)
     preprocess = tf.function(
         lambda b: tf.map_fn(
             lambda e: fundus.serving_transform(e, args.source_size, args.image_size),
             b,
-            fn_output_signature=tf.TensorSpec([args.image_size, args.image_size, 3], tf.float32),
+            fn_output_signature=spec,
         )
     )
-
     with tempfile.TemporaryDirectory() as tmp:
         path = export.export_saved_model(
             model, tmp, task="grade", image_size=args.image_size, source_size=args.source_size
         )
         serve = tf.saved_model.load(path).signatures["serving_default"]
-
         print(
             f"model: ViT image={args.image_size} patch={args.patch_size} layers={args.num_layers} "
-            f"hidden={args.hidden_dim}; JPEG {args.jpeg_px}x{args.jpeg_px * 3 // 4} "
-            f"({len(jpeg) // 1024} KiB), source_size={args.source_size}; cpus={os.cpu_count()}; "
-            f"best of {args.repeats} interleaved rounds"
+            f"hidden={args.hidden_dim}; JPEG {args.jpeg_px}x{args.jpeg_px * 3 // 4}; "
+            f"cpus={os.cpu_count()}; best of {args.rounds} interleaved rounds"
         )
         header = ("batch", "bytes ms", "keras ms", "eager ms", "preproc ms", "ratio", "max|dp|")
         print("{:>5} {:>10} {:>10} {:>10} {:>11} {:>7} {:>9}".format(*header))
-        for batch in (1, args.batch):
+        for batch in (1, 32):
             blobs = tf.constant([jpeg] * batch)
             x = tf.stack([ready] * batch)
             served = serve(image_bytes=blobs)["probabilities"].numpy()
@@ -147,20 +440,49 @@ def main() -> None:
                     "eager": lambda x=x: model(x, training=False).numpy(),
                     "preproc": lambda b=blobs: preprocess(b).numpy(),
                 },
-                args.repeats,
+                args.rounds,
             )
             print(
                 f"{batch:>5} {1e3 * best['bytes']:>10.1f} {1e3 * best['keras']:>10.1f} "
                 f"{1e3 * best['eager']:>10.1f} {1e3 * best['preproc']:>11.1f} "
                 f"{best['bytes'] / best['keras']:>6.2f}x {delta:>9.1e}"
             )
-        print(
-            "bytes = SavedModel serving_default on JPEG bytes; keras = tf.function(model) on "
-            "preprocessed float32; eager = model(x); preproc = decode+fundus transform alone; "
-            "ratio = bytes / keras"
-        )
-        print("target: bytes / keras <= 1.20x")
+        print("ratio = bytes / keras; target <= 1.20x")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--part", choices=("peer", "overhead"), default="peer")
+    parser.add_argument("--jpeg-px", type=int, default=512, help="width of the test JPEG")
+    parser.add_argument("--source-size", type=int, default=512, help="builder's stored size")
+    # part peer
+    parser.add_argument("--ours", default=OURS_DEFAULT)
+    parser.add_argument("--peer", default=PEER_DEFAULT)
+    parser.add_argument("--no-http", dest="http", action="store_false")
+    parser.add_argument("--repeats", type=int, default=3, help="timed blocks (median)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--steps1", type=int, default=8, help="calls per block at batch 1")
+    parser.add_argument("--steps32", type=int, default=1, help="calls per block at batch 32")
+    parser.add_argument("--smoke", action="store_true", help="peer: 2-layer ViT (plumbing only)")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    # part overhead
+    parser.add_argument("--tiny", action="store_true", help="overhead: tiny ViT at 32 px")
+    parser.add_argument("--rounds", type=int, default=5, help="overhead: interleaved rounds")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--patch-size", type=int, default=16)
+    parser.add_argument("--num-layers", type=int, default=12)
+    parser.add_argument("--num-heads", type=int, default=6)
+    parser.add_argument("--hidden-dim", type=int, default=384)
+    parser.add_argument("--mlp-dim", type=int, default=1536)
+    args = parser.parse_args(argv)
+    args.steps = {1: args.steps1, 32: args.steps32}
+    if args.smoke:  # a 2-layer ViT at the same 224 px: checks the plumbing in about a minute
+        SHAPE.update(layers=2, heads=2, hidden=48, mlp=96, rank=4)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.path.insert(0, os.path.dirname(HERE))
+    return part_peer(args) if args.part == "peer" else part_overhead(args)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -39,7 +39,7 @@ import gradio as gr
 import numpy as np
 import tensorflow as tf
 
-from eyegazer_keras import NOT_A_MEDICAL_DEVICE, export, fundus, predict
+from eyegazer_keras import NOT_A_MEDICAL_DEVICE, explain, export, fundus, predict
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,6 @@ THRESHOLD_KEYS = {
     "binary": ("dr_threshold", "threshold"),
 }
 EXAMPLE_SEEDS_GRADES = ((3, 0), (11, 2), (29, 4))  # synthetic_fundus generator (seed, grade)
-OVERLAY_ALPHA = 0.45
 
 
 def decision_threshold(metadata: dict, task: str) -> tuple[float, str]:
@@ -116,21 +115,18 @@ def _enlarged(image: np.ndarray, min_side: int = 224) -> np.ndarray:
     return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
 
 
-def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
-    """A heat map (any `[h, w]` or `[h, w, 1]` float) blended over `uint8 [H, W, 3]` (inferno)."""
-    from matplotlib import colormaps
-
-    heat = np.asarray(heat, np.float32).squeeze()
-    heat = tf.image.resize(heat[..., None], image.shape[:2], method="bilinear").numpy()[..., 0]
-    lo, hi = float(np.min(heat)), float(np.max(heat))
-    heat = (heat - lo) / (hi - lo) if hi > lo else np.zeros_like(heat)
-    colour = colormaps["inferno"](heat)[..., :3] * 255.0
-    return np.clip((1 - alpha) * image + alpha * colour, 0, 255).astype(np.uint8)
-
-
 def _explanation(exported: predict.ExportedModel, name: str, image_bytes: bytes) -> np.ndarray:
-    """The first float map (`[1, h, w]` or `[1, h, w, 1]`) the explanation signature returns."""
+    """The explanation map (`float32 [S, S]` in [0, 1]) of the export's explanation signature.
+
+    Its `explanation` output (`export.EXPLANATION_OUTPUT`), else the first float `[B, h, w]`
+    (or `[B, h, w, 1]`) output.
+
+    Raises:
+        ValueError: when the signature returns no such map.
+    """
     out = exported.loaded.signatures[name](**{export.BYTES_INPUT: tf.constant([image_bytes])})
+    if export.EXPLANATION_OUTPUT in out:
+        return out[export.EXPLANATION_OUTPUT].numpy()[0]
     for key in sorted(out):
         value = out[key]
         if value.dtype.is_floating and value.shape.rank in (3, 4):
@@ -232,7 +228,7 @@ def build_app(model: str | os.PathLike | predict.ExportedModel, examples_dir=Non
             _label_value(row, task, names),
             _summary(row, meta),
             _gradability(row) if gradability else "",
-            _enlarged(overlay(seen, heat)) if heat is not None else None,
+            _enlarged(explain.overlay(seen, np.squeeze(heat))) if heat is not None else None,
         )
 
     kind = {"grade": "5-grade classifier", "binary": "DR / no-DR classifier"}.get(

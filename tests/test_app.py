@@ -16,7 +16,14 @@ import pytest  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from eyegazer_keras import GRADE_NAMES, NOT_A_MEDICAL_DEVICE, app, export, predict  # noqa: E402
+from eyegazer_keras import (  # noqa: E402
+    GRADE_NAMES,
+    NOT_A_MEDICAL_DEVICE,
+    app,
+    explain,
+    export,
+    predict,
+)
 from tests.test_export import (  # noqa: E402
     IMAGE_SIZE,
     SOURCE_SIZE,
@@ -156,15 +163,6 @@ def test_examples_are_real_photos_the_export_grades(exports, tmp_path):
     assert all("error" not in r for r in results), results
 
 
-def test_overlay_blends_a_map_over_the_image():
-    image = np.full((32, 32, 3), 100, np.uint8)
-    heat = np.zeros((4, 4), np.float32)
-    heat[0, 0] = 1.0
-    out = app.overlay(image, heat)
-    assert out.shape == image.shape and out.dtype == np.uint8
-    assert not np.array_equal(out[0, 0], out[-1, -1])
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(
     not (os.path.exists(CHROMEDRIVER) and os.path.exists(CHROMIUM)),
@@ -223,4 +221,113 @@ def test_real_browser_uploads_clicks_and_reads_the_grade(exports, tmp_path):
             shutil.copyfile(shot, target)
     finally:
         driver.quit()
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def export_with_gate_and_map(tmp_path_factory):
+    """An export whose `serving_default` also returns `gradable`/`ungradable_reason` and that
+    has a `serving_explain` signature, as the quality-gate and explanation issues add them.
+
+    Written with the same `keras.export.ExportArchive` calls as `export.export_saved_model`, so
+    `predict.load_exported` loads it; the gate here is a plain brightness test.
+    """
+    import json
+
+    import tensorflow as tf
+
+    from eyegazer_keras import fundus
+
+    model = tiny_vit_classifier(5, seed=2)
+    path = str(tmp_path_factory.mktemp("gated") / "export")
+    plain = export.export_saved_model(
+        model, path + "_plain", task="grade", image_size=IMAGE_SIZE, source_size=SOURCE_SIZE
+    )
+    meta = json.dumps(predict.load_exported(plain).metadata)
+    spec = tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32)
+
+    def model_input(image_bytes):
+        return tf.map_fn(
+            lambda b: fundus.serving_transform(b, SOURCE_SIZE, IMAGE_SIZE),
+            image_bytes,
+            fn_output_signature=spec,
+        )
+
+    def serve_bytes(image_bytes):
+        x = model_input(image_bytes)
+        probs = model(x, training=False)
+        dark = tf.reduce_max(x, axis=[1, 2, 3]) <= 10.0
+        return {
+            "probabilities": probs,
+            "predicted_class": tf.argmax(probs, -1),
+            "class_name": tf.gather(tf.constant(list(GRADE_NAMES)), tf.argmax(probs, -1)),
+            "expected_grade": tf.reduce_sum(probs * tf.range(5, dtype=tf.float32), -1),
+            "referable_probability": tf.reduce_sum(probs[:, 2:], -1),
+            "gradable": tf.logical_not(dark),
+            "ungradable_reason": tf.where(dark, "too_dark", ""),
+        }
+
+    def serve_explain(image_bytes):
+        x = model_input(image_bytes)
+        return {"saliency_map": tf.reduce_mean(x, axis=-1) / 255.0}  # found by its shape
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    string_in = [tf.TensorSpec([None], tf.string, name=export.BYTES_INPUT)]
+    archive.add_endpoint(export.BYTES_SIGNATURE, serve_bytes, input_signature=string_in)
+    archive.add_endpoint("serving_explain", serve_explain, input_signature=string_in)
+    archive.add_endpoint(
+        export.METADATA_SIGNATURE,
+        lambda: {export.METADATA_OUTPUT: tf.constant(meta)},
+        input_signature=[],
+    )
+    archive.write_out(path, verbose=False)
+    return path
+
+
+def test_real_explain_export_gets_the_overlay(exports, photo, tmp_path):
+    path = export.export_saved_model(
+        tiny_vit_classifier(5),
+        tmp_path / "explain",
+        task="grade",
+        image_size=IMAGE_SIZE,
+        source_size=SOURCE_SIZE,
+        explain_method="attention_rollout",
+    )
+    exported = predict.load_exported(path)
+    assert app.explanation_signature(exported) == export.EXPLAIN_SIGNATURE
+    data = open(photo, "rb").read()
+    want = exported.loaded.signatures[export.EXPLAIN_SIGNATURE](**{export.BYTES_INPUT: [data]})[
+        export.EXPLANATION_OUTPUT
+    ].numpy()[0]
+    seen = app.model_input_image(exported, data)
+    demo = _launch(path)
+    try:
+        heat = _client(demo).predict(handle_file(photo), api_name=f"/{app.API_NAME}")[4]
+    finally:
+        demo.close()
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(heat)), app._enlarged(explain.overlay(seen, want))
+    )
+
+
+def test_gradability_and_overlay_show_when_the_export_has_them(
+    export_with_gate_and_map, photo, tmp_path
+):
+    exported = predict.load_exported(export_with_gate_and_map)
+    assert app.has_gradability(exported)
+    assert app.explanation_signature(exported) == "serving_explain"
+    props = _components(app.build_app(exported))
+    assert props["gradability"]["visible"] is True and props["explanation"]["visible"] is True
+    black = tmp_path / "lens_cap.png"
+    black.write_bytes(encode(np.zeros((200, 260, 3), np.uint8), "PNG"))
+    demo = _launch(export_with_gate_and_map)
+    try:
+        client = _client(demo)
+        _, _, _, verdict, heat = client.predict(handle_file(photo), api_name=f"/{app.API_NAME}")
+        assert verdict.startswith("**Gradable photo**")
+        assert np.asarray(Image.open(heat)).shape == (224, 224, 3)
+        _, _, _, verdict, _ = client.predict(handle_file(str(black)), api_name=f"/{app.API_NAME}")
+        assert "**Ungradable photo** (`too_dark`)" in verdict
+    finally:
         demo.close()
