@@ -286,8 +286,15 @@ def export_with_gate_and_map(tmp_path_factory):
 
 
 def test_real_explain_export_gets_the_overlay(exports, photo, tmp_path):
+    from eyegazer_keras.models import vit_lora
+    from tests.test_case import TINY_VIT
+
+    keras.utils.set_random_seed(0)
+    model = vit_lora.build_vit_classifier(
+        "config", num_classes=5, image_size=IMAGE_SIZE, backbone_config=TINY_VIT, lora_rank=2
+    )
     path = export.export_saved_model(
-        tiny_vit_classifier(5),
+        model,
         tmp_path / "explain",
         task="grade",
         image_size=IMAGE_SIZE,
