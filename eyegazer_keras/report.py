@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from eyegazer_keras import GRADE_NAMES, metrics
+from eyegazer_keras import GRADE_NAMES, files, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -54,26 +53,6 @@ __all__ = [
 # --------------------------------------------------------------------------- file writing
 
 
-def _atomic_write(path: str | os.PathLike, write_fn, mode: str = "w") -> Path:
-    """Calls ``write_fn(file)`` on a temporary file next to ``path``, then renames it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique sibling name opened with "x": same filesystem for os.replace, normal umask perms.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(
-            tmp, mode.replace("w", "x"), **({"encoding": "utf-8"} if "b" not in mode else {})
-        ) as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_metrics_json(path: str | os.PathLike, metrics_dict: Mapping) -> Path:
     """Writes a metrics dict as JSON atomically (sorted keys, indent 2, NaN stored as null).
 
@@ -88,7 +67,7 @@ def write_metrics_json(path: str | os.PathLike, metrics_dict: Mapping) -> Path:
     text = json.dumps(
         metrics.json_safe(dict(metrics_dict)), sort_keys=True, indent=2, allow_nan=False
     )
-    return _atomic_write(path, lambda f: f.write(text + "\n"))
+    return files.write_atomic(path, lambda f: f.write(text + "\n"))
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -99,7 +78,7 @@ def _new_figure(width: float, height: float) -> Figure:
 
 def _save_figure(fig: Figure, path: str | os.PathLike) -> Path:
     fmt = Path(path).suffix.lstrip(".").lower() or "png"
-    return _atomic_write(path, lambda f: fig.savefig(f, format=fmt), mode="wb")
+    return files.write_atomic(path, lambda f: fig.savefig(f, format=fmt), mode="wb")
 
 
 # --------------------------------------------------------------------------- plots

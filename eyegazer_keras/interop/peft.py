@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from eyegazer_keras import files
 from eyegazer_keras.interop import hf_vit
 
 logger = logging.getLogger(__name__)
@@ -436,7 +437,7 @@ def _write_run(model, config, workdir, peft, base, base_info, crop):
 
     workdir = os.path.abspath(os.path.expanduser(os.fspath(workdir)))
     os.makedirs(os.path.join(workdir, "checkpoints"), exist_ok=True)
-    _write_json(os.path.join(workdir, "config.json"), configs_lib.to_dict(config))
+    files.write_json_atomic(os.path.join(workdir, "config.json"), configs_lib.to_dict(config))
     vit_lora.save_adapter(model, os.path.join(workdir, "checkpoints", "best_adapter.npz"))
     vit_lora.save_adapter(model, os.path.join(workdir, "adapter.npz"))
     record = {
@@ -454,8 +455,8 @@ def _write_run(model, config, workdir, peft, base, base_info, crop):
         "trained_preprocessing": _hf_preprocessing(base_info, config.image_size),
         "export_crop": crop,
     }
-    _write_json(os.path.join(workdir, IMPORT_RECORD), record)
-    _write_json(os.path.join(workdir, RUN_DATA), _run_data(config, crop))
+    files.write_json_atomic(os.path.join(workdir, IMPORT_RECORD), record)
+    files.write_json_atomic(os.path.join(workdir, RUN_DATA), _run_data(config, crop))
     logger.info("imported %s (%s naming) onto %s into %s", peft.source, peft.naming, base, workdir)
     return record
 
@@ -483,21 +484,6 @@ def _run_data(config, crop) -> dict:
         "majority_class": None,
         "preprocessing": spec.to_dict(),
     }
-
-
-def _write_json(path, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
-    os.replace(tmp, path)
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, tuple | set):
-        return list(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -561,7 +547,7 @@ def export_peft(workdir, output) -> dict:
     os.makedirs(output, exist_ok=True)
     save_file(tensors, os.path.join(output, ADAPTER_WEIGHTS), metadata={"format": "pt"})
     adapter_config = _adapter_config(base, rank, alpha, targets)
-    _write_json(os.path.join(output, ADAPTER_CONFIG), adapter_config)
+    files.write_json_atomic(os.path.join(output, ADAPTER_CONFIG), adapter_config)
     record = {
         "run": workdir,
         "base_model_name_or_path": base,
@@ -573,7 +559,7 @@ def export_peft(workdir, output) -> dict:
         "image_size": config.get("image_size"),
         "trained_preprocessing": _run_preprocessing(workdir, config),
     }
-    _write_json(os.path.join(output, EXPORT_RECORD), record)
+    files.write_json_atomic(os.path.join(output, EXPORT_RECORD), record)
     with open(os.path.join(output, "README.md"), "w") as f:
         f.write(_readme(record))
     return record
