@@ -648,7 +648,21 @@ def cmd_export_peft(args) -> int:
 
 
 def _predict_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "One JSON line per image, in order: the export's grade outputs plus gradable (bool) "
+        "and ungradable_reason (too_small, too_dark, no_fundus, overexposed, too_blurry, or "
+        "empty). The photo is decoded with its EXIF orientation. An ungradable photo gets no "
+        'grade (grade outputs null, class_name "ungradable") and exit code 0; an unreadable '
+        'file gets {"path", "error"} and makes the exit code 1.'
+    )
+    p.epilog = "See docs/serving.md for every output."
     p.add_argument("--model", required=True, help="exported SavedModel directory")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: only when stderr is a terminal)",
+    )
     p.add_argument(
         "--explain",
         metavar="DIR",
@@ -663,7 +677,10 @@ def cmd_predict(args) -> int:
     from eyegazer_keras import predict
 
     try:
-        results = predict.predict_paths(args.model, args.images, stdin=sys.stdin.buffer)
+        progress = args.progress if args.progress is not None else sys.stderr.isatty()
+        results = predict.predict_paths(
+            args.model, args.images, stdin=sys.stdin.buffer, progress=progress
+        )
     except (FileNotFoundError, ValueError) as err:
         print(f"eyegazer predict: error: {err}", file=sys.stderr)
         return 2

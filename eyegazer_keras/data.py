@@ -2,7 +2,7 @@
 
 One input pipeline for every model. Images are decoded and fundus-cropped ONCE, by the dataset
 builders; this module only resizes the stored `uint8` images to the model size (the same
-`fundus.resize_for_model` that serving uses), caches them as `uint8`, and augments batches.
+`fundus.to_model_input` that serving uses), caches them as `uint8`, and augments batches.
 
 Example:
 
@@ -163,6 +163,27 @@ def prepared_builder(
 def source_size(builder: tfds.core.DatasetBuilder) -> int:
     """The side, in pixels, of the images the builder stored."""
     return int(builder.info.features["image"].shape[0])
+
+
+def preprocessing_spec(builder: tfds.core.DatasetBuilder) -> fundus.PreprocessingSpec:
+    """The `fundus.PreprocessingSpec` of what `builder` stored: its size and Ben Graham flag.
+
+    Every eyegazer builder config has a `ben_graham` field; the stored size is read from the
+    prepared image feature, so it is the truth on disk.
+
+    Args:
+        builder: a TFDS builder of this project.
+
+    Returns:
+        `fundus.PreprocessingSpec` (fundus crop, normalisation inside the model).
+
+    Raises:
+        AttributeError: when the builder's config has no `ben_graham` field (not an eyegazer
+            builder).
+    """
+    return fundus.PreprocessingSpec(
+        stored_size=source_size(builder), ben_graham=bool(builder.builder_config.ben_graham)
+    )
 
 
 def load_split(
@@ -513,18 +534,27 @@ def make_augmenter(seed: int = 0):
     return augment
 
 
+def _model_sized(ex: dict, image_size: int) -> dict:
+    """The one stored -> model-input step: `fundus.to_model_input`, kept as exact uint8.
+
+    `to_model_input` rounds to whole 0..255 values (normalisation is inside the models), so the
+    uint8 cast loses nothing and `make_dataset` casts back to float32 per batch.
+    """
+    image = tf.cast(fundus.to_model_input(ex["image"], image_size), tf.uint8)
+    return {"image": image, "label": ex["label"], "id_code": ex["id_code"]}
+
+
 def cached_images(ds: tf.data.Dataset, image_size: int) -> tf.data.Dataset:
     """Resizes a split's stored images to `image_size` once and caches them in memory as uint8.
 
     Build per-epoch pipelines on top with `make_dataset(..., cache=False)`: every epoch then
     reads the cache instead of decoding the stored PNGs again.
     """
-
-    def _resize(ex):
-        image = tf.cast(fundus.resize_for_model(ex["image"], image_size), tf.uint8)
-        return {"image": image, "label": ex["label"], "id_code": ex["id_code"]}
-
-    return ds.map(_resize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).cache()
+    return ds.map(
+        lambda ex: _model_sized(ex, image_size),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    ).cache()
 
 
 def make_dataset(
@@ -571,12 +601,11 @@ def make_dataset(
     if cache:
         ds = cached_images(ds, image_size)
     elif not _is_uint8_at(ds.element_spec["image"], image_size):
-
-        def _resize(ex):
-            image = tf.cast(fundus.resize_for_model(ex["image"], image_size), tf.uint8)
-            return {"image": image, "label": ex["label"], "id_code": ex["id_code"]}
-
-        ds = ds.map(_resize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.map(
+            lambda ex: _model_sized(ex, image_size),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
     if training and balanced_sampling:
         if label_mode == "regression":
             raise ValueError("balanced_sampling needs class targets (grade or binary label_mode)")
@@ -661,16 +690,13 @@ def load_numpy(
     ids = np.empty((n,), dtype=object)
     ds = load_split(name, split, data_dir, config, max_examples)
     ds = ds.map(
-        lambda ex: (
-            tf.cast(fundus.resize_for_model(ex["image"], image_size), tf.uint8),
-            ex["label"],
-            ex["id_code"],
-        ),
+        lambda ex: _model_sized(ex, image_size),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     ).batch(256)
     i = 0
-    for batch_images, batch_labels, batch_ids in ds.as_numpy_iterator():
+    for batch in ds.as_numpy_iterator():
+        batch_images, batch_labels, batch_ids = batch["image"], batch["label"], batch["id_code"]
         k = batch_images.shape[0]
         images[i : i + k] = batch_images
         labels[i : i + k] = batch_labels

@@ -1,15 +1,19 @@
-"""SavedModel export: raw JPEG/PNG bytes in, grades out, with the training preprocessing inside.
+"""SavedModel export: raw JPEG/PNG bytes in, grades and the quality gate out.
 
 keras-hub exports carry no preprocessor, so a plain `model.export()` would make every server
 re-implement the fundus crop and resize. `export_saved_model` instead writes a SavedModel whose
-endpoints run exactly the build + training path from `eyegazer_keras.fundus` in the graph:
+endpoints run the run's `fundus.PreprocessingSpec` in the graph, as pure TF ops (TF Serving, which
+has no Python, runs the same steps):
 
 * `serving_default`: `image_bytes` (`tf.string [batch]`, JPEG or PNG of any size)
-  -> `fundus.serving_transform` per image -> model -> named outputs;
-* `serving_images`: `images` (`uint8 [batch, H, W, 3]`, already decoded)
-  -> `fundus.preprocess_fundus` + `fundus.resize_for_model` per image -> model -> same outputs;
-* `metadata`: no input -> `metadata_json` (`tf.string` scalar): task, class names, sizes,
-  cut-offs, config, versions and the not-a-medical-device notice;
+  -> `fundus.decode_image` (EXIF orientation applied) -> `fundus.assess_quality` (the gate)
+  -> `fundus.photo_to_model_input` -> model -> named outputs, with `gradable` and
+  `ungradable_reason` per image;
+* `serving_images`: `images` (`uint8 [batch, H, W, 3]`, already decoded and upright)
+  -> gate -> `fundus.photo_to_model_input` -> model -> same outputs;
+* `metadata`: no input -> `metadata_json` (`tf.string` scalar): task, class names, the
+  preprocessing spec, the gate's thresholds, cut-offs, config, versions and the
+  not-a-medical-device notice;
 * `serving_explain` (when `explain_method` is given): `image_bytes` as `serving_default` ->
   the same outputs plus `explanation` (`float32 [B, S, S]` in [0, 1], S = the model input side,
   in the frame of the cropped photo padded to a square and resized to S; see
@@ -19,6 +23,10 @@ With `calibration` (a run's `metrics.fit_calibration` result) the probabilities 
 temperature-scaled inside the graph and the metadata carries `calibrated`, `temperature` and
 the `operating_threshold`; with `tta` ("flip", "flip4") the outputs are the mean over flipped
 views (`models.wrappers.serving_model`).
+
+An ungradable photo gets no grade: its float outputs are NaN, its class ids -1, its
+`class_name` `"ungradable"` (and `referable` false for regression); `gradable` is false and
+`ungradable_reason` says why (`fundus.REASONS`).
 
 The same JSON is written to `assets.extra/eyegazer_metadata.json` (readable without
 TensorFlow; TF Serving ignores `assets.extra`), and a model card (`MODEL_CARD.md` +
@@ -31,14 +39,15 @@ Example:
 
 ```python
 import keras
-from eyegazer_keras import export
+from eyegazer_keras import export, fundus
 
 inputs = keras.Input((32, 32, 3))
 x = keras.layers.Rescaling(1 / 255.0)(inputs)
 x = keras.layers.GlobalAveragePooling2D()(x)
 model = keras.Model(inputs, keras.layers.Dense(5, activation="softmax")(x))
-path = export.export_saved_model(model, "eyegazer_export", task="grade",
-                                 image_size=32, source_size=64)
+spec = fundus.PreprocessingSpec(stored_size=64)
+path = export.export_saved_model(model, "/tmp/eyegazer_export", task="grade",
+                                 image_size=32, preprocessing=spec)
 ```
 """
 
@@ -94,9 +103,17 @@ OUTPUTS: dict[str, dict[str, tuple[str, str, str]]] = {
         "grade": ("float32", "[B]", "continuous grade from the model"),
         "predicted_grade": ("int64", "[B]", "grade 0..4 from the baked-in cut-offs"),
         "class_name": ("string", "[B]", "name of predicted_grade"),
-        "referable": ("bool", "[B]", "predicted_grade >= 2"),
+        "referable": ("bool", "[B]", "predicted_grade >= 2 (false when ungradable)"),
     },
 }
+# Outputs of the quality gate, added to every task's outputs (`fundus.assess_quality`).
+GATE_OUTPUTS: dict[str, tuple[str, str, str]] = {
+    "gradable": ("bool", "[B]", "the photo passed the quality gate"),
+    "ungradable_reason": ("string", "[B]", '"" or one of fundus.REASONS'),
+}
+for _task_outputs in OUTPUTS.values():
+    _task_outputs.update(GATE_OUTPUTS)
+UNGRADABLE_CLASS_NAME = "ungradable"
 
 _NUM_OUTPUTS = {"grade": len(GRADE_NAMES), "binary": len(metrics.BINARY_NAMES), "regression": 1}
 
@@ -185,13 +202,28 @@ def _outputs_fn(task: str, class_names: Sequence[str], cutoffs: Sequence[float] 
     return classification
 
 
+def _gate_metadata() -> dict:
+    return {
+        "function": "fundus.assess_quality",
+        "reasons": list(fundus.REASONS),
+        "min_image_size": fundus.MIN_IMAGE_SIZE,
+        "dark_peak": fundus.DARK_PEAK,
+        "dark_mean_luma": fundus.DARK_MEAN_LUMA,
+        "min_fundus_fraction": fundus.MIN_FUNDUS_FRACTION,
+        "saturated_luma": fundus.SATURATED_LUMA,
+        "max_saturated_fraction": fundus.MAX_SATURATED_FRACTION,
+        "max_mean_luma": fundus.MAX_MEAN_LUMA,
+        "min_sharpness": fundus.MIN_SHARPNESS,
+        "anchor": "EyeQ (Fu et al., MICCAI 2019): Good/Usable gradable, Reject ungradable",
+    }
+
+
 def _build_metadata(
     *,
     task: str,
     class_names: Sequence[str],
     image_size: int,
-    source_size: int,
-    use_ben_graham: bool,
+    spec: fundus.PreprocessingSpec,
     cutoffs: Sequence[float] | None,
     extra: Mapping | None,
 ) -> dict:
@@ -200,16 +232,13 @@ def _build_metadata(
         "task": task,
         "class_names": list(class_names),
         "image_size": int(image_size),
-        "source_size": int(source_size),
-        "use_ben_graham": bool(use_ben_graham),
+        "source_size": spec.stored_size,
+        "use_ben_graham": spec.ben_graham,
+        "preprocessing_spec": spec.to_dict(),
+        "quality_gate": _gate_metadata(),
         "cutoffs": list(cutoffs) if cutoffs is not None else None,
         "referable_min_grade": metrics.REFERABLE_MIN_GRADE,
-        "preprocessing": (
-            "decode JPEG/PNG -> fundus.preprocess_fundus(crop black border, pad to square, "
-            f"antialiased resize to {source_size}"
-            + (", Ben Graham" if use_ben_graham else "")
-            + f") -> fundus.resize_for_model({image_size}) -> model (normalisation inside)"
-        ),
+        "preprocessing": spec.describe(image_size),
         "signatures": {
             BYTES_SIGNATURE: {"inputs": {BYTES_INPUT: "string [B]"}, "outputs": OUTPUTS[task]},
             IMAGES_SIGNATURE: {
@@ -232,14 +261,155 @@ def _build_metadata(
     return metrics.json_safe(meta)
 
 
+def resolve_spec(
+    preprocessing: fundus.PreprocessingSpec | Mapping | None,
+    source_size: int | None = None,
+    use_ben_graham: bool | None = None,
+) -> fundus.PreprocessingSpec:
+    """The export's `PreprocessingSpec`: `preprocessing`, or one built from the old arguments.
+
+    Args:
+        preprocessing: a spec, its `to_dict()`, or None.
+        source_size: int or None. Stored size, when no spec is given.
+        use_ben_graham: bool or None. Ben Graham, when no spec is given.
+
+    Returns:
+        A `fundus.PreprocessingSpec`.
+
+    Raises:
+        ValueError: when neither a spec nor `source_size` is given, or when both are given
+            and disagree.
+    """
+    if preprocessing is None:
+        if source_size is None:
+            raise ValueError(
+                "pass preprocessing=fundus.PreprocessingSpec(stored_size=...) (what the run "
+                "stored), or source_size."
+            )
+        return fundus.PreprocessingSpec(int(source_size), bool(use_ben_graham))
+    spec = (
+        preprocessing
+        if isinstance(preprocessing, fundus.PreprocessingSpec)
+        else fundus.PreprocessingSpec.from_dict(preprocessing)
+    )
+    if source_size is not None and int(source_size) != spec.stored_size:
+        raise ValueError(f"source_size={source_size} contradicts {spec}.")
+    if use_ben_graham is not None and bool(use_ben_graham) != spec.ben_graham:
+        raise ValueError(f"use_ben_graham={use_ben_graham} contradicts {spec}.")
+    return spec
+
+
+def _mask_ungradable(result: dict, gradable: tf.Tensor) -> dict:
+    """No grade for an ungradable photo: floats NaN, ids -1, names "ungradable", bools false."""
+    out = {}
+    for name, value in result.items():
+        keep = tf.reshape(gradable, [-1] + [1] * (len(value.shape) - 1))
+        if value.dtype == tf.string:
+            fill = tf.constant(UNGRADABLE_CLASS_NAME)
+        elif value.dtype.is_floating:
+            fill = tf.constant(float("nan"), value.dtype)
+        elif value.dtype == tf.bool:
+            fill = tf.constant(False)
+        else:
+            fill = tf.constant(-1, value.dtype)
+        out[name] = tf.where(keep, value, fill)
+    return out
+
+
+def serving_endpoints(
+    model,
+    *,
+    task: str,
+    image_size: int,
+    spec: fundus.PreprocessingSpec,
+    class_names: Sequence[str],
+    cutoffs: Sequence[float] | None,
+    meta_json: str,
+    explain_maps=None,
+) -> dict:
+    """The SavedModel's endpoints: `{name: (fn, input_signature)}`.
+
+    Every photo endpoint shares `photo_inputs` (gate + spec) and `predict` (model -> named
+    outputs + gate outputs); a new endpoint (an explanation map, test-time augmentation)
+    is one more entry built from the same two pieces.
+
+    Args:
+        model: the model to serve (see `export_saved_model`; calibration and TTA wrapped in).
+        task: str. One of `TASKS`.
+        image_size: int. Model input side.
+        spec: `fundus.PreprocessingSpec`.
+        class_names: sequence of str.
+        cutoffs: regression cut-offs or None.
+        meta_json: str. The metadata JSON served by `metadata`.
+        explain_maps: callable or None. `maps(x) -> float32 [B, S, S]` on model inputs; adds
+            `serving_explain`. Defaults to None.
+
+    Returns:
+        Dict of endpoint name -> `(callable, list of tf.TensorSpec)`.
+    """
+    outputs = _outputs_fn(task, class_names, cutoffs)
+    model_input = tf.TensorSpec([image_size, image_size, 3], tf.float32)
+
+    def photo_inputs(images, decode: bool):
+        """Per photo: (model input, gradable, reason), via `tf.map_fn`."""
+
+        def one(item):
+            image = fundus.decode_image(item) if decode else item
+            quality = fundus.assess_quality(image)
+            x = fundus.photo_to_model_input(image, image_size, spec)
+            return x, quality["gradable"], quality["ungradable_reason"]
+
+        return tf.map_fn(
+            one,
+            images,
+            fn_output_signature=(
+                model_input,
+                tf.TensorSpec([], tf.bool),
+                tf.TensorSpec([], tf.string),
+            ),
+        )
+
+    def predict(x, gradable, reason):
+        result = _mask_ungradable(outputs(model(x, training=False)), gradable)
+        return {**result, "gradable": gradable, "ungradable_reason": reason}
+
+    def serve_bytes(image_bytes):
+        return predict(*photo_inputs(image_bytes, decode=True))
+
+    def serve_images(images):
+        return predict(*photo_inputs(images, decode=False))
+
+    def serve_metadata():
+        return {METADATA_OUTPUT: tf.constant(meta_json)}
+
+    bytes_input = [tf.TensorSpec([None], tf.string, name=BYTES_INPUT)]
+    endpoints = {
+        BYTES_SIGNATURE: (serve_bytes, bytes_input),
+        IMAGES_SIGNATURE: (
+            serve_images,
+            [tf.TensorSpec([None, None, None, 3], tf.uint8, name=IMAGES_INPUT)],
+        ),
+        METADATA_SIGNATURE: (serve_metadata, []),
+    }
+    if explain_maps is not None:
+
+        def serve_explain(image_bytes):
+            x, gradable, reason = photo_inputs(image_bytes, decode=True)
+            return {**predict(x, gradable, reason), EXPLANATION_OUTPUT: explain_maps(x)}
+
+        endpoints[EXPLAIN_SIGNATURE] = (serve_explain, bytes_input)
+    return endpoints
+
+
 def export_saved_model(
     model,
     output_dir: str | os.PathLike,
     *,
     task: str,
     image_size: int,
-    source_size: int,
-    use_ben_graham: bool = False,
+    preprocessing: fundus.PreprocessingSpec | Mapping | None = None,
+    source_size: int | None = None,
+    use_ben_graham: bool | None = None,
     class_names: Sequence[str] | None = None,
     cutoffs: Sequence[float] | None = None,
     metadata: Mapping | None = None,
@@ -251,15 +421,20 @@ def export_saved_model(
     """Writes a servable SavedModel (bytes + tensor endpoints, metadata) and its model card.
 
     Args:
-        model: a built Keras model taking `float32 [B, image_size, image_size, 3]` in 0..255
-            (normalisation inside). grade: softmax `[B, 5]`; binary: softmax `[B, 2]`;
-            regression: `[B, 1]` float grade.
+        model: a built Keras model taking `float32 [B, image_size, image_size, 3]` as
+            `fundus.to_model_input` gives it (0..255, normalisation inside, unless the spec
+            has mean/std). grade: softmax `[B, 5]`; binary: softmax `[B, 2]`; regression:
+            `[B, 1]` float grade.
         output_dir: str or path. Directory for `saved_model.pb` and the model card; created if
             missing, files in it are overwritten.
         task: str. `"grade"`, `"binary"` or `"regression"`.
         image_size: int. Model input side in pixels.
-        source_size: int. Side the dataset builder stored (`fundus.preprocess_fundus` size).
-        use_ben_graham: bool. Whether the dataset applied Ben Graham. Defaults to False.
+        preprocessing: `fundus.PreprocessingSpec` (or its `to_dict()`): what the run's
+            dataset stored (size, Ben Graham, crop, normalisation). Serving runs it in the
+            graph. Defaults to None: built from `source_size` and `use_ben_graham`.
+        source_size: int. Side the dataset builder stored; only without `preprocessing`.
+        use_ben_graham: bool. Whether the dataset applied Ben Graham; only without
+            `preprocessing`. Defaults to False.
         class_names: sequence of str. Names per class id. Defaults to `GRADE_NAMES` for grade and
             regression, `("no_dr", "dr")` for binary.
         cutoffs: 4 increasing floats turning a regression output into grades 0..4
@@ -281,6 +456,11 @@ def export_saved_model(
 
     Returns:
         The SavedModel directory as a string.
+
+    Raises:
+        ValueError: for an unknown task, a model whose output does not fit the task, wrong
+            class names or cut-offs, a reserved metadata key, or a missing/contradicting
+            preprocessing spec.
     """
     if task not in TASKS:
         raise ValueError(f"task={task!r} is not one of {TASKS}.")
@@ -296,71 +476,39 @@ def export_saved_model(
         cutoffs = [float(c) for c in cutoffs]
     elif cutoffs is not None:
         raise ValueError(f"cutoffs only apply to task='regression', not task={task!r}.")
-    image_size, source_size = int(image_size), int(source_size)
-    use_ben_graham = bool(use_ben_graham)
+    spec = resolve_spec(preprocessing, source_size, use_ben_graham)
+    image_size = int(image_size)
     _check_model_output(model, task, image_size)
 
     meta = _build_metadata(
         task=task,
         class_names=class_names,
         image_size=image_size,
-        source_size=source_size,
-        use_ben_graham=use_ben_graham,
+        spec=spec,
         cutoffs=cutoffs,
         extra=metadata,
     )
     served = _serving_extras(meta, model, task, image_size, calibration, tta, explain_method)
     meta_json = json.dumps(meta, indent=2, sort_keys=True)
-    outputs = _outputs_fn(task, class_names, cutoffs)
-    model_input = tf.TensorSpec([image_size, image_size, 3], tf.float32)
+    explain_maps = None
+    if explain_method:
+        from eyegazer_keras import explain
 
-    def predict_model_input(x):
-        return outputs(served(x, training=False))
-
-    def serve_bytes(image_bytes):
-        x = tf.map_fn(
-            lambda b: fundus.serving_transform(b, source_size, image_size, use_ben_graham),
-            image_bytes,
-            fn_output_signature=model_input,
-        )
-        return predict_model_input(x)
-
-    def serve_images(images):
-        x = tf.map_fn(
-            lambda im: fundus.resize_for_model(
-                fundus.preprocess_fundus(im, source_size, use_ben_graham), image_size
-            ),
-            images,
-            fn_output_signature=model_input,
-        )
-        return predict_model_input(x)
-
-    def serve_metadata():
-        return {METADATA_OUTPUT: tf.constant(meta_json)}
-
+        explain_maps = explain.map_function(model, explain_method)
+    endpoints = serving_endpoints(
+        served,
+        task=task,
+        image_size=image_size,
+        spec=spec,
+        class_names=class_names,
+        cutoffs=cutoffs,
+        meta_json=meta_json,
+        explain_maps=explain_maps,
+    )
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(
-        BYTES_SIGNATURE,
-        serve_bytes,
-        input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)],
-    )
-    archive.add_endpoint(
-        IMAGES_SIGNATURE,
-        serve_images,
-        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name=IMAGES_INPUT)],
-    )
-    archive.add_endpoint(METADATA_SIGNATURE, serve_metadata, input_signature=[])
-    if explain_method:
-        _add_explain_endpoint(
-            archive,
-            model,
-            explain_method,
-            predict_model_input,
-            source_size,
-            image_size,
-            use_ben_graham,
-        )
+    for name, (fn, signature) in endpoints.items():
+        archive.add_endpoint(name, fn, input_signature=signature)
     output_dir = os.fspath(output_dir)
     archive.write_out(output_dir, verbose=False)
 
@@ -413,31 +561,6 @@ def _serving_extras(meta, model, task, image_size, calibration, tta, explain_met
         }
         meta["explanation"] = {"method": explain_method, "tta": "none (maps of the base model)"}
     return served
-
-
-def _add_explain_endpoint(
-    archive, model, method, predict_model_input, source_size, image_size, use_ben_graham
-):
-    from eyegazer_keras import explain
-
-    maps_fn = explain.map_function(model, method)
-    model_input = tf.TensorSpec([image_size, image_size, 3], tf.float32)
-
-    def serve_explain(image_bytes):
-        x = tf.map_fn(
-            lambda b: fundus.serving_transform(b, source_size, image_size, use_ben_graham),
-            image_bytes,
-            fn_output_signature=model_input,
-        )
-        out = dict(predict_model_input(x))
-        out[EXPLANATION_OUTPUT] = maps_fn(x)
-        return out
-
-    archive.add_endpoint(
-        EXPLAIN_SIGNATURE,
-        serve_explain,
-        input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)],
-    )
 
 
 def _md_value(value, indent: int = 0) -> list[str]:
@@ -497,6 +620,8 @@ def write_model_card(output_dir: str | os.PathLike, meta: Mapping, card: Mapping
             "source_size": meta["source_size"],
             "image_size": meta["image_size"],
             "use_ben_graham": meta["use_ben_graham"],
+            "spec": meta.get("preprocessing_spec"),
+            "quality_gate": meta.get("quality_gate"),
             "cutoffs": meta["cutoffs"],
         },
         "intended_use": card.pop("intended_use", _DEFAULT_INTENDED_USE),

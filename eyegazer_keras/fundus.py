@@ -485,10 +485,23 @@ def crop_fundus(
         `uint8 [h, w, 3]`.
     """
     image = tf.convert_to_tensor(image)
-    return _crop_with_circle(image, fundus_circle(image, threshold), threshold, min_fraction)
+    return _crop_with_circle(image, *_crop_geometry(image, threshold, min_fraction))
 
 
-def _crop_with_circle(image, circle, threshold, min_fraction):
+def _crop_geometry(photo, threshold, min_fraction):
+    """`(circle, fallback box)`: the fitted disc, and the profile box used when none is found."""
+    circle = fundus_circle(photo, threshold)
+    box = tf.cond(
+        circle[3] > 0,
+        lambda: tf.zeros([4], tf.int32),
+        lambda: _profile_bbox(photo, threshold, min_fraction),
+    )
+    return circle, box
+
+
+def _crop_with_circle(image, circle, fallback_box):
+    """Crop by a fitted `circle` (`fundus_circle`), or by `fallback_box` when none was found."""
+
     def disc():
         top = tf.round(circle[0] - circle[2])
         left = tf.round(circle[1] - circle[2])
@@ -501,10 +514,7 @@ def _crop_with_circle(image, circle, threshold, min_fraction):
         inside = yy**2 + xx**2 <= (circle[2] * 1.02 + 1.0) ** 2
         return tf.where(inside[..., tf.newaxis], crop, tf.zeros_like(crop))
 
-    def fallback():
-        return crop_to_box(image, _profile_bbox(image, threshold, min_fraction))
-
-    out = tf.cond(circle[3] > 0, disc, fallback)
+    out = tf.cond(circle[3] > 0, disc, lambda: crop_to_box(image, fallback_box))
     out.set_shape([None, None, image.shape[-1]])
     return out
 
@@ -625,12 +635,36 @@ def preprocess_fundus(
     image = tf.convert_to_tensor(image)
     if image.dtype != tf.uint8:
         raise TypeError(f"preprocess_fundus expects uint8 images, got {image.dtype}.")
-    cropped = pad_to_square(crop_fundus(image, threshold))
-    out = resize_uint8(cropped, size)
+    out = crop_like(image, image, size, threshold)
     if use_ben_graham:
         out = ben_graham(out)
     out.set_shape([size, size, 3])
     return out
+
+
+def crop_like(
+    array: tf.Tensor, photo: tf.Tensor, size: int, threshold: int = DEFAULT_THRESHOLD
+) -> tf.Tensor:
+    """Applies the geometry of `preprocess_fundus(photo, size)` to another array of its size.
+
+    The crop of `photo` (fitted disc, out-of-frame padding, blanking outside the disc, square
+    padding, antialiased resize), without the colour steps: a lesion mask drawn on the photo
+    lands on the stored image's pixels. `crop_like(photo, photo, size)` equals
+    `preprocess_fundus(photo, size)`.
+
+    Args:
+        array: `uint8 [H, W, C]`, e.g. a lesion mask scaled to 0/255.
+        photo: `uint8 [H, W, 3]`. The photo whose crop is used.
+        size: int. Stored side in pixels.
+        threshold: int. Fundus threshold. Defaults to 12.
+
+    Returns:
+        `uint8 [size, size, C]`.
+    """
+    array = tf.convert_to_tensor(array)
+    photo = tf.convert_to_tensor(photo)
+    cropped = _crop_with_circle(array, *_crop_geometry(photo, threshold, DEFAULT_MIN_FRACTION))
+    return resize_uint8(pad_to_square(cropped), size)
 
 
 # ---- Quality gate ---------------------------------------------------------------------------
@@ -670,14 +704,14 @@ def quality_measures(image: tf.Tensor, threshold: int = DEFAULT_THRESHOLD) -> di
     cum = tf.cumsum(hist) / tf.maximum(tf.reduce_sum(hist), 1.0)
     peak = tf.cast(tf.argmax(tf.cast(cum >= 0.99, tf.int32)), tf.float32)
 
-    circle = fundus_circle(small, threshold)
+    circle, fallback = _crop_geometry(small, threshold, DEFAULT_MIN_FRACTION)
     lit_small = _fundus_mask(small, threshold)
     sh = tf.shape(small)
     yy = tf.range(sh[0], dtype=tf.float32)[:, tf.newaxis] + 0.5 - circle[0]
     xx = tf.range(sh[1], dtype=tf.float32)[tf.newaxis, :] + 0.5 - circle[1]
     in_circle = tf.logical_or(circle[3] <= 0, yy**2 + xx**2 <= (circle[2] * 1.02 + 1.0) ** 2)
     fundus_fraction = tf.reduce_mean(tf.cast(tf.logical_and(lit_small, in_circle), tf.float32))
-    disc = pad_to_square(_crop_with_circle(small, circle, threshold, DEFAULT_MIN_FRACTION))
+    disc = pad_to_square(_crop_with_circle(small, circle, fallback))
     disc = resize_uint8(disc, QUALITY_SIZE)
     lit = tf.cast(_fundus_mask(disc, threshold), tf.float32)
     luma = _luma(disc)

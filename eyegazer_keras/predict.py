@@ -1,9 +1,11 @@
 """Predictions from an exported SavedModel on image files: the engine of `eyegazer predict`.
 
 Each input (a file path, or `"-"` for the bytes on stdin) gives one result dict: the outputs of
-the model's `serving_default` signature (see `eyegazer_keras.export.OUTPUTS`), or an `error`
-saying why that one input could not be predicted (missing, a directory, empty, not an image,
-truncated). One bad file never stops the others.
+the model's `serving_default` signature (see `eyegazer_keras.export.OUTPUTS`), including
+`gradable` and `ungradable_reason` from the quality gate, or an `error` saying why that one
+input could not be read (missing, a directory, empty, not an image, truncated). One bad file
+never stops the others. A readable but ungradable photo is a result, not an error: its grade
+outputs are `null` and `class_name` is `"ungradable"`.
 
 Example:
 
@@ -43,6 +45,7 @@ from typing import BinaryIO
 
 import numpy as np
 import tensorflow as tf
+from tqdm import tqdm
 
 from eyegazer_keras import export, metrics
 
@@ -161,6 +164,7 @@ def _decode_error(path: str, error: tf.errors.OpError) -> str:
 def _rows(outputs: dict[str, np.ndarray], n: int, task: str) -> list[dict]:
     documented = list(export.OUTPUTS.get(task, {}))
     names = [k for k in documented if k in outputs] + sorted(set(outputs) - set(documented))
+    gate = set(export.GATE_OUTPUTS) | {"class_name"}
     rows = []
     for i in range(n):
         row = {}
@@ -168,6 +172,9 @@ def _rows(outputs: dict[str, np.ndarray], n: int, task: str) -> list[dict]:
             value = outputs[name]
             item = value[i]
             row[name] = item.decode("utf-8") if isinstance(item, bytes) else item
+        if "gradable" in row and not bool(row["gradable"]):
+            # No grade for an ungradable photo: null, not the SavedModel's NaN / -1 fillers.
+            row = {k: (v if k in gate else None) for k, v in row.items()}
         rows.append(metrics.json_safe(row))
     return rows
 
@@ -177,6 +184,7 @@ def predict_paths(
     paths: Iterable[str],
     stdin: BinaryIO | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = False,
 ) -> list[dict]:
     """Predicts every input; bad inputs get an `error` entry and the rest still run.
 
@@ -188,10 +196,15 @@ def predict_paths(
         paths: iterable of str. Image files; `"-"` reads the image bytes from stdin.
         stdin: binary stream used for `"-"`. Defaults to `sys.stdin.buffer`.
         batch_size: int. Images per signature call. Defaults to 16.
+        progress: bool. Show a tqdm progress bar (images) on stderr. Defaults to False.
 
     Returns:
         One dict per input, in order: `{"path", <outputs of export.OUTPUTS[task]>}` (e.g.
-        `probabilities`, `predicted_class`, `class_name`) or `{"path", "error"}`.
+        `probabilities`, `predicted_class`, `class_name`, `gradable`, `ungradable_reason`) or
+        `{"path", "error"}`.
+
+    Raises:
+        FileNotFoundError, ValueError: from `load_exported` when `model_dir` is not an export.
     """
     model = model_dir if isinstance(model_dir, ExportedModel) else load_exported(model_dir)
     paths = [os.fspath(p) for p in paths]
@@ -221,8 +234,16 @@ def predict_paths(
             results[idx] = {"path": paths[idx], **row}
 
     batch_size = max(1, int(batch_size))
+    bar = None
+    if progress:
+        bar = tqdm(total=len(readable), unit="image", desc="predict", file=sys.stderr)
     for start in range(0, len(readable), batch_size):
-        run(readable[start : start + batch_size])
+        batch = readable[start : start + batch_size]
+        run(batch)
+        if bar is not None:
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
     return results
 
 

@@ -302,6 +302,11 @@ def test_regression_export_bakes_in_cutoffs(tmp_path):
     reds = np.array([0, 40, 140, 200, 255], np.uint8)
     uniform = np.zeros((len(reds), 48, 48, 3), np.uint8)  # square: no black padding
     uniform[..., 0] = reds[:, None, None]
+    # Green/blue texture (the model ignores them) makes the photos pass the quality gate; a
+    # flat, structureless image would be `too_blurry` and get no grade.
+    rng = np.random.default_rng(0)
+    uniform[..., 1] = rng.integers(60, 140, uniform.shape[:3], dtype=np.uint8)
+    uniform[..., 2] = rng.integers(20, 80, uniform.shape[:3], dtype=np.uint8)
     expected_grade = 4.0 * reds / 255.0  # 0, 0.63, 2.20, 3.14, 4.0
     expected_class = metrics.apply_cutoffs(expected_grade, cutoffs)
     np.testing.assert_array_equal(expected_class, [0, 1, 2, 4, 4])  # rounding would give 0,1,2,3,4
@@ -317,6 +322,15 @@ def test_regression_export_bakes_in_cutoffs(tmp_path):
         assert [n.decode() for n in out["class_name"].numpy()] == [
             GRADE_NAMES[g] for g in expected_class
         ]
+        np.testing.assert_array_equal(out["gradable"].numpy(), [True] * len(reds))
+    # The black photo of the issue: no grade at all (it was graded `severe, referable`).
+    black = loaded.signatures["serving_default"](
+        image_bytes=tf.constant([encode(np.zeros((48, 48, 3), np.uint8), "PNG")])
+    )
+    assert black["gradable"].numpy().tolist() == [False]
+    assert black["ungradable_reason"].numpy().tolist() == [b"too_dark"]
+    assert np.isnan(black["grade"].numpy()[0]) and black["predicted_grade"].numpy()[0] == -1
+    assert black["class_name"].numpy()[0] == b"ungradable" and not black["referable"].numpy()[0]
     meta = json.loads(loaded.signatures["metadata"]()["metadata_json"].numpy())
     assert meta["cutoffs"] == list(cutoffs)
 
@@ -343,3 +357,102 @@ def test_export_rejects_wrong_arguments(tmp_path):
             model, tmp_path / "d", task="grade", metadata={"task": "x"}, **common
         )
     assert not (tmp_path / "d").exists()
+
+
+_FRESH_OUTPUTS = textwrap.dedent(
+    """
+    import json, sys, numpy as np, tensorflow as tf
+    model_dir, out_path, *files = sys.argv[1:]
+    serve = tf.saved_model.load(model_dir).signatures["serving_default"]
+    rows = {}
+    for f in files:
+        out = serve(image_bytes=tf.constant([open(f, "rb").read()]))
+        rows[f] = {
+            "probabilities": out["probabilities"].numpy()[0].tolist(),
+            "gradable": bool(out["gradable"].numpy()[0]),
+            "ungradable_reason": out["ungradable_reason"].numpy()[0].decode(),
+            "class_name": out["class_name"].numpy()[0].decode(),
+            "predicted_class": int(out["predicted_class"].numpy()[0]),
+        }
+    json.dump(rows, open(out_path, "w"))
+    """
+)
+
+_STORED_FROM_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
+
+
+def _tagged(upright: np.ndarray, orientation: int, fmt: str) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    stored = Image.fromarray(upright).transpose(_STORED_FROM_UPRIGHT[orientation])
+    stored.save(buf, format=fmt, exif=exif.tobytes(), **({"quality": 90} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def test_reloaded_savedmodel_fresh_process_exif_gate_and_border_marks(grade_export, tmp_path):
+    """Done-when checks of the real-world-photo issue, through the reloaded SavedModel."""
+    _, path = grade_export
+    upright = synthetic_fundus(seed=3)
+    files = {"upright.png": encode(upright, "PNG")}
+    for o in range(2, 9):
+        files[f"tagged{o}.png"] = _tagged(upright, o, "PNG")
+    jpeg6 = _tagged(upright, 6, "JPEG")
+    files["tagged6.jpg"] = jpeg6
+    # Reference for the JPEG: its own decoded pixels, turned upright by numpy, losslessly.
+    files["jpeg6_upright_ref.png"] = encode(
+        np.ascontiguousarray(np.rot90(tf.io.decode_jpeg(jpeg6).numpy(), -1)), "PNG"
+    )
+    marked = upright.copy()
+    marked[4:24, 4:294] = 230  # the issue's 20x290 light strip in a border corner
+    files["strip.png"] = encode(marked, "PNG")
+    files["black.png"] = encode(np.zeros((480, 640, 3), np.uint8), "PNG")
+    files["one_pixel.png"] = encode(np.full((1, 1, 3), 120, np.uint8), "PNG")
+    files["strip_1x300.png"] = encode(np.full((1, 300, 3), 120, np.uint8), "PNG")
+    for name, blob in files.items():
+        (tmp_path / name).write_bytes(blob)
+    out = tmp_path / "rows.json"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    subprocess.run(
+        [sys.executable, "-c", _FRESH_OUTPUTS, path, str(out), *(str(tmp_path / f) for f in files)],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    rows = {pathlib.Path(k).name: v for k, v in json.loads(out.read_text()).items()}
+    ref = np.array(rows["upright.png"]["probabilities"])
+    assert rows["upright.png"]["gradable"]
+    for o in range(2, 9):
+        delta = np.abs(np.array(rows[f"tagged{o}.png"]["probabilities"]) - ref).max()
+        assert delta <= 1e-5, f"orientation {o}: max |dprob| = {delta}"
+    jpeg_ref = np.array(rows["jpeg6_upright_ref.png"]["probabilities"])
+    assert np.abs(np.array(rows["tagged6.jpg"]["probabilities"]) - jpeg_ref).max() <= 1e-5
+    assert np.abs(np.array(rows["strip.png"]["probabilities"]) - ref).max() <= 2e-3
+    black = rows["black.png"]
+    assert (black["gradable"], black["ungradable_reason"]) == (False, "too_dark")
+    assert black["class_name"] == "ungradable" and black["predicted_class"] == -1
+    assert all(np.isnan(black["probabilities"]))
+    for name in ("one_pixel.png", "strip_1x300.png"):
+        assert (rows[name]["gradable"], rows[name]["ungradable_reason"]) == (False, "too_small")
+        assert rows[name]["class_name"] == "ungradable"
+
+
+def test_exif_check_is_sensitive(grade_export, grade_loaded):
+    """Ignoring the tag (the stored, rotated pixels) moves the output far past 1e-5."""
+    model, _ = grade_export
+    upright = synthetic_fundus(seed=3)
+    stored = np.ascontiguousarray(np.rot90(upright, 1))  # what an orientation-6 file holds
+    serve = grade_loaded.signatures["serving_images"]
+    a = serve(images=tf.constant(upright[None]))["probabilities"].numpy()[0]
+    b = serve(images=tf.constant(stored[None]))["probabilities"].numpy()[0]
+    assert np.abs(a - b).max() > 1e-4
+    np.testing.assert_allclose(a, training_pipeline_probs(model, encode(upright, "PNG")), atol=1e-5)

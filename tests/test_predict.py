@@ -144,3 +144,41 @@ def test_load_exported_errors(tmp_path):
         predict.load_exported(tmp_path)
     with pytest.raises(FileNotFoundError, match="eyegazer export"):
         predict.predict_paths(tmp_path / "nowhere", ["x.png"])
+
+
+def test_ungradable_photos_are_results_not_errors(exported, tmp_path, capsys):
+    from eyegazer_keras import cli
+
+    black = tmp_path / "lens_cap.png"
+    black.write_bytes(_encode(np.zeros((60, 80, 3), np.uint8), "PNG"))
+    dot = tmp_path / "one_pixel.png"
+    dot.write_bytes(_encode(np.full((1, 1, 3), 120, np.uint8), "PNG"))
+    good = tmp_path / "eye.png"
+    good.write_bytes(_encode(_fundus_like(60, 80, 0), "PNG"))
+    results = predict.predict_paths(exported, [str(black), str(dot), str(good)])
+    for r, reason in zip(results[:2], ["too_dark", "too_small"], strict=True):
+        assert "error" not in r
+        assert r["gradable"] is False and r["ungradable_reason"] == reason
+        assert r["class_name"] == "ungradable"
+        assert r["probabilities"] is None and r["predicted_class"] is None
+        assert r["referable_probability"] is None and r["expected_grade"] is None
+    _check_good(results[2], str(good))
+    assert results[2]["gradable"] is True and results[2]["ungradable_reason"] == ""
+    # JSON lines are strict JSON (no NaN) and the CLI exits 0 for readable ungradable photos.
+    for line in predict.format_prediction_lines(results):
+        json.loads(line)
+    code = cli.main(["predict", "--model", exported.path, str(black), str(good)])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 0 and len(out) == 2
+    assert json.loads(out[0])["ungradable_reason"] == "too_dark"
+    code = cli.main(["predict", "--model", exported.path, str(black), str(tmp_path / "gone.png")])
+    assert code == 1  # an unreadable file is still an error
+
+
+def test_progress_bar_on_stderr_only_when_asked(exported, files, capsys):
+    paths = [files["good_png"]] * 5
+    predict.predict_paths(exported, paths, batch_size=2, progress=True)
+    err = capsys.readouterr().err
+    assert "5/5" in err and "image" in err
+    predict.predict_paths(exported, paths, batch_size=2)
+    assert capsys.readouterr().err == ""

@@ -151,7 +151,7 @@ def test_synthetic_fundus_tfds_build_tiny_config(tmp_path):
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    sizes = _split_sizes(data_dir / "synthetic_fundus" / "tiny" / "1.1.0")
+    sizes = _split_sizes(data_dir / "synthetic_fundus" / "tiny" / "1.2.0")
     assert sizes == {"train": 80, "validation": 24, "test": 16}
 
 

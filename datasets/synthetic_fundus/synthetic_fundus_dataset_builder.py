@@ -9,7 +9,8 @@ international DR scale, with APTOS 2019 grade frequencies. Features and splits m
 Since 1.1.0 every example also carries `lesion_mask`: `uint8 [S, S, 1]`, the fraction (0..255)
 of each stored pixel covered by a lesion the generator drew, in the stored image's frame (the
 photo's crop box, padded to a square and resized exactly as the image). Explanation maps are
-scored against it (`eyegazer_keras.explain`). Images are bit-identical to 1.0.0.
+scored against it (`eyegazer_keras.explain`). 1.1.0 images are bit-identical to 1.0.0; 1.2.0
+changes the crop (a circle fitted to the disc) and adds Graham's 90 % clip to Ben Graham.
 """
 
 from __future__ import annotations
@@ -72,17 +73,18 @@ def stored_frame(array: tf.Tensor, photo: tf.Tensor, size: int) -> tf.Tensor:
     Returns:
         `uint8 [size, size, C]`.
     """
-    cropped = fundus.crop_to_box(array, fundus.fundus_bbox(photo))
-    return fundus.resize_uint8(fundus.pad_to_square(cropped), size)
+    return fundus.crop_like(array, photo, size)
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for synthetic_fundus."""
 
-    VERSION = tfds.core.Version("1.1.0")
+    VERSION = tfds.core.Version("1.2.0")
     RELEASE_NOTES = {
         "1.0.0": "Initial release.",
         "1.1.0": "Adds the `lesion_mask` feature; images unchanged.",
+        "1.2.0": "Crop by a circle fitted to the disc (cut discs stay centred, pixels outside "
+        "the disc black); Ben Graham clipped to 90 % of the radius (Graham 2015).",
     }
     BUILDER_CONFIGS = [
         SyntheticFundusConfig(name="default", description="2,600 photos stored at 128 px."),

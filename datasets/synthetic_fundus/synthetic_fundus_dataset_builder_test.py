@@ -117,7 +117,7 @@ def test_lesion_mask_is_in_the_stored_frame():
 def test_built_examples_carry_the_lesion_mask(tmp_path):
     b = builder_lib.Builder(data_dir=str(tmp_path), config="tiny")
     b.download_and_prepare()
-    assert str(b.version) == "1.1.0"
+    assert str(b.version) == "1.2.0"
     for ex in b.as_dataset(split="validation", shuffle_files=False).as_numpy_iterator():
         assert ex["lesion_mask"].shape == (64, 64, 1)
         assert (ex["lesion_mask"].max() == 0) == (ex["label"] == 0)
