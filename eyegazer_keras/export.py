@@ -46,7 +46,7 @@ x = keras.layers.Rescaling(1 / 255.0)(inputs)
 x = keras.layers.GlobalAveragePooling2D()(x)
 model = keras.Model(inputs, keras.layers.Dense(5, activation="softmax")(x))
 spec = fundus.PreprocessingSpec(stored_size=64)
-path = export.export_saved_model(model, "/tmp/eyegazer_export", task="grade",
+path = export.export_saved_model(model, "eyegazer_export", task="grade",
                                  image_size=32, preprocessing=spec)
 ```
 """
