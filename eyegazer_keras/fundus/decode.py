@@ -1,0 +1,179 @@
+"""Decoding with the EXIF orientation, as TF string ops (see `eyegazer_keras.fundus`)."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+# EXIF orientation values (TIFF tag 0x0112): 1 = upright ... 8; anything else is read as 1.
+EXIF_ORIENTATION_TAG = 0x0112
+
+
+def _bytes_at(data: tf.Tensor, pos: tf.Tensor, n: int) -> tf.Tensor:
+    """`n` bytes of `data` at `pos` as int32; zeros past the end (never raises)."""
+    size = tf.strings.length(data)
+    pos = tf.clip_by_value(tf.cast(pos, tf.int32), 0, size)
+    raw = tf.io.decode_raw(tf.strings.substr(data, pos, n), tf.uint8)
+    raw = tf.pad(tf.cast(raw, tf.int32), [[0, n - tf.shape(raw)[0]]])
+    return tf.reshape(raw, [n])
+
+
+def _uint(data: tf.Tensor, pos: tf.Tensor, n: int, little: tf.Tensor) -> tf.Tensor:
+    raw = _bytes_at(data, pos, n)
+    weights_be = tf.constant([256 ** (n - 1 - i) for i in range(n)], tf.int64)
+    weights = tf.where(little, tf.reverse(weights_be, [0]), weights_be)
+    return tf.reduce_sum(tf.cast(raw, tf.int64) * weights)
+
+
+def _jpeg_exif_offset(data: tf.Tensor) -> tf.Tensor:
+    """Offset of the TIFF header inside a JPEG's APP1 `Exif` segment, or -1."""
+    size = tf.strings.length(data)
+    big = tf.constant(False)
+
+    def cond(pos, found):
+        return tf.logical_and(found < 0, pos + 10 <= size)
+
+    def body(pos, found):
+        head = _bytes_at(data, pos, 2)
+        length = tf.cast(_uint(data, pos + 2, 2, big), tf.int32)
+        is_marker = tf.equal(head[0], 0xFF)
+        exif = tf.logical_and(
+            tf.equal(head[1], 0xE1),
+            tf.equal(tf.strings.substr(data, tf.minimum(pos + 4, size), 6), b"Exif\x00\x00"),
+        )
+        stop = tf.logical_or(
+            tf.logical_not(is_marker), tf.logical_or(tf.equal(head[1], 0xDA), length < 2)
+        )
+        found = tf.where(tf.logical_and(is_marker, exif), pos + 10, tf.where(stop, -2, found))
+        return pos + 2 + length, found
+
+    _, found = tf.while_loop(cond, body, (tf.constant(2), tf.constant(-1)), maximum_iterations=4096)
+    return tf.maximum(found, -1)
+
+
+def _png_exif_offset(data: tf.Tensor) -> tf.Tensor:
+    """Offset of the TIFF header in a PNG's `eXIf` chunk (before or after IDAT), or -1."""
+    size = tf.strings.length(data)
+    big = tf.constant(False)
+
+    def cond(pos, found):
+        return tf.logical_and(found < 0, pos + 8 <= size)
+
+    def body(pos, found):
+        length = tf.cast(_uint(data, pos, 4, big), tf.int32)
+        kind = tf.strings.substr(data, pos + 4, 4)
+        found = tf.where(
+            tf.equal(kind, b"eXIf"), pos + 8, tf.where(tf.equal(kind, b"IEND"), -2, found)
+        )
+        found = tf.where(length < 0, -2, found)
+        return pos + 12 + length, found
+
+    _, found = tf.while_loop(
+        cond, body, (tf.constant(8), tf.constant(-1)), maximum_iterations=1 << 20
+    )
+    return tf.maximum(found, -1)
+
+
+def _tiff_orientation(data: tf.Tensor, tiff: tf.Tensor) -> tf.Tensor:
+    """Orientation (1..8) from the TIFF header at `tiff` (both byte orders), else 1."""
+    order = tf.strings.substr(data, tiff, 2)
+    little = tf.equal(order, b"II")
+    known = tf.logical_or(little, tf.equal(order, b"MM"))
+    magic_ok = tf.equal(_uint(data, tiff + 2, 2, little), 42)
+    ifd = tiff + tf.cast(_uint(data, tiff + 4, 4, little), tf.int32)
+    count = tf.cast(_uint(data, ifd, 2, little), tf.int32)
+    count = tf.clip_by_value(count, 0, 512)
+    # Every IFD0 entry is 12 bytes: tag(2) type(2) count(4) value(4).
+    size = tf.strings.length(data)
+    start = tf.clip_by_value(ifd + 2, 0, size)
+    raw = tf.io.decode_raw(tf.strings.substr(data, start, 12 * count), tf.uint8)
+    n = tf.shape(raw)[0] // 12
+    entries = tf.reshape(tf.cast(raw[: 12 * n], tf.int32), [n, 12])
+    tag = tf.where(little, entries[:, 0] + 256 * entries[:, 1], 256 * entries[:, 0] + entries[:, 1])
+    value = tf.where(
+        little, entries[:, 8] + 256 * entries[:, 9], 256 * entries[:, 8] + entries[:, 9]
+    )
+    hit = tf.where(tf.equal(tag, EXIF_ORIENTATION_TAG))[:, 0]
+    orientation = tf.cond(
+        tf.size(hit) > 0, lambda: tf.gather(value, hit[0]), lambda: tf.constant(1, tf.int32)
+    )
+    valid = tf.logical_and(
+        tf.logical_and(known, magic_ok), tf.logical_and(orientation >= 1, orientation <= 8)
+    )
+    return tf.where(valid, orientation, 1)
+
+
+def exif_orientation(image_bytes: tf.Tensor) -> tf.Tensor:
+    """The EXIF orientation of an encoded JPEG or PNG, parsed with TF string ops.
+
+    Reads the TIFF header (`II` little-endian or `MM` big-endian) of a JPEG APP1 `Exif` segment
+    or a PNG `eXIf` chunk and returns the value of tag 0x0112 (TIFF 6.0 / EXIF 2.3). Missing,
+    malformed or out-of-range tags give 1 (upright); other formats give 1. Never raises.
+
+    Args:
+        image_bytes: scalar `tf.string`. The encoded file.
+
+    Returns:
+        `int32` scalar in 1..8.
+    """
+    data = tf.convert_to_tensor(image_bytes, tf.string)
+    magic = tf.strings.substr(data, 0, 8)
+    is_jpeg = tf.equal(tf.strings.substr(data, 0, 2), b"\xff\xd8")
+    is_png = tf.equal(magic, b"\x89PNG\r\n\x1a\n")
+    tiff = tf.case(
+        [(is_jpeg, lambda: _jpeg_exif_offset(data)), (is_png, lambda: _png_exif_offset(data))],
+        default=lambda: tf.constant(-1),
+    )
+    return tf.cond(tiff >= 0, lambda: _tiff_orientation(data, tiff), lambda: tf.constant(1))
+
+
+def apply_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+    """Turns stored pixels upright for an EXIF orientation (what every photo viewer shows).
+
+    1 as is; 2 mirror left-right; 3 rotate 180; 4 mirror top-bottom; 5 transpose; 6 rotate 90
+    clockwise; 7 transverse; 8 rotate 90 counter-clockwise (PIL's `ImageOps.exif_transpose`).
+
+    Args:
+        image: `[H, W, C]` tensor.
+        orientation: int scalar 1..8 (others are treated as 1).
+
+    Returns:
+        `[H, W, C]` or `[W, H, C]` tensor.
+    """
+    image = tf.convert_to_tensor(image)
+    branches = [
+        lambda: image,
+        lambda: tf.image.flip_left_right(image),
+        lambda: tf.image.rot90(image, 2),
+        lambda: tf.image.flip_up_down(image),
+        lambda: tf.image.transpose(image),
+        lambda: tf.image.rot90(image, 3),
+        lambda: tf.image.rot90(tf.image.transpose(image), 2),
+        lambda: tf.image.rot90(image, 1),
+    ]
+    index = tf.cast(orientation, tf.int32) - 1
+    index = tf.where(tf.logical_and(index >= 0, index < 8), index, 0)
+    out = tf.switch_case(index, branches)
+    out.set_shape([None, None, image.shape[-1]])
+    return out
+
+
+def decode_image(image_bytes: tf.Tensor) -> tf.Tensor:
+    """Decodes JPEG/PNG/GIF/BMP bytes to an upright RGB `uint8 [H, W, 3]` tensor.
+
+    The EXIF orientation (JPEG APP1, PNG `eXIf`; see `exif_orientation`) is applied, so the
+    pixels are the way every viewer shows the photo. Grayscale, palette and RGBA inputs become
+    RGB (alpha is dropped); 16-bit PNGs are scaled to 8 bits.
+
+    Args:
+        image_bytes: scalar `tf.string`. The encoded image.
+
+    Returns:
+        `uint8` tensor of shape `[H, W, 3]`.
+
+    Raises:
+        tf.errors.InvalidArgumentError: for bytes that are not a readable image.
+    """
+    image_bytes = tf.convert_to_tensor(image_bytes, tf.string)
+    image = tf.io.decode_image(image_bytes, channels=3, dtype=tf.uint8, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return apply_orientation(image, exif_orientation(image_bytes))
