@@ -537,8 +537,7 @@ def export_run(
             explain_method=explain.default_method(model),
             task=run_data.task,
             image_size=config.image_size,
-            source_size=spec.stored_size,
-            use_ben_graham=spec.ben_graham,
+            preprocessing=spec,  # the whole spec: crop ("none" for HF adapters), normalisation
             class_names=run_data.class_names,
             metadata={"config": configs_lib.to_dict(config)},
             model_card=card,

@@ -456,3 +456,31 @@ def test_exif_check_is_sensitive(grade_export, grade_loaded):
     b = serve(images=tf.constant(stored[None]))["probabilities"].numpy()[0]
     assert np.abs(a - b).max() > 1e-4
     np.testing.assert_allclose(a, training_pipeline_probs(model, encode(upright, "PNG")), atol=1e-5)
+
+
+def test_export_serves_the_spec_it_is_given(tmp_path):
+    """crop="none" (an imported Hugging Face adapter's plain resize) is what serving runs."""
+    model = tiny_vit_classifier(5, seed=2)
+    spec = fundus.PreprocessingSpec(stored_size=IMAGE_SIZE, crop="none")
+    path = export.export_saved_model(
+        model, tmp_path / "none", task="grade", image_size=IMAGE_SIZE, preprocessing=spec
+    )
+    loaded = tf.saved_model.load(path)
+    photo = synthetic_fundus(seed=5)
+    served = loaded.signatures["serving_images"](images=tf.constant(photo[None]))
+    plain = fundus.to_model_input(fundus.resize_uint8(photo, IMAGE_SIZE), IMAGE_SIZE)
+    expected = model(plain[tf.newaxis]).numpy()[0]
+    assert np.abs(served["probabilities"].numpy()[0] - expected).max() <= 1e-5
+    cropped = training_pipeline_probs(model, encode(photo, "PNG"))  # the fundus crop
+    assert np.abs(expected - cropped).max() > 1e-4
+    meta = json.loads(loaded.signatures["metadata"]()["metadata_json"].numpy())
+    assert fundus.PreprocessingSpec.from_dict(meta["preprocessing_spec"]) == spec
+    with pytest.raises(ValueError, match="contradicts"):
+        export.export_saved_model(
+            model,
+            tmp_path / "x",
+            task="grade",
+            image_size=IMAGE_SIZE,
+            preprocessing=spec,
+            source_size=64,
+        )
