@@ -94,18 +94,26 @@ def has_gradability(exported: predict.ExportedModel) -> bool:
 
 
 def model_input_image(exported: predict.ExportedModel, image_bytes: bytes) -> np.ndarray:
-    """What the model saw: `fundus.serving_transform` with the export's sizes, `uint8 [S, S, 3]`.
+    """What the model saw, `uint8 [S, S, 3]`: the export's own `fundus.PreprocessingSpec`.
+
+    The photo is decoded (EXIF orientation applied), cropped as the spec says (`fundus` or
+    `none`), stored-size resized, Ben-Graham-normalised if the spec says so, and resized to the
+    model input side; a mean/std normalisation (HF imports) is left out so the image displays.
+    Exports written before the spec existed fall back to their `source_size`/`use_ben_graham`.
 
     Raises:
         tf.errors.InvalidArgumentError: when the bytes are not a decodable image.
     """
     meta = exported.metadata
-    x = fundus.serving_transform(
-        tf.constant(image_bytes),
-        int(meta["source_size"]),
-        int(meta["image_size"]),
-        bool(meta.get("use_ben_graham", False)),
-    )
+    if meta.get("preprocessing_spec"):
+        spec = fundus.PreprocessingSpec.from_dict(meta["preprocessing_spec"])
+    else:
+        spec = fundus.PreprocessingSpec(
+            stored_size=int(meta["source_size"]),
+            ben_graham=bool(meta.get("use_ben_graham", False)),
+        )
+    stored = fundus.preprocess_photo(fundus.decode_image(tf.constant(image_bytes)), spec)
+    x = fundus.to_model_input(stored, int(meta["image_size"]))  # 0..255, no mean/std
     return np.clip(x.numpy(), 0, 255).astype(np.uint8)
 
 
@@ -135,6 +143,8 @@ def _explanation(exported: predict.ExportedModel, name: str, image_bytes: bytes)
 
 
 def _label_value(row: dict, task: str, class_names: Sequence[str]):
+    if row.get("gradable") is False:  # no grade for an ungradable photo (predict's nulls)
+        return None
     if task == "regression":
         return row["class_name"]
     return {name: float(p) for name, p in zip(class_names, row["probabilities"], strict=True)}
@@ -142,6 +152,8 @@ def _label_value(row: dict, task: str, class_names: Sequence[str]):
 
 def _summary(row: dict, meta: dict) -> str:
     task, names = meta["task"], meta["class_names"]
+    if row.get("gradable") is False:
+        return "- **No grade**: the export's quality gate found the photo ungradable."
     if task == "regression":
         cut = ", ".join(f"{c:.2f}" for c in meta.get("cutoffs") or [])
         return "\n".join(
@@ -177,7 +189,7 @@ def _gradability(row: dict) -> str:
     if row["gradable"]:
         return "**Gradable photo**: it passed the export's quality gate."
     reason = row.get("ungradable_reason") or "no reason given"
-    return f"**Ungradable photo** (`{reason}`): take a new photo. The grade shown is not reliable."
+    return f"**Ungradable photo** (`{reason}`): take a new photo. No grade is given."
 
 
 def _read_upload(payload) -> tuple[bytes, str]:

@@ -97,7 +97,8 @@ def test_client_gets_the_savedmodels_outputs(exports, photo, task):
     want_seen = app.model_input_image(exported, open(photo, "rb").read())
     assert want_seen.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
     np.testing.assert_array_equal(np.asarray(Image.open(seen)), app._enlarged(want_seen))
-    assert verdict == "" and heat is None  # no gradability output, no explain signature
+    # Every export has the quality gate's outputs; these have no explain signature.
+    assert verdict.startswith("**Gradable photo**") and heat is None
     want_name = expected["class_name"][0].decode()
     assert label["label"] == want_name
     if task == "regression":
@@ -334,7 +335,12 @@ def test_gradability_and_overlay_show_when_the_export_has_them(
         _, _, _, verdict, heat = client.predict(handle_file(photo), api_name=f"/{app.API_NAME}")
         assert verdict.startswith("**Gradable photo**")
         assert np.asarray(Image.open(heat)).shape == (224, 224, 3)
-        _, _, _, verdict, _ = client.predict(handle_file(str(black)), api_name=f"/{app.API_NAME}")
+        _, label, summary, verdict, _ = client.predict(
+            handle_file(str(black)), api_name=f"/{app.API_NAME}"
+        )
         assert "**Ungradable photo** (`too_dark`)" in verdict
+        # Not graded: no probabilities, no decision (predict's rows hold nulls).
+        assert not (label or {}).get("confidences")
+        assert "No grade" in summary and "Decision" not in summary
     finally:
         demo.close()
