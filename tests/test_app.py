@@ -142,10 +142,11 @@ def _components(demo) -> dict:
 
 def test_page_always_shows_the_notice_and_hides_what_the_export_lacks(exports):
     exported = predict.load_exported(exports["grade"])
-    assert not app.has_gradability(exported) and app.explanation_signature(exported) is None
+    # Every export now has the quality gate's outputs; this one has no explain signature.
+    assert app.has_gradability(exported) and app.explanation_signature(exported) is None
     demo = app.build_app(exported)
     props = _components(demo)
-    assert props["gradability"]["visible"] is False
+    assert props["gradability"]["visible"] is True
     assert props["explanation"]["visible"] is False
     texts = [c["props"].get("value") or "" for c in demo.config["components"]]
     assert any(NOT_A_MEDICAL_DEVICE in str(t) for t in texts)
