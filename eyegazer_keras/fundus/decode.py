@@ -116,6 +116,14 @@ def exif_orientation(image_bytes: tf.Tensor) -> tf.Tensor:
         `int32` scalar in 1..8.
     """
     data = tf.convert_to_tensor(image_bytes, tf.string)
+    if tf.executing_eagerly():
+        # Eagerly, the segment walk's `tf.while_loop` runs op by op in Python: ~1.5 s for a
+        # 10 MP JPEG (benchmarks/build_stages.py), 10x the decode. The same ops as one graph.
+        return _exif_orientation_graph(data)
+    return _exif_orientation_ops(data)
+
+
+def _exif_orientation_ops(data: tf.Tensor) -> tf.Tensor:
     magic = tf.strings.substr(data, 0, 8)
     is_jpeg = tf.equal(tf.strings.substr(data, 0, 2), b"\xff\xd8")
     is_png = tf.equal(magic, b"\x89PNG\r\n\x1a\n")
@@ -124,6 +132,11 @@ def exif_orientation(image_bytes: tf.Tensor) -> tf.Tensor:
         default=lambda: tf.constant(-1),
     )
     return tf.cond(tiff >= 0, lambda: _tiff_orientation(data, tiff), lambda: tf.constant(1))
+
+
+_exif_orientation_graph = tf.function(
+    _exif_orientation_ops, input_signature=[tf.TensorSpec([], tf.string)]
+)
 
 
 def apply_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
