@@ -465,3 +465,60 @@ def test_evaluate_an_imported_run(tiny_data_dir, tmp_path):
     m = train.evaluate_run(str(tmp_path / "run"), "validation")
     assert m["n"] == 24 and m["task"] == "binary"
     assert (tmp_path / "run" / "metrics_validation.json").exists()
+
+
+SAVEDMODEL_LOGPROBS = """
+import io, json, sys
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+loaded = tf.saved_model.load(sys.argv[1])
+images = np.load(sys.argv[2])["images"]
+out = {}
+tensor = loaded.signatures["serving_images"](images=tf.constant(images))
+out["images"] = np.log(tensor["probabilities"].numpy()).tolist()
+pngs = []
+for image in images:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    pngs.append(buf.getvalue())
+raw = loaded.signatures["serving_default"](image_bytes=tf.constant(pngs))
+out["bytes"] = np.log(raw["probabilities"].numpy()).tolist()
+meta = json.loads(loaded.signatures["metadata"]()["metadata_json"].numpy().decode())
+out["crop"] = json.dumps(meta, sort_keys=True).count('"crop": "none"')
+out["gradable"] = [bool(x) for x in raw["gradable"].numpy().ravel()]
+print("OUT", json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_imported_run_exports_a_savedmodel_with_hf_preprocessing(tmp_path):
+    """`eyegazer export` of an imported run, reloaded in a fresh process: HF's log-softmax."""
+    import_case("vitcls", "legacy_vitcls", tmp_path / "run", dataset="aptos2019")  # not prepared: export needs no data
+    out = run_python(
+        [
+            "-m",
+            "eyegazer_keras.cli",
+            "export",
+            "--workdir",
+            str(tmp_path / "run"),
+            "--output",
+            str(tmp_path / "export"),
+        ],
+        {},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    script = tmp_path / "sm.py"
+    script.write_text(SAVEDMODEL_LOGPROBS)
+    out = run_python(
+        [str(script), str(tmp_path / "export"), os.path.join(FIXTURES, "expected.npz")], {}
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(next(x for x in out.stdout.splitlines() if x.startswith("OUT "))[4:])
+    logits = EXPECTED["logits_legacy_vitcls"]
+    expected = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))  # log-softmax
+    for endpoint in ("images", "bytes"):
+        diff = np.abs(np.asarray(result[endpoint]) - expected).max()
+        assert diff <= TOL, (endpoint, diff)
+    assert result["crop"] >= 1  # the metadata says which preprocessing the export applies
+    assert all(result["gradable"]), result["gradable"]  # graded, not refused by the gate
