@@ -1,7 +1,7 @@
 """What evaluation adds to a run's metrics: calibration, test-time augmentation, explanations.
 
 * `run_calibration`: temperature scaling and a sensitivity-targeted operating threshold
-  (`metrics.fit_calibration`), fitted once at the end of `eyegazer train` on half of the
+  (`calibrate.fit_calibration`), fitted once at the end of `eyegazer train` on half of the
   validation split and stored as `calibration.json`; evaluation and export read it back.
 * `tta_comparison`: QWK, AUROC and ECE without and with test-time flips
   (`models.wrappers.serving_model`).
@@ -18,7 +18,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from eyegazer_keras import explain, files, metrics, report
+from eyegazer_keras import calibrate, explain, files, metrics, report
 from eyegazer_keras.models import wrappers
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def run_calibration(workdir, y, probs, task, fit: bool) -> dict | None:
     path = os.path.join(workdir, CALIBRATION_FILE)
     if fit:
         try:
-            calibration = metrics.fit_calibration(y, probs, task)
+            calibration = calibrate.fit_calibration(y, probs, task)
         except ValueError as err:  # e.g. a validation half without referable photos
             logger.warning("No calibration fitted: %s", err)
             return None

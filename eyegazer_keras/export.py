@@ -19,7 +19,7 @@ has no Python, runs the same steps):
   in the frame of the cropped photo padded to a square and resized to S; see
   `eyegazer_keras.explain`), computed on the model without TTA.
 
-With `calibration` (a run's `metrics.fit_calibration` result) the probabilities are
+With `calibration` (a run's `calibrate.fit_calibration` result) the probabilities are
 temperature-scaled inside the graph and the metadata carries `calibrated`, `temperature` and
 the `operating_threshold`; with `tta` ("flip", "flip4") the outputs are the mean over flipped
 views (`models.wrappers.serving_model`).
@@ -66,7 +66,7 @@ import numpy as np
 import tensorflow as tf
 
 import eyegazer_keras
-from eyegazer_keras import GRADE_NAMES, NOT_A_MEDICAL_DEVICE, fundus, metrics
+from eyegazer_keras import GRADE_NAMES, NOT_A_MEDICAL_DEVICE, fundus, metrics, regression
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def _outputs_fn(task: str, class_names: Sequence[str], cutoffs: Sequence[float] 
 
         def regression(out):
             grade = tf.reshape(tf.cast(out, tf.float32), [-1])
-            # np.digitize(grade, cutoffs), as `metrics.apply_cutoffs`.
+            # np.digitize(grade, cutoffs), as `regression.apply_cutoffs`.
             predicted = tf.reduce_sum(
                 tf.cast(grade[:, tf.newaxis] >= cut[tf.newaxis, :], tf.int64), axis=1
             )
@@ -438,14 +438,14 @@ def export_saved_model(
         class_names: sequence of str. Names per class id. Defaults to `GRADE_NAMES` for grade and
             regression, `("no_dr", "dr")` for binary.
         cutoffs: 4 increasing floats turning a regression output into grades 0..4
-            (`metrics.apply_cutoffs`). Regression only. Defaults to `(0.5, 1.5, 2.5, 3.5)`.
+            (`regression.apply_cutoffs`). Regression only. Defaults to `(0.5, 1.5, 2.5, 3.5)`.
         metadata: dict. Extra JSON-serialisable fields stored in the SavedModel metadata, e.g.
             `{"config": {...}, "run": "workdir/name"}`. Defaults to None.
         model_card: dict. Model card content: any of `model_name` (or `model`), `data`,
             `training` (or `training_config`), `validation_metrics`, `preprocessing` (a note;
             the exact pipeline is always filled in), `intended_use`, `limits`, plus free keys.
             Missing parts get explicit "not recorded" text. Defaults to None.
-        calibration: dict or None. `metrics.fit_calibration` output (`temperature`,
+        calibration: dict or None. `calibrate.fit_calibration` output (`temperature`,
             `threshold`, ...): applied inside the export and recorded in the metadata.
             Classifiers only. Defaults to None (uncalibrated).
         tta: str. test-time augmentation inside the graph, one of
@@ -471,8 +471,8 @@ def export_saved_model(
     if len(class_names) != expected:
         raise ValueError(f"task={task!r} needs {expected} class_names, got {list(class_names)}.")
     if task == "regression":
-        cutoffs = metrics.DEFAULT_CUTOFFS if cutoffs is None else cutoffs
-        metrics.apply_cutoffs([0.0], cutoffs)  # raises a ValueError naming the fix when invalid
+        cutoffs = regression.DEFAULT_CUTOFFS if cutoffs is None else cutoffs
+        regression.apply_cutoffs([0.0], cutoffs)  # raises a ValueError naming the fix when invalid
         cutoffs = [float(c) for c in cutoffs]
     elif cutoffs is not None:
         raise ValueError(f"cutoffs only apply to task='regression', not task={task!r}.")

@@ -33,7 +33,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from eyegazer_keras import GRADE_NAMES, files, metrics
+from eyegazer_keras import GRADE_NAMES, calibrate, files, metrics, regression
+from eyegazer_keras.metric_inputs import as_labels, as_probs, as_scores
 
 logger = logging.getLogger(__name__)
 
@@ -158,8 +159,8 @@ def plot_roc(y_true, probs, task: str, path: str | os.PathLike, title: str | Non
         The path written.
     """
     names = metrics.class_names(task)
-    y = metrics._as_labels(y_true, len(names))
-    p = metrics._as_probs(probs, len(names), y.size)
+    y = as_labels(y_true, len(names))
+    p = as_probs(probs, len(names), y.size)
     fig = _new_figure(6.0, 5.5)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance")
@@ -354,9 +355,9 @@ def plot_predictions_vs_true(
     Returns:
         The path written.
     """
-    y = metrics._as_labels(y_true, len(GRADE_NAMES))
-    s = metrics._as_scores(y_pred, y.size)
-    cut = metrics._check_cutoffs(metrics.DEFAULT_CUTOFFS if cutoffs is None else cutoffs)
+    y = as_labels(y_true, len(GRADE_NAMES))
+    s = as_scores(y_pred, y.size)
+    cut = regression.check_cutoffs(regression.DEFAULT_CUTOFFS if cutoffs is None else cutoffs)
     fig = _new_figure(7.0, 5.0)
     ax = fig.add_subplot()
     present = [g for g in range(len(GRADE_NAMES)) if np.any(y == g)]
@@ -408,7 +409,7 @@ def write_report(
         history: dict or None. ``History.history`` of the fit. Defaults to ``None``.
         split: str. split name used in file names and stored as ``"split"``. Defaults to
             ``"validation"``.
-        calibration: dict or None. a run's ``metrics.fit_calibration`` result (temperature and
+        calibration: dict or None. a run's ``calibrate.fit_calibration`` result (temperature and
             operating threshold). When given, it is stored as ``temperature_scaling``, the
             metrics gain ``calibrated`` (the same split's figures with the temperature applied
             and the operating threshold) and the reliability diagram draws both. Defaults to
@@ -424,7 +425,7 @@ def write_report(
     result["split"] = split
     curves = {"uncalibrated": probs}
     if calibration is not None:
-        calibrated = metrics.apply_temperature(probs, calibration["temperature"])
+        calibrated = calibrate.apply_temperature(probs, calibration["temperature"])
         key = "threshold" if task == "binary" else "referable_threshold"
         kwargs = {**metric_kwargs, key: calibration["threshold"]}
         cal = metrics.classification_metrics(y_true, calibrated, task, **kwargs)
@@ -475,7 +476,7 @@ def write_regression_report(
         out_dir: str or PathLike. folder for the files (created if missing).
         y_true: int array [n]. true grades 0..4.
         y_pred: float array [n] or [n, 1]. regression outputs.
-        cutoffs: 4 increasing floats (e.g. ``metrics.optimize_cutoffs`` on another split) or
+        cutoffs: 4 increasing floats (e.g. ``regression.optimize_cutoffs`` on another split) or
             ``None`` for plain rounding.
         split: str. split name used in file names and stored as ``"split"``. Defaults to
             ``"validation"``.
@@ -484,7 +485,7 @@ def write_regression_report(
         The metrics dict (as written to the JSON).
     """
     out = Path(out_dir)
-    result = metrics.regression_metrics(y_true, y_pred, cutoffs)
+    result = regression.regression_metrics(y_true, y_pred, cutoffs)
     result["split"] = split
     cut_text = ", ".join(f"{c:.2f}" for c in result["cutoffs"])
     plot_confusion_matrix(

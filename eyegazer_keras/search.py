@@ -1,7 +1,7 @@
 """`eyegazer search`: AutoKeras ImageRegressor search -> cut-offs tuned on QWK -> report -> export.
 
 config -> numpy uint8 arrays (`data.load_numpy`) -> `models.regressor.build_regressor` search in
-`workdir/search/` -> continuous grades on validation -> `metrics.optimize_cutoffs` (starting from
+`workdir/search/` -> continuous grades on validation -> `regression.optimize_cutoffs` (starting from
 plain rounding) -> `report.write_regression_report` -> `export.export_saved_model` with the
 cut-offs baked in.
 
@@ -212,7 +212,7 @@ def run_search(config, workdir, progress: Callable[[str], None] | None = None) -
     workdir.mkdir(parents=True, exist_ok=True)
     files.write_json_atomic(workdir / "config.json", configs.to_dict(config))
 
-    from eyegazer_keras import metrics, report
+    from eyegazer_keras import regression, report
     from eyegazer_keras.models import regressor
 
     emit(f"loading {config.dataset} train/validation as uint8 at {config.image_size} px")
@@ -249,7 +249,7 @@ def run_search(config, workdir, progress: Callable[[str], None] | None = None) -
     model = regressor.float_input_model(auto_model.export_model(), config.image_size)
     model.save(workdir / MODEL_FILE)
     y_pred = _predict(model, x_val)
-    cutoffs = metrics.optimize_cutoffs(y_val, y_pred)
+    cutoffs = regression.optimize_cutoffs(y_val, y_pred)
     result = report.write_regression_report(workdir, y_val, y_pred, cutoffs, split="validation")
     emit(
         f"validation: rmse={result['rmse']:.4f} mae={result['mae']:.4f} "

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from eyegazer_keras import metrics, report
+from eyegazer_keras import calibrate, metrics, report
 
 
 def test_ece_and_brier_by_hand():
@@ -31,10 +31,10 @@ def test_temperature_is_a_softmax_of_scaled_logits():
     p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     t = 2.5
     expected = np.exp(logits / t) / np.exp(logits / t).sum(1, keepdims=True)
-    np.testing.assert_allclose(metrics.apply_temperature(p, t), expected, atol=1e-12)
-    np.testing.assert_allclose(metrics.apply_temperature(p, 1.0), p, atol=1e-12)
+    np.testing.assert_allclose(calibrate.apply_temperature(p, t), expected, atol=1e-12)
+    np.testing.assert_allclose(calibrate.apply_temperature(p, 1.0), p, atol=1e-12)
     with pytest.raises(ValueError, match="temperature"):
-        metrics.apply_temperature(p, 0.0)
+        calibrate.apply_temperature(p, 0.0)
 
 
 def _overconfident_keras_model_probs(n=600, seed=0):
@@ -56,7 +56,7 @@ def _overconfident_keras_model_probs(n=600, seed=0):
 
 def test_temperature_scaling_reduces_ece_of_an_overconfident_model():
     y, p = _overconfident_keras_model_probs()
-    cal = metrics.fit_calibration(y, p, "grade")
+    cal = calibrate.fit_calibration(y, p, "grade")
     assert cal["temperature"] > 2.0  # softens an over-confident model
     before = cal["report_half"]["before"]
     after = cal["report_half"]["after"]
@@ -67,17 +67,17 @@ def test_temperature_scaling_reduces_ece_of_an_overconfident_model():
     assert "half of validation" in cal["method"]
     json.dumps(cal, allow_nan=False)
     # Temperature scaling keeps every argmax: accuracy does not move.
-    q = metrics.apply_temperature(p, cal["temperature"])
+    q = calibrate.apply_temperature(p, cal["temperature"])
     np.testing.assert_array_equal(q.argmax(1), p.argmax(1))
 
 
 def test_calibration_halves_are_disjoint_stratified_and_deterministic():
     y = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 4])
-    fit, rep = metrics.calibration_halves(y)
+    fit, rep = calibrate.calibration_halves(y)
     assert set(fit) | set(rep) == set(range(y.size)) and not set(fit) & set(rep)
     for c in (0, 1, 2):
         assert abs((y[fit] == c).sum() - (y[rep] == c).sum()) <= 1
-    f2, r2 = metrics.calibration_halves(y)
+    f2, r2 = calibrate.calibration_halves(y)
     np.testing.assert_array_equal(fit, f2)
     np.testing.assert_array_equal(rep, r2)
 
@@ -88,10 +88,10 @@ def test_threshold_for_sensitivity_by_hand():
     # 0.1: at 0.3 only 0.6 is called positive -> specificity 5/6.
     y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
     s = np.array([0.9, 0.8, 0.7, 0.3, 0.6, 0.2, 0.1, 0.1, 0.1, 0.1])
-    out = metrics.threshold_for_sensitivity(y, s, 0.9)
+    out = calibrate.threshold_for_sensitivity(y, s, 0.9)
     assert out["threshold"] == pytest.approx(0.3)
     assert out["sensitivity"] == 1.0 and out["specificity"] == pytest.approx(5 / 6)
-    out = metrics.threshold_for_sensitivity(y, s, 0.75)
+    out = calibrate.threshold_for_sensitivity(y, s, 0.75)
     assert out["threshold"] == pytest.approx(0.7)
     assert (out["sensitivity"], out["specificity"]) == (0.75, 1.0)
     # Random scores: the chosen threshold always reaches the target; a higher one never does.
@@ -99,18 +99,18 @@ def test_threshold_for_sensitivity_by_hand():
     for _ in range(5):
         y = rng.integers(0, 2, 200)
         s = rng.uniform(0, 1, 200) + 0.3 * y
-        t = metrics.threshold_for_sensitivity(y, s, 0.9)["threshold"]
+        t = calibrate.threshold_for_sensitivity(y, s, 0.9)["threshold"]
         assert metrics.sensitivity_specificity(y, s, t)[0] >= 0.9
         above = s[s > t]
         if above.size:
             assert metrics.sensitivity_specificity(y, s, above.min())[0] < 0.9
     with pytest.raises(ValueError, match="positives and negatives"):
-        metrics.threshold_for_sensitivity([0, 0], [0.1, 0.2])
+        calibrate.threshold_for_sensitivity([0, 0], [0.1, 0.2])
 
 
 def test_metrics_files_report_calibration_and_draw_the_reliability_diagram(tmp_path):
     y, p = _overconfident_keras_model_probs(200)
-    cal = metrics.fit_calibration(y, p, "grade")
+    cal = calibrate.fit_calibration(y, p, "grade")
     m = report.write_report(tmp_path, y, p, "grade", calibration=cal)
     assert m["calibration"]["n_bins"] == 15
     assert {"ece", "brier", "nll", "referable_ece", "referable_brier"} <= set(m["calibration"])
@@ -124,6 +124,6 @@ def test_metrics_files_report_calibration_and_draw_the_reliability_diagram(tmp_p
     # Binary task: the threshold is on p(DR).
     yb = (y >= 2).astype(int)
     pb = np.stack([p[:, :2].sum(1), p[:, 2:].sum(1)], 1)
-    calb = metrics.fit_calibration(yb, pb, "binary")
+    calb = calibrate.fit_calibration(yb, pb, "binary")
     assert calb["threshold_output"] == "p_dr"
     assert calb["fit_half"]["operating_point"]["sensitivity"] >= 0.9

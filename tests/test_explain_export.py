@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from eyegazer_keras import explain, export, fundus, metrics
+from eyegazer_keras import calibrate, explain, export, fundus
 from eyegazer_keras.models import wrappers
 
 IMAGE_SIZE = 32
@@ -114,7 +114,7 @@ def test_explain_signature_temperature_and_tta_in_a_fresh_process(tmp_path):
     )
     views = [x, x[:, :, ::-1], x[:, ::-1], x[:, ::-1, ::-1]]
     mean = np.mean([model(v.copy()).numpy() for v in views], axis=0)
-    want = metrics.apply_temperature(mean, 1.7)
+    want = calibrate.apply_temperature(mean, 1.7)
     np.testing.assert_allclose(got["probabilities"], want, atol=1e-5)  # TTA + temperature parity
     np.testing.assert_allclose(got["plain"], want, atol=1e-5)
     maps = explain.explain(model, x, "gradient_rollout")

@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from eyegazer_keras import GRADE_NAMES, NOT_A_MEDICAL_DEVICE, export, fundus, metrics
+from eyegazer_keras import GRADE_NAMES, NOT_A_MEDICAL_DEVICE, export, fundus, metrics, regression
 from tests.test_case import tiny_vit_classifier  # noqa: F401  (test_serve/test_app import it here)
 
 IMAGE_SIZE = 32
@@ -308,7 +308,7 @@ def test_regression_export_bakes_in_cutoffs(tmp_path):
     uniform[..., 1] = rng.integers(60, 140, uniform.shape[:3], dtype=np.uint8)
     uniform[..., 2] = rng.integers(20, 80, uniform.shape[:3], dtype=np.uint8)
     expected_grade = 4.0 * reds / 255.0  # 0, 0.63, 2.20, 3.14, 4.0
-    expected_class = metrics.apply_cutoffs(expected_grade, cutoffs)
+    expected_class = regression.apply_cutoffs(expected_grade, cutoffs)
     np.testing.assert_array_equal(expected_class, [0, 1, 2, 4, 4])  # rounding would give 0,1,2,3,4
 
     by_images = loaded.signatures["serving_images"](images=tf.constant(uniform))

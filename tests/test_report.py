@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eyegazer_keras import GRADE_NAMES, metrics, report
+from eyegazer_keras import GRADE_NAMES, calibrate, metric_inputs, metrics, regression, report
 
 REPO = Path(__file__).resolve().parents[1]
 HISTORY = {
@@ -101,7 +101,7 @@ def test_write_report_single_class_does_not_crash(tmp_path):
 def test_write_regression_report(tmp_path):
     y = np.repeat(np.arange(5), 6)
     pred = y + 0.6 + np.tile(np.linspace(-0.1, 0.1, 6), 5)
-    cut = metrics.optimize_cutoffs(y, pred)
+    cut = regression.optimize_cutoffs(y, pred)
     m = report.write_regression_report(tmp_path, y, pred, cut, split="validation")
     assert_png(tmp_path / "confusion_matrix_validation.png")
     assert_png(tmp_path / "predictions_validation.png")
@@ -151,7 +151,7 @@ def test_report_leaves_user_backend_alone(tmp_path):
     assert_png(tmp_path / "roc_validation.png")
 
 
-@pytest.mark.parametrize("module", [metrics, report])
+@pytest.mark.parametrize("module", [metrics, metric_inputs, calibrate, regression, report])
 def test_module_docstring_example_runs(module, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code = module.__doc__.split("```python\n", 1)[1].split("```", 1)[0]

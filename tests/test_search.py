@@ -91,7 +91,7 @@ def test_cutoffs_are_tuned_on_validation_predictions(finished_run):
     """The written cut-offs are `optimize_cutoffs` on the best model's validation grades."""
     import keras
 
-    from eyegazer_keras import metrics
+    from eyegazer_keras import regression
     from eyegazer_keras.models import regressor  # noqa: F401  (registers autokeras layers)
 
     config, workdir, summary, _ = finished_run
@@ -101,12 +101,12 @@ def test_cutoffs_are_tuned_on_validation_predictions(finished_run):
     assert x_val.dtype == np.uint8
     model = keras.models.load_model(workdir / search.MODEL_FILE)
     y_pred = search._predict(model, x_val)
-    expected = metrics.optimize_cutoffs(y_val, y_pred)
+    expected = regression.optimize_cutoffs(y_val, y_pred)
     np.testing.assert_allclose(summary["cutoffs"], expected, atol=1e-6)
     m = summary["metrics"]
     np.testing.assert_allclose(m["cutoffs"], expected, atol=1e-6)
     assert m["qwk_tuned"] >= m["qwk_rounded"] - 1e-12
-    rounded = metrics.regression_metrics(y_val, y_pred, None)
+    rounded = regression.regression_metrics(y_val, y_pred, None)
     assert m["qwk_rounded"] == pytest.approx(rounded["qwk_rounded"])
 
 
@@ -136,7 +136,7 @@ def test_export_parity_in_fresh_process(finished_run, tmp_path):
     import keras
     import tensorflow as tf
 
-    from eyegazer_keras import fundus, metrics
+    from eyegazer_keras import fundus, regression
     from eyegazer_keras.models import regressor  # noqa: F401  (registers autokeras layers)
 
     config, workdir, summary, _ = finished_run
@@ -170,7 +170,7 @@ def test_export_parity_in_fresh_process(finished_run, tmp_path):
     in_memory = float(np.asarray(model(image[None], training=False)).reshape(-1)[0])
     assert abs(served["grade"] - in_memory) <= 1e-5
     np.testing.assert_allclose(served["cutoffs"], summary["cutoffs"], atol=1e-6)
-    expected_grade = int(metrics.apply_cutoffs([in_memory], summary["cutoffs"])[0])
+    expected_grade = int(regression.apply_cutoffs([in_memory], summary["cutoffs"])[0])
     assert served["predicted_grade"] == expected_grade
     assert served["referable"] == (expected_grade >= 2)
 

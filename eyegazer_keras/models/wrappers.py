@@ -66,7 +66,7 @@ class TemperatureScaling(keras.layers.Layer):
     """``softmax(log(p) / temperature)`` of softmax probabilities ``p`` (float32).
 
     Args:
-        temperature: float > 0. Fitted by `metrics.fit_temperature`; 1 changes nothing.
+        temperature: float > 0. Fitted by `calibrate.fit_temperature`; 1 changes nothing.
         **kwargs: passed to `keras.layers.Layer`.
     """
 
