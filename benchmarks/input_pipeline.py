@@ -3,13 +3,13 @@
 Measures, in one run and one process, images per second at 224 px with augmentation on:
 
 * `ours`: the training path of `eyegazer_keras.train` — a synthetic_fundus split stored once
-  (decoded, fundus-cropped and resized by the TFDS builder), `data.cached_images` (resize to
+  (decoded, fundus-cropped and resized by the TFDS builder), `pipeline.cached_images` (resize to
   224 and cache as uint8; epoch 1 fills the cache and is reported on its own), then per epoch
-  `data.make_dataset(cached, training=True, augment=True, seed=epoch, cache=False)`;
+  `pipeline.make_dataset(cached, training=True, augment=True, seed=epoch, cache=False)`;
 * `naive`: what a first try looks like — full-size PNGs at real APTOS 2019 sizes (3216x2136,
   2416x1736, 1050x1050, 640x480) read and decoded again every epoch
   (`list_files -> read_file -> decode_png -> resize 224`), then the same
-  `data.make_dataset` shuffle/batch/augment stages, so only the decode-every-epoch differs.
+  `pipeline.make_dataset` shuffle/batch/augment stages, so only the decode-every-epoch differs.
   The naive resize is plain bilinear without antialiasing (the cheapest), so the ratio is not
   flattered.
 
@@ -113,7 +113,7 @@ def bench_ours(args, data_dir: str) -> dict:
         SyntheticFundusConfig,
     )
 
-    from eyegazer_keras import data
+    from eyegazer_keras import data, pipeline
 
     config = SyntheticFundusConfig(
         name=f"bench{args.stored_size}n{args.num_train}",
@@ -128,10 +128,10 @@ def bench_ours(args, data_dir: str) -> dict:
     data.prepare("synthetic_fundus", data_dir=data_dir, config=config)
     prepare_s = time.perf_counter() - start
     split = data.load_split("synthetic_fundus", "train", data_dir=data_dir, config=config)
-    cached = data.cached_images(split, args.image_size)
+    cached = pipeline.cached_images(split, args.image_size)
     epochs = [
         count_epoch(
-            lambda epoch=epoch: data.make_dataset(  # rebuilt every epoch, as train.py does
+            lambda epoch=epoch: pipeline.make_dataset(  # rebuilt every epoch, as train.py does
                 cached,
                 image_size=args.image_size,
                 batch_size=args.batch_size,
@@ -158,7 +158,7 @@ def bench_ours(args, data_dir: str) -> dict:
 def bench_naive(args, folder: str) -> dict:
     import tensorflow as tf
 
-    from eyegazer_keras import data
+    from eyegazer_keras import pipeline
 
     start = time.perf_counter()
     write_naive_pngs(folder, args.naive_images)
@@ -174,7 +174,7 @@ def bench_naive(args, folder: str) -> dict:
     def make_ds(epoch: int):
         files = tf.data.Dataset.list_files(os.path.join(folder, "*.png"), shuffle=True, seed=epoch)
         decoded = files.map(_load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return data.make_dataset(
+        return pipeline.make_dataset(
             decoded,
             image_size=size,
             batch_size=args.batch_size,

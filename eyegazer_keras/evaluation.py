@@ -5,7 +5,7 @@
   validation split and stored as `calibration.json`; evaluation and export read it back.
 * `tta_comparison`: QWK, AUROC and ECE without and with test-time flips
   (`models.wrappers.serving_model`).
-* `explain_split`: maps scored against the lesion masks (`explain.explanations_report`).
+* `explain_split`: maps scored against the lesion masks (`explain_scores.explanations_report`).
 * `card_sections`: the model-card sections describing all three.
 """
 
@@ -18,7 +18,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from eyegazer_keras import calibrate, explain, files, metrics, report
+from eyegazer_keras import calibrate, explain_scores, files, metrics, report
 from eyegazer_keras.models import wrappers
 
 logger = logging.getLogger(__name__)
@@ -86,9 +86,9 @@ def explain_split(model, split_ds, image_size: int, workdir: str, split: str, na
         name: str. The config name (plot title).
 
     Returns:
-        The scores dict of `explain.explanations_report`.
+        The scores dict of `explain_scores.explanations_report`.
     """
-    scores, examples = explain.explanations_report(model, split_ds, image_size, split=split)
+    scores, examples = explain_scores.explanations_report(model, split_ds, image_size, split=split)
     report.write_metrics_json(os.path.join(workdir, f"explanations_{split}.json"), scores)
     report.plot_explanations(
         examples,

@@ -254,7 +254,7 @@ def plot_explanations(examples: Mapping, path: str | os.PathLike, title: str | N
     """Draws one row per photo: the photo, its lesion mask, and each method's map over it.
 
     Args:
-        examples: dict from `explain.explanations_report`: ``images`` uint8 [n, S, S, 3],
+        examples: dict from `explain_scores.explanations_report`: ``images`` uint8 [n, S, S, 3],
             ``grades`` [n], ``masks`` bool [n, S, S] (optional) and ``maps`` (method -> float
             [n, S, S] in [0, 1]).
         path: str or PathLike. PNG to write.

@@ -18,7 +18,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from eyegazer_keras import GRADE_NAMES, data, evaluation, explain, export, fundus, metrics, report
+from eyegazer_keras import (
+    GRADE_NAMES,
+    data,
+    evaluation,
+    explain,
+    export,
+    fundus,
+    metrics,
+    pipeline,
+    report,
+)
 from eyegazer_keras import configs as configs_lib
 from eyegazer_keras.models import vit_lora
 from eyegazer_keras.runtime import resolve_auto, xla_fusion
@@ -97,7 +107,7 @@ class RunData:
             RunError: the validation split has no labels.
         """
         builder = data.prepared_builder(config.dataset, config.data_dir, config.dataset_config)
-        train = data.transform_labels_np(
+        train = pipeline.transform_labels_np(
             data.split_labels(*split_args(config, "train")), config.task
         )
         val_labels = data.split_labels(*split_args(config, "validation"))
@@ -115,7 +125,7 @@ class RunData:
             majority_class=int(np.bincount(train, minlength=config.num_classes).argmax()),
             preprocessing=_preprocessing(builder),
             train_targets=train,
-            val_targets=data.transform_labels_np(val_labels, config.task),
+            val_targets=pipeline.transform_labels_np(val_labels, config.task),
         )
 
     def spec(self) -> fundus.PreprocessingSpec:
@@ -232,7 +242,7 @@ def split_dataset(config: configs_lib.TrainConfig, split: str) -> tf.data.Datase
             f"split '{split}' of {config.dataset} has no labels (Kaggle test images are "
             "unlabeled); evaluate on 'validation' or 'train'"
         )
-    return data.make_dataset(
+    return pipeline.make_dataset(
         data.load_split(*split_args(config, split)),
         label_mode=config.task,
         image_size=config.image_size,
@@ -376,7 +386,7 @@ def evaluate_run(
     Keeps what training recorded for the validation split (`collapse_events`) and applies the
     run's `calibration.json`. With `explain_maps` it also writes `explanations_<split>.json`
     (pointing game and pixel AUROC of the maps against the lesion masks, with baselines;
-    `explain.explanations_report`) and `explanations_<split>.png`; with `tta` ("flip",
+    `explain_scores.explanations_report`) and `explanations_<split>.png`; with `tta` ("flip",
     "flip4") the metrics gain a `tta` section (QWK, AUROC, ECE without and with test-time
     augmentation).
 
@@ -412,7 +422,7 @@ def evaluate_run(
     if dataset is not None:
         config, extras = external_config(config, run_data, dataset, dataset_config, data_dir, split)
         name = f"{dataset}_{split}"
-    y_true = data.transform_labels_np(data.split_labels(*split_args(config, split)), config.task)
+    y_true = pipeline.transform_labels_np(data.split_labels(*split_args(config, split)), config.task)
     with xla_fusion(config):  # predict as during training
         ds = split_dataset(config, split)
         probs = trainer.predict(ds, progress_bar=progress_bar, desc=f"evaluate {split}")

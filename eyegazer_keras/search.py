@@ -1,6 +1,6 @@
 """`eyegazer search`: AutoKeras ImageRegressor search -> cut-offs tuned on QWK -> report -> export.
 
-config -> numpy uint8 arrays (`data.load_numpy`) -> `models.regressor.build_regressor` search in
+config -> numpy uint8 arrays (`pipeline.load_numpy`) -> `models.regressor.build_regressor` search in
 `workdir/search/` -> continuous grades on validation -> `regression.optimize_cutoffs` (starting from
 plain rounding) -> `report.write_regression_report` -> `export.export_saved_model` with the
 cut-offs baked in.
@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from eyegazer_keras import configs, data, files
+from eyegazer_keras import configs, data, files, pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ def run_search(config, workdir, progress: Callable[[str], None] | None = None) -
     from eyegazer_keras.models import regressor
 
     emit(f"loading {config.dataset} train/validation as uint8 at {config.image_size} px")
-    x_train, y_train, _ = data.load_numpy(
+    x_train, y_train, _ = pipeline.load_numpy(
         config.dataset,
         "train",
         config.image_size,
@@ -224,7 +224,7 @@ def run_search(config, workdir, progress: Callable[[str], None] | None = None) -
         config.dataset_config,
         config.max_train_examples,
     )
-    x_val, y_val, _ = data.load_numpy(
+    x_val, y_val, _ = pipeline.load_numpy(
         config.dataset,
         "validation",
         config.image_size,

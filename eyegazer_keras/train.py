@@ -34,7 +34,7 @@ import keras
 import tensorflow as tf
 
 from eyegazer_keras import configs as configs_lib
-from eyegazer_keras import data, distribute, evaluation, files, metrics
+from eyegazer_keras import data, distribute, evaluation, files, metrics, pipeline
 from eyegazer_keras.callbacks import (  # noqa: F401  (CollapseDetector: part of the API)
     BestAdapterCheckpoint,
     CollapseDetector,
@@ -106,17 +106,17 @@ def _datasets(stage: _Stage):
     config, run_data = stage.config, stage.run_data
     num_classes = config.num_classes
     weights = (  # balanced sampling already evens classes out: do not correct twice
-        data.class_weights(run_data.train_targets, num_classes)
+        pipeline.class_weights(run_data.train_targets, num_classes)
         if config.class_weight == "balanced" and not config.balanced_sampling
         else {c: 1.0 for c in range(num_classes)}
     )
     split_train = data.load_split(*_split_args(config, "train"))
     split_val = data.load_split(*_split_args(config, "validation"))
-    cached_train = data.cached_images(split_train, config.image_size)
+    cached_train = pipeline.cached_images(split_train, config.image_size)
     common = dict(label_mode=config.task, image_size=config.image_size)
 
     def train_fn(epoch: int):
-        return data.make_dataset(
+        return pipeline.make_dataset(
             cached_train,
             batch_size=config.batch_size,
             training=True,
@@ -130,7 +130,7 @@ def _datasets(stage: _Stage):
             **common,
         )
 
-    val_ds = data.make_dataset(
+    val_ds = pipeline.make_dataset(
         split_val, batch_size=config.batch_size, num_classes=num_classes, **common
     )
     return train_fn, val_ds

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from eyegazer_keras import data
+from eyegazer_keras import augment, data, pipeline
 
 
 def test_split_counts_and_unlabeled_test(tiny_data_dir):
@@ -39,7 +39,7 @@ def test_not_prepared_names_the_command(tmp_path):
 def test_label_modes(tiny_data_dir, mode, dtype, values):
     split = data.load_split("synthetic_fundus", "validation", tiny_data_dir, "tiny")
     raw = data.split_labels("synthetic_fundus", "validation", tiny_data_dir, "tiny")
-    ds = data.make_dataset(split, label_mode=mode, image_size=32, batch_size=8)
+    ds = pipeline.make_dataset(split, label_mode=mode, image_size=32, batch_size=8)
     images, labels = [], []
     for x, y in ds:
         assert x.dtype == tf.float32 and x.shape[1:] == (32, 32, 3)
@@ -47,7 +47,7 @@ def test_label_modes(tiny_data_dir, mode, dtype, values):
         images.append(x.numpy())
         labels.append(y.numpy())
     labels = np.concatenate(labels)
-    np.testing.assert_array_equal(labels, data.transform_labels_np(raw, mode))
+    np.testing.assert_array_equal(labels, pipeline.transform_labels_np(raw, mode))
     if mode == "binary":
         np.testing.assert_array_equal(labels, (raw > 0).astype(int))
     if values is not None:
@@ -58,7 +58,7 @@ def test_label_modes(tiny_data_dir, mode, dtype, values):
 
 def test_class_weights_are_balanced():
     labels = np.array([0] * 6 + [1] * 2 + [2] * 4)
-    w = data.class_weights(labels, 5)
+    w = pipeline.class_weights(labels, 5)
     assert w == pytest.approx({0: 12 / 18, 1: 12 / 6, 2: 12 / 12, 3: 0.0, 4: 0.0})
     # Weighted class totals are equal.
     assert 6 * w[0] == pytest.approx(2 * w[1]) == pytest.approx(4 * w[2])
@@ -67,7 +67,7 @@ def test_class_weights_are_balanced():
 def test_weights_and_training_pipeline(tiny_data_dir):
     split = data.load_split("synthetic_fundus", "train", tiny_data_dir, "tiny")
     weights = {0: 0.5, 1: 2.0, 2: 1.0, 3: 3.0, 4: 4.0}
-    ds = data.make_dataset(
+    ds = pipeline.make_dataset(
         split,
         image_size=32,
         batch_size=16,
@@ -84,7 +84,7 @@ def test_weights_and_training_pipeline(tiny_data_dir):
     def first_batch(seed):
         return next(
             iter(
-                data.make_dataset(
+                pipeline.make_dataset(
                     split,
                     image_size=32,
                     batch_size=16,
@@ -104,10 +104,10 @@ def test_weights_and_training_pipeline(tiny_data_dir):
 
 def test_augmentation_changes_images_but_not_labels(tiny_data_dir):
     split = data.load_split("synthetic_fundus", "train", tiny_data_dir, "tiny")
-    plain = data.make_dataset(
+    plain = pipeline.make_dataset(
         split, image_size=32, batch_size=16, training=True, augment=False, seed=1
     )
-    aug = data.make_dataset(
+    aug = pipeline.make_dataset(
         split, image_size=32, batch_size=16, training=True, augment=True, seed=1
     )
     (x0, y0), (x1, y1) = next(iter(plain)), next(iter(aug))
@@ -115,9 +115,9 @@ def test_augmentation_changes_images_but_not_labels(tiny_data_dir):
     assert np.abs(x0.numpy() - x1.numpy()).mean() > 1.0
 
 
-def test_balanced_sampling_evens_out_classes(tiny_data_dir):
-    split = data.load_split("synthetic_fundus", "train", tiny_data_dir, "tiny")
-    ds = data.make_dataset(
+def _balanced_labels(split, **kwargs) -> np.ndarray:
+    """The targets of one epoch of balanced sampling (16 px, batches of 80, seed 0)."""
+    ds = pipeline.make_dataset(
         split,
         image_size=16,
         batch_size=80,
@@ -125,8 +125,14 @@ def test_balanced_sampling_evens_out_classes(tiny_data_dir):
         augment=False,
         balanced_sampling=True,
         seed=0,
+        **kwargs,
     )
-    labels = np.concatenate([y.numpy() for _, y in ds])
+    return np.concatenate([batch[1].numpy() for batch in ds])
+
+
+def test_balanced_sampling_evens_out_classes(tiny_data_dir):
+    split = data.load_split("synthetic_fundus", "train", tiny_data_dir, "tiny")
+    labels = _balanced_labels(split)
     assert labels.size == 80
     raw = data.split_labels("synthetic_fundus", "train", tiny_data_dir, "tiny")
     present = np.unique(raw)
@@ -136,7 +142,7 @@ def test_balanced_sampling_evens_out_classes(tiny_data_dir):
 
 
 def test_load_numpy_is_uint8(tiny_data_dir):
-    images, labels, ids = data.load_numpy(
+    images, labels, ids = pipeline.load_numpy(
         "synthetic_fundus", "validation", 32, tiny_data_dir, "tiny"
     )
     assert images.dtype == np.uint8 and images.shape == (24, 32, 32, 3)
@@ -146,40 +152,29 @@ def test_load_numpy_is_uint8(tiny_data_dir):
 def test_augment_batch_is_deterministic_in_seed_and_in_range():
     rng = np.random.default_rng(0)
     images = tf.constant(rng.integers(0, 256, (4, 24, 24, 3), dtype=np.uint8))
-    a = data.augment_batch(images, tf.constant([1, 2], tf.int64)).numpy()
-    b = data.augment_batch(images, tf.constant([1, 2], tf.int64)).numpy()
-    c = data.augment_batch(images, tf.constant([1, 3], tf.int64)).numpy()
+    a = augment.augment_batch(images, tf.constant([1, 2], tf.int64)).numpy()
+    b = augment.augment_batch(images, tf.constant([1, 2], tf.int64)).numpy()
+    c = augment.augment_batch(images, tf.constant([1, 3], tf.int64)).numpy()
     assert a.dtype == np.float32 and a.shape == (4, 24, 24, 3)
     assert 0.0 <= a.min() and a.max() <= 255.0
     np.testing.assert_array_equal(a, b)
     assert np.abs(a - c).mean() > 1.0
     # float 0..255 input gives the same result as the uint8 it rounds to
-    d = data.augment_batch(tf.cast(images, tf.float32), tf.constant([1, 2], tf.int64)).numpy()
+    d = augment.augment_batch(tf.cast(images, tf.float32), tf.constant([1, 2], tf.int64)).numpy()
     np.testing.assert_array_equal(a, d)
 
 
 def test_binary_weights_and_balanced_sampling_use_targets(tiny_data_dir):
     split = data.load_split("synthetic_fundus", "train", tiny_data_dir, "tiny")
     raw = data.split_labels("synthetic_fundus", "train", tiny_data_dir, "tiny")
-    targets = data.transform_labels_np(raw, "binary")
-    weights = data.class_weights(targets, 2)
-    ds = data.make_dataset(
+    targets = pipeline.transform_labels_np(raw, "binary")
+    weights = pipeline.class_weights(targets, 2)
+    ds = pipeline.make_dataset(
         split, label_mode="binary", image_size=16, batch_size=80, class_weight=weights
     )
     _, y, w = next(iter(ds))
     np.testing.assert_allclose(w.numpy(), [weights[int(k)] for k in y.numpy()])
-    balanced = data.make_dataset(
-        split,
-        label_mode="binary",
-        image_size=16,
-        batch_size=80,
-        training=True,
-        augment=False,
-        balanced_sampling=True,
-        num_classes=2,
-        seed=0,
-    )
-    labels = np.concatenate([b[1].numpy() for b in balanced])
+    labels = _balanced_labels(split, label_mode="binary", num_classes=2)
     assert abs(labels.mean() - 0.5) < 0.15  # no DR vs DR drawn equally, not by raw grade
 
 
@@ -265,7 +260,7 @@ def test_mixture_validation_is_every_member_whole(two_real_layouts):
     ds = data.load_split("aptos2019,eyepacs2015", "validation", two_real_layouts, "256")
     ids = [ex["id_code"].decode() for ex in ds.as_numpy_iterator()]
     assert len(ids) == 3 + 4 and len(set(ids)) == 7
-    batches = data.make_dataset(ds, image_size=32, batch_size=4)
+    batches = pipeline.make_dataset(ds, image_size=32, batch_size=4)
     images, labels = next(iter(batches))
     assert images.shape == (4, 32, 32, 3) and labels.dtype == tf.int32
 

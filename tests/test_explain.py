@@ -133,7 +133,7 @@ def test_grad_cam_shape_and_frame():
     [("vit", "attention_rollout"), ("vit", "gradient_rollout"), ("cnn", "grad_cam")],
 )
 def test_map_maximum_falls_in_the_planted_lesions_quadrant(trained, name, method):
-    from eyegazer_keras import explain
+    from eyegazer_keras import explain, explain_scores
 
     x, _, centres = _photos(24, seed=5, lesion_p=1.0)
     maps = explain.explain(trained[name], x, method)
@@ -147,7 +147,7 @@ def test_map_maximum_falls_in_the_planted_lesions_quadrant(trained, name, method
     yy, xx = np.ogrid[:S, :S]
     for i, (cy, cx) in enumerate(centres):
         masks[i] = (yy - cy) ** 2 + (xx - cx) ** 2 <= 12
-    scores = explain.score_maps({method: maps}, masks, x, tolerance=2)
+    scores = explain_scores.score_maps({method: maps}, masks, x, tolerance=2)
     assert scores["maps"][method]["pointing_game"] >= 0.6
     assert scores["maps"][method]["pointing_game"] > 2 * scores["maps"]["random"]["pointing_game"]
     # A blank photo (nothing above the border threshold) gives a flat, all-zero map.
@@ -156,22 +156,22 @@ def test_map_maximum_falls_in_the_planted_lesions_quadrant(trained, name, method
 
 
 def test_scores_by_hand():
-    from eyegazer_keras import explain
+    from eyegazer_keras import explain_scores
 
     disc = np.broadcast_to(_disc()[..., None], (S, S, 3)).astype(np.float32) * 150
     mask = np.zeros((S, S), bool)
     mask[6:10, 20:24] = True
     perfect = mask.astype(np.float32)
-    assert explain.pointing_game_hit(perfect, mask)
-    assert explain.pixel_auroc(perfect, mask) == 1.0
-    assert explain.pixel_auroc(1.0 - perfect, mask) == 0.0
+    assert explain_scores.pointing_game_hit(perfect, mask)
+    assert explain_scores.pixel_auroc(perfect, mask) == 1.0
+    assert explain_scores.pixel_auroc(1.0 - perfect, mask) == 0.0
     # A peak 3 px away from the lesion: miss at tolerance 0 and 2, hit at 3.
     off = np.zeros((S, S), np.float32)
     off[13, 21] = 1.0
-    assert not explain.pointing_game_hit(off, mask, tolerance=2)
-    assert explain.pointing_game_hit(off, mask, tolerance=4)
-    assert explain.pixel_auroc(np.zeros((S, S)), np.zeros((S, S))) is None
-    out = explain.score_maps(
+    assert not explain_scores.pointing_game_hit(off, mask, tolerance=2)
+    assert explain_scores.pointing_game_hit(off, mask, tolerance=4)
+    assert explain_scores.pixel_auroc(np.zeros((S, S)), np.zeros((S, S))) is None
+    out = explain_scores.score_maps(
         {"oracle": perfect[None].repeat(2, 0)},
         np.stack([mask, np.zeros_like(mask)]),
         np.stack([disc, disc]),
@@ -184,7 +184,7 @@ def test_scores_by_hand():
     assert set(out["maps"]) == {"oracle", "random", "centre_prior"}
     assert out["maps"]["centre_prior"]["pointing_game"] == 0.0  # lesion far from the centre
     with pytest.raises(ValueError, match="shape"):
-        explain.pointing_game_hit(np.zeros((4, 4)), np.zeros((5, 5)))
+        explain_scores.pointing_game_hit(np.zeros((4, 4)), np.zeros((5, 5)))
 
 
 def test_overlay_is_an_image_of_the_photo():

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eyegazer_keras import configs, data, search
+from eyegazer_keras import configs, data, pipeline, search
 
 TRIAL_DIR = Path(search.SEARCH_DIR) / search.PROJECT_NAME
 
@@ -95,7 +95,7 @@ def test_cutoffs_are_tuned_on_validation_predictions(finished_run):
     from eyegazer_keras.models import regressor  # noqa: F401  (registers autokeras layers)
 
     config, workdir, summary, _ = finished_run
-    x_val, y_val, _ = data.load_numpy(
+    x_val, y_val, _ = pipeline.load_numpy(
         config.dataset, "validation", config.image_size, config.data_dir, config.dataset_config
     )
     assert x_val.dtype == np.uint8

@@ -24,15 +24,34 @@ def _uint(data: tf.Tensor, pos: tf.Tensor, n: int, little: tf.Tensor) -> tf.Tens
     return tf.reduce_sum(tf.cast(raw, tf.int64) * weights)
 
 
+def _walk_segments(data: tf.Tensor, first: int, header: int, step, maximum_iterations: int):
+    """Walks a file's segments from byte `first` until `step` finds the TIFF header.
+
+    `step(pos) -> (next_pos, verdict)`: verdict is the TIFF offset when the segment at `pos`
+    holds it, -2 when that segment ends the readable ones (kept unless a later one holds the
+    header) and -1 otherwise. The walk ends at an offset, when fewer than `header` bytes are
+    left, or after `maximum_iterations` segments. Returns the offset, or -1.
+    """
+    size = tf.strings.length(data)
+
+    def cond(pos, found):
+        return tf.logical_and(found < 0, pos + header <= size)
+
+    def body(pos, found):
+        next_pos, verdict = step(pos)
+        return next_pos, tf.where(verdict == -1, found, verdict)
+
+    start = (tf.constant(first), tf.constant(-1))
+    _, found = tf.while_loop(cond, body, start, maximum_iterations=maximum_iterations)
+    return tf.maximum(found, -1)
+
+
 def _jpeg_exif_offset(data: tf.Tensor) -> tf.Tensor:
     """Offset of the TIFF header inside a JPEG's APP1 `Exif` segment, or -1."""
     size = tf.strings.length(data)
     big = tf.constant(False)
 
-    def cond(pos, found):
-        return tf.logical_and(found < 0, pos + 10 <= size)
-
-    def body(pos, found):
+    def step(pos):
         head = _bytes_at(data, pos, 2)
         length = tf.cast(_uint(data, pos + 2, 2, big), tf.int32)
         is_marker = tf.equal(head[0], 0xFF)
@@ -43,34 +62,26 @@ def _jpeg_exif_offset(data: tf.Tensor) -> tf.Tensor:
         stop = tf.logical_or(
             tf.logical_not(is_marker), tf.logical_or(tf.equal(head[1], 0xDA), length < 2)
         )
-        found = tf.where(tf.logical_and(is_marker, exif), pos + 10, tf.where(stop, -2, found))
-        return pos + 2 + length, found
+        verdict = tf.where(tf.logical_and(is_marker, exif), pos + 10, tf.where(stop, -2, -1))
+        return pos + 2 + length, verdict
 
-    _, found = tf.while_loop(cond, body, (tf.constant(2), tf.constant(-1)), maximum_iterations=4096)
-    return tf.maximum(found, -1)
+    return _walk_segments(data, 2, 10, step, maximum_iterations=4096)
 
 
 def _png_exif_offset(data: tf.Tensor) -> tf.Tensor:
     """Offset of the TIFF header in a PNG's `eXIf` chunk (before or after IDAT), or -1."""
-    size = tf.strings.length(data)
     big = tf.constant(False)
 
-    def cond(pos, found):
-        return tf.logical_and(found < 0, pos + 8 <= size)
-
-    def body(pos, found):
+    def step(pos):
         length = tf.cast(_uint(data, pos, 4, big), tf.int32)
         kind = tf.strings.substr(data, pos + 4, 4)
-        found = tf.where(
-            tf.equal(kind, b"eXIf"), pos + 8, tf.where(tf.equal(kind, b"IEND"), -2, found)
+        verdict = tf.where(
+            tf.equal(kind, b"eXIf"), pos + 8, tf.where(tf.equal(kind, b"IEND"), -2, -1)
         )
-        found = tf.where(length < 0, -2, found)
-        return pos + 12 + length, found
+        verdict = tf.where(length < 0, -2, verdict)
+        return pos + 12 + length, verdict
 
-    _, found = tf.while_loop(
-        cond, body, (tf.constant(8), tf.constant(-1)), maximum_iterations=1 << 20
-    )
-    return tf.maximum(found, -1)
+    return _walk_segments(data, 8, 8, step, maximum_iterations=1 << 20)
 
 
 def _tiff_orientation(data: tf.Tensor, tiff: tf.Tensor) -> tf.Tensor:
