@@ -18,7 +18,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from eyegazer_keras import calibrate, explain_scores, files, metrics, report
+from eyegazer_keras import calibrate, explain_scores, files, metrics, plots, report
 from eyegazer_keras.models import wrappers
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def explain_split(model, split_ds, image_size: int, workdir: str, split: str, na
     """
     scores, examples = explain_scores.explanations_report(model, split_ds, image_size, split=split)
     report.write_metrics_json(os.path.join(workdir, f"explanations_{split}.json"), scores)
-    report.plot_explanations(
+    plots.plot_explanations(
         examples,
         os.path.join(workdir, f"explanations_{split}.png"),
         title=f"{name}: {split}, one photo per grade >= 2",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eyegazer_keras import GRADE_NAMES, calibrate, metric_inputs, metrics, regression, report
+from eyegazer_keras import GRADE_NAMES, calibrate, metric_inputs, metrics, plots, regression, report
 
 REPO = Path(__file__).resolve().parents[1]
 HISTORY = {
@@ -114,18 +114,18 @@ def test_write_regression_report(tmp_path):
 
 
 def test_plot_functions_directly(tmp_path):
-    report.plot_confusion_matrix([[3, 1], [0, 2]], ["no_dr", "dr"], tmp_path / "cm.png", title="t")
+    plots.plot_confusion_matrix([[3, 1], [0, 2]], ["no_dr", "dr"], tmp_path / "cm.png", title="t")
     assert_png(tmp_path / "cm.png")
     with pytest.raises(ValueError, match="class_names"):
-        report.plot_confusion_matrix([[1, 0], [0, 1]], GRADE_NAMES, tmp_path / "bad.png")
+        plots.plot_confusion_matrix([[1, 0], [0, 1]], GRADE_NAMES, tmp_path / "bad.png")
 
     class FakeHistory:  # keras.callbacks.History has a .history dict
         history = {"loss": [1.0, 0.5]}
 
-    report.plot_training_curves(FakeHistory(), tmp_path / "curves.png")
+    plots.plot_training_curves(FakeHistory(), tmp_path / "curves.png")
     assert_png(tmp_path / "curves.png")
     with pytest.raises(ValueError, match="empty"):
-        report.plot_training_curves({}, tmp_path / "empty.png")
+        plots.plot_training_curves({}, tmp_path / "empty.png")
 
 
 def test_report_leaves_user_backend_alone(tmp_path):
@@ -151,7 +151,7 @@ def test_report_leaves_user_backend_alone(tmp_path):
     assert_png(tmp_path / "roc_validation.png")
 
 
-@pytest.mark.parametrize("module", [metrics, metric_inputs, calibrate, regression, report])
+@pytest.mark.parametrize("module", [metrics, metric_inputs, calibrate, regression, plots, report])
 def test_module_docstring_example_runs(module, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code = module.__doc__.split("```python\n", 1)[1].split("```", 1)[0]
