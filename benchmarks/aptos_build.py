@@ -34,6 +34,7 @@ def main() -> None:
 
     from eyegazer_datasets.aptos2019 import aptos2019_dataset_builder as aptos
     from eyegazer_datasets.aptos2019.dummy_data import make_dummy_data as dummy
+    from eyegazer_datasets.common import dummy_data
 
     logging.getLogger().setLevel(logging.WARNING)
 
@@ -44,7 +45,7 @@ def main() -> None:
         train, test, images, pixels, nbytes = {}, [], {}, 0, 0
         for n in range(args.images):
             size = APTOS_SIZES[n % len(APTOS_SIZES)]
-            data = dummy.encode(dummy.fundus_like(seed=n, size=size), compress_level=6)
+            data = dummy_data.encode(dummy_data.fundus_like(seed=n, size=size), compress_level=6)
             pixels += size[0] * size[1]
             nbytes += len(data)
             id_code = f"{n:012x}"

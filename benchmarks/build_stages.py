@@ -12,8 +12,8 @@ import io
 import time
 
 import tensorflow as tf
-from eyegazer_datasets.aptos2019.dummy_data.make_dummy_data import encode, fundus_like
 from eyegazer_datasets.common import build, images
+from eyegazer_datasets.common.dummy_data import encode, fundus_like
 from PIL import Image
 
 from eyegazer_keras import fundus

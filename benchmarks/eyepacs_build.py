@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="threads (default: CPUs)")
     args = parser.parse_args()
 
-    from eyegazer_datasets.aptos2019.dummy_data.make_dummy_data import encode, fundus_like
+    from eyegazer_datasets.common.dummy_data import encode, fundus_like, split_file, zip_folder
     from eyegazer_datasets.eyepacs2015 import eyepacs2015_dataset_builder as eyepacs
     from eyegazer_datasets.eyepacs2015.dummy_data import make_dummy_data as dummy
 
@@ -84,7 +84,7 @@ def main() -> None:
         manual = tmp / "kaggle"
         manual.mkdir()
         (manual / "trainLabels.csv").write_text(dummy.labels_csv(train))
-        dummy.split_file(dummy.zip_folder(tmp / "layout" / "train", manual / "train.zip"), 3)
+        split_file(zip_folder(tmp / "layout" / "train", manual / "train.zip", "train/"), 3)
         print(
             f"generated {args.images} JPEGs ({pixels / args.images / 1e6:.1f} MP, "
             f"{nbytes / args.images / 1e6:.2f} MB on average) as train.zip.001-003 in "

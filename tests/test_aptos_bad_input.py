@@ -20,7 +20,7 @@ _FOLDER = pathlib.Path(__file__).resolve().parents[1] / "datasets" / "aptos2019"
 # Same module names as the installed package, so TFDS registers `aptos2019` exactly once.
 from eyegazer_datasets.aptos2019 import aptos2019_dataset_builder as aptos  # noqa: E402
 from eyegazer_datasets.aptos2019.dummy_data import make_dummy_data as dummy  # noqa: E402
-from eyegazer_datasets.common import images  # noqa: E402
+from eyegazer_datasets.common import dummy_data, images  # noqa: E402
 
 # The 100 MP header below is refused by our own check; PIL merely warns when it opens it.
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
@@ -31,12 +31,12 @@ TEST = ["bb0000000001", "bb0000000002"]
 
 def _images(train=TRAIN, test=TEST):
     images = {
-        f"train_images/{i}.png": dummy.encode(dummy.fundus_like(seed=n))
+        f"train_images/{i}.png": dummy_data.encode(dummy_data.fundus_like(seed=n))
         for n, i in enumerate(train)
     }
     images.update(
         {
-            f"test_images/{i}.png": dummy.encode(dummy.fundus_like(seed=50 + n))
+            f"test_images/{i}.png": dummy_data.encode(dummy_data.fundus_like(seed=50 + n))
             for n, i in enumerate(test)
         }
     )
@@ -163,7 +163,7 @@ def test_no_data_in_manual_dir(tmp_path):
 
 
 def _rgb(seed=3):
-    return dummy.fundus_like(seed, (64, 48))
+    return dummy_data.fundus_like(seed, (64, 48))
 
 
 def _pil_bytes(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -226,7 +226,7 @@ def _bad_layout(tmp_path):
     images[f"train_images/{ids[2]}.png"] = b"this is not an image" * 20  # unreadable
     del images[f"train_images/{ids[3]}.png"]  # missing
     images[f"test_images/{TEST[0]}.png"] = _huge_png_header(10000, 10000)  # 100 MP
-    images["train_images/nobody.png"] = dummy.encode(_rgb(9))  # named by no CSV row
+    images["train_images/nobody.png"] = dummy_data.encode(_rgb(9))  # named by no CSV row
     images["test_images/notes.txt"] = b"stray file"
     return dummy.write_layout(tmp_path / "kaggle", TRAIN, TEST, images), ids
 
@@ -277,7 +277,7 @@ def test_max_megapixels_is_configurable(tmp_path):
     images = _images()
     ids = list(TRAIN)
     for i in ids[:2]:
-        images[f"train_images/{i}.png"] = dummy.encode(dummy.fundus_like(7, (200, 150)))
+        images[f"train_images/{i}.png"] = dummy_data.encode(dummy_data.fundus_like(7, (200, 150)))
     root = dummy.write_layout(tmp_path / "kaggle", TRAIN, TEST, images)
     _, report = _build(tmp_path, root, max_megapixels=0.01, max_bad_fraction=0.5)
     assert report["counts"]["skipped"] == 2  # 200x150 = 0.03 MP; the 100x75 photos pass
@@ -296,7 +296,7 @@ def test_nothing_decodable_is_one_clear_error(tmp_path):
 def test_zip_with_traversal_members_is_refused(tmp_path):
     folder = dummy.write_layout(tmp_path / "kaggle", TRAIN, TEST, _images())
     manual = tmp_path / "manual"
-    zip_path = dummy.zip_layout(folder, manual / "aptos2019-blindness-detection.zip")
+    zip_path = dummy_data.zip_folder(folder, manual / "aptos2019-blindness-detection.zip")
     with zipfile.ZipFile(zip_path, "a") as zf:
         zf.writestr("../../evil.png", b"x")
         zf.writestr("/etc/evil.png", b"x")
@@ -371,7 +371,7 @@ def test_quoted_csv_builds(tmp_path):
 @pytest.mark.parametrize("given", ["extracted folder", "folder holding the zip", "zip file"])
 def test_manual_dir_accepts_folder_zip_holder_and_zip(tmp_path, given):
     folder = dummy.write_layout(tmp_path / "kaggle", TRAIN, TEST, _images())
-    zip_path = dummy.zip_layout(
+    zip_path = dummy_data.zip_folder(
         folder, tmp_path / "downloads" / "aptos2019-blindness-detection.zip"
     )
     manual = {
@@ -424,10 +424,10 @@ def test_cli_prepare_max_bad_fraction(tmp_path, capsys):
 def _ungradable_layout(tmp_path):
     ids = list(TRAIN)
     images = _images()
-    images[f"train_images/{ids[0]}.png"] = dummy.encode(np.zeros((75, 100, 3), np.uint8))
-    images[f"train_images/{ids[1]}.png"] = dummy.encode(np.full((75, 100, 3), 6, np.uint8))
-    images[f"train_images/{ids[2]}.png"] = dummy.encode(np.full((20, 24, 3), 120, np.uint8))
-    images[f"train_images/{ids[3]}.png"] = dummy.encode(np.full((75, 100, 3), 255, np.uint8))
+    images[f"train_images/{ids[0]}.png"] = dummy_data.encode(np.zeros((75, 100, 3), np.uint8))
+    images[f"train_images/{ids[1]}.png"] = dummy_data.encode(np.full((75, 100, 3), 6, np.uint8))
+    images[f"train_images/{ids[2]}.png"] = dummy_data.encode(np.full((20, 24, 3), 120, np.uint8))
+    images[f"train_images/{ids[3]}.png"] = dummy_data.encode(np.full((75, 100, 3), 255, np.uint8))
     return dummy.write_layout(tmp_path / "kaggle", TRAIN, TEST, images), ids
 
 

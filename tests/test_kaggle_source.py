@@ -5,7 +5,7 @@ from __future__ import annotations
 import zipfile
 
 import pytest
-from eyegazer_datasets.common import kaggle_source
+from eyegazer_datasets.common import dummy_data, kaggle_source, label_csv
 
 
 def _zip(path, members: dict[str, bytes]):
@@ -15,21 +15,11 @@ def _zip(path, members: dict[str, bytes]):
     return path
 
 
-def _split(path, parts: int):
-    data = path.read_bytes()
-    step = -(-len(data) // parts)
-    out = []
-    for n in range(parts):
-        part = path.with_name(f"{path.name}.{n + 1:03d}")
-        part.write_bytes(data[n * step : (n + 1) * step])
-        out.append(part)
-    path.unlink()
-    return out
-
-
 def test_zip_parts_read_as_one_archive(tmp_path):
     members = {f"train/{n}_left.jpeg": bytes(range(256)) * (40 + n) for n in range(7)}
-    parts = _split(_zip(tmp_path / "train.zip", members), 5)  # members straddle the cuts
+    parts = dummy_data.split_file(
+        _zip(tmp_path / "train.zip", members), 5
+    )  # members straddle the cuts
     with kaggle_source.ZipSource(parts) as source:
         assert sorted(source.files()) == sorted(members)
         for name, data in members.items():
@@ -41,7 +31,7 @@ def test_zip_parts_read_as_one_archive(tmp_path):
 
 
 def test_missing_part_is_one_clear_error(tmp_path):
-    parts = _split(_zip(tmp_path / "train.zip", {"train/a.jpeg": b"x" * 5000}), 3)
+    parts = dummy_data.split_file(_zip(tmp_path / "train.zip", {"train/a.jpeg": b"x" * 5000}), 3)
     parts[-1].unlink()
     with pytest.raises(kaggle_source.DatasetBuildError, match="a part may be missing"):
         kaggle_source.ZipSource(parts[:-1])
@@ -58,11 +48,11 @@ def test_folder_files_win_over_zip_members(tmp_path):
 
 def test_read_csv_handles_what_spreadsheets_write():
     text = '\ufeffImage , Level,Notes\r\n10_left, 0 ,"dark, blurry"\r\n\r\n10_right,1,\r\n'
-    rows = kaggle_source.read_csv(text.encode(), "trainLabels.csv", ["image", "level"])
+    rows = label_csv.read_csv(text.encode(), "trainLabels.csv", ["image", "level"])
     assert [(r.row, r.line, r.fields["image"], r.fields["level"]) for r in rows] == [
         (1, 2, "10_left", "0"),
         (2, 4, "10_right", "1"),
     ]
     assert rows[0].fields["notes"] == "dark, blurry"
     with pytest.raises(kaggle_source.DatasetBuildError, match="not UTF-8 text"):
-        kaggle_source.read_csv(b"image,level\n\xff\xfe,1\n", "x.csv", ["image"])
+        label_csv.read_csv(b"image,level\n\xff\xfe,1\n", "x.csv", ["image"])

@@ -106,25 +106,23 @@ def test_stub_only_provides_what_the_import_needs():
     assert not hasattr(beam, "__file__")
 
 
+def _tfds_build(tmp_path: pathlib.Path, dataset: str, *flags: str) -> pathlib.Path:
+    """Runs `eyegazer-tfds build datasets/<dataset> FLAGS --data_dir D`; checks it succeeds.
+
+    Returns:
+        The data dir `D`.
+    """
+    data_dir = tmp_path / "data"
+    command = ["-m", "eyegazer_keras.tfds_cli", "build", str(REPO / "datasets" / dataset)]
+    result = _run([*command, *flags, "--data_dir", str(data_dir)], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return data_dir
+
+
 @pytest.mark.slow  # a TF subprocess: ~10-20 s on 2 busy cores
 def test_aptos2019_tfds_build_from_the_builder_folder(tmp_path):
-    data_dir = tmp_path / "data"
-    result = _run(
-        [
-            "-m",
-            "eyegazer_keras.tfds_cli",
-            "build",
-            str(REPO / "datasets" / "aptos2019"),
-            "--manual_dir",
-            str(APTOS_DUMMY / "folder"),
-            "--data_dir",
-            str(data_dir),
-            "--config",
-            "256",
-        ],
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    manual = ["--manual_dir", str(APTOS_DUMMY / "folder")]
+    data_dir = _tfds_build(tmp_path, "aptos2019", *manual, "--config", "256")
     variant = data_dir / "aptos2019" / "256" / "1.1.0"
     sizes = _split_sizes(variant)
     assert set(sizes) == {"train", "validation", "test"}
@@ -137,42 +135,14 @@ def test_aptos2019_tfds_build_from_the_builder_folder(tmp_path):
 
 @pytest.mark.slow  # a TF subprocess: ~10-20 s on 2 busy cores
 def test_synthetic_fundus_tfds_build_tiny_config(tmp_path):
-    data_dir = tmp_path / "data"
-    result = _run(
-        [
-            "-m",
-            "eyegazer_keras.tfds_cli",
-            "build",
-            str(REPO / "datasets" / "synthetic_fundus"),
-            "--config=tiny",
-            "--data_dir",
-            str(data_dir),
-        ],
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    data_dir = _tfds_build(tmp_path, "synthetic_fundus", "--config=tiny")
     sizes = _split_sizes(data_dir / "synthetic_fundus" / "tiny" / "1.2.0")
     assert sizes == {"train": 80, "validation": 24, "test": 16}
 
 
 @pytest.mark.slow  # a TF subprocess: ~10-20 s on 2 busy cores
 def test_eyepacs2015_tfds_build_from_zip_parts(tmp_path):
-    data_dir = tmp_path / "data"
-    result = _run(
-        [
-            "-m",
-            "eyegazer_keras.tfds_cli",
-            "build",
-            str(REPO / "datasets" / "eyepacs2015"),
-            "--manual_dir",
-            str(REPO / "datasets" / "eyepacs2015" / "dummy_data" / "zip_parts"),
-            "--data_dir",
-            str(data_dir),
-            "--config",
-            "256",
-        ],
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    manual = ["--manual_dir", str(REPO / "datasets" / "eyepacs2015" / "dummy_data" / "zip_parts")]
+    data_dir = _tfds_build(tmp_path, "eyepacs2015", *manual, "--config", "256")
     sizes = _split_sizes(data_dir / "eyepacs2015" / "256" / "1.0.0")
     assert sizes == {"train": 12, "validation": 4, "test": 6, "sample": 2}

@@ -29,9 +29,16 @@ from etils import epath
 
 # Shared with every eyegazer builder. Absolute: `tfds build datasets/aptos2019` imports this file
 # as the top-level package `aptos2019`, where `from ..common` has no parent to climb to.
-from eyegazer_datasets.common import build, duplicates, images, kaggle_source, layouts, splits
-
-from eyegazer_keras import GRADE_NAMES
+from eyegazer_datasets.common import (
+    build,
+    duplicates,
+    images,
+    kaggle_source,
+    label_csv,
+    layouts,
+    plan,
+    splits,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +50,6 @@ TRAIN_DIR = "train_images"
 TEST_DIR = "test_images"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 CONFLICT_POLICIES = duplicates.CONFLICT_POLICIES
-SPLIT_RULE = splits.SPLIT_RULE
-REPORT_NAME = build.REPORT_NAME
-DEFAULT_MAX_BAD_FRACTION = build.DEFAULT_MAX_BAD_FRACTION
-DEFAULT_MAX_MEGAPIXELS = images.DEFAULT_MAX_MEGAPIXELS
 HOMEPAGE = "https://www.kaggle.com/competitions/aptos2019-blindness-detection"
 DOWNLOAD_HINT = (
     f"{ZIP_NAME} from {HOMEPAGE}/data "
@@ -56,31 +59,13 @@ DOWNLOAD_HINT = (
 # The one-line errors of this builder are `DatasetBuildError`s (a `ValueError`).
 Aptos2019BuildError = kaggle_source.DatasetBuildError
 
-MANUAL_DOWNLOAD_INSTRUCTIONS = layouts.MANUAL_DOWNLOAD_INSTRUCTIONS["aptos2019"]
-
 
 @dataclasses.dataclass(eq=False)
 class Aptos2019Config(build.FundusConfig):
     """What changes the bytes on disk; see `build.FundusConfig` for the fields."""
 
 
-def make_config(
-    size: int = 512,
-    ben_graham: bool = False,
-    conflict_policy: str = "keep",
-    duplicate_max_distance: int = duplicates.DEFAULT_MAX_DISTANCE,
-) -> Aptos2019Config:
-    """Returns a config named after its choices, e.g. `384_ben_graham_drop`.
-
-    Args:
-        size: int. Stored image side. Defaults to 512.
-        ben_graham: bool. Ben Graham variant. Defaults to False.
-        conflict_policy: str. `keep`, `drop` or `majority`. Defaults to `keep`.
-        duplicate_max_distance: int. Hamming threshold for duplicate candidates. Defaults to 8.
-    """
-    return build.make_config(
-        size, ben_graham, conflict_policy, duplicate_max_distance, config_class=Aptos2019Config
-    )
+make_config = Aptos2019Config.make
 
 
 def parse_labels_csv(
@@ -102,7 +87,7 @@ def parse_labels_csv(
     Raises:
         DatasetBuildError: naming the file, the row and the fix.
     """
-    grades, _ = kaggle_source.read_id_grades(
+    grades, _ = label_csv.read_id_grades(
         data,
         filename,
         "id_code",
@@ -200,37 +185,18 @@ class Builder(build.FundusBuilder):
         "1.1.0": "EXIF-aware decode, disc crop (fitted circle), Ben Graham with Graham's 90 % "
         "boundary clip, fundus quality gate on train photos (skipped, counted by reason).",
     }
-    MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+    MANUAL_DOWNLOAD_INSTRUCTIONS = layouts.MANUAL_DOWNLOAD_INSTRUCTIONS["aptos2019"]
     DOWNLOAD_HINT = DOWNLOAD_HINT
-    BUILDER_CONFIGS = [
-        make_config(512),
-        make_config(512, ben_graham=True),
-        make_config(256),
-        make_config(512, conflict_policy="drop"),
-        make_config(512, conflict_policy="majority"),
-    ]
+    HOMEPAGE = HOMEPAGE
+    BUILDER_CONFIGS = Aptos2019Config.variants("drop", "majority")
     DEFAULT_CONFIG_NAME = "512"
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        size = self.builder_config.size
-        return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(size, size, 3), encoding_format="png"),
-                    "id_code": tfds.features.Text(),
-                    "label": tfds.features.ClassLabel(names=list(GRADE_NAMES)),
-                    "has_label": tfds.features.Scalar(dtype=np.bool_),
-                    "original_diagnosis": tfds.features.Scalar(dtype=np.int32),
-                    "original_height": tfds.features.Scalar(dtype=np.int32),
-                    "original_width": tfds.features.Scalar(dtype=np.int32),
-                    "image_hash": tfds.features.Text(),
-                    "duplicate_group": tfds.features.Text(),
-                    "label_conflict": tfds.features.Scalar(dtype=np.bool_),
-                }
-            ),
-            supervised_keys=("image", "label"),
-            homepage=HOMEPAGE,
-        )
+    def _features(self, size: int) -> tfds.features.FeaturesDict:
+        after_label = {
+            "has_label": tfds.features.Scalar(dtype=np.bool_),
+            "original_diagnosis": tfds.features.Scalar(dtype=np.int32),
+        }
+        return build.fundus_features(size, after_label=after_label)
 
     def _open_source(self, manual_dir: epath.Path) -> kaggle_source.Source:
         return open_source(manual_dir)
@@ -258,94 +224,61 @@ class Builder(build.FundusBuilder):
         config = self.builder_config
         train, test = self._read_csvs(source)
         jobs, unlisted = index_images(source.files(), train, test)
-        decoded = self.decode(source, jobs)
-        report = self.base_report(source, decoded)
-        report["unlisted_images"] = unlisted
         fallback = {j.key: f"{TRAIN_DIR if j.key in train else TEST_DIR}/{j.key}.png" for j in jobs}
-        good = self.skip_report(decoded, jobs, report, fallback)
-        groups = build.duplicate_groups(good, config)
+        good, report = self.decode_photos(source, jobs, fallback, unlisted_images=unlisted)
         good_train = {i: g for i, g in train.items() if i in good}
-        validation = assign_validation(good_train, groups)
-        resolution = duplicates.resolve_conflicts(groups, good_train, config.conflict_policy)
+        split = plan.plan_split(self.name, good, good_train, config)
 
         def split_of(i: str) -> str:
             if i in test:
                 return "test"
-            return "validation" if i in validation else "train"
+            return "validation" if i in split.validation else "train"
 
-        plan = self._plan_rows(good, train, split_of, groups, resolution)
-        group_reports = self._group_reports(groups, train, test, good, split_of, resolution)
-        n_bad = len(report["skipped"])
-        build.check_not_empty(
-            plan,
+        rows = self._plan_rows(good, train, split_of, split)
+        dropped = split.resolution.dropped
+        plan.check_not_empty(
+            rows,
             report,
-            f"{len(good)} images decoded, {n_bad} skipped, {len(report['ungradable'])} "
-            f"ungradable, {len(resolution.dropped)} dropped by conflict_policy="
+            f"{len(good)} images decoded, {len(report['skipped'])} skipped, "
+            f"{len(report['ungradable'])} ungradable, {len(dropped)} dropped by conflict_policy="
             f"{config.conflict_policy}",
         )
-        report.update(
-            {
-                "counts": {
-                    "train_csv_rows": len(train),
-                    "test_csv_rows": len(test),
-                    "decoded": len(good),
-                    "skipped": n_bad,
-                    "ungradable": len(report["ungradable"]),
-                    "unlisted_images": len(unlisted),
-                    "duplicate_groups": len(groups),
-                    "label_conflict_groups": len(resolution.conflicting),
-                    "dropped_by_policy": len(resolution.dropped),
-                    **{split: len(rows) for split, rows in plan.items()},
-                },
-                "duplicate_groups": group_reports,
-                "validation": {
-                    "rule": SPLIT_RULE,
-                    "fraction": splits.VALIDATION_FRACTION,
-                    "ids": sorted(validation),
-                },
-            }
-        )
+        counts = {"train_csv_rows": len(train), "test_csv_rows": len(test)}
+        group_report = self._group_reports(split, train, test, good, split_of)
+        plan.finish_report(report, counts, good, split, rows, group_report)
         logger.info(
             "aptos2019 [%s]: train %d, validation %d, test %d; %d skipped, %d duplicate groups "
             "(%d with conflicting grades, policy %s)",
             config.name,
-            len(plan["train"]),
-            len(plan["validation"]),
-            len(plan["test"]),
-            n_bad,
-            len(groups),
-            len(resolution.conflicting),
+            len(rows["train"]),
+            len(rows["validation"]),
+            len(rows["test"]),
+            len(report["skipped"]),
+            len(split.groups),
+            len(split.resolution.conflicting),
             config.conflict_policy,
         )
-        return plan, report
+        return rows, report
 
-    def _plan_rows(self, good, train, split_of, groups, resolution) -> dict[str, list[dict]]:
+    def _plan_rows(self, good, train, split_of, split: plan.SplitPlan) -> dict[str, list[dict]]:
         """Step 7: one row per example, by split (dropped photos leave the scratch folder)."""
-        group_id = {i: g[0] for g in groups for i in g}
-        plan: dict[str, list[dict]] = {"train": [], "validation": [], "test": []}
-        for i in sorted(good):
-            r = good[i]
-            if i in resolution.dropped:
-                (self.scratch_dir / f"{i}.png").unlink()
-                continue
-            plan[split_of(i)].append(
+        rows: dict[str, list[dict]] = {"train": [], "validation": [], "test": []}
+        for i in self.kept(sorted(good), split):
+            rows[split_of(i)].append(
                 {
                     "key": i,
                     "id_code": i,
-                    "label": resolution.labels.get(i, -1),
+                    "label": split.resolution.labels.get(i, -1),
                     "has_label": i in train,
                     "original_diagnosis": train.get(i, -1),
-                    "original_height": r.height,
-                    "original_width": r.width,
-                    "image_hash": f"{r.phash:016x}",
-                    "duplicate_group": group_id.get(i, ""),
-                    "label_conflict": group_id.get(i, "") in resolution.conflicting,
+                    **split.example_fields(i, good[i]),
                 }
             )
-        return plan
+        return rows
 
     @staticmethod
-    def _group_reports(groups, train, test, good, split_of, resolution) -> list[dict]:
+    def _group_reports(split: plan.SplitPlan, train, test, good, split_of) -> list[dict]:
+        """Each duplicate group with its members' splits, grades and hashes, and the action."""
         return [
             {
                 "group": g[0],
@@ -358,54 +291,13 @@ class Builder(build.FundusBuilder):
                     }
                     for i in g
                 ],
-                "label_conflict": g[0] in resolution.conflicting,
+                "label_conflict": g[0] in split.resolution.conflicting,
                 "crosses_train_test": bool(set(g) & set(test)) and bool(set(g) & set(train)),
-                "action": resolution.actions[g[0]],
+                "action": split.resolution.actions[g[0]],
             }
-            for g in groups
+            for g in split.groups
         ]
 
 
 load_build_report = build.load_build_report
-
-
-def prepare(
-    manual_dir: str | epath.PathLike,
-    data_dir: str | epath.PathLike | None = None,
-    config: str | Aptos2019Config = "512",
-    *,
-    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
-    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
-    num_workers: int | None = None,
-    keep_ungradable: bool = False,
-) -> dict:
-    """Builds APTOS 2019 from the Kaggle zip or folder and returns the build report.
-
-    This is what `eyegazer prepare aptos2019 --manual-dir DIR` calls.
-
-    Args:
-        manual_dir: path. The folder holding `aptos2019-blindness-detection.zip`, the zip
-            itself, or the extracted folder.
-        data_dir: path. TFDS data dir. Defaults to TFDS's default (`~/tensorflow_datasets`).
-        config: str or `Aptos2019Config`. Defaults to `"512"`.
-        max_bad_fraction: float. See `build.FundusBuilder`. Defaults to 0.01.
-        max_megapixels: float. See `build.FundusBuilder`. Defaults to 50.
-        num_workers: int. Decoding threads. Defaults to the CPU count.
-        keep_ungradable: bool. Keep photos the quality gate refuses. Defaults to False.
-
-    Returns:
-        The build report (dict), also written to `<data_dir>/aptos2019/<config>/<version>/`.
-
-    Raises:
-        DatasetBuildError: bad input (a `ValueError` with a one-line message naming the fix).
-    """
-    return build.prepare(
-        Builder,
-        manual_dir,
-        data_dir,
-        config,
-        max_bad_fraction=max_bad_fraction,
-        max_megapixels=max_megapixels,
-        num_workers=num_workers,
-        keep_ungradable=keep_ungradable,
-    )
+prepare = Builder.prepare

@@ -7,7 +7,6 @@ import json
 import pathlib
 
 import tensorflow_datasets as tfds
-import tensorflow_datasets.testing as tfds_test
 
 _HERE = pathlib.Path(__file__).resolve().parent
 
@@ -15,31 +14,21 @@ _HERE = pathlib.Path(__file__).resolve().parent
 # Same module names as the installed package, so TFDS registers `aptos2019` exactly once.
 from eyegazer_datasets.aptos2019 import aptos2019_dataset_builder as aptos  # noqa: E402
 from eyegazer_datasets.aptos2019.dummy_data import make_dummy_data as dummy  # noqa: E402
-from eyegazer_datasets.common import splits  # noqa: E402
+from eyegazer_datasets.common import dummy_data, splits, testing  # noqa: E402
 
 # Dummy set: 12 train rows (one re-encoded duplicate with a conflicting grade), 4 test rows.
 # The split rule puts one group of each grade with 2+ groups (0, 1, 2) in validation.
 _SPLITS = {"train": 9, "validation": 3, "test": 4}
 
 
-class Aptos2019FolderTest(tfds_test.DatasetBuilderTestCase):
-    """The extracted Kaggle folder."""
-
-    DATASET_CLASS = aptos.Builder
-    EXAMPLE_DIR = str(_HERE / "dummy_data" / "folder")
-    SPLITS = _SPLITS
-    BUILDER_CONFIG_NAMES_TO_TEST = ["512", "512_ben_graham"]
-    SKIP_CHECKSUMS = True
-
-
-class Aptos2019ZipTest(tfds_test.DatasetBuilderTestCase):
-    """The Kaggle zip, read in place."""
-
-    DATASET_CLASS = aptos.Builder
-    EXAMPLE_DIR = str(_HERE / "dummy_data" / "zip")
-    SPLITS = _SPLITS
-    BUILDER_CONFIG_NAMES_TO_TEST = ["512"]
-    SKIP_CHECKSUMS = True
+Aptos2019FolderTest, Aptos2019ZipTest = testing.layout_test_cases(
+    aptos.Builder,
+    _SPLITS,
+    testing.Layout(
+        _HERE / "dummy_data" / "folder", ["512", "512_ben_graham"], "The extracted Kaggle folder."
+    ),
+    testing.Layout(_HERE / "dummy_data" / "zip", ["512"], "The Kaggle zip, read in place."),
+)
 
 
 def _build(tmp_path, manual_dir, config="512", **kwargs):
@@ -73,7 +62,9 @@ def _reencoded_layout(tmp_path, copies):
     images = dummy.default_images()
     for n, (copy_id, (original, grade)) in enumerate(copies.items()):
         seed = list(dummy.TRAIN).index(original)
-        jpeg = dummy.reencoded_copy(dummy.fundus_like(seed), scale=2.0 - 0.5 * n, quality=90)
+        jpeg = dummy_data.reencoded_copy(
+            dummy_data.fundus_like(seed), scale=2.0 - 0.5 * n, quality=90
+        )
         images[f"train_images/{copy_id}.jpg"] = jpeg  # a .jpg next to the .pngs
         train[copy_id] = grade
     return dummy.write_layout(tmp_path / "kaggle", train, dummy.TEST, images)

@@ -1,21 +1,22 @@
-"""What every eyegazer fundus builder shares: options, the decode/skip/duplicate steps, the report.
+"""What every eyegazer fundus builder shares: the config, the builder base, decode and skip steps.
 
-A builder subclasses `FundusBuilder` and writes two things: how to open its download
-(`_open_source`) and its build plan (`_plan_build`), made of the named steps below. The plan is
-made in `_split_generators`, before any example is written: duplicates can only be grouped once
-every photo has been hashed. `_generate_examples` then writes the planned rows, reading each
-photo's stored PNG from the scratch folder the decode step filled.
+A builder subclasses `FundusBuilder` and writes three things: how to open its download
+(`_open_source`), its own features (`_features`, on top of `fundus_features`) and its build plan
+(`_plan_build`), made of the named steps below. The plan is made in `_split_generators`, before
+any example is written: duplicates can only be grouped once every photo has been hashed.
+`_generate_examples` then writes the planned rows, reading each photo's stored PNG from the
+scratch folder the decode step filled.
 
 Steps (each a method or function, used by every builder):
 
 1. index: the builder lists its labels and the files they name (`images.Job`s);
-2. `decode`: `images.decode_all` (parallel, with a progress bar);
-3. `skip_report`: bad files and ungradable photos, named and counted; too many bad files fail;
-4. `duplicate_groups`: pHash groups of the decoded photos;
-5. the split: `splits.assign_validation` over duplicate (and patient) groups;
-6. `duplicates.resolve_conflicts`: the conflict policy;
-7. the rows: the builder's features per example;
-8. `write_report`: `build_report.json` next to the data.
+2-3. `decode_photos`: `images.decode_all` (parallel, with a progress bar), then `skip_report`:
+   bad files and ungradable photos, named and counted; too many bad files fail;
+4-6. `plan.plan_split`: pHash duplicate groups, `splits.assign_validation` over duplicate (and
+   patient) groups, `duplicates.resolve_conflicts` (the conflict policy);
+7. the rows: the builder's features per example (`plan.SplitPlan.example_fields` for the
+   shared ones);
+8. `plan.finish_report`, then `write_report`: `build_report.json` next to the data.
 """
 
 from __future__ import annotations
@@ -25,16 +26,16 @@ import collections
 import dataclasses
 import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from eyegazer_keras import fundus
+from eyegazer_keras import GRADE_NAMES, fundus
 
-from . import duplicates, images, kaggle_source
+from . import duplicates, images, kaggle_source, plan
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +44,18 @@ SCRATCH_NAME = "_scratch"
 DEFAULT_MAX_BAD_FRACTION = 0.01
 
 
+_POLICY_TEXT = {
+    "keep": "duplicate copies with conflicting grades are kept",
+    "drop": "duplicate groups with conflicting grades are dropped",
+    "majority": "conflicting duplicate groups take their majority grade (no majority: dropped)",
+}
+
+
 @dataclasses.dataclass(eq=False)
 class FundusConfig(tfds.core.BuilderConfig):
     """What changes the bytes on disk, for every fundus builder.
+
+    Build one with `make` (named after its choices) or give `name` and `description` yourself.
 
     Args:
         size: int. Side of the stored square image in pixels. Defaults to 512.
@@ -60,6 +70,9 @@ class FundusConfig(tfds.core.BuilderConfig):
         duplicate_max_thumb_diff: float. A candidate pair is a duplicate when the 32x32 grey
             thumbnails differ by at most this mean absolute grey level (0-255). Part of the
             split rule. Defaults to 3.0.
+
+    Raises:
+        ValueError: an unknown `conflict_policy`, or `size` under 8 pixels.
     """
 
     size: int = 512
@@ -76,55 +89,46 @@ class FundusConfig(tfds.core.BuilderConfig):
             )
         if int(self.size) < 8:
             raise ValueError(f"size must be at least 8 pixels, got {self.size}.")
+        if not self.name:  # from `make`: named and described after the choices
+            self.name = self._choice_name()
+            self.description = (
+                f"Fundus cropped and resized to {self.size}x{self.size} px"
+                + (", Ben Graham normalisation" if self.ben_graham else "")
+                + f", lossless PNG; {_POLICY_TEXT[self.conflict_policy]}."
+            )
 
+    def _choice_name(self) -> str:
+        name = str(self.size)
+        if self.ben_graham:
+            name += "_ben_graham"
+        if self.conflict_policy != "keep":
+            name += f"_{self.conflict_policy}"
+        if self.duplicate_max_distance != duplicates.DEFAULT_MAX_DISTANCE:
+            name += f"_dup{self.duplicate_max_distance}"
+        if self.duplicate_max_thumb_diff != duplicates.DEFAULT_MAX_THUMB_DIFF:
+            name += f"_thumb{self.duplicate_max_thumb_diff:g}"
+        return name
 
-_POLICY_TEXT = {
-    "keep": "duplicate copies with conflicting grades are kept",
-    "drop": "duplicate groups with conflicting grades are dropped",
-    "majority": "conflicting duplicate groups take their majority grade (no majority: dropped)",
-}
+    @classmethod
+    def make(cls, size: int = 512, **choices) -> FundusConfig:
+        """Returns a config named after its choices, e.g. `384_ben_graham_drop`.
 
+        Args:
+            size: int. Stored image side. Defaults to 512.
+            **choices: the other fields (`ben_graham`, `conflict_policy` (`keep`, `drop` or
+                `majority`), `duplicate_max_distance`, ...), with the defaults above.
 
-def make_config(
-    size: int = 512,
-    ben_graham: bool = False,
-    conflict_policy: str = "keep",
-    duplicate_max_distance: int = duplicates.DEFAULT_MAX_DISTANCE,
-    config_class: type[FundusConfig] = FundusConfig,
-) -> FundusConfig:
-    """Returns a config named after its choices, e.g. `384_ben_graham_drop`.
+        Raises:
+            ValueError: an unknown conflict policy, or a size under 8 pixels.
+        """
+        return cls(name="", size=size, **choices)
 
-    Args:
-        size: int. Stored image side. Defaults to 512.
-        ben_graham: bool. Ben Graham variant. Defaults to False.
-        conflict_policy: str. `keep`, `drop` or `majority`. Defaults to `keep`.
-        duplicate_max_distance: int. Hamming threshold for duplicate candidates. Defaults to 8.
-        config_class: the `FundusConfig` subclass to build. Defaults to `FundusConfig`.
-    """
-    name = str(size)
-    if ben_graham:
-        name += "_ben_graham"
-    if conflict_policy != "keep":
-        name += f"_{conflict_policy}"
-    if duplicate_max_distance != duplicates.DEFAULT_MAX_DISTANCE:
-        name += f"_dup{duplicate_max_distance}"
-    if conflict_policy not in _POLICY_TEXT:
-        raise ValueError(
-            f"conflict_policy {conflict_policy!r} is not one of {duplicates.CONFLICT_POLICIES}."
-        )
-    description = (
-        f"Fundus cropped and resized to {size}x{size} px"
-        + (", Ben Graham normalisation" if ben_graham else "")
-        + f", lossless PNG; {_POLICY_TEXT[conflict_policy]}."
-    )
-    return config_class(
-        name=name,
-        description=description,
-        size=size,
-        ben_graham=ben_graham,
-        conflict_policy=conflict_policy,
-        duplicate_max_distance=duplicate_max_distance,
-    )
+    @classmethod
+    def variants(cls, *policies: str) -> list[FundusConfig]:
+        """The configs every fundus builder offers: `512`, `512_ben_graham`, `256`, then
+        `512_<policy>` for each extra conflict policy (e.g. `"drop"`)."""
+        standard = [cls.make(512), cls.make(512, ben_graham=True), cls.make(256)]
+        return standard + [cls.make(512, conflict_policy=p) for p in policies]
 
 
 def quality_gate(image: np.ndarray) -> tuple[bool, str]:
@@ -160,24 +164,43 @@ def ungradable_entries(results: Mapping[str, images.Processed]) -> tuple[list, d
     return refused, dict(sorted(collections.Counter(e["reason"] for e in refused).items()))
 
 
-def duplicate_groups(good: Mapping[str, images.Processed], config: FundusConfig) -> list:
-    """Step 4: pHash groups (thumbnail-confirmed) of the decoded photos."""
-    groups = duplicates.group_duplicates(
-        {i: r.phash for i, r in good.items()},
-        config.duplicate_max_distance,
-        {i: r.thumb for i, r in good.items()},
-        config.duplicate_max_thumb_diff,
+def fundus_features(
+    size: int,
+    id_code_doc: str | None = None,
+    before_label: Mapping[str, tfds.features.FeatureConnector] | None = None,
+    after_label: Mapping[str, tfds.features.FeatureConnector] | None = None,
+) -> tfds.features.FeaturesDict:
+    """The features of a fundus builder: the shared ones around the builder's own.
+
+    Shared: `image` (`uint8 [size, size, 3]`, PNG), `id_code`, `label` (the 5 DR grades),
+    `original_height`, `original_width` (decoded size, px), `image_hash` (64-bit pHash, hex),
+    `duplicate_group` (its first id, or empty) and `label_conflict`.
+
+    Args:
+        size: int. Stored image side in pixels.
+        id_code_doc: str. What `id_code` holds. Defaults to no doc.
+        before_label: the builder's features placed between `id_code` and `label`.
+        after_label: the builder's features placed between `label` and `original_height`.
+    """
+    return tfds.features.FeaturesDict(
+        {
+            "image": tfds.features.Image(shape=(size, size, 3), encoding_format="png"),
+            "id_code": tfds.features.Text(doc=id_code_doc),
+            **(before_label or {}),
+            "label": tfds.features.ClassLabel(names=list(GRADE_NAMES)),
+            **(after_label or {}),
+            "original_height": tfds.features.Scalar(dtype=np.int32),
+            "original_width": tfds.features.Scalar(dtype=np.int32),
+            "image_hash": tfds.features.Text(),
+            "duplicate_group": tfds.features.Text(),
+            "label_conflict": tfds.features.Scalar(dtype=np.bool_),
+        }
     )
-    big = [g for g in groups if len(g) > 10]
-    if big:
-        logger.warning(
-            "%d duplicate group(s) have more than 10 photos (largest: %d, from %s); check the "
-            "build report, the thresholds may be joining different eyes.",
-            len(big),
-            max(len(g) for g in big),
-            big[0][0],
-        )
-    return groups
+
+
+def text_features(**docs: str) -> dict[str, tfds.features.Text]:
+    """`{name: tfds.features.Text(doc=doc)}`, in the given order (`patient_id="e.g. 10"`)."""
+    return {name: tfds.features.Text(doc=doc) for name, doc in docs.items()}
 
 
 def load_build_report(builder: tfds.core.DatasetBuilder) -> dict:
@@ -210,6 +233,7 @@ class FundusBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
 
     # What to download, for one-line errors (a builder sets it).
     DOWNLOAD_HINT = "the dataset"
+    HOMEPAGE: str | None = None
 
     def __init__(
         self,
@@ -245,10 +269,21 @@ class FundusBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
         """Opens the manual download (folder, zip or zip parts)."""
 
     @abc.abstractmethod
+    def _features(self, size: int) -> tfds.features.FeaturesDict:
+        """The builder's features (`fundus_features` with its own), for images of `size` px."""
+
+    @abc.abstractmethod
     def _plan_build(self, source: kaggle_source.Source) -> tuple[dict[str, list[dict]], dict]:
         """Returns `({split: rows}, report)`; every row has `key` and the builder's features."""
 
     # -- shared --------------------------------------------------------------------------------
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self.dataset_info_from_configs(
+            features=self._features(int(self.builder_config.size)),
+            supervised_keys=("image", "label"),
+            homepage=self.HOMEPAGE,
+        )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         manual = self.manual_path or epath.Path(dl_manager.manual_dir)
@@ -298,6 +333,33 @@ class FundusBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
             num_workers=self.num_workers,
             gate=gate,
         )
+
+    def decode_photos(
+        self,
+        source: kaggle_source.Source,
+        jobs: Sequence[images.Job],
+        fallback: Mapping[str, str],
+        **fields,
+    ) -> tuple[dict[str, images.Processed], dict]:
+        """Steps 2-3: `decode`, `base_report` (plus the builder's `fields`), `skip_report`.
+
+        Returns:
+            `(good, report)`: `{key: Processed}` of the decoded photos and the report so far.
+
+        Raises:
+            DatasetBuildError: more than `max_bad_fraction` of the photos are bad.
+        """
+        decoded = self.decode(source, jobs)
+        report = {**self.base_report(source, decoded), **fields}
+        return self.skip_report(decoded, jobs, report, fallback), report
+
+    def kept(self, keys: Iterable[str], split: plan.SplitPlan) -> Iterator[str]:
+        """The keys the conflict policy keeps, in order; the dropped ones' PNGs are deleted."""
+        for key in keys:
+            if key in split.resolution.dropped:
+                (self.scratch_dir / f"{key}.png").unlink()
+            else:
+                yield key
 
     def base_report(self, source: kaggle_source.Source, decoded: images.DecodeResult) -> dict:
         """The report fields every builder writes."""
@@ -372,6 +434,52 @@ class FundusBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
             )
         return {i: r for i, r in results.items() if r.ok}
 
+    @classmethod
+    def prepare(
+        cls,
+        manual_dir: epath.PathLike,
+        data_dir: epath.PathLike | None = None,
+        config: str | tfds.core.BuilderConfig | None = None,
+        **options,
+    ) -> dict:
+        """Builds the dataset from its manual download and returns the build report.
+
+        This is what `eyegazer prepare NAME --manual-dir DIR` calls (`NAME.prepare` in each
+        builder module).
+
+        Args:
+            manual_dir: path. The extracted folder, the folder holding the zip(s), or a zip
+                file (or the first part of a split zip).
+            data_dir: path. TFDS data dir. Defaults to TFDS's default (`~/tensorflow_datasets`).
+            config: str or config. Defaults to the builder's default config (`"512"`).
+            **options: builder options (`max_bad_fraction`, `max_megapixels`, `num_workers`,
+                `keep_ungradable`, and the builder's own, e.g. `label_map`).
+
+        Returns:
+            The build report (dict), also written to `<data_dir>/<name>/<config>/<version>/`.
+
+        Raises:
+            DatasetBuildError: bad input (a `ValueError` with a one-line message naming the fix).
+        """
+        manual = epath.Path(manual_dir).expanduser()
+        if not manual.exists() or (manual.is_dir() and not any(manual.iterdir())):
+            raise kaggle_source.DatasetBuildError(
+                f"{manual}: the manual dir does not exist or is empty. Download "
+                f"{cls.DOWNLOAD_HINT} into it."
+            )
+        builder = cls(
+            data_dir=None if data_dir is None else str(epath.Path(data_dir).expanduser()),
+            config=config,
+            manual_path=manual,
+            **options,
+        )
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(
+                manual_dir=str(manual if manual.is_dir() else manual.parent)
+            )
+        )
+        return load_build_report(builder)
+
     def write_report(self, report: dict) -> None:
         """Step 8: writes `build_report.json` next to the data."""
         path = epath.Path(self.data_dir) / REPORT_NAME
@@ -382,62 +490,3 @@ def _json_default(value: Any):
     if isinstance(value, set):
         return sorted(value)
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def check_not_empty(plan: Mapping[str, list], report: dict, detail: str) -> None:
-    """Raises a one-line error naming the first split that would be empty.
-
-    Raises:
-        DatasetBuildError: a planned split has no rows.
-    """
-    empty = [split for split, rows in plan.items() if not rows]
-    if empty:
-        raise kaggle_source.DatasetBuildError(
-            f"split {empty[0]!r} would be empty ({detail}); check the data or the build "
-            "report's 'skipped'.",
-            report=report,
-        )
-
-
-def prepare(
-    builder_class: type[FundusBuilder],
-    manual_dir: epath.PathLike,
-    data_dir: epath.PathLike | None = None,
-    config: str | tfds.core.BuilderConfig | None = None,
-    **kwargs,
-) -> dict:
-    """Builds a fundus dataset from its manual download and returns the build report.
-
-    Args:
-        builder_class: the builder (`aptos2019_dataset_builder.Builder`, ...).
-        manual_dir: path. The extracted folder, the folder holding the zip(s), or a zip file
-            (or the first part of a split zip).
-        data_dir: path. TFDS data dir. Defaults to TFDS's default (`~/tensorflow_datasets`).
-        config: str or config. Defaults to the builder's default config.
-        **kwargs: builder options (`max_bad_fraction`, `max_megapixels`, `num_workers`,
-            `keep_ungradable`, ...).
-
-    Returns:
-        The build report (dict), also written next to the prepared data.
-
-    Raises:
-        DatasetBuildError: bad input (one line naming the fix).
-    """
-    manual = epath.Path(manual_dir).expanduser()
-    if not manual.exists() or (manual.is_dir() and not any(manual.iterdir())):
-        raise kaggle_source.DatasetBuildError(
-            f"{manual}: the manual dir does not exist or is empty. Download "
-            f"{builder_class.DOWNLOAD_HINT} into it."
-        )
-    builder = builder_class(
-        data_dir=None if data_dir is None else str(epath.Path(data_dir).expanduser()),
-        config=config,
-        manual_path=manual,
-        **kwargs,
-    )
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(
-            manual_dir=str(manual if manual.is_dir() else manual.parent)
-        )
-    )
-    return load_build_report(builder)

@@ -11,9 +11,10 @@ builder counts them.
 Example:
 
 ```python
-from eyegazer_datasets.common import images
+from eyegazer_datasets.common import dummy_data, images
 
-image, decoder = images.decode_to_rgb(open("photo.png", "rb").read(), max_pixels=50_000_000)
+png = dummy_data.encode(dummy_data.fundus_like(seed=1))  # a synthetic 100x75 fundus photo
+image, decoder = images.decode_to_rgb(png, max_pixels=50_000_000)  # uint8 [75, 100, 3], "tf"
 ```
 """
 
@@ -309,20 +310,23 @@ def decode_all(
         for future in bar:
             r = future.result()
             results[r.key] = r
-    seconds = time.perf_counter() - start
-    rate = len(jobs) / seconds if seconds > 0 else float("inf")
+    return DecodeResult(results, _timing(name, len(jobs), time.perf_counter() - start, workers))
+
+
+def _timing(name: str, count: int, seconds: float, workers: int) -> dict:
+    """Logs the decode rate and returns it as the report's `timing`."""
+    rate = count / seconds if seconds > 0 else float("inf")
     logger.info(
         "%s: decoded %d images in %.1f s: %.1f img/s (%d threads)",
         name,
-        len(jobs),
+        count,
         seconds,
         rate,
         workers,
     )
-    timing = {
-        "images": len(jobs),
+    return {
+        "images": count,
         "seconds": round(seconds, 3),
         "images_per_second": round(rate, 2),
         "workers": workers,
     }
-    return DecodeResult(results, timing)

@@ -1,4 +1,4 @@
-"""Reading a Kaggle-style download: a folder, a zip, or a zip split into parts, plus its CSVs.
+"""Reading a Kaggle-style download: a folder, a zip, or a zip split into parts.
 
 Every eyegazer builder (APTOS 2019, EyePACS 2015, graded class folders) reads its manual download
 through `open_source`, which accepts what users actually have:
@@ -9,24 +9,21 @@ through `open_source`, which accepts what users actually have:
 * a zip split into parts (`train.zip.001`, `train.zip.002`, ...: the way Kaggle ships EyePACS),
   read as one archive without joining the parts on disk.
 
-Files are addressed by relative POSIX path (`train/10_left.jpeg`). CSVs are read with the `csv`
-module: BOM, CRLF, quoted fields with commas, extra columns and surrounding whitespace are all
-accepted, and every problem raises `DatasetBuildError` naming the file, the row and the fix.
+Files are addressed by relative POSIX path (`train/10_left.jpeg`); the label CSVs in them are
+read by `label_csv`. Every problem raises `DatasetBuildError`, one line naming the file and the fix.
 
 Example:
 
 ```python
-from eyegazer_datasets.common import kaggle_source
+from eyegazer_datasets.common import kaggle_source, label_csv
 
 source = kaggle_source.open_source("~/Downloads", anchor="trainLabels.csv")
-rows = kaggle_source.read_csv(source.read("trainLabels.csv"), "trainLabels.csv", ["image", "level"])
+rows = label_csv.read_csv(source.read("trainLabels.csv"), "trainLabels.csv", ["image", "level"])
 ```
 """
 
 from __future__ import annotations
 
-import csv
-import dataclasses
 import io
 import os
 import re
@@ -40,7 +37,6 @@ from etils import epath
 # Largest CSV read (bytes); anything bigger is not a label file.
 MAX_CSV_BYTES = 1 << 28
 _PART_RE = re.compile(r"^(?P<base>.+\.zip)\.(?P<n>\d{3})$")
-_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 
 class DatasetBuildError(ValueError):
@@ -68,15 +64,18 @@ class FileTooLarge(Exception):
 class Source:
     """Files of a download by relative POSIX path. Thread-safe `read`.
 
+    A subclass fills `_index` (`{relpath: what reads it}`) or overrides `files`.
+
     Attributes:
         description: str. Where the files come from, for reports and errors.
     """
 
     description: str = ""
+    _index: dict[str, Any]
 
     def files(self) -> list[str]:
         """Every file, as relative POSIX paths."""
-        raise NotImplementedError
+        return list(self._index)
 
     def read(self, relpath: str, max_bytes: int = MAX_CSV_BYTES) -> bytes:
         """The bytes of one file.
@@ -86,6 +85,17 @@ class Source:
             FileTooLarge: the file is larger than `max_bytes` (nothing is read).
         """
         raise NotImplementedError
+
+    def _entry(self, relpath: str) -> Any:
+        """What `_index` holds for `relpath`.
+
+        Raises:
+            FileNotFoundError: no such file.
+        """
+        entry = self._index.get(relpath)
+        if entry is None:
+            raise FileNotFoundError(relpath)
+        return entry
 
     def close(self) -> None:
         """Closes open archive handles."""
@@ -190,6 +200,21 @@ def _is_unsafe_member(name: str) -> bool:
     )
 
 
+def _layout_prefix(names: Sequence[str], anchor: str | None) -> str:
+    """The member folder a zip's layout starts in (`""`: the archive root); see `ZipSource`."""
+    anchored = sorted(
+        (n for n in names if anchor and n.rsplit("/", 1)[-1] == anchor),
+        key=lambda n: (n.count("/"), n),
+    )
+    if anchored:
+        return anchored[0][: -len(anchor)]
+    tops = {n.split("/", 1)[0] for n in names}
+    # One top folder above everything, unless it is itself a layout folder (`train/x.jpeg`).
+    if len(tops) == 1 and all(n.count("/") >= 2 for n in names):
+        return tops.pop() + "/"
+    return ""
+
+
 class ZipSource(Source):
     """A zip read in place (one file or split parts), one handle per reading thread.
 
@@ -238,21 +263,8 @@ class ZipSource(Source):
                 f"the archive; refusing to read this zip. Re-download {hint}."
             )
         files = [i for i in infos if not i.is_dir()]
-        prefix = ""
-        anchored = sorted(
-            (i.filename for i in files if anchor and i.filename.rsplit("/", 1)[-1] == anchor),
-            key=lambda n: (n.count("/"), n),
-        )
-        if anchored:
-            prefix = anchored[0][: -len(anchor)]
-        else:
-            tops = {i.filename.split("/", 1)[0] for i in files}
-            if len(tops) == 1 and all("/" in i.filename for i in files):
-                top = tops.pop()
-                # Keep a top folder that is itself a layout folder (`train/x.jpeg`).
-                if all(i.filename.count("/") >= 2 for i in files):
-                    prefix = top + "/"
-        self._infos = {i.filename[len(prefix) :]: i for i in files if i.filename.startswith(prefix)}
+        prefix = _layout_prefix([i.filename for i in files], anchor)
+        self._index = {i.filename[len(prefix) :]: i for i in files if i.filename.startswith(prefix)}
 
     def _zip(self) -> zipfile.ZipFile:
         zf = getattr(self._local, "zf", None)
@@ -268,13 +280,8 @@ class ZipSource(Source):
                 self._handles.append((zf, handle))
         return zf
 
-    def files(self) -> list[str]:
-        return list(self._infos)
-
     def read(self, relpath: str, max_bytes: int = MAX_CSV_BYTES) -> bytes:
-        info = self._infos.get(relpath)
-        if info is None:
-            raise FileNotFoundError(relpath)
+        info = self._entry(relpath)
         if info.file_size > max_bytes:
             raise FileTooLarge(f"{info.file_size / 1e6:.0f} MB uncompressed")
         return self._zip().read(info)
@@ -297,19 +304,13 @@ class UnionSource(Source):
     def __init__(self, sources: Sequence[Source]):
         self.sources = list(sources)
         self.description = " + ".join(s.description for s in self.sources)
-        self._owner: dict[str, Source] = {}
+        self._index = {}  # relpath -> the source that holds it
         for s in self.sources:
             for rel in s.files():
-                self._owner.setdefault(rel, s)
-
-    def files(self) -> list[str]:
-        return list(self._owner)
+                self._index.setdefault(rel, s)
 
     def read(self, relpath: str, max_bytes: int = MAX_CSV_BYTES) -> bytes:
-        owner = self._owner.get(relpath)
-        if owner is None:
-            raise FileNotFoundError(relpath)
-        return owner.read(relpath, max_bytes)
+        return self._entry(relpath).read(relpath, max_bytes)
 
     def close(self) -> None:
         for s in self.sources:
@@ -388,23 +389,13 @@ def open_source(
     """
     root = epath.Path(manual_dir).expanduser()
     if root.is_file():
-        if root.name.endswith(".zip") or _PART_RE.match(root.name):
-            return ZipSource(_parts_of(root), anchor=anchor, hint=hint)
-        raise DatasetBuildError(
-            f"{root}: not a zip and not a folder. Pass the extracted folder, the folder holding "
-            f"the zip, or the zip itself ({hint})."
-        )
+        return _open_file(root, anchor, hint)
     if not root.is_dir() or not any(root.iterdir()):
         raise DatasetBuildError(
             f"{root}: the manual dir does not exist or is empty. Download {hint} into it "
             "(the zip, its parts, or the extracted folder)."
         )
-    folder = root
-    if anchor and not (root / anchor).exists():
-        for name in extracted_names:
-            if (root / name / anchor).exists():
-                folder = root / name
-                break
+    folder = _layout_folder(root, anchor, extracted_names)
     archives = zip_archives(folder, accept_zip)
     archive_files = {p.name for parts in archives for p in parts}
     # The folder counts when it holds more than the zips (a CSV, an extracted folder).
@@ -419,171 +410,20 @@ def open_source(
     return union
 
 
-# --------------------------------------------------------------------------------------------
-# CSVs
-# --------------------------------------------------------------------------------------------
+def _open_file(path: epath.Path, anchor: str | None, hint: str) -> Source:
+    """A zip, or the first part of a split zip, given as the manual dir."""
+    if path.name.endswith(".zip") or _PART_RE.match(path.name):
+        return ZipSource(_parts_of(path), anchor=anchor, hint=hint)
+    raise DatasetBuildError(
+        f"{path}: not a zip and not a folder. Pass the extracted folder, the folder holding "
+        f"the zip, or the zip itself ({hint})."
+    )
 
 
-@dataclasses.dataclass(frozen=True)
-class CsvRow:
-    """One data row: `fields` maps lower-cased header names to stripped values.
-
-    Attributes:
-        row: int. 1-based data row number (the header is row 0).
-        line: int. 1-based line of the file where the row ends.
-        fields: dict[str, str].
-    """
-
-    row: int
-    line: int
-    fields: dict[str, str]
-
-    def where(self, filename: str) -> str:
-        """`"train.csv row 3 (line 4)"`, the prefix of every row error."""
-        return f"{filename} row {self.row} (line {self.line})"
-
-
-def read_csv(
-    data: bytes, filename: str, required: Sequence[str], example: str = ""
-) -> list[CsvRow]:
-    """Parses a label CSV with the `csv` module and checks its header.
-
-    Accepted: a UTF-8 BOM, LF/CRLF/CR line ends, quoted fields (`"blurry, dark"`), extra
-    columns in any order, header names in any case, whitespace around names and values, blank
-    lines. Rows with fewer fields than the header are refused.
-
-    Args:
-        data: bytes. The file content.
-        filename: str. Name used in errors.
-        required: column names (lower case) that must be in the header.
-        example: str. The expected header, for errors. Defaults to `",".join(required)`.
-
-    Returns:
-        The data rows in file order.
-
-    Raises:
-        DatasetBuildError: not UTF-8, empty, a missing column, a short row, a malformed quote.
-    """
-    expected = example or ",".join(required)
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DatasetBuildError(
-            f"{filename}: not UTF-8 text ({e.reason} at byte {e.start}); re-download it."
-        ) from None
-    reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True, strict=True)
-    try:
-        header = next(reader, None)
-        if not header or not any(h.strip() for h in header):
-            raise DatasetBuildError(
-                f"{filename}: empty file or empty header; expected a header line such as "
-                f"'{expected}' (re-download it)."
-            )
-        names = [h.strip().lower() for h in header]
-        for column in required:
-            if column not in names:
-                raise DatasetBuildError(
-                    f"{filename}: missing column '{column}' (header is {','.join(header)!r}); "
-                    f"the file starts with '{expected}'. Fix the header or re-download it."
-                )
-        rows = []
-        for cells in reader:
-            if not cells or not any(c.strip() for c in cells):
-                continue  # blank lines are harmless
-            row = CsvRow(len(rows) + 1, reader.line_num, {})
-            if len(cells) < len(names):
-                raise DatasetBuildError(
-                    f"{row.where(filename)}: {len(cells)} field(s) but the header has "
-                    f"{len(names)}: {','.join(cells)!r}. Fix or delete the row."
-                )
-            rows.append(
-                CsvRow(
-                    row.row, row.line, {n: c.strip() for n, c in zip(names, cells, strict=False)}
-                )
-            )
-    except csv.Error as e:
-        raise DatasetBuildError(
-            f"{filename} line {reader.line_num}: not valid CSV ({e}). Fix the quoting of that row."
-        ) from None
-    if not rows:
-        raise DatasetBuildError(f"{filename}: no data rows. Re-download it.")
-    return rows
-
-
-def check_image_id(value: str, where: str, column: str) -> str:
-    """Checks that an id names a plain file (no folders, no `..`) and returns it.
-
-    Raises:
-        DatasetBuildError: empty or not a plain file name.
-    """
-    if not value:
-        raise DatasetBuildError(f"{where}: empty {column}. Fill it in or delete the row.")
-    if not _ID_RE.match(value) or ".." in value:
-        raise DatasetBuildError(
-            f"{where}: {column} {value!r} is not a plain file name (letters, digits, '_', '-', "
-            "'.'). Fix or delete the row."
-        )
-    return value
-
-
-def parse_grade(value: str, where: str, column: str, fix: str) -> int:
-    """A 0-4 grade from a CSV cell.
-
-    Raises:
-        DatasetBuildError: not an integer, or not in 0-4.
-    """
-    try:
-        grade = int(value)
-    except ValueError:
-        raise DatasetBuildError(
-            f"{where}: {column} {value!r} is not an integer grade 0-4. {fix}"
-        ) from None
-    if not 0 <= grade <= 4:
-        raise DatasetBuildError(f"{where}: {column} '{value}' is not in 0-4. {fix}")
-    return grade
-
-
-def read_id_grades(
-    data: bytes,
-    filename: str,
-    id_column: str,
-    grade_column: str | None,
-    fix: str,
-    extra_columns: Sequence[str] = (),
-) -> tuple[dict[str, int], dict[str, dict[str, str]]]:
-    """Reads `id,grade[,...]` rows: checked ids (unique), grades 0-4 (or -1 without a column).
-
-    Args:
-        data: bytes. The CSV file.
-        filename: str. Name for errors.
-        id_column: str. The id column (e.g. `id_code`, `image`).
-        grade_column: str or None. The grade column (e.g. `diagnosis`, `level`); None for an
-            unlabelled file (every grade -1).
-        fix: str. The fix to suggest for a bad grade.
-        extra_columns: further required columns, returned per id.
-
-    Returns:
-        `({id: grade}, {id: {extra column: value}})`, both in file order.
-
-    Raises:
-        DatasetBuildError: any malformed header, row, id or grade.
-    """
-    required = [id_column] + ([grade_column] if grade_column else []) + list(extra_columns)
-    out: dict[str, int] = {}
-    extras: dict[str, dict[str, str]] = {}
-    first_row: dict[str, int] = {}
-    for row in read_csv(data, filename, required):
-        where = row.where(filename)
-        image_id = check_image_id(row.fields[id_column], where, id_column)
-        if image_id in out:
-            raise DatasetBuildError(
-                f"{where}: {id_column} {image_id!r} already appears on row {first_row[image_id]}. "
-                "Delete one of the two rows."
-            )
-        grade = -1
-        if grade_column:
-            grade = parse_grade(row.fields[grade_column], where, grade_column, fix)
-        out[image_id] = grade
-        extras[image_id] = {c: row.fields[c] for c in extra_columns}
-        first_row[image_id] = row.row
-    return out, extras
+def _layout_folder(root: epath.Path, anchor: str | None, extracted_names: Iterable[str]):
+    """`root`, or the extracted folder below it that holds the `anchor` file."""
+    if anchor and not (root / anchor).exists():
+        for name in extracted_names:
+            if (root / name / anchor).exists():
+                return root / name
+    return root

@@ -35,9 +35,7 @@ from etils import epath
 
 # Shared with every eyegazer builder. Absolute: `tfds build datasets/eyepacs2015` imports this
 # file as the top-level package `eyepacs2015`, where `from ..common` has no parent to climb to.
-from eyegazer_datasets.common import build, duplicates, images, kaggle_source, layouts, splits
-
-from eyegazer_keras import GRADE_NAMES
+from eyegazer_datasets.common import build, images, kaggle_source, label_csv, layouts, plan
 
 logger = logging.getLogger(__name__)
 
@@ -58,31 +56,13 @@ _ZIP_NAMES = re.compile(
     r"|diabetic-retinopathy-detection)\.zip$"
 )
 
-MANUAL_DOWNLOAD_INSTRUCTIONS = layouts.MANUAL_DOWNLOAD_INSTRUCTIONS["eyepacs2015"]
-
 
 @dataclasses.dataclass(eq=False)
 class EyePacs2015Config(build.FundusConfig):
     """What changes the bytes on disk; see `build.FundusConfig` for the fields."""
 
 
-def make_config(
-    size: int = 512,
-    ben_graham: bool = False,
-    conflict_policy: str = "keep",
-    duplicate_max_distance: int = duplicates.DEFAULT_MAX_DISTANCE,
-) -> EyePacs2015Config:
-    """Returns a config named after its choices, e.g. `512_ben_graham`.
-
-    Args:
-        size: int. Stored image side. Defaults to 512.
-        ben_graham: bool. Ben Graham variant. Defaults to False.
-        conflict_policy: str. `keep`, `drop` or `majority`. Defaults to `keep`.
-        duplicate_max_distance: int. Hamming threshold for duplicate candidates. Defaults to 8.
-    """
-    return build.make_config(
-        size, ben_graham, conflict_policy, duplicate_max_distance, config_class=EyePacs2015Config
-    )
+make_config = EyePacs2015Config.make
 
 
 def patient_and_eye(name: str) -> tuple[str, str]:
@@ -150,44 +130,35 @@ class Builder(build.FundusBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release: patient-grouped splits, offline."}
-    MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+    MANUAL_DOWNLOAD_INSTRUCTIONS = layouts.MANUAL_DOWNLOAD_INSTRUCTIONS["eyepacs2015"]
     DOWNLOAD_HINT = DOWNLOAD_HINT
-    BUILDER_CONFIGS = [
-        make_config(512),
-        make_config(512, ben_graham=True),
-        make_config(256),
-        make_config(512, conflict_policy="drop"),
-    ]
+    HOMEPAGE = HOMEPAGE
+    BUILDER_CONFIGS = EyePacs2015Config.variants("drop")
     DEFAULT_CONFIG_NAME = "512"
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        size = self.builder_config.size
-        return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(size, size, 3), encoding_format="png"),
-                    "id_code": tfds.features.Text(doc="Kaggle image name, e.g. 10_left"),
-                    "patient_id": tfds.features.Text(doc="e.g. 10 (both eyes share it)"),
-                    "eye": tfds.features.Text(doc="left, right, or empty"),
-                    "label": tfds.features.ClassLabel(names=list(GRADE_NAMES)),
-                    "has_label": tfds.features.Scalar(dtype=np.bool_),
-                    "usage": tfds.features.Text(doc="test: Kaggle's Public/Private; else empty"),
-                    "original_diagnosis": tfds.features.Scalar(dtype=np.int32),
-                    "original_height": tfds.features.Scalar(dtype=np.int32),
-                    "original_width": tfds.features.Scalar(dtype=np.int32),
-                    "image_hash": tfds.features.Text(),
-                    "duplicate_group": tfds.features.Text(),
-                    "label_conflict": tfds.features.Scalar(dtype=np.bool_),
-                }
-            ),
-            supervised_keys=("image", "label"),
-            homepage=HOMEPAGE,
+    def _features(self, size: int) -> tfds.features.FeaturesDict:
+        patient = build.text_features(
+            patient_id="e.g. 10 (both eyes share it)", eye="left, right, or empty"
         )
+        graded = {
+            "has_label": tfds.features.Scalar(dtype=np.bool_),
+            **build.text_features(usage="test: Kaggle's Public/Private; else empty"),
+            "original_diagnosis": tfds.features.Scalar(dtype=np.int32),
+        }
+        return build.fundus_features(size, "Kaggle image name, e.g. 10_left", patient, graded)
 
     def _open_source(self, manual_dir: epath.Path) -> kaggle_source.Source:
         return open_source(manual_dir)
 
     # -- step 0/1: labels and the photos they name ----------------------------------------------
+
+    @staticmethod
+    def _read_grades(source: kaggle_source.Source, name: str, extra_columns=()):
+        """`({image: level}, {image: extras})` of one of Kaggle's CSVs (`image,level,...`)."""
+        fix = f"Fix the row of {name}."
+        return label_csv.read_id_grades(
+            source.read(name), name, "image", "level", fix=fix, extra_columns=extra_columns
+        )
 
     def _read_labels(self, source: kaggle_source.Source):
         """`(train grades, test grades or None, test usage)`, checked before any image work."""
@@ -197,13 +168,7 @@ class Builder(build.FundusBuilder):
                 f"{source.description}: no {LABELS_CSV}. Put Kaggle's {LABELS_CSV} (or "
                 f"{LABELS_CSV}.zip) next to {TRAIN_DIR}/."
             )
-        train, _ = kaggle_source.read_id_grades(
-            source.read(LABELS_CSV),
-            LABELS_CSV,
-            "image",
-            "level",
-            fix=f"Fix the row of {LABELS_CSV}.",
-        )
+        train, _ = self._read_grades(source, LABELS_CSV)
         has_test_dir = any(f.startswith(f"{TEST_DIR}/") for f in files)
         if SOLUTION_CSV not in files:
             if has_test_dir:
@@ -219,14 +184,7 @@ class Builder(build.FundusBuilder):
                 f"{source.description}: {SOLUTION_CSV} is there but {TEST_DIR}/ is not. Add the "
                 f"test photos ({TEST_DIR}/ or test.zip.001...) or remove {SOLUTION_CSV}."
             )
-        test, extra = kaggle_source.read_id_grades(
-            source.read(SOLUTION_CSV),
-            SOLUTION_CSV,
-            "image",
-            "level",
-            fix=f"Fix the row of {SOLUTION_CSV}.",
-            extra_columns=["usage"],
-        )
+        test, extra = self._read_grades(source, SOLUTION_CSV, extra_columns=["usage"])
         both = sorted(set(train) & set(test))
         if both:
             raise kaggle_source.DatasetBuildError(
@@ -274,139 +232,72 @@ class Builder(build.FundusBuilder):
         train, test, usage = self._read_labels(source)
         test = test or {}
         jobs, unlisted = self._index_images(source, train, test)
-        decoded = self.decode(source, jobs)
-        report = self.base_report(source, decoded)
-        report["unlisted_images"] = unlisted
         fallback = {j.key: f"{TEST_DIR if j.key in test else TRAIN_DIR}/{j.key}.jpeg" for j in jobs}
-        good = self.skip_report(decoded, jobs, report, fallback)
+        good, report = self.decode_photos(source, jobs, fallback, unlisted_images=unlisted)
         good_train = {i: g for i, g in train.items() if i in good}
-        dup_groups = build.duplicate_groups({i: good[i] for i in good_train}, config)
         patient_of = {i: patient_and_eye(i)[0] for i in [*train, *test]}
-        by_patient: dict[str, list[str]] = {}
-        for i in good_train:
-            by_patient.setdefault(patient_of[i], []).append(i)
-        together = duplicates.merge_groups(good_train, dup_groups, by_patient.values())
-        validation = splits.assign_validation(good_train, together, salt="eyepacs2015")
-        resolution = duplicates.resolve_conflicts(dup_groups, good_train, config.conflict_policy)
+        hashed = {i: good[i] for i in good_train}
+        split = plan.plan_split(self.name, hashed, good_train, config, patient_of)
 
         def split_of(i: str) -> str:
             if i.startswith("sample__"):
                 return "sample"
             if i in test:
                 return "test"
-            return "validation" if i in validation else "train"
+            return "validation" if i in split.validation else "train"
 
-        plan = self._plan_rows(good, train, test, usage, split_of, dup_groups, resolution)
-        written = {row["id_code"]: s for s, rows in plan.items() if s != "sample" for row in rows}
-        per_split, shared = splits.patients_per_split(written, patient_of)
+        rows = self._plan_rows(good, train, test, usage, split_of, split)
+        per_split, shared = plan.patients_per_split(
+            rows, patient_of, ("train", "validation", "test")
+        )
         if shared:  # the rule groups patients; this is the check that it did
             raise kaggle_source.DatasetBuildError(
                 f"patient {shared[0]!r} (and {len(shared) - 1} more) would be in two splits; "
                 "this is a bug in the split rule, please report it.",
                 report=report,
             )
-        build.check_not_empty(
-            {s: rows for s, rows in plan.items() if s in ("train", "validation")},
+        plan.check_not_empty(
+            {s: r for s, r in rows.items() if s in ("train", "validation")},
             report,
             f"{len(good)} photos decoded, {len(report['skipped'])} skipped",
         )
-        report.update(
-            {
-                "counts": {
-                    "train_csv_rows": len(train),
-                    "solution_csv_rows": len(test),
-                    "decoded": len(good),
-                    "skipped": len(report["skipped"]),
-                    "ungradable": len(report["ungradable"]),
-                    "unlisted_images": len(unlisted),
-                    "duplicate_groups": len(dup_groups),
-                    "label_conflict_groups": len(resolution.conflicting),
-                    "dropped_by_policy": len(resolution.dropped),
-                    **{split: len(rows) for split, rows in plan.items()},
-                },
-                "patients": per_split,
-                "patients_in_two_splits": shared,
-                "duplicate_groups": [
-                    {"group": g[0], "members": g, "action": resolution.actions[g[0]]}
-                    for g in dup_groups
-                ],
-                "validation": {
-                    "rule": splits.SPLIT_RULE,
-                    "grouped_by": ["patient", "duplicate_group"],
-                    "fraction": splits.VALIDATION_FRACTION,
-                    "ids": sorted(validation),
-                },
-            }
-        )
+        counts = {"train_csv_rows": len(train), "solution_csv_rows": len(test)}
+        fields = {"patients": per_split, "patients_in_two_splits": shared}
+        plan.finish_report(report, counts, good, split, rows, **fields)
         logger.info(
             "eyepacs2015 [%s]: %s photos, patients %s",
             config.name,
-            {s: len(r) for s, r in plan.items()},
+            {s: len(r) for s, r in rows.items()},
             per_split,
         )
-        return plan, report
+        return rows, report
 
-    def _plan_rows(self, good, train, test, usage, split_of, groups, resolution):
+    def _plan_rows(self, good, train, test, usage, split_of, split: plan.SplitPlan):
         """Step 7: one row per example (train, validation, then test and sample when present)."""
-        group_id = {i: g[0] for g in groups for i in g}
-        plan: dict[str, list[dict]] = {"train": [], "validation": []}
+        rows: dict[str, list[dict]] = {"train": [], "validation": []}
         if test:
-            plan["test"] = []
+            rows["test"] = []
         if any(k.startswith("sample__") for k in good):
-            plan["sample"] = []
-        for key in sorted(good):
-            r = good[key]
-            if key in resolution.dropped:
-                (self.scratch_dir / f"{key}.png").unlink()
-                continue
+            rows["sample"] = []
+        for key in self.kept(sorted(good), split):
             name = key.removeprefix("sample__")
             patient, eye = patient_and_eye(name)
             grade = test.get(name, train.get(name, -1))
-            plan[split_of(key)].append(
+            rows[split_of(key)].append(
                 {
                     "key": key,
                     "id_code": name,
                     "patient_id": patient,
                     "eye": eye,
-                    "label": resolution.labels.get(name, grade),
+                    "label": split.resolution.labels.get(name, grade),
                     "has_label": grade >= 0,
                     "usage": usage.get(name, ""),
                     "original_diagnosis": grade,
-                    "original_height": r.height,
-                    "original_width": r.width,
-                    "image_hash": f"{r.phash:016x}",
-                    "duplicate_group": group_id.get(key, ""),
-                    "label_conflict": group_id.get(key, "") in resolution.conflicting,
+                    **split.example_fields(key, good[key]),
                 }
             )
-        return plan
+        return rows
 
 
 load_build_report = build.load_build_report
-
-
-def prepare(
-    manual_dir: str | epath.PathLike,
-    data_dir: str | epath.PathLike | None = None,
-    config: str | EyePacs2015Config = "512",
-    **options,
-) -> dict:
-    """Builds EyePACS 2015 from Kaggle's layout (offline) and returns the build report.
-
-    This is what `eyegazer prepare eyepacs2015 --manual-dir DIR` calls.
-
-    Args:
-        manual_dir: path. The folder holding the layout (folders, zips or zip parts), or a zip
-            holding the whole layout.
-        data_dir: path. TFDS data dir. Defaults to `~/tensorflow_datasets`.
-        config: str or `EyePacs2015Config`. Defaults to `"512"`.
-        **options: `build.FundusBuilder` options (`max_bad_fraction`, `max_megapixels`,
-            `num_workers`, `keep_ungradable`).
-
-    Returns:
-        The build report (dict), also written next to the data.
-
-    Raises:
-        DatasetBuildError: bad input (a `ValueError` with a one-line message naming the fix).
-    """
-    return build.prepare(Builder, manual_dir, data_dir, config, **options)
+prepare = Builder.prepare

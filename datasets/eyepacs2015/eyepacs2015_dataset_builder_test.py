@@ -5,11 +5,10 @@ The dummy data is synthetic (`dummy_data/make_dummy_data.py`), never patient pho
 
 import pathlib
 import socket
-import zipfile
 
 import pytest
 import tensorflow_datasets as tfds
-import tensorflow_datasets.testing as tfds_test
+from eyegazer_datasets.common import dummy_data, testing
 from eyegazer_datasets.eyepacs2015 import eyepacs2015_dataset_builder as eyepacs
 from eyegazer_datasets.eyepacs2015.dummy_data import make_dummy_data as dummy
 
@@ -20,26 +19,17 @@ _SPLITS = {"train": 12, "validation": 4, "test": 6, "sample": 2}
 _OVERLAPPING = ["sample"]
 
 
-class EyePacs2015FolderTest(tfds_test.DatasetBuilderTestCase):
-    """The extracted Kaggle folders."""
-
-    DATASET_CLASS = eyepacs.Builder
-    EXAMPLE_DIR = str(_HERE / "dummy_data" / "folder")
-    SPLITS = _SPLITS
-    OVERLAPPING_SPLITS = _OVERLAPPING
-    BUILDER_CONFIG_NAMES_TO_TEST = ["256"]
-    SKIP_CHECKSUMS = True
-
-
-class EyePacs2015ZipPartsTest(tfds_test.DatasetBuilderTestCase):
-    """Kaggle's shipped form: train.zip.001-003, test.zip, trainLabels.csv.zip, read in place."""
-
-    DATASET_CLASS = eyepacs.Builder
-    EXAMPLE_DIR = str(_HERE / "dummy_data" / "zip_parts")
-    SPLITS = _SPLITS
-    OVERLAPPING_SPLITS = _OVERLAPPING
-    BUILDER_CONFIG_NAMES_TO_TEST = ["256"]
-    SKIP_CHECKSUMS = True
+EyePacs2015FolderTest, EyePacs2015ZipPartsTest = testing.layout_test_cases(
+    eyepacs.Builder,
+    _SPLITS,
+    testing.Layout(_HERE / "dummy_data" / "folder", ["256"], "The extracted Kaggle folders."),
+    testing.Layout(
+        _HERE / "dummy_data" / "zip_parts",
+        ["256"],
+        "Kaggle's shipped form: train.zip.001-003, test.zip, trainLabels.csv.zip, read in place.",
+    ),
+    overlapping_splits=_OVERLAPPING,
+)
 
 
 def _prepare(tmp_path, manual, **kwargs):
@@ -99,13 +89,7 @@ def test_test_split_keeps_usage_and_labels(tmp_path):
 def test_single_zip_and_zip_file_itself(tmp_path):
     folder = dummy.write_folder(tmp_path / "layout", test=None, sample=[])
     zip_path = tmp_path / "dl" / "diabetic-retinopathy-detection.zip"
-    zip_path.parent.mkdir()
-    with zipfile.ZipFile(zip_path, "w") as zf:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                zf.write(
-                    path, "diabetic-retinopathy-detection/" + path.relative_to(folder).as_posix()
-                )
+    dummy_data.zip_folder(folder, zip_path, "diabetic-retinopathy-detection/")
     for n, manual in enumerate((zip_path, zip_path.parent)):
         report = eyepacs.prepare(manual, tmp_path / f"data{n}", eyepacs.make_config(32))
         assert report["source"].startswith("zip ")
@@ -115,7 +99,9 @@ def test_single_zip_and_zip_file_itself(tmp_path):
 
 def test_zip_parts_given_as_first_part(tmp_path):
     folder = dummy.write_folder(tmp_path / "layout", test=None, sample=[])
-    parts = dummy.split_file(dummy.zip_folder(folder, tmp_path / "dl" / "all.zip"), 4)
+    parts = dummy_data.split_file(
+        dummy_data.zip_folder(folder, tmp_path / "dl" / "all.zip", "layout/"), 4
+    )
     report = eyepacs.prepare(parts[0], tmp_path / "data", eyepacs.make_config(32))
     assert "4 parts" in report["source"]
     assert report["counts"]["decoded"] == 16

@@ -24,13 +24,12 @@ import logging
 import re
 from collections.abc import Mapping
 
-import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
 # Shared with every eyegazer builder. Absolute: `tfds build datasets/fundus_folder` imports this
 # file as the top-level package `fundus_folder`, where `from ..common` has no parent to climb to.
-from eyegazer_datasets.common import build, duplicates, images, kaggle_source, layouts, splits
+from eyegazer_datasets.common import build, images, kaggle_source, label_csv, layouts, plan
 
 from eyegazer_keras import GRADE_NAMES
 
@@ -65,31 +64,13 @@ DOWNLOAD_HINT = (
     "Proliferate_DR/ or 0/ ... 4/), or its zip"
 )
 
-MANUAL_DOWNLOAD_INSTRUCTIONS = layouts.MANUAL_DOWNLOAD_INSTRUCTIONS["fundus_folder"]
-
 
 @dataclasses.dataclass(eq=False)
 class FundusFolderConfig(build.FundusConfig):
     """What changes the bytes on disk; see `build.FundusConfig` for the fields."""
 
 
-def make_config(
-    size: int = 512,
-    ben_graham: bool = False,
-    conflict_policy: str = "keep",
-    duplicate_max_distance: int = duplicates.DEFAULT_MAX_DISTANCE,
-) -> FundusFolderConfig:
-    """Returns a config named after its choices, e.g. `512_ben_graham`.
-
-    Args: as `build.make_config`.
-    """
-    return build.make_config(
-        size,
-        ben_graham,
-        conflict_policy,
-        duplicate_max_distance,
-        config_class=FundusFolderConfig,
-    )
+make_config = FundusFolderConfig.make
 
 
 def normalise_name(name: str) -> str:
@@ -157,7 +138,7 @@ def read_groups_csv(path: epath.PathLike) -> dict[str, str]:
     if not path.is_file():
         raise kaggle_source.DatasetBuildError(f"{path}: groups file not found.")
     out = {}
-    for row in kaggle_source.read_csv(path.read_bytes(), path.name, ["image", "patient"]):
+    for row in label_csv.read_csv(path.read_bytes(), path.name, ["image", "patient"]):
         image, patient = row.fields["image"], row.fields["patient"]
         if not image or not patient:
             raise kaggle_source.DatasetBuildError(
@@ -213,7 +194,7 @@ def index_class_folders(
             continue
         if folder not in folders:
             folders[folder] = grade_of_folder(folder, label_map)
-        key = kaggle_source.check_image_id(stem, rel, "file name")
+        key = label_csv.check_image_id(stem, rel, "file name")
         if key in paths:
             raise kaggle_source.DatasetBuildError(
                 f"photo name {key!r} is in both {paths[key]} and {rel}; rename or remove one "
@@ -239,9 +220,9 @@ class Builder(build.FundusBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
-    MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+    MANUAL_DOWNLOAD_INSTRUCTIONS = layouts.MANUAL_DOWNLOAD_INSTRUCTIONS["fundus_folder"]
     DOWNLOAD_HINT = DOWNLOAD_HINT
-    BUILDER_CONFIGS = [make_config(512), make_config(512, ben_graham=True), make_config(256)]
+    BUILDER_CONFIGS = FundusFolderConfig.variants()
     DEFAULT_CONFIG_NAME = "512"
 
     def __init__(
@@ -256,127 +237,51 @@ class Builder(build.FundusBuilder):
         self.groups_file = None if groups is None else epath.Path(groups)
         self._original_state.update(label_map=label_map, groups=groups)
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        size = self.builder_config.size
-        return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(size, size, 3), encoding_format="png"),
-                    "id_code": tfds.features.Text(doc="the file stem"),
-                    "class_folder": tfds.features.Text(doc="the folder the photo was in"),
-                    "patient_id": tfds.features.Text(doc="from the groups CSV, else the id"),
-                    "label": tfds.features.ClassLabel(names=list(GRADE_NAMES)),
-                    "original_height": tfds.features.Scalar(dtype=np.int32),
-                    "original_width": tfds.features.Scalar(dtype=np.int32),
-                    "image_hash": tfds.features.Text(),
-                    "duplicate_group": tfds.features.Text(),
-                    "label_conflict": tfds.features.Scalar(dtype=np.bool_),
-                }
-            ),
-            supervised_keys=("image", "label"),
+    def _features(self, size: int) -> tfds.features.FeaturesDict:
+        where = build.text_features(
+            class_folder="the folder the photo was in",
+            patient_id="from the groups CSV, else the id",
         )
+        return build.fundus_features(size, "the file stem", before_label=where)
 
     def _open_source(self, manual_dir: epath.Path) -> kaggle_source.Source:
         return open_source(manual_dir)
 
     def _plan_build(self, source: kaggle_source.Source) -> tuple[dict[str, list[dict]], dict]:
-        config = self.builder_config
         patient_of = read_groups_csv(self.groups_file) if self.groups_file else {}
         grades, paths, folders = index_class_folders(source.files(), self.label_map)
         jobs = [images.Job(k, paths[k], gate=True) for k in grades]
-        decoded = self.decode(source, jobs)
-        report = self.base_report(source, decoded)
-        report["class_folders"] = folders
-        good = self.skip_report(decoded, jobs, report, paths)
+        good, report = self.decode_photos(source, jobs, paths, class_folders=folders)
         good_grades = {k: g for k, g in grades.items() if k in good}
-        dup_groups = build.duplicate_groups(good, config)
-        unknown = sorted(set(patient_of) - set(grades))
         patients = {k: patient_of.get(k, k) for k in grades}
-        by_patient: dict[str, list[str]] = {}
-        for k in good_grades:
-            by_patient.setdefault(patients[k], []).append(k)
-        together = duplicates.merge_groups(good_grades, dup_groups, by_patient.values())
-        validation = splits.assign_validation(good_grades, together, salt="fundus_folder")
-        resolution = duplicates.resolve_conflicts(dup_groups, good_grades, config.conflict_policy)
-        group_id = {i: g[0] for g in dup_groups for i in g}
-        plan: dict[str, list[dict]] = {"train": [], "validation": []}
-        for k in sorted(good_grades):
-            if k in resolution.dropped:
-                (self.scratch_dir / f"{k}.png").unlink()
-                continue
-            r = good[k]
-            plan["validation" if k in validation else "train"].append(
+        split = plan.plan_split(self.name, good, good_grades, self.builder_config, patients)
+        rows: dict[str, list[dict]] = {"train": [], "validation": []}
+        for k in self.kept(sorted(good_grades), split):
+            rows["validation" if k in split.validation else "train"].append(
                 {
                     "key": k,
                     "id_code": k,
                     "class_folder": paths[k].rsplit("/", 2)[-2],
                     "patient_id": patients[k],
-                    "label": resolution.labels[k],
-                    "original_height": r.height,
-                    "original_width": r.width,
-                    "image_hash": f"{r.phash:016x}",
-                    "duplicate_group": group_id.get(k, ""),
-                    "label_conflict": group_id.get(k, "") in resolution.conflicting,
+                    "label": split.resolution.labels[k],
+                    **split.example_fields(k, good[k]),
                 }
             )
-        written = {row["id_code"]: s for s, rows in plan.items() for row in rows}
-        per_split, shared = splits.patients_per_split(written, patients)
-        build.check_not_empty(plan, report, f"{len(good)} photos decoded")
-        report.update(
-            {
-                "counts": {
-                    "photos": len(grades),
-                    "decoded": len(good),
-                    "skipped": len(report["skipped"]),
-                    "ungradable": len(report["ungradable"]),
-                    "duplicate_groups": len(dup_groups),
-                    "label_conflict_groups": len(resolution.conflicting),
-                    "dropped_by_policy": len(resolution.dropped),
-                    **{split: len(rows) for split, rows in plan.items()},
-                },
-                "patients": per_split,
-                "patients_in_two_splits": shared,
-                "groups_file": None if self.groups_file is None else str(self.groups_file),
-                "groups_not_found": unknown,
-                "duplicate_groups": [
-                    {"group": g[0], "members": g, "action": resolution.actions[g[0]]}
-                    for g in dup_groups
-                ],
-                "validation": {
-                    "rule": splits.SPLIT_RULE,
-                    "grouped_by": ["patient", "duplicate_group"],
-                    "fraction": splits.VALIDATION_FRACTION,
-                    "ids": sorted(validation),
-                },
-            }
+        per_split, shared = plan.patients_per_split(rows, patients, rows)
+        plan.check_not_empty(rows, report, f"{len(good)} photos decoded")
+        groups_file = None if self.groups_file is None else str(self.groups_file)
+        return rows, plan.finish_report(
+            report,
+            {"photos": len(grades)},
+            good,
+            split,
+            rows,
+            patients=per_split,
+            patients_in_two_splits=shared,
+            groups_file=groups_file,
+            groups_not_found=sorted(set(patient_of) - set(grades)),
         )
-        return plan, report
 
 
 load_build_report = build.load_build_report
-
-
-def prepare(
-    manual_dir: str | epath.PathLike,
-    data_dir: str | epath.PathLike | None = None,
-    config: str | FundusFolderConfig = "512",
-    **options,
-) -> dict:
-    """Builds a class-folder dataset and returns the build report.
-
-    This is what `eyegazer prepare fundus_folder --manual-dir DIR [--label-map ...]
-    [--groups CSV]` calls.
-
-    Args:
-        manual_dir: path. The class-folder tree, its zip, or the folder holding the zip.
-        data_dir: path. TFDS data dir. Defaults to `~/tensorflow_datasets`.
-        config: str or `FundusFolderConfig`. Defaults to `"512"`.
-        **options: `label_map`, `groups` and the `build.FundusBuilder` options.
-
-    Returns:
-        The build report (dict).
-
-    Raises:
-        DatasetBuildError: bad input (one line naming the fix).
-    """
-    return build.prepare(Builder, manual_dir, data_dir, config, **options)
+prepare = Builder.prepare

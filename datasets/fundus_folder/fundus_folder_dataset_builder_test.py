@@ -7,8 +7,7 @@ import pathlib
 
 import pytest
 import tensorflow_datasets as tfds
-import tensorflow_datasets.testing as tfds_test
-from eyegazer_datasets.common import kaggle_source
+from eyegazer_datasets.common import kaggle_source, testing
 from eyegazer_datasets.fundus_folder import fundus_folder_dataset_builder as folder
 from eyegazer_datasets.fundus_folder.dummy_data import make_dummy_data as dummy
 
@@ -16,24 +15,20 @@ _HERE = pathlib.Path(__file__).resolve().parent
 _SPLITS = {"train": 13, "validation": 5}
 
 
-class FundusFolderNamedTest(tfds_test.DatasetBuilderTestCase):
-    """`No_DR/ Mild/ Moderate/ Severe/ Proliferate_DR/` PNGs."""
-
-    DATASET_CLASS = folder.Builder
-    EXAMPLE_DIR = str(_HERE / "dummy_data" / "named")
-    SPLITS = _SPLITS
-    BUILDER_CONFIG_NAMES_TO_TEST = ["256"]
-    SKIP_CHECKSUMS = True
-
-
-class FundusFolderNumericZipTest(tfds_test.DatasetBuilderTestCase):
-    """`graded/0/ ... graded/4/` JPEGs in a zip, read in place."""
-
-    DATASET_CLASS = folder.Builder
-    EXAMPLE_DIR = str(_HERE / "dummy_data" / "numeric_zip")
-    SPLITS = _SPLITS
-    BUILDER_CONFIG_NAMES_TO_TEST = ["256"]
-    SKIP_CHECKSUMS = True
+FundusFolderNamedTest, FundusFolderNumericZipTest = testing.layout_test_cases(
+    folder.Builder,
+    _SPLITS,
+    testing.Layout(
+        _HERE / "dummy_data" / "named",
+        ["256"],
+        "`No_DR/ Mild/ Moderate/ Severe/ Proliferate_DR/` PNGs.",
+    ),
+    testing.Layout(
+        _HERE / "dummy_data" / "numeric_zip",
+        ["256"],
+        "`graded/0/ ... graded/4/` JPEGs in a zip, read in place.",
+    ),
+)
 
 
 def _labels(data_dir, **kwargs):

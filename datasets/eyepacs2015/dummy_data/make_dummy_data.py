@@ -22,7 +22,13 @@ import pathlib
 import shutil
 import zipfile
 
-from eyegazer_datasets.aptos2019.dummy_data.make_dummy_data import encode, fundus_like
+from eyegazer_datasets.common.dummy_data import (
+    encode,
+    fresh_dir,
+    fundus_like,
+    split_file,
+    zip_folder,
+)
 
 # image -> level. 8 patients, both eyes each; the eyes of a patient may differ in grade.
 TRAIN = {
@@ -106,50 +112,23 @@ def write_folder(
     return root
 
 
-def zip_folder(folder: pathlib.Path, zip_path: pathlib.Path, arcroot: str = "") -> pathlib.Path:
-    """Zips `folder` (members `arcroot/<folder name>/...` or, with `arcroot=None`, its content)."""
-    folder, zip_path = pathlib.Path(folder), pathlib.Path(zip_path)
-    zip_path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_STORED) as zf:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                zf.write(path, arcroot + path.relative_to(folder.parent).as_posix())
-    return zip_path
-
-
-def split_file(path: pathlib.Path, parts: int) -> list[pathlib.Path]:
-    """Cuts `x.zip` into `x.zip.001 ...` byte pieces (like 7-Zip volumes) and removes it."""
-    data = path.read_bytes()
-    step = -(-len(data) // parts)
-    out = []
-    for n in range(parts):
-        part = path.with_name(f"{path.name}.{n + 1:03d}")
-        part.write_bytes(data[n * step : (n + 1) * step])
-        out.append(part)
-    path.unlink()
-    return out
-
-
 def write_zip_parts(root: pathlib.Path, folder: pathlib.Path, parts: int = 3) -> pathlib.Path:
     """Kaggle's shipped form of an extracted layout `folder`: zips, split train zip."""
     root = pathlib.Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    split_file(zip_folder(folder / "train", root / "train.zip"), parts)
+    split_file(zip_folder(folder / "train", root / "train.zip", "train/"), parts)
     if (folder / "test").exists():
-        zip_folder(folder / "test", root / "test.zip")
+        zip_folder(folder / "test", root / "test.zip", "test/")
         shutil.copy(folder / "retinopathy_solution.csv", root / "retinopathy_solution.csv")
     if (folder / "sample").exists():
-        zip_folder(folder / "sample", root / "sample.zip")
+        zip_folder(folder / "sample", root / "sample.zip", "sample/")
     with zipfile.ZipFile(root / "trainLabels.csv.zip", "w") as zf:
         zf.write(folder / "trainLabels.csv", "trainLabels.csv")
     return root
 
 
 def main() -> None:
-    here = pathlib.Path(__file__).resolve().parent
-    for name in ("folder", "zip_parts"):
-        if (here / name).exists():
-            shutil.rmtree(here / name)
+    here = fresh_dir(pathlib.Path(__file__).resolve().parent, "folder", "zip_parts")
     write_folder(here / "folder")
     write_zip_parts(here / "zip_parts", here / "folder")
 

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import pathlib
 import shutil
-import zipfile
 
-from eyegazer_datasets.aptos2019.dummy_data.make_dummy_data import encode, fundus_like
+from eyegazer_datasets.common.dummy_data import encode, fresh_dir, fundus_like, zip_folder
 
 CLASS_FOLDERS = ("No_DR", "Mild", "Moderate", "Severe", "Proliferate_DR")
 PER_CLASS = {0: 6, 1: 4, 2: 4, 3: 2, 4: 2}
@@ -59,21 +58,13 @@ def groups_csv(path: pathlib.Path) -> pathlib.Path:
 def write_numeric_zip(zip_path: pathlib.Path, scratch: pathlib.Path) -> pathlib.Path:
     """Zips the photos as `graded/0/ ... graded/4/` JPEGs."""
     tree = write_named(scratch / "graded", folders=tuple(str(g) for g in range(5)), fmt="JPEG")
-    zip_path = pathlib.Path(zip_path)
-    zip_path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(zip_path, "w") as zf:
-        for path in sorted(tree.rglob("*")):
-            if path.is_file():
-                zf.write(path, path.relative_to(tree.parent).as_posix())
+    zip_folder(tree, zip_path, "graded/")
     shutil.rmtree(tree)
-    return zip_path
+    return pathlib.Path(zip_path)
 
 
 def main() -> None:
-    here = pathlib.Path(__file__).resolve().parent
-    for name in ("named", "numeric_zip"):
-        if (here / name).exists():
-            shutil.rmtree(here / name)
+    here = fresh_dir(pathlib.Path(__file__).resolve().parent, "named", "numeric_zip")
     write_named(here / "named")
     groups_csv(here / "named" / "groups.csv")
     write_numeric_zip(here / "numeric_zip" / "graded.zip", here)
