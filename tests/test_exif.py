@@ -126,6 +126,20 @@ def test_png_exif_after_idat_and_jpeg_with_segments_before_app1():
     assert int(fundus.exif_orientation(padded)) == 8
 
 
+def test_jpeg_walk_stops_at_the_start_of_scan():
+    """Entropy-coded bytes after SOS are not segments: an `Exif` look-alike there is not read."""
+    upright = _upright()
+    jpeg = _tagged_file(upright, 1, "JPEG", exif=b"")  # no APP1 at all
+    sos = jpeg.index(b"\xff\xda")
+    (length,) = struct.unpack(">H", jpeg[sos + 2 : sos + 4])
+    fake = _tiff(6, "MM")
+    look_alike = b"\xff\xe1" + struct.pack(">H", 2 + len(fake)) + fake
+    # Right where a walk that did not stop at SOS would read its next "segment".
+    data = jpeg[: sos + 2 + length] + look_alike + jpeg[sos + 2 + length :]
+    assert int(fundus.exif_orientation(data)) == 1
+    assert int(fundus.exif_orientation(jpeg[: sos] + look_alike + jpeg[sos:])) == 6  # before SOS
+
+
 @pytest.mark.parametrize(
     "exif",
     [

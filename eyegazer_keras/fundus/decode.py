@@ -28,14 +28,15 @@ def _walk_segments(data: tf.Tensor, first: int, header: int, step, maximum_itera
     """Walks a file's segments from byte `first` until `step` finds the TIFF header.
 
     `step(pos) -> (next_pos, verdict)`: verdict is the TIFF offset when the segment at `pos`
-    holds it, -2 when that segment ends the readable ones (kept unless a later one holds the
-    header) and -1 otherwise. The walk ends at an offset, when fewer than `header` bytes are
-    left, or after `maximum_iterations` segments. Returns the offset, or -1.
+    holds it, -2 when that segment ends the readable ones (a JPEG's start of scan or a
+    non-marker byte, a PNG's IEND or a broken length) and -1 otherwise. The walk ends at an
+    offset, at a -2, when fewer than `header` bytes are left, or after `maximum_iterations`
+    segments. Returns the offset, or -1.
     """
     size = tf.strings.length(data)
 
     def cond(pos, found):
-        return tf.logical_and(found < 0, pos + header <= size)
+        return tf.logical_and(tf.equal(found, -1), pos + header <= size)
 
     def body(pos, found):
         next_pos, verdict = step(pos)
