@@ -39,7 +39,7 @@ import gradio as gr
 import numpy as np
 import tensorflow as tf
 
-from eyegazer_keras import NOT_A_MEDICAL_DEVICE, explain, export, fundus, predict
+from eyegazer_keras import NOT_A_MEDICAL_DEVICE, explain, fundus, predict, signatures
 
 logger = logging.getLogger(__name__)
 
@@ -82,14 +82,14 @@ def explanation_signature(exported: predict.ExportedModel) -> str | None:
     """
     for name, fn in exported.loaded.signatures.items():
         _, inputs = fn.structured_input_signature
-        if "explain" in name and export.BYTES_INPUT in inputs:
+        if "explain" in name and signatures.BYTES_INPUT in inputs:
             return name
     return None
 
 
 def has_gradability(exported: predict.ExportedModel) -> bool:
     """Whether the export's `serving_default` returns a `gradable` output."""
-    fn = exported.loaded.signatures[export.BYTES_SIGNATURE]
+    fn = exported.loaded.signatures[signatures.BYTES_SIGNATURE]
     return "gradable" in fn.structured_outputs
 
 
@@ -126,15 +126,15 @@ def _enlarged(image: np.ndarray, min_side: int = 224) -> np.ndarray:
 def _explanation(exported: predict.ExportedModel, name: str, image_bytes: bytes) -> np.ndarray:
     """The explanation map (`float32 [S, S]` in [0, 1]) of the export's explanation signature.
 
-    Its `explanation` output (`export.EXPLANATION_OUTPUT`), else the first float `[B, h, w]`
+    Its `explanation` output (`signatures.EXPLANATION_OUTPUT`), else the first float `[B, h, w]`
     (or `[B, h, w, 1]`) output.
 
     Raises:
         ValueError: when the signature returns no such map.
     """
-    out = exported.loaded.signatures[name](**{export.BYTES_INPUT: tf.constant([image_bytes])})
-    if export.EXPLANATION_OUTPUT in out:
-        return out[export.EXPLANATION_OUTPUT].numpy()[0]
+    out = exported.loaded.signatures[name](**{signatures.BYTES_INPUT: tf.constant([image_bytes])})
+    if signatures.EXPLANATION_OUTPUT in out:
+        return out[signatures.EXPLANATION_OUTPUT].numpy()[0]
     for key in sorted(out):
         value = out[key]
         if value.dtype.is_floating and value.shape.rank in (3, 4):
@@ -200,7 +200,7 @@ def _read_upload(payload) -> tuple[bytes, str]:
         path, name = payload.get("path"), payload.get("orig_name") or "photo"
     else:
         path = name = os.fspath(payload)
-    data, error = predict._read_input(path, None)
+    data, error = predict.read_input(path, None)
     if error is not None:
         raise gr.Error(error.replace(path, os.path.basename(name)))
     return data, os.path.basename(name)
@@ -222,6 +222,24 @@ def build_app(model: str | os.PathLike | predict.ExportedModel, examples_dir=Non
         FileNotFoundError, ValueError: as `predict.load_exported`.
     """
     exported = model if isinstance(model, predict.ExportedModel) else predict.load_exported(model)
+    # analytics_enabled=False: no version check or telemetry (the package never probes the net).
+    with gr.Blocks(title="eyegazer: DR grade of a fundus photo", analytics_enabled=False) as demo:
+        gr.Markdown(_header(exported))
+        with gr.Row():
+            photo, button = _input_column(examples_dir)
+            outputs = _output_column(exported)
+        button.click(
+            _grade_function(exported),
+            inputs=photo,
+            outputs=outputs,
+            api_name=API_NAME,
+            preprocess=False,  # the upload's own bytes, as a server gets them (no PIL re-open)
+        )
+    return demo
+
+
+def _grade_function(exported: predict.ExportedModel):
+    """`grade(upload) -> (model input, label, summary, gradability, overlay)` for the page."""
     meta = exported.metadata
     task, names = meta["task"], list(meta["class_names"])
     gradability = has_gradability(exported)
@@ -230,11 +248,11 @@ def build_app(model: str | os.PathLike | predict.ExportedModel, examples_dir=Non
     def grade(payload):
         data, name = _read_upload(payload)
         try:
-            row = predict._rows(exported.predict_bytes([data]), 1, task)[0]
+            row = predict.output_rows(exported.predict_bytes([data]), 1, task)[0]
             seen = model_input_image(exported, data)
             heat = _explanation(exported, explain_name, data) if explain_name else None
         except tf.errors.InvalidArgumentError as e:
-            raise gr.Error(predict._decode_error(name, e)) from None
+            raise gr.Error(predict.decode_error(name, e)) from None
         return (
             _enlarged(seen),
             _label_value(row, task, names),
@@ -243,64 +261,69 @@ def build_app(model: str | os.PathLike | predict.ExportedModel, examples_dir=Non
             _enlarged(explain.overlay(seen, np.squeeze(heat))) if heat is not None else None,
         )
 
+    return grade
+
+
+def _header(exported: predict.ExportedModel) -> str:
+    meta = exported.metadata
     kind = {"grade": "5-grade classifier", "binary": "DR / no-DR classifier"}.get(
-        task, "regression (continuous grade + cut-offs)"
+        meta["task"], "regression (continuous grade + cut-offs)"
     )
-    # analytics_enabled=False: no version check or telemetry (the package never probes the net).
-    with gr.Blocks(title="eyegazer: DR grade of a fundus photo", analytics_enabled=False) as demo:
-        gr.Markdown(
-            "# eyegazer: diabetic-retinopathy grade of a fundus photo\n"
-            f"> **Not a medical device.** {NOT_A_MEDICAL_DEVICE}\n\n"
-            f"Export `{os.path.basename(os.path.normpath(exported.path))}`: {kind}, "
-            f"{meta['image_size']} px model input, classes {', '.join(names)}."
+    return (
+        "# eyegazer: diabetic-retinopathy grade of a fundus photo\n"
+        f"> **Not a medical device.** {NOT_A_MEDICAL_DEVICE}\n\n"
+        f"Export `{os.path.basename(os.path.normpath(exported.path))}`: {kind}, "
+        f"{meta['image_size']} px model input, classes {', '.join(meta['class_names'])}."
+    )
+
+
+def _input_column(examples_dir) -> tuple[gr.Image, gr.Button]:
+    """The photo upload, the Grade button and the example photos (when given)."""
+    with gr.Column():
+        photo = gr.Image(
+            type="filepath",
+            sources=["upload"],
+            label="Fundus photo (JPEG or PNG)",
+            elem_id="photo",
         )
-        with gr.Row():
-            with gr.Column():
-                photo = gr.Image(
-                    type="filepath",
-                    sources=["upload"],
-                    label="Fundus photo (JPEG or PNG)",
-                    elem_id="photo",
-                )
-                button = gr.Button("Grade", variant="primary", elem_id="grade-button")
-                if examples_dir is not None:
-                    files = sorted(
-                        os.path.join(examples_dir, f)
-                        for f in os.listdir(examples_dir)
-                        if f.lower().endswith((".png", ".jpg", ".jpeg"))
-                    )
-                    gr.Examples(files, inputs=photo, label="Example photos")
-            with gr.Column():
-                seen = gr.Image(
-                    label=f"What the model saw ({meta['image_size']} px, cropped and resized)",
-                    interactive=False,
-                    format="png",
-                    height=240,
-                    elem_id="model-input",
-                )
-                label = gr.Label(
-                    label="Grade probabilities" if task != "regression" else "Grade",
-                    num_top_classes=len(names),
-                    elem_id="grade-label",
-                )
-                summary = gr.Markdown(elem_id="grade-summary")
-                verdict = gr.Markdown(visible=gradability, elem_id="gradability")
-                heat = gr.Image(
-                    label="Explanation overlay",
-                    visible=bool(explain_name),
-                    interactive=False,
-                    format="png",
-                    height=240,
-                    elem_id="explanation",
-                )
-        button.click(
-            grade,
-            inputs=photo,
-            outputs=[seen, label, summary, verdict, heat],
-            api_name=API_NAME,
-            preprocess=False,  # the upload's own bytes, as a server gets them (no PIL re-open)
+        button = gr.Button("Grade", variant="primary", elem_id="grade-button")
+        if examples_dir is not None:
+            files = sorted(
+                os.path.join(examples_dir, f)
+                for f in os.listdir(examples_dir)
+                if f.lower().endswith((".png", ".jpg", ".jpeg"))
+            )
+            gr.Examples(files, inputs=photo, label="Example photos")
+    return photo, button
+
+
+def _output_column(exported: predict.ExportedModel) -> list:
+    """Model input, label, summary, gradability verdict and overlay (hidden when not served)."""
+    meta = exported.metadata
+    with gr.Column():
+        seen = gr.Image(
+            label=f"What the model saw ({meta['image_size']} px, cropped and resized)",
+            interactive=False,
+            format="png",
+            height=240,
+            elem_id="model-input",
         )
-    return demo
+        label = gr.Label(
+            label="Grade probabilities" if meta["task"] != "regression" else "Grade",
+            num_top_classes=len(meta["class_names"]),
+            elem_id="grade-label",
+        )
+        summary = gr.Markdown(elem_id="grade-summary")
+        verdict = gr.Markdown(visible=has_gradability(exported), elem_id="gradability")
+        heat = gr.Image(
+            label="Explanation overlay",
+            visible=bool(explanation_signature(exported)),
+            interactive=False,
+            format="png",
+            height=240,
+            elem_id="explanation",
+        )
+    return [seen, label, summary, verdict, heat]
 
 
 def write_examples(folder: str | os.PathLike) -> list[str]:

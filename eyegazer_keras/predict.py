@@ -1,7 +1,7 @@
 """Predictions from an exported SavedModel on image files: the engine of `eyegazer predict`.
 
 Each input (a file path, or `"-"` for the bytes on stdin) gives one result dict: the outputs of
-the model's `serving_default` signature (see `eyegazer_keras.export.OUTPUTS`), including
+the model's `serving_default` signature (see `eyegazer_keras.signatures.OUTPUTS`), including
 `gradable` and `ungradable_reason` from the quality gate, or an `error` saying why that one
 input could not be read (missing, a directory, empty, not an image, truncated). One bad file
 never stops the others. A readable but ungradable photo is a result, not an error: its grade
@@ -47,7 +47,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from eyegazer_keras import export, metrics
+from eyegazer_keras import files, signatures
 
 logger = logging.getLogger(__name__)
 
@@ -76,13 +76,13 @@ class ExportedModel:
             images: sequence of bytes. JPEG/PNG files.
 
         Returns:
-            Dict of numpy arrays, one row per image (see `export.OUTPUTS`).
+            Dict of numpy arrays, one row per image (see `signatures.OUTPUTS`).
 
         Raises:
             tf.errors.InvalidArgumentError: when any of the images cannot be decoded.
         """
-        signature = self.loaded.signatures[export.BYTES_SIGNATURE]
-        out = signature(**{export.BYTES_INPUT: tf.constant(list(images), dtype=tf.string)})
+        signature = self.loaded.signatures[signatures.BYTES_SIGNATURE]
+        out = signature(**{signatures.BYTES_INPUT: tf.constant(list(images), dtype=tf.string)})
         return {name: value.numpy() for name, value in out.items()}
 
 
@@ -106,20 +106,29 @@ def load_exported(model_dir: str | os.PathLike) -> ExportedModel:
             "`eyegazer export --workdir W --output DIR` (or by `eyegazer train`)."
         )
     loaded = tf.saved_model.load(model_dir)
-    missing = {export.BYTES_SIGNATURE, export.METADATA_SIGNATURE} - set(loaded.signatures)
+    missing = {signatures.BYTES_SIGNATURE, signatures.METADATA_SIGNATURE} - set(loaded.signatures)
     if missing:
         raise ValueError(
             f"{model_dir}: SavedModel lacks the signature(s) {sorted(missing)}; it was not "
             "written by eyegazer_keras.export. Re-export it with `eyegazer export`."
         )
-    raw = loaded.signatures[export.METADATA_SIGNATURE]()[export.METADATA_OUTPUT]
+    raw = loaded.signatures[signatures.METADATA_SIGNATURE]()[signatures.METADATA_OUTPUT]
     meta = json.loads(raw.numpy().decode("utf-8"))
     logger.info("Loaded %s export from %s", meta.get("task"), model_dir)
     return ExportedModel(model_dir, loaded, meta)
 
 
-def _clean_tf_error(error: tf.errors.OpError) -> str:
-    """The decoder's own sentence out of a TF graph-execution error."""
+def tf_error_text(error: tf.errors.OpError) -> str:
+    """The decoder's own sentence out of a TF graph-execution error.
+
+    Args:
+        error: `tf.errors.OpError`, e.g. the `InvalidArgumentError` of a signature call on
+            bytes that are not an image.
+
+    Returns:
+        str. One line: the op's message without TF's node, op and stack annotations (the
+        error's class name when nothing is left).
+    """
     lines = []
     for line in str(error.message).splitlines():
         line = re.sub(r"\[\[.*?\]\]|\[Op:[^\]]*\]|\{\{.*?\}\}", "", line).strip()
@@ -129,8 +138,17 @@ def _clean_tf_error(error: tf.errors.OpError) -> str:
     return " ".join(lines) or type(error).__name__
 
 
-def _read_input(path: str, stdin: BinaryIO | None) -> tuple[bytes | None, str | None]:
-    """Returns `(bytes, None)` or `(None, error text)` for one input."""
+def read_input(path: str, stdin: BinaryIO | None = None) -> tuple[bytes | None, str | None]:
+    """Reads one input of `eyegazer predict` (or an upload), without raising.
+
+    Args:
+        path: str. An image file, or `STDIN_PATH` (`"-"`) for the bytes on `stdin`.
+        stdin: binary stream read for `"-"`. Defaults to None (`sys.stdin.buffer`).
+
+    Returns:
+        `(bytes, None)`, or `(None, error)` with a one-line error naming the input and the fix:
+        missing, a directory, unreadable, empty, or stdin in text mode / empty.
+    """
     if path == STDIN_PATH:
         stream = stdin if stdin is not None else sys.stdin.buffer
         data = stream.read()
@@ -153,29 +171,52 @@ def _read_input(path: str, stdin: BinaryIO | None) -> tuple[bytes | None, str | 
     return data, None
 
 
-def _decode_error(path: str, error: tf.errors.OpError) -> str:
-    label = "stdin" if path == STDIN_PATH else path
-    detail = _clean_tf_error(error)
+def decode_error(label: str, error: tf.errors.OpError) -> str:
+    """The one-line error for an input the export could not decode.
+
+    Args:
+        label: str. What names the input in the message: a path, `"-"` (shown as "stdin"),
+            `"instances[3]"` (serve) or an upload's file name (app).
+        error: `tf.errors.OpError` raised by the signature call on that input alone.
+
+    Returns:
+        str. "<label>: not an image (unknown file format); ..." or "<label>: corrupt or
+        truncated image (<decoder's reason>); re-save or re-copy the file."
+    """
+    label = "stdin" if label == STDIN_PATH else label
+    detail = tf_error_text(error)
     if "Unknown image file format" in detail:
         return f"{label}: not an image (unknown file format); expected a JPEG or PNG file."
     return f"{label}: corrupt or truncated image ({detail}); re-save or re-copy the file."
 
 
-def _rows(outputs: dict[str, np.ndarray], n: int, task: str) -> list[dict]:
-    documented = list(export.OUTPUTS.get(task, {}))
+def output_rows(outputs: dict[str, np.ndarray], n: int, task: str | None) -> list[dict]:
+    """Signature outputs -> one JSON-safe dict per image (the rows of `eyegazer predict`).
+
+    Args:
+        outputs: dict of numpy arrays with `n` rows each (`ExportedModel.predict_bytes`).
+        n: int. Number of images.
+        task: str or None. The export's task: the outputs of `signatures.OUTPUTS[task]` come
+            first, in that order, then any other output, sorted.
+
+    Returns:
+        List of `n` dicts: strings decoded, numpy scalars as Python values (NaN -> None, see
+        `files.json_safe`); an ungradable photo's grade outputs are None, only the gate
+        outputs and `class_name` ("ungradable") are kept.
+    """
+    documented = list(signatures.OUTPUTS.get(task, {}))
     names = [k for k in documented if k in outputs] + sorted(set(outputs) - set(documented))
-    gate = set(export.GATE_OUTPUTS) | {"class_name"}
+    gate = set(signatures.GATE_OUTPUTS) | {"class_name"}
     rows = []
     for i in range(n):
         row = {}
         for name in names:
-            value = outputs[name]
-            item = value[i]
+            item = outputs[name][i]
             row[name] = item.decode("utf-8") if isinstance(item, bytes) else item
         if "gradable" in row and not bool(row["gradable"]):
             # No grade for an ungradable photo: null, not the SavedModel's NaN / -1 fillers.
             row = {k: (v if k in gate else None) for k, v in row.items()}
-        rows.append(metrics.json_safe(row))
+        rows.append(files.json_safe(row))
     return rows
 
 
@@ -199,7 +240,7 @@ def predict_paths(
         progress: bool. Show a tqdm progress bar (images) on stderr. Defaults to False.
 
     Returns:
-        One dict per input, in order: `{"path", <outputs of export.OUTPUTS[task]>}` (e.g.
+        One dict per input, in order: `{"path", <outputs of signatures.OUTPUTS[task]>}` (e.g.
         `probabilities`, `predicted_class`, `class_name`, `gradable`, `ungradable_reason`) or
         `{"path", "error"}`.
 
@@ -211,40 +252,35 @@ def predict_paths(
     results: list[dict | None] = [None] * len(paths)
     readable: list[tuple[int, bytes]] = []
     for i, path in enumerate(paths):
-        data, error = _read_input(path, stdin)
+        data, error = read_input(path, stdin)
         if error is not None:
             results[i] = {"path": path, "error": error}
         else:
             readable.append((i, data))
-
-    def run(items: list[tuple[int, bytes]]) -> None:
-        try:
-            outputs = model.predict_bytes([data for _, data in items])
-        except tf.errors.InvalidArgumentError as e:
-            if len(items) > 1:
-                for item in items:
-                    run([item])
-                return
-            idx = items[0][0]
-            results[idx] = {"path": paths[idx], "error": _decode_error(paths[idx], e)}
-            return
-        for (idx, _), row in zip(
-            items, _rows(outputs, len(items), model.metadata.get("task")), strict=True
-        ):
-            results[idx] = {"path": paths[idx], **row}
-
     batch_size = max(1, int(batch_size))
-    bar = None
-    if progress:
-        bar = tqdm(total=len(readable), unit="image", desc="predict", file=sys.stderr)
+    bar = tqdm(
+        total=len(readable), unit="image", desc="predict", file=sys.stderr, disable=not progress
+    )
     for start in range(0, len(readable), batch_size):
         batch = readable[start : start + batch_size]
-        run(batch)
-        if bar is not None:
-            bar.update(len(batch))
-    if bar is not None:
-        bar.close()
+        for idx, row in _predict_items(model, batch, paths):
+            results[idx] = {"path": paths[idx], **row}
+        bar.update(len(batch))
+    bar.close()
     return results
+
+
+def _predict_items(model: ExportedModel, items: list[tuple[int, bytes]], paths: list[str]):
+    """`[(index, row)]` for `(index, bytes)` items; an undecodable batch is retried one by one."""
+    try:
+        outputs = model.predict_bytes([data for _, data in items])
+    except tf.errors.InvalidArgumentError as e:
+        if len(items) == 1:
+            idx = items[0][0]
+            return [(idx, {"error": decode_error(paths[idx], e)})]
+        return [pair for item in items for pair in _predict_items(model, [item], paths)]
+    rows = output_rows(outputs, len(items), model.metadata.get("task"))
+    return [(idx, row) for (idx, _), row in zip(items, rows, strict=True)]
 
 
 def format_prediction_lines(results: Iterable[dict]) -> list[str]:
@@ -256,4 +292,4 @@ def format_prediction_lines(results: Iterable[dict]) -> list[str]:
     Returns:
         List of JSON strings without trailing newlines.
     """
-    return [json.dumps(metrics.json_safe(r), allow_nan=False) for r in results]
+    return [json.dumps(files.json_safe(r), allow_nan=False) for r in results]

@@ -26,6 +26,7 @@ from eyegazer_keras import (
     export,
     fundus,
     metrics,
+    model_card,
     pipeline,
     report,
 )
@@ -193,19 +194,7 @@ def build_model(config: configs_lib.TrainConfig, backbone: str | None = None) ->
         config.mixed_precision or "", None
     )
     try:
-        return vit_lora.build_vit_classifier(
-            source,
-            num_classes=config.num_classes,
-            image_size=config.image_size,
-            pooling=config.pooling,
-            lora_rank=config.lora_rank,
-            lora_alpha=config.lora_alpha,
-            lora_targets=tuple(config.lora_targets),
-            lora_layout=config.lora_layout,
-            head_dropout=config.head_dropout,
-            backbone_config=dict(config.backbone_config) if config.backbone_config else None,
-            dtype=dtype,
-        )
+        return vit_lora.build_from_config(config, source, dtype)
     except (OSError, ValueError) as err:  # requests' ConnectionError is an OSError
         if source in (None, "config") or os.path.isdir(os.path.expanduser(str(source))):
             raise
@@ -384,17 +373,16 @@ def evaluate_run(
     """`eyegazer evaluate`: recomputes metrics and plots of a run for a labeled split.
 
     Keeps what training recorded for the validation split (`collapse_events`) and applies the
-    run's `calibration.json`. With `explain_maps` it also writes `explanations_<split>.json`
-    (pointing game and pixel AUROC of the maps against the lesion masks, with baselines;
-    `explain_scores.explanations_report`) and `explanations_<split>.png`; with `tta` ("flip",
-    "flip4") the metrics gain a `tta` section (QWK, AUROC, ECE without and with test-time
-    augmentation).
+    run's `calibration.json`.
 
     Args:
         workdir: str. The run directory (from any working directory).
         split: str. A labeled split of the run's dataset. Defaults to "validation".
-        explain_maps: bool. Also score explanation maps. Defaults to False.
-        tta: str or None. "none", "flip" or "flip4". Defaults to the config's `tta`.
+        explain_maps: bool. Also write `explanations_<split>.json` (pointing game and pixel
+            AUROC against the lesion masks, with baselines; `explain_scores.explanations_report`) and
+            `explanations_<split>.png`. Defaults to False.
+        tta: str or None. "none", "flip" or "flip4": adds a `tta` section (QWK, AUROC, ECE
+            without and with test-time augmentation). Defaults to the config's `tta`.
         progress_bar: bool or None. tqdm bar on stderr while predicting; None: only when stderr
             is a terminal. Defaults to None.
         dataset: str or None. External validation: score the run on another prepared dataset
@@ -415,34 +403,42 @@ def evaluate_run(
     workdir = os.path.abspath(os.path.expanduser(workdir))
     config, model = load_run(workdir)
     run_data = RunData.of_run(workdir, config)
-    trainer = Trainer(model, None, tf.distribute.get_strategy(), config.batch_size)
     tta = tta or getattr(config, "tta", None) or "none"
-    name = split
-    extras = _recorded_extras(workdir, split)
+    name, extras = split, _recorded_extras(workdir, split)
     if dataset is not None:
         config, extras = external_config(config, run_data, dataset, dataset_config, data_dir, split)
         name = f"{dataset}_{split}"
-    y_true = pipeline.transform_labels_np(data.split_labels(*split_args(config, split)), config.task)
     with xla_fusion(config):  # predict as during training
-        ds = split_dataset(config, split)
-        probs = trainer.predict(ds, progress_bar=progress_bar, desc=f"evaluate {split}")
-        if tta != "none":
-            tta_probs = evaluation.tta_probabilities(model, ds, tta)
-            extras["tta"] = evaluation.tta_comparison(y_true, probs, tta_probs, run_data.task, tta)
+        y_true, probs, tta_section = _predict_labeled(model, config, split, tta, progress_bar)
+        extras.update(tta_section)
         calibration = evaluation.run_calibration(workdir, None, None, run_data.task, fit=False)
         result = write_split_metrics(
             workdir, name, y_true, probs, run_data, config, extras=extras, calibration=calibration
         )
         if explain_maps:
+            split_data = data.load_split(*split_args(config, split))
             result["explanations"] = evaluation.explain_split(
-                model,
-                data.load_split(*split_args(config, split)),
-                config.image_size,
-                workdir,
-                name,
-                config.name,
+                model, split_data, config.image_size, workdir, name, config.name
             )
     return result
+
+
+def _predict_labeled(model, config, split: str, tta: str, progress_bar) -> tuple:
+    """`(y_true [N], probs [N, C], {"tta": comparison} or {})` for a labeled split."""
+    y_true = pipeline.transform_labels_np(
+        data.split_labels(*split_args(config, split)), config.task
+    )
+    trainer = Trainer(model, None, tf.distribute.get_strategy(), config.batch_size)
+    ds = split_dataset(config, split)
+    probs = trainer.predict(ds, progress_bar=progress_bar, desc=f"evaluate {split}")
+    if tta == "none":
+        return y_true, probs, {}
+    tta_probs = evaluation.tta_probabilities(model, ds, tta)
+    return (
+        y_true,
+        probs,
+        {"tta": evaluation.tta_comparison(y_true, probs, tta_probs, config.task, tta)},
+    )
 
 
 def external_config(
@@ -523,21 +519,8 @@ def export_run(
     else:
         config = _read_config(workdir)
     run_data = RunData.of_run(workdir, config)
-    validation = {}
-    metrics_path = os.path.join(workdir, "metrics_validation.json")
-    if os.path.exists(metrics_path):
-        with open(metrics_path) as f:
-            validation = json.load(f)
-    spec = run_data.spec()
-    card = export.training_run_card(
-        model_name=f"keras-hub ViT + LoRA (rank {config.lora_rank}) {run_data.task} classifier",
-        run_data=run_data.to_dict(),
-        training_config=configs_lib.to_dict(config),
-        validation_metrics=validation,
-    )
     calibration = evaluation.run_calibration(workdir, None, None, run_data.task, fit=False)
     tta = tta or getattr(config, "tta", None) or "none"
-    card.update(evaluation.card_sections(validation, calibration, tta))
     return str(
         export.export_saved_model(
             model,
@@ -547,9 +530,26 @@ def export_run(
             explain_method=explain.default_method(model),
             task=run_data.task,
             image_size=config.image_size,
-            preprocessing=spec,  # the whole spec: crop ("none" for HF adapters), normalisation
+            preprocessing=run_data.spec(),  # the whole spec: crop ("none" for HF), normalisation
             class_names=run_data.class_names,
             metadata={"config": configs_lib.to_dict(config)},
-            model_card=card,
+            model_card=_run_card(workdir, config, run_data, calibration, tta),
         )
     )
+
+
+def _run_card(workdir: str, config, run_data: RunData, calibration: dict | None, tta: str) -> dict:
+    """The model card of a run: data, config, validation metrics, calibration and TTA."""
+    validation = {}
+    metrics_path = os.path.join(workdir, "metrics_validation.json")
+    if os.path.exists(metrics_path):
+        with open(metrics_path) as f:
+            validation = json.load(f)
+    card = model_card.training_run_card(
+        model_name=f"keras-hub ViT + LoRA (rank {config.lora_rank}) {run_data.task} classifier",
+        run_data=run_data.to_dict(),
+        training_config=configs_lib.to_dict(config),
+        validation_metrics=validation,
+    )
+    card.update(evaluation.card_sections(validation, calibration, tta))
+    return card

@@ -188,6 +188,8 @@ def run_search(config, workdir, progress: Callable[[str], None] | None = None) -
         `num_train`, `num_validation`, `train_bytes_uint8`, `wall_time_s`, `export_dir`.
 
     Raises:
+        TypeError: `config` is not a `configs.SearchConfig`.
+        ValueError: `strategy=multiworker` (AutoKeras cannot train under it).
         data.DataNotPreparedError: the dataset is not prepared (message names the command).
     """
     start = time.monotonic()
@@ -197,71 +199,21 @@ def run_search(config, workdir, progress: Callable[[str], None] | None = None) -
         if progress is not None:
             progress(line)
 
-    if not isinstance(config, configs.SearchConfig):
-        raise TypeError(
-            f"run_search needs a SearchConfig, got {type(config).__name__}; "
-            "use a search config such as `--config search-demo`"
-        )
-    # Fail fast, before any heavy import or data loading.
-    if config.strategy == "multiworker":
-        search_strategy(config.strategy)  # raises the one-line reason before any work
-    builder = data.prepared_builder(config.dataset, config.data_dir, config.dataset_config)
-    # config.json holds the absolute data dir: the run works from any working directory.
-    config.data_dir = os.path.abspath(data.default_data_dir(config.data_dir))
-    workdir = Path(workdir).expanduser().absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
-    files.write_json_atomic(workdir / "config.json", configs.to_dict(config))
-
-    from eyegazer_keras import regression, report
-    from eyegazer_keras.models import regressor
-
+    builder, workdir = _start_run(config, workdir)
     emit(f"loading {config.dataset} train/validation as uint8 at {config.image_size} px")
-    x_train, y_train, _ = pipeline.load_numpy(
-        config.dataset,
-        "train",
-        config.image_size,
-        config.data_dir,
-        config.dataset_config,
-        config.max_train_examples,
-    )
-    x_val, y_val, _ = pipeline.load_numpy(
-        config.dataset,
-        "validation",
-        config.image_size,
-        config.data_dir,
-        config.dataset_config,
-        config.max_eval_examples,
-    )
+    x_train, y_train = _load_uint8(config, "train")
+    x_val, y_val = _load_uint8(config, "validation")
     emit(
         f"train {x_train.shape} {x_train.dtype} ({x_train.nbytes / 2**20:.1f} MiB), "
         f"validation {x_val.shape} {x_val.dtype} ({x_val.nbytes / 2**20:.1f} MiB)"
     )
-
     auto_model = fit_search(config, workdir / SEARCH_DIR, x_train, y_train, x_val, y_val, emit)
-    tuner = auto_model.tuner
-    best_trial = tuner.oracle.get_best_trials(1)[0]
-    done = sum(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
-    emit(
-        f"search finished: {done} of {config.max_trials} trials, best trial "
-        f"{best_trial.trial_id} {config.objective}={best_trial.score:.4f}"
-    )
-
-    model = regressor.float_input_model(auto_model.export_model(), config.image_size)
-    model.save(workdir / MODEL_FILE)
-    y_pred = _predict(model, x_val)
-    cutoffs = regression.optimize_cutoffs(y_val, y_pred)
-    result = report.write_regression_report(workdir, y_val, y_pred, cutoffs, split="validation")
-    emit(
-        f"validation: rmse={result['rmse']:.4f} mae={result['mae']:.4f} "
-        f"qwk_rounded={result['qwk_rounded']:.4f} qwk_tuned={result['qwk_tuned']:.4f} "
-        f"cut-offs={[round(c, 3) for c in cutoffs]}"
-    )
-
+    best_trial, done = _best_trial(auto_model, config, emit)
+    model, cutoffs, result = _evaluate_best(auto_model, config, workdir, x_val, y_val, emit)
     export_dir = None
     if config.export:
         export_dir = _export(model, config, builder, cutoffs, result, workdir, done)
         emit(f"exported SavedModel to {export_dir}")
-
     summary = {
         "workdir": str(workdir),
         "trials": done,
@@ -280,6 +232,68 @@ def run_search(config, workdir, progress: Callable[[str], None] | None = None) -
     }
     files.write_json_atomic(workdir / SUMMARY_FILE, summary)
     return summary
+
+
+def _start_run(config, workdir) -> tuple:
+    """Checks the config, finds the prepared builder, writes `config.json`: `(builder, workdir)`."""
+    if not isinstance(config, configs.SearchConfig):
+        raise TypeError(
+            f"run_search needs a SearchConfig, got {type(config).__name__}; "
+            "use a search config such as `--config search-demo`"
+        )
+    # Fail fast, before any heavy import or data loading.
+    if config.strategy == "multiworker":
+        search_strategy(config.strategy)  # raises the one-line reason before any work
+    builder = data.prepared_builder(config.dataset, config.data_dir, config.dataset_config)
+    # config.json holds the absolute data dir: the run works from any working directory.
+    config.data_dir = os.path.abspath(data.default_data_dir(config.data_dir))
+    workdir = Path(workdir).expanduser().absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    files.write_json_atomic(workdir / "config.json", configs.to_dict(config))
+    return builder, workdir
+
+
+def _load_uint8(config, split: str) -> tuple:
+    """`(uint8 [N, S, S, 3], int grades [N])` of a split (`pipeline.load_numpy`, the config's limit)."""
+    limit = config.max_train_examples if split == "train" else config.max_eval_examples
+    x, y, _ = pipeline.load_numpy(
+        config.dataset, split, config.image_size, config.data_dir, config.dataset_config, limit
+    )
+    return x, y
+
+
+def _best_trial(auto_model, config, emit) -> tuple:
+    """`(best keras-tuner trial, finished trials)`, and a line saying so."""
+    tuner = auto_model.tuner
+    best_trial = tuner.oracle.get_best_trials(1)[0]
+    done = sum(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
+    emit(
+        f"search finished: {done} of {config.max_trials} trials, best trial "
+        f"{best_trial.trial_id} {config.objective}={best_trial.score:.4f}"
+    )
+    return best_trial, done
+
+
+def _evaluate_best(auto_model, config, workdir: Path, x_val, y_val, emit) -> tuple:
+    """Saves the best model (float32 input), tunes cut-offs on validation QWK, writes the report.
+
+    Returns:
+        `(model, cutoffs, metrics)`.
+    """
+    from eyegazer_keras import regression, report
+    from eyegazer_keras.models import regressor
+
+    model = regressor.float_input_model(auto_model.export_model(), config.image_size)
+    model.save(workdir / MODEL_FILE)
+    y_pred = _predict(model, x_val)
+    cutoffs = regression.optimize_cutoffs(y_val, y_pred)
+    result = report.write_regression_report(workdir, y_val, y_pred, cutoffs, split="validation")
+    emit(
+        f"validation: rmse={result['rmse']:.4f} mae={result['mae']:.4f} "
+        f"qwk_rounded={result['qwk_rounded']:.4f} qwk_tuned={result['qwk_tuned']:.4f} "
+        f"cut-offs={[round(c, 3) for c in cutoffs]}"
+    )
+    return model, cutoffs, result
 
 
 def _export(model, config, builder, cutoffs, result, workdir: Path, trials: int) -> str | None:

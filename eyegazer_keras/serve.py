@@ -8,7 +8,7 @@ written for either work with both, and the same model class deploys on Kubernete
   `{"instances": [{"image_bytes": {"b64": "..."}}, ...]}` (a JPEG or PNG file per instance,
   base64, exactly as TF Serving takes a `tf.string` input) -> `{"predictions": [{...}, ...]}`:
   the outputs of the export's `serving_default` signature, one dict per instance, in order
-  (`eyegazer_keras.export.OUTPUTS`, plus whatever else the export's signature returns);
+  (`eyegazer_keras.signatures.OUTPUTS`, plus whatever else the export's signature returns);
 * `GET /` (liveness), `GET /v2/health/live`, `GET /v2/health/ready`, `GET /v1/models`,
   `GET /metrics` (Prometheus): KServe's own.
 
@@ -49,7 +49,7 @@ import kserve
 import tensorflow as tf
 from kserve.errors import InvalidInput
 
-from eyegazer_keras import export, predict
+from eyegazer_keras import predict, signatures
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +61,12 @@ _EXAMPLE = '{"instances": [{"b64": "<base64 of a JPEG/PNG>"}]}'
 def _b64_field(instance, index: int) -> str:
     """The base64 text of one instance: `{"b64": s}` or `{"image_bytes": {"b64": s}}`."""
     where = f"instances[{index}]"
-    if isinstance(instance, dict) and set(instance) == {export.BYTES_INPUT}:
-        instance, where = instance[export.BYTES_INPUT], f"{where}.{export.BYTES_INPUT}"
+    if isinstance(instance, dict) and set(instance) == {signatures.BYTES_INPUT}:
+        instance, where = instance[signatures.BYTES_INPUT], f"{where}.{signatures.BYTES_INPUT}"
     if not isinstance(instance, dict) or set(instance) != {"b64"}:
         got = sorted(instance) if isinstance(instance, dict) else type(instance).__name__
         raise InvalidInput(
-            f'{where}: expected {{"b64": "..."}} or {{"{export.BYTES_INPUT}": {{"b64": "..."}}}} '
+            f'{where}: expected {{"b64": "..."}} or {{"{signatures.BYTES_INPUT}": {{"b64": "..."}}}} '
             f"(a base64 JPEG/PNG file), got {got}."
         )
     if not isinstance(instance["b64"], str):
@@ -94,11 +94,11 @@ def decode_instances(payload) -> list[bytes]:
             f"the request body must be a JSON object like {_EXAMPLE} "
             "(send it with Content-Type: application/json)."
         )
-    signature = payload.get("signature_name", export.BYTES_SIGNATURE)
-    if signature != export.BYTES_SIGNATURE:
+    signature = payload.get("signature_name", signatures.BYTES_SIGNATURE)
+    if signature != signatures.BYTES_SIGNATURE:
         raise InvalidInput(
             f"signature_name {signature!r} is not served; this server serves "
-            f"{export.BYTES_SIGNATURE!r} (image file bytes in)."
+            f"{signatures.BYTES_SIGNATURE!r} (image file bytes in)."
         )
     unknown = sorted(set(payload) - {"instances", "signature_name"})
     if unknown or not isinstance(payload.get("instances"), list):
@@ -161,9 +161,9 @@ class EyegazerModel(kserve.Model):
                 try:
                     self.exported.predict_bytes([data])
                 except tf.errors.InvalidArgumentError as e:
-                    raise InvalidInput(predict._decode_error(f"instances[{i}]", e)) from None
-            raise InvalidInput(predict._clean_tf_error(error)) from None
-        return predict._rows(outputs, len(images), task)
+                    raise InvalidInput(predict.decode_error(f"instances[{i}]", e)) from None
+            raise InvalidInput(predict.tf_error_text(error)) from None
+        return predict.output_rows(outputs, len(images), task)
 
     async def predict(self, payload, headers=None, response_headers=None) -> dict:
         """V1 predict: `{"instances": [...]}` -> `{"predictions": [...]}` (see the module doc)."""

@@ -23,7 +23,9 @@ from eyegazer_keras import (  # noqa: E402
     explain,
     export,
     predict,
+    signatures,
 )
+from tests.test_case import export_tiny  # noqa: E402
 from tests.test_export import (  # noqa: E402
     IMAGE_SIZE,
     SOURCE_SIZE,
@@ -242,9 +244,7 @@ def export_with_gate_and_map(tmp_path_factory):
 
     model = tiny_vit_classifier(5, seed=2)
     path = str(tmp_path_factory.mktemp("gated") / "export")
-    plain = export.export_saved_model(
-        model, path + "_plain", task="grade", image_size=IMAGE_SIZE, source_size=SOURCE_SIZE
-    )
+    plain = export_tiny(model, path + "_plain")
     meta = json.dumps(predict.load_exported(plain).metadata)
     spec = tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32)
 
@@ -275,12 +275,12 @@ def export_with_gate_and_map(tmp_path_factory):
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    string_in = [tf.TensorSpec([None], tf.string, name=export.BYTES_INPUT)]
-    archive.add_endpoint(export.BYTES_SIGNATURE, serve_bytes, input_signature=string_in)
+    string_in = [tf.TensorSpec([None], tf.string, name=signatures.BYTES_INPUT)]
+    archive.add_endpoint(signatures.BYTES_SIGNATURE, serve_bytes, input_signature=string_in)
     archive.add_endpoint("serving_explain", serve_explain, input_signature=string_in)
     archive.add_endpoint(
-        export.METADATA_SIGNATURE,
-        lambda: {export.METADATA_OUTPUT: tf.constant(meta)},
+        signatures.METADATA_SIGNATURE,
+        lambda: {signatures.METADATA_OUTPUT: tf.constant(meta)},
         input_signature=[],
     )
     archive.write_out(path, verbose=False)
@@ -295,20 +295,13 @@ def test_real_explain_export_gets_the_overlay(exports, photo, tmp_path):
     model = vit_lora.build_vit_classifier(
         "config", num_classes=5, image_size=IMAGE_SIZE, backbone_config=TINY_VIT, lora_rank=2
     )
-    path = export.export_saved_model(
-        model,
-        tmp_path / "explain",
-        task="grade",
-        image_size=IMAGE_SIZE,
-        source_size=SOURCE_SIZE,
-        explain_method="attention_rollout",
-    )
+    path = export_tiny(model, tmp_path / "explain", explain_method="attention_rollout")
     exported = predict.load_exported(path)
-    assert app.explanation_signature(exported) == export.EXPLAIN_SIGNATURE
+    assert app.explanation_signature(exported) == signatures.EXPLAIN_SIGNATURE
     data = open(photo, "rb").read()
-    want = exported.loaded.signatures[export.EXPLAIN_SIGNATURE](**{export.BYTES_INPUT: [data]})[
-        export.EXPLANATION_OUTPUT
-    ].numpy()[0]
+    want = exported.loaded.signatures[signatures.EXPLAIN_SIGNATURE](
+        **{signatures.BYTES_INPUT: [data]}
+    )[signatures.EXPLANATION_OUTPUT].numpy()[0]
     seen = app.model_input_image(exported, data)
     demo = _launch(path)
     try:

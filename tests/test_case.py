@@ -90,3 +90,72 @@ class TestCase(KerasHubTestCase):
         )
         self.assertAllClose(expected, reloaded.predict(inputs, verbose=0), atol=atol, rtol=atol)
         return reloaded
+
+
+TINY_STORED_SIZE = 64  # the stored (dataset) side of the test exports, px
+
+
+def export_tiny(model: keras.Model, path, task: str = "grade", **kwargs) -> str:
+    """`export.export_saved_model` at the test sizes: 32 px model input, 64 px stored.
+
+    Args:
+        model: keras.Model. `[B, 32, 32, 3]` float 0..255 in (e.g. `tiny_vit_classifier`).
+        path: str or path. The SavedModel directory to write.
+        task: str. "grade", "binary" or "regression". Defaults to "grade".
+        **kwargs: more `export_saved_model` arguments (`explain_method`, `calibration`, ...);
+            `image_size` and `source_size` (or `preprocessing`) override the test sizes.
+
+    Returns:
+        The SavedModel directory, as a string.
+    """
+    from eyegazer_keras import export
+
+    kwargs.setdefault("image_size", TINY_IMAGE_SIZE)
+    if "preprocessing" not in kwargs:
+        kwargs.setdefault("source_size", TINY_STORED_SIZE)
+    return export.export_saved_model(model, path, task=task, **kwargs)
+
+
+# What a camera stores, for the picture a viewer shows upright: the inverse of PIL's
+# `ImageOps.exif_transpose` for each EXIF orientation 1..8 (None: stored as shown).
+STORED_FROM_UPRIGHT = {
+    1: None,
+    2: "FLIP_LEFT_RIGHT",
+    3: "ROTATE_180",
+    4: "FLIP_TOP_BOTTOM",
+    5: "TRANSPOSE",
+    6: "ROTATE_90",
+    7: "TRANSVERSE",
+    8: "ROTATE_270",
+}
+
+
+def exif_tagged_photo(
+    upright: np.ndarray, orientation: int, fmt: str, exif: bytes | None = None, quality: int = 95
+) -> bytes:
+    """A PNG/JPEG file that shows `upright` once its EXIF orientation is applied.
+
+    Args:
+        upright: uint8 array `[H, W, 3]`. The picture as a viewer should show it.
+        orientation: int. EXIF orientation 1..8 (tag 0x0112).
+        fmt: str. "PNG" (eXIf chunk) or "JPEG" (APP1 segment).
+        exif: bytes or None. A raw EXIF block to write instead of Pillow's. Defaults to None.
+        quality: int. JPEG quality. Defaults to 95.
+
+    Returns:
+        The encoded file: the pixels stored turned (`STORED_FROM_UPRIGHT`), the tag set.
+    """
+    import io
+
+    from PIL import Image
+
+    stored = Image.fromarray(upright)
+    if STORED_FROM_UPRIGHT[orientation] is not None:
+        stored = stored.transpose(getattr(Image.Transpose, STORED_FROM_UPRIGHT[orientation]))
+    if exif is None:
+        tags = Image.Exif()
+        tags[0x0112] = orientation
+        exif = tags.tobytes()
+    buf = io.BytesIO()
+    stored.save(buf, format=fmt, exif=exif, **({"quality": quality} if fmt == "JPEG" else {}))
+    return buf.getvalue()

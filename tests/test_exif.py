@@ -12,19 +12,7 @@ import tensorflow as tf
 from PIL import Image, ImageOps
 
 from eyegazer_keras import fundus
-
-# What the camera stored, for the picture a viewer shows upright: the inverse of
-# PIL's `exif_transpose` for each orientation.
-_STORED_FROM_UPRIGHT = {
-    1: None,
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_90,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_270,
-}
+from tests.test_case import exif_tagged_photo
 
 
 def _upright() -> np.ndarray:
@@ -44,25 +32,10 @@ def _tiff(orientation: int, order: str) -> bytes:
     return b"Exif\x00\x00" + order.encode() + struct.pack(e + "HI", 42, 8) + ifd
 
 
-def _tagged_file(upright: np.ndarray, orientation: int, fmt: str, exif: bytes | None = None):
-    transform = _STORED_FROM_UPRIGHT[orientation]
-    stored = Image.fromarray(upright)
-    if transform is not None:
-        stored = stored.transpose(transform)
-    if exif is None:
-        tags = Image.Exif()
-        tags[0x0112] = orientation
-        exif = tags.tobytes()
-    buf = io.BytesIO()
-    kwargs = {"quality": 95} if fmt == "JPEG" else {}
-    stored.save(buf, format=fmt, exif=exif, **kwargs)
-    return buf.getvalue()
-
-
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_png_every_orientation_gives_the_upright_pixels(orientation):
     upright = _upright()
-    data = _tagged_file(upright, orientation, "PNG")
+    data = exif_tagged_photo(upright, orientation, "PNG")
     assert b"eXIf" in data
     assert int(fundus.exif_orientation(data)) == orientation
     np.testing.assert_array_equal(fundus.decode_image(data).numpy(), upright)
@@ -75,7 +48,7 @@ def test_png_every_orientation_gives_the_upright_pixels(orientation):
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_jpeg_every_orientation_matches_pillows_exif_transpose(orientation):
     upright = _upright()
-    data = _tagged_file(upright, orientation, "JPEG")
+    data = exif_tagged_photo(upright, orientation, "JPEG")
     assert int(fundus.exif_orientation(data)) == orientation
     ours = fundus.decode_image(data).numpy()
     pil = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
@@ -93,7 +66,7 @@ def test_jpeg_every_orientation_matches_pillows_exif_transpose(orientation):
 @pytest.mark.parametrize("orientation", [3, 6, 8])
 def test_both_byte_orders(order, fmt, orientation):
     upright = _upright()
-    data = _tagged_file(upright, orientation, fmt, exif=_tiff(orientation, order))
+    data = exif_tagged_photo(upright, orientation, fmt, exif=_tiff(orientation, order))
     assert int(fundus.exif_orientation(data)) == orientation
     assert fundus.decode_image(data).shape == upright.shape
     pil = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
@@ -111,7 +84,7 @@ def _png_chunks(data: bytes) -> list[bytes]:
 
 def test_png_exif_after_idat_and_jpeg_with_segments_before_app1():
     upright = _upright()
-    png = _tagged_file(upright, 6, "PNG")
+    png = exif_tagged_photo(upright, 6, "PNG")
     chunks = _png_chunks(png)
     exif = [c for c in chunks if c[4:8] == b"eXIf"]
     rest = [c for c in chunks if c[4:8] != b"eXIf"]
@@ -119,7 +92,7 @@ def test_png_exif_after_idat_and_jpeg_with_segments_before_app1():
     assert moved.index(b"eXIf") > moved.index(b"IDAT")
     np.testing.assert_array_equal(fundus.decode_image(moved).numpy(), upright)
 
-    jpeg = _tagged_file(upright, 8, "JPEG")
+    jpeg = exif_tagged_photo(upright, 8, "JPEG")
     comment = b"\xff\xfe" + struct.pack(">H", 2 + 11) + b"camera: X1\x00"
     app0 = b"\xff\xe0" + struct.pack(">H", 2 + 5) + b"JFIF\x00"[:5]
     padded = jpeg[:2] + app0 + comment + jpeg[2:]
@@ -175,7 +148,7 @@ def test_no_exif_and_other_formats():
 
 def test_orientation_inside_tf_function_and_dataset():
     upright = _upright()
-    blobs = [_tagged_file(upright, o, "PNG") for o in range(1, 9)]
+    blobs = [exif_tagged_photo(upright, o, "PNG") for o in range(1, 9)]
     fn = tf.function(fundus.decode_image, input_signature=[tf.TensorSpec([], tf.string)])
     ds = tf.data.Dataset.from_tensor_slices(blobs).map(fundus.decode_image)
     for blob, from_ds in zip(blobs, ds, strict=True):

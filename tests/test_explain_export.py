@@ -13,8 +13,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from eyegazer_keras import calibrate, explain, export, fundus
+from eyegazer_keras import calibrate, explain, fundus, signatures
 from eyegazer_keras.models import wrappers
+from tests.test_case import export_tiny
 
 IMAGE_SIZE = 32
 SOURCE_SIZE = 64
@@ -70,12 +71,9 @@ def test_tta_wrapper_equals_mean_of_transformed_inputs():
 @pytest.mark.slow
 def test_explain_signature_temperature_and_tta_in_a_fresh_process(tmp_path):
     model = _tiny_vit()
-    out = export.export_saved_model(
+    out = export_tiny(
         model,
         tmp_path / "export",
-        task="grade",
-        image_size=IMAGE_SIZE,
-        source_size=SOURCE_SIZE,
         calibration=CALIBRATION,
         tta="flip4",
         explain_method="gradient_rollout",
@@ -101,7 +99,7 @@ def test_explain_signature_temperature_and_tta_in_a_fresh_process(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     got = np.load(tmp_path / "out.npz")
-    assert set(got["keys"]) == set(export.OUTPUTS["grade"]) | {"explanation"}
+    assert set(got["keys"]) == set(signatures.OUTPUTS["grade"]) | {"explanation"}
     meta = json.loads(str(got["meta"]))
     assert meta["calibrated"] is True and meta["temperature"] == 1.7
     assert meta["operating_threshold"]["threshold"] == 0.31

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from eyegazer_keras import configs, export, train
+from eyegazer_keras import configs, export, signatures, train
 from tests.conftest import tiny_train_overrides
 
 
@@ -59,7 +59,7 @@ def test_export_is_calibrated_and_predict_writes_overlays(run_dir, tmp_path):
     cal = json.load(open(os.path.join(run_dir, train.CALIBRATION_FILE)))
     assert meta["calibrated"] is True and meta["temperature"] == cal["temperature"]
     assert meta["operating_threshold"]["threshold"] == cal["threshold"]
-    assert meta["tta"]["mode"] == "flip" and export.EXPLAIN_SIGNATURE in meta["signatures"]
+    assert meta["tta"]["mode"] == "flip" and signatures.EXPLAIN_SIGNATURE in meta["signatures"]
     card = open(os.path.join(out, "MODEL_CARD.md")).read()
     assert "not a lesion segmentation" in card and "half of validation" in card
     img, _ = generator.render(5, 3, 200)

@@ -17,8 +17,21 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from eyegazer_keras import GRADE_NAMES, NOT_A_MEDICAL_DEVICE, export, fundus, metrics, regression
-from tests.test_case import tiny_vit_classifier  # noqa: F401  (test_serve/test_app import it here)
+from eyegazer_keras import (
+    GRADE_NAMES,
+    NOT_A_MEDICAL_DEVICE,
+    export,
+    fundus,
+    metrics,
+    model_card,
+    regression,
+    signatures,
+)
+from tests.test_case import (
+    exif_tagged_photo,
+    export_tiny,
+    tiny_vit_classifier,  # noqa: F401  (test_serve/test_app import it here)
+)
 
 IMAGE_SIZE = 32
 SOURCE_SIZE = 64
@@ -66,14 +79,8 @@ def grade_export(tmp_path_factory):
         "training_config": {"epochs": 1},
         "preprocessing": "as in training",
     }
-    path = export.export_saved_model(
-        model,
-        out,
-        task="grade",
-        image_size=IMAGE_SIZE,
-        source_size=SOURCE_SIZE,
-        metadata={"config": {"name": "test", "lora_rank": 4}},
-        model_card=card,
+    path = export_tiny(
+        model, out, metadata={"config": {"name": "test", "lora_rank": 4}}, model_card=card
     )
     return model, path
 
@@ -159,11 +166,11 @@ def documented_signatures() -> set[tuple[str, str, str, str, str, str]]:
     rows = set()
     for line in DOCS.read_text(encoding="utf-8").splitlines():
         cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
-        if len(cells) != 7 or cells[0] not in (*export.TASKS, "all"):
+        if len(cells) != 7 or cells[0] not in (*signatures.TASKS, "all"):
             continue
-        task, signatures, kind, name, dtype, shape, _ = cells
-        for task_ in export.TASKS if task == "all" else [task]:
-            for signature in signatures.replace("`", "").split(","):
+        task, names, kind, name, dtype, shape, _ = cells
+        for task_ in signatures.TASKS if task == "all" else [task]:
+            for signature in names.replace("`", "").split(","):
                 rows.add((task_, signature.strip(), kind, name, dtype, shape))
     return rows
 
@@ -185,7 +192,7 @@ def actual_signatures(loaded, task: str) -> set[tuple[str, str, str, str, str, s
 def test_grade_signatures_match_docs(grade_loaded):
     documented = {r for r in documented_signatures() if r[0] == "grade"}
     assert actual_signatures(grade_loaded, "grade") == documented
-    assert set(export.OUTPUTS["grade"]) == set(
+    assert set(signatures.OUTPUTS["grade"]) == set(
         grade_loaded.signatures["serving_default"].structured_outputs
     )
 
@@ -206,13 +213,13 @@ def test_metadata_inside_savedmodel_and_model_card(grade_export, grade_loaded):
     )
     assert on_disk == meta
 
-    card = json.loads((pathlib.Path(path) / export.MODEL_CARD_JSON).read_text())
+    card = json.loads((pathlib.Path(path) / model_card.MODEL_CARD_JSON).read_text())
     assert card["data"]["dataset"] == "synthetic_fundus"
     assert card["model_name"] == "tiny ViT" and card["training"] == {"epochs": 1}
     assert card["validation_metrics"] == "not recorded"  # partial info still gives a full card
     assert card["preprocessing"]["source_size"] == 64
     assert card["preprocessing"]["description"] == "as in training"
-    markdown = (pathlib.Path(path) / export.MODEL_CARD_MD).read_text()
+    markdown = (pathlib.Path(path) / model_card.MODEL_CARD_MD).read_text()
     for heading in (
         "Data and split",
         "Training configuration",
@@ -259,9 +266,7 @@ def test_bad_bytes_raise_invalid_argument(grade_loaded, images, blob):
 
 def test_binary_export(tmp_path, images):
     model = tiny_vit_classifier(2, seed=1)
-    path = export.export_saved_model(
-        model, tmp_path / "binary", task="binary", image_size=IMAGE_SIZE, source_size=SOURCE_SIZE
-    )
+    path = export_tiny(model, tmp_path / "binary", task="binary")
     loaded = tf.saved_model.load(path)
     assert actual_signatures(loaded, "binary") == {
         r for r in documented_signatures() if r[0] == "binary"
@@ -286,14 +291,7 @@ def test_regression_export_bakes_in_cutoffs(tmp_path):
         [np.array([[4.0 / 255.0], [0.0], [0.0]], np.float32), np.zeros(1, np.float32)]
     )
     cutoffs = (0.2, 1.0, 2.5, 3.0)
-    path = export.export_saved_model(
-        model,
-        tmp_path / "regression",
-        task="regression",
-        image_size=IMAGE_SIZE,
-        source_size=SOURCE_SIZE,
-        cutoffs=cutoffs,
-    )
+    path = export_tiny(model, tmp_path / "regression", task="regression", cutoffs=cutoffs)
     loaded = tf.saved_model.load(path)
     assert actual_signatures(loaded, "regression") == {
         r for r in documented_signatures() if r[0] == "regression"
@@ -378,25 +376,6 @@ _FRESH_OUTPUTS = textwrap.dedent(
     """
 )
 
-_STORED_FROM_UPRIGHT = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_90,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_270,
-}
-
-
-def _tagged(upright: np.ndarray, orientation: int, fmt: str) -> bytes:
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    buf = io.BytesIO()
-    stored = Image.fromarray(upright).transpose(_STORED_FROM_UPRIGHT[orientation])
-    stored.save(buf, format=fmt, exif=exif.tobytes(), **({"quality": 90} if fmt == "JPEG" else {}))
-    return buf.getvalue()
-
 
 def test_reloaded_savedmodel_fresh_process_exif_gate_and_border_marks(grade_export, tmp_path):
     """Done-when checks of the real-world-photo issue, through the reloaded SavedModel."""
@@ -404,8 +383,8 @@ def test_reloaded_savedmodel_fresh_process_exif_gate_and_border_marks(grade_expo
     upright = synthetic_fundus(seed=3)
     files = {"upright.png": encode(upright, "PNG")}
     for o in range(2, 9):
-        files[f"tagged{o}.png"] = _tagged(upright, o, "PNG")
-    jpeg6 = _tagged(upright, 6, "JPEG")
+        files[f"tagged{o}.png"] = exif_tagged_photo(upright, o, "PNG")
+    jpeg6 = exif_tagged_photo(upright, 6, "JPEG", quality=90)
     files["tagged6.jpg"] = jpeg6
     # Reference for the JPEG: its own decoded pixels, turned upright by numpy, losslessly.
     files["jpeg6_upright_ref.png"] = encode(
@@ -462,9 +441,7 @@ def test_export_serves_the_spec_it_is_given(tmp_path):
     """crop="none" (an imported Hugging Face adapter's plain resize) is what serving runs."""
     model = tiny_vit_classifier(5, seed=2)
     spec = fundus.PreprocessingSpec(stored_size=IMAGE_SIZE, crop="none")
-    path = export.export_saved_model(
-        model, tmp_path / "none", task="grade", image_size=IMAGE_SIZE, preprocessing=spec
-    )
+    path = export_tiny(model, tmp_path / "none", preprocessing=spec)
     loaded = tf.saved_model.load(path)
     photo = synthetic_fundus(seed=5)
     served = loaded.signatures["serving_images"](images=tf.constant(photo[None]))

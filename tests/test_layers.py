@@ -1,4 +1,4 @@
-"""The custom Keras layers (models/vit_lora.py, models/fast_layers.py) through keras-hub's
+"""The custom Keras layers (models/vit_layers.py, models/fast_layers.py) through keras-hub's
 layer checks, and a built ViT+LoRA classifier through a save/load round trip."""
 
 import keras
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from eyegazer_keras.models import fast_layers, vit_lora
+from eyegazer_keras.models import fast_layers, vit_layers, vit_lora
 from tests.test_case import TINY_IMAGE_SIZE, TestCase, random_images, tiny_vit
 
 
@@ -33,7 +33,7 @@ class CustomLayerTest(TestCase):
 
     def test_pixel_normalization(self):
         self.run_layer_test(
-            cls=vit_lora.PixelNormalization,
+            cls=vit_layers.PixelNormalization,
             init_kwargs={"scale": [1 / 127.5] * 3, "offset": -1.0},
             input_data=ops.convert_to_tensor(np.array([[[0.0, 127.5, 255.0]]], "float32")),
             expected_output_shape=(1, 1, 3),
@@ -46,7 +46,7 @@ class CustomLayerTest(TestCase):
         tokens = np.arange(2 * 5 * 4, dtype="float32").reshape(2, 5, 4)
         for mode, expected in (("token", tokens[:, 0]), ("gap", tokens[:, 1:].mean(axis=1))):
             self.run_layer_test(
-                cls=vit_lora.ViTPooling,
+                cls=vit_layers.ViTPooling,
                 init_kwargs={"mode": mode, "num_prefix_tokens": 1},
                 input_data=ops.convert_to_tensor(tokens),
                 expected_output_shape=(2, 4),

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from kserve.errors import InvalidInput
 
-from eyegazer_keras import export, predict, serve
-from tests.test_export import IMAGE_SIZE, SOURCE_SIZE, encode, synthetic_fundus, tiny_vit_classifier
+from eyegazer_keras import predict, serve, signatures
+from tests.test_case import export_tiny
+from tests.test_export import IMAGE_SIZE, encode, synthetic_fundus, tiny_vit_classifier
 
 NAME = "eyegazer"
 STARTUP_S = 240
@@ -47,13 +48,7 @@ def b64(data: bytes) -> str:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return export.export_saved_model(
-        tiny_vit_classifier(5),
-        tmp_path_factory.mktemp("serve") / "export",
-        task="grade",
-        image_size=IMAGE_SIZE,
-        source_size=SOURCE_SIZE,
-    )
+    return export_tiny(tiny_vit_classifier(5), tmp_path_factory.mktemp("serve") / "export")
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +114,7 @@ def test_same_outputs_as_the_savedmodel(server, model_dir, photos):
     assert status == 200, out
     rows = out["predictions"]
     assert len(rows) == 3
-    assert set(rows[0]) == set(export.OUTPUTS["grade"])
+    assert set(rows[0]) == set(signatures.OUTPUTS["grade"])
     got = np.array([r["probabilities"] for r in rows])
     np.testing.assert_allclose(got, expected["probabilities"], atol=1e-6)
     assert [r["class_name"] for r in rows] == [c.decode() for c in expected["class_name"]]

@@ -8,7 +8,7 @@ import keras_hub
 import numpy as np
 import pytest
 
-from eyegazer_keras.models import vit_lora
+from eyegazer_keras.models import vit_layers
 from eyegazer_keras.models.vit_lora import (
     adapter_size_report,
     build_info,
@@ -326,7 +326,35 @@ def test_keras_save_and_load_model(preset_dir, tmp_path):
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(loaded(x)), keras.ops.convert_to_numpy(model(x)), atol=1e-5
     )
-    assert isinstance(loaded.get_layer("normalization"), vit_lora.PixelNormalization)
+    assert isinstance(loaded.get_layer("normalization"), vit_layers.PixelNormalization)
+
+
+def test_keras_file_from_when_the_layers_lived_in_vit_lora_loads(preset_dir, tmp_path):
+    """PixelNormalization/ViTPooling moved to vit_layers; files naming the old module load."""
+    import zipfile
+
+    model = build_vit_classifier(preset_dir, num_classes=2, image_size=SIZE, lora_rank=0)
+    new, old = tmp_path / "new.keras", tmp_path / "old.keras"
+    model.save(new)
+    with zipfile.ZipFile(new) as src, zipfile.ZipFile(old, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "config.json":
+                config = data.decode()
+                for name in ("PixelNormalization", "ViTPooling"):
+                    assert f'"registered_name": "eyegazer>{name}"' in config
+                assert config.count('"module": "eyegazer_keras.models.vit_layers"') == 2
+                data = config.replace(
+                    '"module": "eyegazer_keras.models.vit_layers"',
+                    '"module": "eyegazer_keras.models.vit_lora"',
+                ).encode()
+            dst.writestr(item, data)
+    loaded = keras.models.load_model(old)
+    assert isinstance(loaded.get_layer("pooling"), vit_layers.ViTPooling)
+    x = _images()
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(loaded(x)), keras.ops.convert_to_numpy(model(x)), atol=1e-5
+    )
 
 
 def test_builds_and_fits_in_mirrored_strategy(preset_dir):

@@ -22,9 +22,12 @@ import re
 
 __all__ = [
     "HF_ORIGINS",
+    "classifier_head",
+    "describe_base",
     "hf_backbone_kwargs",
     "hf_origin",
     "load_hf_vitmodel",
+    "normalise_source",
     "read_json",
     "resolve_file",
 ]
@@ -137,3 +140,84 @@ def load_hf_vitmodel(preset, config, kwargs):
     with _Loader(preset) as loader:
         convert_vit.convert_weights(vit, loader, config)
     return vit
+
+
+def normalise_source(source) -> str:
+    """A ViT source as stored in a run: local paths made absolute, ids and names as given.
+
+    Args:
+        source: str or PathLike. ``hf://org/name``, a keras-hub preset name, or a local
+            preset / HF checkpoint directory.
+
+    Returns:
+        str. The absolute path of an existing local directory, else `source` unchanged.
+    """
+    source = os.fspath(source)
+    if source.startswith(HF_SCHEME) or not os.path.exists(source):
+        return source  # hf:// id or a keras-hub preset name
+    return os.path.abspath(os.path.expanduser(source))
+
+
+def describe_base(base: str) -> dict:
+    """What a ViT base is, read from its config files (no weights loaded).
+
+    Args:
+        base: str. A `normalise_source` result: keras-hub preset name or directory, local HF
+            checkpoint directory or ``hf://org/name``.
+
+    Returns:
+        dict: ``kind`` (``"keras_preset"`` or ``"hf_checkpoint"``), ``image_size`` (px) and
+        ``preprocessor`` (the HF ``preprocessor_config.json`` or None); HF checkpoints also
+        ``architecture`` (e.g. ``"ViTForImageClassification"``) and ``num_labels`` (or None).
+
+    Raises:
+        ValueError: an HF ``config.json`` that does not describe a ViT.
+        FileNotFoundError: a config file is missing.
+    """
+    hf_like = base.startswith(HF_SCHEME) or os.path.isdir(base)
+    config = read_json(base, "config.json") if hf_like else None
+    if config is None or "registered_name" in config:  # keras-hub preset (name or dir)
+        backbone_config = (config or {}).get("config") or _keras_preset_config(base)
+        size = int(backbone_config["image_shape"][0])
+        return {"kind": "keras_preset", "image_size": size, "preprocessor": None}
+    if config.get("model_type") != "vit":
+        raise ValueError(f"{base}: config.json is not a ViT ({config.get('model_type')})")
+    try:
+        preprocessor = read_json(base, "preprocessor_config.json")
+    except FileNotFoundError:
+        preprocessor = None
+    return {
+        "kind": "hf_checkpoint",
+        "image_size": int(config.get("image_size", 224)),
+        "architecture": (config.get("architectures") or ["ViTModel"])[0],
+        "num_labels": len(config["id2label"]) if config.get("id2label") else None,
+        "preprocessor": preprocessor,
+    }
+
+
+def _keras_preset_config(base):
+    from keras_hub.src.utils import preset_utils
+
+    return preset_utils.load_json(base, preset_utils.CONFIG_FILE)["config"]
+
+
+def classifier_head(base: str, info: dict) -> dict | None:
+    """The classifier of a ``ViTForImageClassification`` checkpoint, or None for other bases.
+
+    Args:
+        base: str. The checkpoint (directory or ``hf://org/name``).
+        info: dict. `describe_base(base)`.
+
+    Returns:
+        ``{"weight": float32 (num_labels, hidden), "bias": float32 (num_labels,)}`` from its
+        ``model.safetensors``, or None when the base has no classifier.
+
+    Raises:
+        FileNotFoundError: the checkpoint has no ``model.safetensors``.
+    """
+    if info.get("architecture") != "ViTForImageClassification":
+        return None
+    from safetensors import safe_open
+
+    with safe_open(resolve_file(base, "model.safetensors"), framework="np") as f:
+        return {k: f.get_tensor(f"classifier.{k}").astype("float32") for k in ("weight", "bias")}

@@ -10,12 +10,9 @@ A PEFT LoRA adapter (``PeftModel.save_pretrained``) is a folder with ``adapter_c
   ``base_model.model.vit.encoder.layer.{i}.attention.attention.{query,value}.lora_{A,B}.weight``;
 
 plus ``base_model.model.classifier.{weight,bias}`` when ``modules_to_save=["classifier"]``.
-``lora_A`` is ``(r, in)``, ``lora_B`` ``(out, r)``; the update is ``(alpha / r) * B @ A``.
-
-Mapping onto `vit_lora.build_vit_classifier` (``lora_layout="peft"``): HF layer ``i`` is keras-hub
-``transformer_block_{i+1}``; ``lora_kernel_a = A.T`` and ``lora_kernel_b = B.T`` reshaped to
-``(r, heads, head_dim)`` (query/key/value) or ``A.T`` reshaped to ``(heads, head_dim, r)`` and
-``B.T`` (attention output); the head kernel is ``classifier.weight.T``.
+How those keys and shapes map onto `vit_lora.build_vit_classifier` (``lora_layout="peft"``) is
+`peft_layout`; the files besides the weights (adapter config, README, the run's
+``dataset.json``) are `peft_files`.
 
 What a keras-hub LoRA ViT cannot hold is refused with one line (`PeftFormatError`): DoRA,
 rsLoRA, ``bias != "none"``, LoRA on anything but the attention projections, per-layer ranks or
@@ -25,16 +22,13 @@ alphas, LoRA on only some layers, a rank that disagrees with the weights.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
-import re
-from typing import Any
 
 import numpy as np
 
 from eyegazer_keras import files
-from eyegazer_keras.interop import hf_vit
+from eyegazer_keras.interop import hf_vit, peft_files, peft_layout
 
 logger = logging.getLogger(__name__)
 
@@ -52,24 +46,7 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 IMPORT_RECORD = "peft_import.json"
 RUN_DATA = "dataset.json"  # the run's dataset facts + preprocessing spec (runs.RunData)
 EXPORT_RECORD = "eyegazer_export.json"
-PREFIX = "base_model.model."
-
-# keras-hub attention layer <- (current name, legacy name) of the same HF projection.
-_PROJECTIONS = {
-    "query": ("q_proj", "query"),
-    "key": ("k_proj", "key"),
-    "value": ("v_proj", "value"),
-    "attention_output": ("o_proj", "output.dense"),
-}
-_HF_TO_KERAS = {hf: k for k, names in _PROJECTIONS.items() for hf in names}
-_CURRENT_KEY = re.compile(
-    r"^(?:vit\.)?layers\.(\d+)\.attention\.(q_proj|k_proj|v_proj|o_proj)\.lora_([AB])\.weight$"
-)
-_LEGACY_KEY = re.compile(
-    r"^(?:vit\.)?encoder\.layer\.(\d+)\.attention\."
-    r"(attention\.query|attention\.key|attention\.value|output\.dense)\.lora_([AB])\.weight$"
-)
-_HEAD_KEY = re.compile(r"^classifier\.(?:modules_to_save\.default\.)?(weight|bias)$")
+_CLASSIFIER_BIAS = peft_layout.PEFT_PREFIX + "classifier.bias"
 
 
 class PeftFormatError(ValueError):
@@ -161,7 +138,9 @@ def _check_config(source, config):
     targets = config.get("target_modules") or []
     if isinstance(targets, str):
         refuse(f"target_modules={targets!r} is a regex: list the modules (e.g. [query, value])")
-    known = set(_HF_TO_KERAS) | {"dense"}  # legacy o-proj is "dense"; the keys decide which
+    known = set(peft_layout.HF_TO_KERAS) | {
+        "dense"
+    }  # legacy o-proj is "dense"; the keys decide which
     bad = sorted(t for t in targets if t not in known and t.rsplit(".", 1)[-1] not in known)
     if bad:
         refuse(
@@ -176,21 +155,20 @@ def _check_config(source, config):
 def _split_tensors(source, tensors, config):
     lora, head, namings = {}, {}, set()
     for key, value in tensors.items():
-        name = key[len(PREFIX) :] if key.startswith(PREFIX) else key
-        if m := _HEAD_KEY.match(name):
-            head[m.group(1)] = value.astype("float32")
+        name = peft_layout.strip_prefix(key)
+        if which := peft_layout.parse_head_key(name):
+            head[which] = value.astype("float32")
             continue
-        current, legacy = _CURRENT_KEY.match(name), _LEGACY_KEY.match(name)
-        m = current or legacy
-        if m is None:
+        parsed = peft_layout.parse_lora_key(name)
+        if parsed is None:
             what = "LoRA on a non-attention module" if ".lora_" in name else "an unknown tensor"
             raise PeftFormatError(
                 f"{source}/{ADAPTER_WEIGHTS}: {key} is {what}; only LoRA on the attention "
                 "projections and the classifier head can be imported"
             )
-        namings.add("current" if current else "legacy")
-        target = _HF_TO_KERAS[m.group(2).removeprefix("attention.")]
-        lora.setdefault((int(m.group(1)), target), {})[m.group(3)] = value.astype("float32")
+        layer, target, which, naming = parsed
+        namings.add(naming)
+        lora.setdefault((layer, target), {})[which] = value.astype("float32")
     if len(namings) > 1:
         raise PeftFormatError(f"{source}: mixes current and legacy transformers key names")
     if not lora:
@@ -206,7 +184,7 @@ def _check_lora(source, config, lora, head, naming):
     rank = int(config.get("r", 8))
     alpha = float(config.get("lora_alpha", 8))
     layers = sorted({i for i, _ in lora})
-    targets = tuple(t for t in _PROJECTIONS if any(t == k for _, k in lora))
+    targets = tuple(t for t in peft_layout.PROJECTIONS if any(t == k for _, k in lora))
     out = {}
     for i in range(max(layers) + 1):
         for t in targets:
@@ -263,18 +241,35 @@ def import_peft(
         dict. The import record (also written to ``peft_import.json``).
 
     Raises:
+        ValueError: `crop` is neither "none" nor "fundus", or the base is not a ViT.
         PeftFormatError: the adapter cannot be represented, or does not fit the base.
         FileNotFoundError: a file is missing.
     """
-    from eyegazer_keras import configs as configs_lib
     from eyegazer_keras.models import vit_lora
 
     if crop not in ("none", "fundus"):
         raise ValueError(f"crop={crop!r}: use 'none' (as ViTImageProcessor) or 'fundus'")
-    base = _normalise_source(base)
+    base = hf_vit.normalise_source(base)
     peft = read_peft_adapter(adapter)
-    base_info = _base_info(base)
-    head = peft.head or _base_head(base, base_info)
+    base_info = hf_vit.describe_base(base)
+    head = peft.head or hf_vit.classifier_head(base, base_info)
+    if head is None:
+        raise PeftFormatError(
+            f"the adapter has no classifier (modules_to_save) and the base {base} has none "
+            "either: pass the ViTForImageClassification checkpoint it was trained on"
+        )
+    data = {"dataset": dataset, "dataset_config": dataset_config, "data_dir": data_dir}
+    config = _import_config(peft, base, base_info["image_size"], head, data)
+    model = vit_lora.build_from_config(config)
+    _assign(model, peft, head)
+    _warn_other_base(peft, base)
+    return _write_run(model, config, workdir, peft, base, base_info, crop)
+
+
+def _import_config(peft: PeftAdapter, base: str, image_size: int, head: dict, data: dict):
+    """The imported run's `configs.TrainConfig` (`data`: dataset, dataset_config, data_dir)."""
+    from eyegazer_keras import configs as configs_lib
+
     num_labels = int(head["weight"].shape[0])
     if num_labels not in (2, 5):
         raise PeftFormatError(
@@ -283,11 +278,9 @@ def import_peft(
         )
     config = configs_lib.TrainConfig(
         name="import-peft",
-        dataset=dataset,
-        dataset_config=dataset_config,
-        data_dir=data_dir,
+        **data,
         task="binary" if num_labels == 2 else "grade",
-        image_size=base_info["image_size"],
+        image_size=image_size,
         backbone=base,
         backbone_config={},
         pooling="token",  # ViTForImageClassification classifies the class token
@@ -299,19 +292,7 @@ def import_peft(
         jit_compile=False,
     )
     configs_lib.validate(config)
-    model = vit_lora.build_vit_classifier(
-        base,
-        num_classes=num_labels,
-        image_size=config.image_size,
-        pooling=config.pooling,
-        lora_rank=peft.rank,
-        lora_alpha=peft.alpha,
-        lora_targets=peft.targets,
-        lora_layout="peft",
-    )
-    _assign(model, peft, head)
-    _warn_other_base(peft, base)
-    return _write_run(model, config, workdir, peft, base, base_info, crop)
+    return config
 
 
 def _warn_other_base(peft, base):
@@ -328,67 +309,8 @@ def _warn_other_base(peft, base):
         )
 
 
-def _normalise_source(source):
-    source = os.fspath(source)
-    if source.startswith(hf_vit.HF_SCHEME) or not os.path.exists(source):
-        return source  # hf:// id or a keras-hub preset name
-    return os.path.abspath(os.path.expanduser(source))
-
-
-def _base_info(base) -> dict:
-    """Image size, kind, and the HF preprocessing of a base (read from its config files)."""
-    config = hf_vit.read_json(base, "config.json") if _is_hf_like(base) else None
-    if config is None or "registered_name" in config:  # keras-hub preset (name or dir)
-        backbone_config = (config or {}).get("config") or _keras_preset_config(base)
-        size = int(backbone_config["image_shape"][0])
-        return {"kind": "keras_preset", "image_size": size, "preprocessor": None}
-    if config.get("model_type") != "vit":
-        raise PeftFormatError(f"{base}: config.json is not a ViT ({config.get('model_type')})")
-    try:
-        preprocessor = hf_vit.read_json(base, "preprocessor_config.json")
-    except FileNotFoundError:
-        preprocessor = None
-    return {
-        "kind": "hf_checkpoint",
-        "image_size": int(config.get("image_size", 224)),
-        "architecture": (config.get("architectures") or ["ViTModel"])[0],
-        "num_labels": len(config["id2label"]) if config.get("id2label") else None,
-        "preprocessor": preprocessor,
-    }
-
-
-def _is_hf_like(base):
-    return base.startswith(hf_vit.HF_SCHEME) or os.path.isdir(base)
-
-
-def _keras_preset_config(base):
-    from keras_hub.src.utils import preset_utils
-
-    return preset_utils.load_json(base, preset_utils.CONFIG_FILE)["config"]
-
-
-def _base_head(base, base_info):
-    """The classifier of a `ViTForImageClassification` base, for adapters without a head."""
-    if base_info.get("architecture") != "ViTForImageClassification":
-        raise PeftFormatError(
-            f"the adapter has no classifier (modules_to_save) and the base {base} has none "
-            "either: pass the ViTForImageClassification checkpoint it was trained on"
-        )
-    from safetensors import safe_open
-
-    with safe_open(hf_vit.resolve_file(base, "model.safetensors"), framework="np") as f:
-        return {k: f.get_tensor(f"classifier.{k}").astype("float32") for k in ("weight", "bias")}
-
-
-def _keras_lora(a, b, target, heads):
-    """HF ``lora_A (r, in)``, ``lora_B (out, r)`` -> keras-hub ``lora_kernel_a/b``."""
-    rank = a.shape[0]
-    if target == "attention_output":
-        return a.T.reshape(heads, -1, rank), b.T
-    return a.T, b.T.reshape(rank, heads, -1)
-
-
 def _assign(model, peft, head):
+    """Sets the model's LoRA and head variables from the adapter; refuses any mismatch."""
     vit = model.get_layer("backbone")
     if peft.num_layers != vit.num_layers:
         raise PeftFormatError(
@@ -397,9 +319,9 @@ def _assign(model, peft, head):
     variables = {v.path: v for v in model.trainable_weights}
     values = {}
     for (i, target), (a, b) in peft.lora.items():
-        ka, kb = _keras_lora(a, b, target, vit.num_heads)
-        prefix = f"vit_encoder/transformer_block_{i + 1}/mha/{target}/lora_kernel_"
-        values[prefix + "a"], values[prefix + "b"] = ka, kb
+        ka, kb = peft_layout.keras_lora(a, b, target, vit.num_heads)
+        values[peft_layout.keras_lora_path(i, target, "a")] = ka
+        values[peft_layout.keras_lora_path(i, target, "b")] = kb
     values["predictions/kernel"] = head["weight"].T
     values["predictions/bias"] = head["bias"]
     if set(values) != set(variables):
@@ -414,21 +336,6 @@ def _assign(model, peft, head):
                 f"{tuple(variables[path].shape)} in the base (wrong base for this adapter?)"
             )
         variables[path].assign(value)
-
-
-def _hf_preprocessing(base_info, image_size):
-    """The preprocessing an HF-trained adapter saw (``ViTImageProcessor`` defaults if unknown)."""
-    p = base_info.get("preprocessor") or {}
-    size = p.get("size") or {}
-    return {
-        "crop": "none",
-        "resize": [int(size.get("height", image_size)), int(size.get("width", image_size))],
-        "resample": {2: "bilinear", 3: "bicubic"}.get(p.get("resample", 2), "bilinear"),
-        "rescale_factor": p.get("rescale_factor", 1 / 255),
-        "image_mean": p.get("image_mean", [0.5, 0.5, 0.5]),
-        "image_std": p.get("image_std", [0.5, 0.5, 0.5]),
-        "source": "preprocessor_config.json" if p else "ViTImageProcessor defaults",
-    }
 
 
 def _write_run(model, config, workdir, peft, base, base_info, crop):
@@ -452,38 +359,13 @@ def _write_run(model, config, workdir, peft, base, base_info, crop):
         "head_from": "adapter" if peft.head is not None else "base",
         "adapter_config": peft.config,
         "adapter_base_model_name_or_path": peft.config.get("base_model_name_or_path"),
-        "trained_preprocessing": _hf_preprocessing(base_info, config.image_size),
+        "trained_preprocessing": peft_files.hf_preprocessing(base_info, config.image_size),
         "export_crop": crop,
     }
     files.write_json_atomic(os.path.join(workdir, IMPORT_RECORD), record)
-    files.write_json_atomic(os.path.join(workdir, RUN_DATA), _run_data(config, crop))
+    files.write_json_atomic(os.path.join(workdir, RUN_DATA), peft_files.run_data(config, crop))
     logger.info("imported %s (%s naming) onto %s into %s", peft.source, peft.naming, base, workdir)
     return record
-
-
-def _run_data(config, crop) -> dict:
-    """The run's ``dataset.json``: what `eyegazer export` serves with, no dataset needed.
-
-    The preprocessing spec is the adapter's (`crop="none"`: ViTImageProcessor's plain resize)
-    or, on request, this project's fundus crop; the model normalises inside. The training set
-    of an imported adapter is unknown: no split sizes, and no majority class (metrics then take
-    the majority baseline from the evaluated split and say so).
-    """
-    from eyegazer_keras import GRADE_NAMES, data, fundus, metrics
-
-    spec = fundus.PreprocessingSpec(stored_size=config.image_size, crop=crop)
-    binary = config.task == "binary"
-    return {
-        "dataset": config.dataset,
-        "builder_config": config.dataset_config,
-        "version": "unknown (imported PEFT adapter)",
-        "splits": {},
-        "data_dir": os.path.abspath(data.default_data_dir(config.data_dir)),
-        "task": "binary" if binary else "grade",
-        "class_names": list(metrics.BINARY_NAMES if binary else GRADE_NAMES),
-        "majority_class": None,
-        "preprocessing": spec.to_dict(),
-    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -538,7 +420,7 @@ def export_peft(workdir, output) -> dict:
     from safetensors.numpy import save_file
 
     workdir = os.path.abspath(os.path.expanduser(os.fspath(workdir)))
-    config, arrays, metadata = _read_run(workdir)
+    config, arrays, metadata = peft_files.read_run(workdir)
     base = _hf_base_for(config, metadata)
     build = metadata.get("build", {})
     rank, alpha = int(build["lora_rank"]), float(build.get("lora_alpha") or build["lora_rank"])
@@ -546,41 +428,25 @@ def export_peft(workdir, output) -> dict:
     output = os.path.abspath(os.path.expanduser(os.fspath(output)))
     os.makedirs(output, exist_ok=True)
     save_file(tensors, os.path.join(output, ADAPTER_WEIGHTS), metadata={"format": "pt"})
-    adapter_config = _adapter_config(base, rank, alpha, targets)
+    adapter_config = peft_files.adapter_config(base, rank, alpha, targets)
     files.write_json_atomic(os.path.join(output, ADAPTER_CONFIG), adapter_config)
     record = {
         "run": workdir,
         "base_model_name_or_path": base,
-        "num_labels": int(tensors[PREFIX + "classifier.bias"].shape[0]),
+        "num_labels": int(tensors[_CLASSIFIER_BIAS].shape[0]),
         "rank": rank,
         "lora_alpha": alpha,
         "target_modules": targets,
         "source_lora_layout": build.get("lora_layout"),
         "image_size": config.get("image_size"),
-        "trained_preprocessing": _run_preprocessing(workdir, config),
+        "trained_preprocessing": peft_files.run_preprocessing(
+            os.path.join(workdir, IMPORT_RECORD), config
+        ),
     }
     files.write_json_atomic(os.path.join(output, EXPORT_RECORD), record)
     with open(os.path.join(output, "README.md"), "w") as f:
-        f.write(_readme(record))
+        f.write(peft_files.readme(record))
     return record
-
-
-def _read_run(workdir):
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(config_path):
-        raise FileNotFoundError(f"{config_path} not found: is {workdir} an eyegazer run folder?")
-    with open(config_path) as f:
-        config = json.load(f)
-    for name in ("adapter.npz", os.path.join("checkpoints", "best_adapter.npz")):
-        path = os.path.join(workdir, name)
-        if os.path.exists(path):
-            break
-    else:
-        raise FileNotFoundError(f"{workdir}: no adapter.npz or checkpoints/best_adapter.npz")
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files if k != "__metadata__"}
-        metadata = json.loads(str(data["__metadata__"])) if "__metadata__" in data.files else {}
-    return config, arrays, metadata
 
 
 def _hf_base_for(config, metadata) -> str:
@@ -605,10 +471,6 @@ def _hf_base_for(config, metadata) -> str:
     )
 
 
-_KERAS_PATH = re.compile(r"^vit_encoder/transformer_block_(\d+)/mha/(\w+)/lora_kernel_([ab])$")
-_HF_NAME = {k: names[0] for k, names in _PROJECTIONS.items()}
-
-
 def _peft_tensors(workdir, arrays, build, rank, alpha):
     """Run adapter arrays -> PEFT tensors (current naming), rank, alpha, target_modules."""
     if build.get("pooling", "token") != "token":
@@ -619,121 +481,27 @@ def _peft_tensors(workdir, arrays, build, rank, alpha):
     if not rank:
         raise PeftFormatError(f"{workdir}: lora_rank=0 is full fine-tuning, not an adapter")
     layout = build.get("lora_layout") or "keras"
-    tensors, targets = {}, set()
-    pairs = {}
+    tensors, targets, pairs = {}, set(), {}
     for path, value in arrays.items():
         if path.startswith("predictions/"):
             name = {"kernel": "weight", "bias": "bias"}[path.split("/")[-1]]
-            tensors[PREFIX + f"classifier.{name}"] = (value.T if name == "weight" else value).copy()
+            key = peft_layout.PEFT_PREFIX + f"classifier.{name}"
+            tensors[key] = (value.T if name == "weight" else value).copy()
             continue
-        m = _KERAS_PATH.match(path)
-        if m is None or m.group(2) not in _HF_NAME:
+        parsed = peft_layout.parse_keras_path(path)
+        if parsed is None:
             raise PeftFormatError(
                 f"{workdir}: trainable variable {path} is not LoRA on an attention projection "
                 "or the head; PEFT's LoRA on ViT attention cannot hold it"
             )
-        pairs.setdefault((int(m.group(1)) - 1, m.group(2)), {})[m.group(3)] = value
+        layer, target, which = parsed
+        pairs.setdefault((layer, target), {})[which] = value
     heads = None
     for (i, target), ab in sorted(pairs.items()):
-        a, b, heads = _hf_lora(ab["a"], ab["b"], target, layout)
-        hf = _HF_NAME[target]
-        targets.add(hf)
-        key = PREFIX + f"vit.layers.{i}.attention.{hf}"
-        tensors[key + ".lora_A.weight"] = np.ascontiguousarray(a, "float32")
-        tensors[key + ".lora_B.weight"] = np.ascontiguousarray(b, "float32")
+        a, b, heads = peft_layout.hf_lora(ab["a"], ab["b"], target, layout)
+        targets.add(peft_layout.PROJECTIONS[target][0])
+        tensors[peft_layout.hf_lora_key(i, target, "A")] = np.ascontiguousarray(a, "float32")
+        tensors[peft_layout.hf_lora_key(i, target, "B")] = np.ascontiguousarray(b, "float32")
     if layout == "keras" and heads:  # rank heads*r, same alpha/r scale
         rank, alpha = rank * heads, alpha * heads
     return tensors, rank, alpha, sorted(targets)
-
-
-def _hf_lora(a, b, target, layout):
-    """keras-hub ``lora_kernel_a/b`` -> HF ``(lora_A (R, in), lora_B (out, R), heads)``."""
-    if layout == "peft" or target == "attention_output":  # true rank-r either way
-        rank = a.shape[-1]
-        heads = b.shape[1] if b.ndim == 3 else a.shape[0]
-        return a.reshape(-1, rank).T, b.reshape(rank, -1).T, heads
-    # Keras-core layout on q/k/v: A (hidden, heads, r), B (r, head_dim); the update
-    # dW[h, n, d] = sum_j A[h, n, j] B[j, d] is, exactly, a rank heads*r LoRA with
-    # A' = A reshaped to (hidden, heads*r) and a block-diagonal B'.
-    hidden, heads, rank = a.shape
-    head_dim = b.shape[1]
-    big_b = np.zeros((heads * rank, heads * head_dim), a.dtype)
-    for n in range(heads):
-        big_b[n * rank : (n + 1) * rank, n * head_dim : (n + 1) * head_dim] = b
-    return a.reshape(hidden, heads * rank).T, big_b.T, heads
-
-
-def _adapter_config(base, rank, alpha, targets) -> dict[str, Any]:
-    return {
-        "peft_type": "LORA",
-        "task_type": None,
-        "base_model_name_or_path": base,
-        "revision": None,
-        "inference_mode": True,
-        "r": rank,
-        "lora_alpha": alpha if alpha != int(alpha) else int(alpha),
-        "lora_dropout": 0.0,
-        "target_modules": targets,
-        "modules_to_save": ["classifier"],
-        "bias": "none",
-        "use_dora": False,
-        "use_rslora": False,
-        "fan_in_fan_out": False,
-        "init_lora_weights": True,
-        "layers_to_transform": None,
-        "layers_pattern": None,
-        "rank_pattern": {},
-        "alpha_pattern": {},
-        "auto_mapping": {
-            "base_model_class": "ViTForImageClassification",
-            "parent_library": "transformers.models.vit.modeling_vit",
-        },
-    }
-
-
-def _run_preprocessing(workdir, config) -> dict:
-    """What the run's model was trained on: an imported adapter's HF pipeline, else fundus."""
-    record = os.path.join(workdir, IMPORT_RECORD)
-    if os.path.exists(record):
-        with open(record) as f:
-            return json.load(f)["trained_preprocessing"]
-    return {
-        "crop": "fundus",
-        "description": (
-            "eyegazer_keras.fundus.preprocess_fundus (crop the black border, pad to square, "
-            f"resize; dataset {config.get('dataset')}/{config.get('dataset_config')}) then "
-            f"resize to {config.get('image_size')} px; 0..255 mapped to -1..1 (mean = std = 0.5)"
-        ),
-    }
-
-
-def _readme(record) -> str:
-    labels = record["num_labels"]
-    classes = "no_dr, dr" if labels == 2 else "grades 0-4"
-    pre = record["trained_preprocessing"]
-    how = (
-        "this project's fundus crop: " + pre.get("description", "")
-        if pre.get("crop") == "fundus"
-        else f"ViTImageProcessor (plain resize to {pre.get('resize')}, mean "
-        f"{pre.get('image_mean')}, std {pre.get('image_std')})"
-    )
-    return f"""---
-library_name: peft
-base_model: {record["base_model_name_or_path"]}
----
-# LoRA adapter exported by `eyegazer export-peft`
-
-Research software, NOT a medical device. Classes: {classes} ({labels} labels).
-LoRA r={record["rank"]}, alpha={record["lora_alpha"]} on {record["target_modules"]}, head saved
-as `modules_to_save=["classifier"]`.
-
-```python
-from transformers import ViTForImageClassification
-from peft import PeftModel
-
-base = ViTForImageClassification.from_pretrained("{record["base_model_name_or_path"]}", num_labels={labels})
-model = PeftModel.from_pretrained(base, "path/to/this/folder").eval()
-```
-
-Trained on input preprocessed with {how}. Feed it the same, at {record["image_size"]} px.
-"""

@@ -57,14 +57,15 @@ import keras_hub
 import numpy as np
 
 from eyegazer_keras.models import fast_layers as fast_layers_lib
+from eyegazer_keras.models import vit_backbone
+from eyegazer_keras.models.vit_layers import PixelNormalization, ViTPooling
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "ADAPTER_FORMAT",
-    "PixelNormalization",
-    "ViTPooling",
     "adapter_size_report",
+    "build_from_config",
     "build_info",
     "build_vit_classifier",
     "count_parameters",
@@ -79,81 +80,6 @@ ADAPTER_FORMAT = "eyegazer-vit-lora-adapter/1"
 _METADATA_KEY = "__metadata__"
 _INFO_ATTR = "_eyegazer_build_info"
 LORA_LAYOUTS = ("peft", "keras")
-# HF ViT and the keras-hub ViT presets both map 0..255 to -1..1 (mean = std = 0.5).
-_DEFAULT_NORMALIZATION = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
-
-
-# --------------------------------------------------------------------------------------------
-# Layers
-# --------------------------------------------------------------------------------------------
-@keras.saving.register_keras_serializable(package="eyegazer")
-class PixelNormalization(keras.layers.Layer):
-    """Maps 0..255 pixels to the backbone's input range: ``x * scale + offset``.
-
-    Args:
-        scale: float or sequence of 3 floats (per RGB channel). Multiplies the pixel values.
-        offset: float or sequence of 3 floats (per RGB channel). Added after scaling.
-            Defaults to 0.
-        **kwargs: passed to `keras.layers.Layer`.
-    """
-
-    def __init__(self, scale, offset=0.0, **kwargs):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
-        self.scale = _as_float_list(scale)
-        self.offset = _as_float_list(offset)
-
-    def call(self, inputs):
-        x = keras.ops.cast(inputs, self.compute_dtype)
-        scale = keras.ops.convert_to_tensor(self.scale, dtype=self.compute_dtype)
-        offset = keras.ops.convert_to_tensor(self.offset, dtype=self.compute_dtype)
-        return x * scale + offset
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"scale": self.scale, "offset": self.offset})
-        return config
-
-
-@keras.saving.register_keras_serializable(package="eyegazer")
-class ViTPooling(keras.layers.Layer):
-    """Turns ViT token sequences ``[batch, tokens, hidden]`` into ``[batch, hidden]``.
-
-    Args:
-        mode: str. ``"token"`` takes the class token (position 0); ``"gap"`` averages the patch
-            tokens, leaving out the ``num_prefix_tokens`` leading ones (as timm's ``avg`` pool).
-        num_prefix_tokens: int. Leading non-patch tokens (1 with a class token, else 0).
-            Defaults to 1.
-        **kwargs: passed to `keras.layers.Layer`.
-    """
-
-    def __init__(self, mode="token", num_prefix_tokens=1, **kwargs):
-        super().__init__(**kwargs)
-        if mode not in ("token", "gap"):
-            raise ValueError(f"pooling={mode!r} is not supported: use 'token' or 'gap'.")
-        if mode == "token" and num_prefix_tokens < 1:
-            raise ValueError(
-                "pooling='token' needs a class token; this backbone has use_class_token=False: "
-                "use pooling='gap'."
-            )
-        self.mode = mode
-        self.num_prefix_tokens = int(num_prefix_tokens)
-
-    def call(self, inputs):
-        if self.mode == "token":
-            return inputs[:, 0, :]
-        return keras.ops.mean(inputs[:, self.num_prefix_tokens :, :], axis=1)
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], input_shape[-1])
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"mode": self.mode, "num_prefix_tokens": self.num_prefix_tokens})
-        return config
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,63 +104,98 @@ def build_vit_classifier(
     """Builds the ViT(+LoRA) DR classifier in the current distribution-strategy scope.
 
     Args:
-        backbone: str or None. Where the ViT comes from: a keras-hub preset name (e.g.
-            ``"vit_base_patch16_224_imagenet21k"``, needs network), a local preset directory
-            (``ViTBackbone.save_to_preset``), an ``"hf://org/name"`` id or a local Hugging Face
-            ViT checkpoint directory (``config.json`` + ``model.safetensors``, converted by
-            keras-hub), or ``"config"``/None for a randomly initialised ViT from
-            ``backbone_config``.
+        backbone: str or None. A keras-hub preset name (needs network) or directory, an
+            ``"hf://org/name"`` id or local HF ViT checkpoint, or ``"config"``/None for a
+            random ViT from ``backbone_config`` (`vit_backbone.load_backbone`).
         num_classes: int. 2 (binary: no DR / DR) or 5 (grades 0-4).
-        image_size: int. Side of the square input images. When it differs from the
-            backbone's ``image_shape``, the position embeddings are resized (bicubic, as HF's
-            ``interpolate_pos_encoding``); it must be a multiple of the patch size.
+        image_size: int. Input side in pixels, a multiple of the patch size; position
+            embeddings are resized bicubically when it differs from the backbone's.
         pooling: str. ``"token"`` (class token) or ``"gap"`` (mean of patch tokens).
-            Defaults to ``"token"``.
         lora_rank: int. LoRA rank; 0 means full fine-tuning. Defaults to 8.
-        lora_alpha: float or None. LoRA alpha (the update is scaled by alpha/rank). Defaults to
-            None (= ``lora_rank``).
-        lora_layout: str. ``"peft"``: rank-r ``A``/``B`` on the flattened projection, as PEFT
-            (`fast_layers.RankRLoRAEinsumDense`); ``"keras"``: Keras core's
-            ``EinsumDense.enable_lora`` (``A`` per head, ~heads x the parameters). Dense
-            layers are the same either way. Defaults to ``"peft"``.
-        lora_targets: sequence of str. Names of the Dense/EinsumDense layers that get LoRA.
-            Defaults to ``("query", "value")``.
+        lora_alpha: float or None. Scale alpha/rank of the update. Defaults to ``lora_rank``.
+        lora_targets: sequence of str. Dense/EinsumDense layer names that get LoRA.
+        lora_layout: str. ``"peft"`` (rank-r, as PEFT) or ``"keras"`` (Keras core's per-head
+            ``A``); see the module docstring. Defaults to ``"peft"``.
         head_dropout: float. Dropout before the head. Defaults to 0.
-        backbone_config: dict or None. ``ViTBackbone`` kwargs for ``backbone="config"``
-            (``patch_size``, ``num_layers``, ``num_heads``, ``hidden_dim``, ``mlp_dim``, ...;
-            ``image_shape`` defaults to ``(image_size, image_size, 3)``). Defaults to None.
-        normalization: dict or None. ``{"scale": ..., "offset": ...}`` (``x*scale+offset`` on
-            0..255 pixels) or ``{"mean": ..., "std": ...}`` (on 0..1 pixels). None takes the
-            preset's image converter (keras preset) or ``preprocessor_config.json`` (HF), else
-            mean = std = 0.5. Defaults to None.
-        dtype: dtype or `keras.DTypePolicy` for the backbone (e.g. ``"mixed_bfloat16"``). The
-            normalisation and the head stay float32. Defaults to None (global policy).
-        fast_layers: bool. Compute LoRA as ``x @ W + s * (x @ A) @ B`` instead of Keras's
-            ``x @ (W + s * A @ B)``, and the MLP's exact GELU in float32 under mixed precision
-            (`fast_layers.use_fast_layers`). Same math, same variables; faster training. The
-            ``"peft"`` layout's layer is always factored. Defaults to True.
+        backbone_config: dict or None. ``ViTBackbone`` kwargs for ``backbone="config"``.
+        normalization: dict or None. ``{"scale", "offset"}`` on 0..255 or ``{"mean", "std"}``
+            on 0..1 pixels. Defaults to the source's own, else mean = std = 0.5.
+        dtype: dtype or `keras.DTypePolicy` of the backbone (e.g. ``"mixed_bfloat16"``); the
+            normalisation and head stay float32. Defaults to None (global policy).
+        fast_layers: bool. Factored LoRA ``x @ W + s * (x @ A) @ B`` and a float32 exact GELU
+            (`fast_layers.use_fast_layers`): same math and variables, faster. Defaults to True.
 
     Returns:
-        A functional `keras.Model` (not compiled) with ``build_info(model)`` metadata attached.
+        A functional `keras.Model` (not compiled), ``float32 [B, S, S, 3]`` 0..255 in, float32
+        softmax ``[B, num_classes]`` out, with ``build_info(model)`` metadata attached.
+
+    Raises:
+        ValueError: a wrong class count, rank, layout, pooling, image size or LoRA target.
     """
+    lora_alpha = _checked_alpha(num_classes, lora_rank, lora_alpha, lora_layout)
+    image_size, lora_targets = int(image_size), tuple(lora_targets)
+    vit, source, norm = vit_backbone.load_backbone(backbone, backbone_config, image_size, dtype)
+    vit = vit_backbone.resize_backbone(vit, image_size)
+    vit.name = "backbone"  # stable layer name (variable paths do not include it)
+    scale, offset = vit_backbone.resolve_normalization(normalization, norm)
+    model = _classifier(vit, num_classes, image_size, pooling, head_dropout, (scale, offset))
+    if lora_rank > 0:
+        _enable_lora(vit, lora_rank, lora_alpha, lora_targets, lora_layout)
+    if fast_layers:
+        fast_layers_lib.use_fast_layers(vit)
+    lora = {"rank": lora_rank, "alpha": lora_alpha, "targets": lora_targets, "layout": lora_layout}
+    info = _build_info(source, num_classes, image_size, pooling, lora, head_dropout, scale, offset)
+    setattr(model, _INFO_ATTR, json.dumps(info))
+    logger.info("ViT classifier from %s: %s", source, format_trainable_parameters(model))
+    return model
+
+
+def build_from_config(config, backbone=None, dtype=None) -> keras.Model:
+    """`build_vit_classifier` with the model fields of a `configs.TrainConfig`.
+
+    Args:
+        config: `configs.TrainConfig` (or any object with its model fields): `num_classes`,
+            `image_size`, `pooling`, `lora_rank`, `lora_alpha`, `lora_targets`,
+            `lora_layout`, `head_dropout`, `backbone`, `backbone_config`.
+        backbone: str or None. Overrides `config.backbone`. Defaults to None.
+        dtype: dtype or `keras.DTypePolicy` of the backbone. Defaults to None.
+
+    Returns:
+        The model, as `build_vit_classifier` returns it.
+
+    Raises:
+        ValueError: as `build_vit_classifier`; OSError when a preset cannot be fetched.
+    """
+    return build_vit_classifier(
+        config.backbone if backbone is None else backbone,
+        num_classes=config.num_classes,
+        image_size=config.image_size,
+        pooling=config.pooling,
+        lora_rank=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_targets=tuple(config.lora_targets),
+        lora_layout=config.lora_layout,
+        head_dropout=config.head_dropout,
+        backbone_config=dict(config.backbone_config) if config.backbone_config else None,
+        dtype=dtype,
+    )
+
+
+def _checked_alpha(num_classes: int, lora_rank: int, lora_alpha, lora_layout: str):
+    """Refuses a wrong class count, rank or layout; returns alpha (default: the rank)."""
     if num_classes not in (2, 5):
         raise ValueError(f"num_classes={num_classes}: use 2 (binary) or 5 (grades 0-4).")
     if lora_rank < 0:
         raise ValueError(f"lora_rank={lora_rank} must be >= 0 (0 = full fine-tuning).")
     if lora_layout not in LORA_LAYOUTS:
         raise ValueError(f"lora_layout={lora_layout!r}: use one of {LORA_LAYOUTS}.")
-    image_size = int(image_size)
-    lora_targets = tuple(lora_targets)
-    if lora_rank > 0 and lora_alpha is None:
-        lora_alpha = float(lora_rank)
+    return float(lora_rank) if lora_rank > 0 and lora_alpha is None else lora_alpha
 
-    vit, source, source_norm = _load_backbone(backbone, backbone_config, image_size, dtype)
-    vit = _resize_backbone(vit, image_size)
-    vit.name = "backbone"  # stable layer name (variable paths do not include it)
-    scale, offset = _resolve_normalization(normalization, source_norm)
 
+def _classifier(vit, num_classes, image_size, pooling, head_dropout, scale_offset) -> keras.Model:
+    """images -> normalization -> backbone -> pooling -> (dropout) -> predictions (float32)."""
     inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="images")
-    x = PixelNormalization(scale, offset, name="normalization")(inputs)
+    x = PixelNormalization(*scale_offset, name="normalization")(inputs)
     x = vit(x)
     x = ViTPooling(
         pooling,
@@ -247,29 +208,25 @@ def build_vit_classifier(
     outputs = keras.layers.Dense(
         num_classes, activation="softmax", dtype="float32", name="predictions"
     )(x)
-    model = keras.Model(inputs, outputs, name="vit_lora_classifier")
+    return keras.Model(inputs, outputs, name="vit_lora_classifier")
 
-    if lora_rank > 0:
-        _enable_lora(vit, lora_rank, lora_alpha, lora_targets, lora_layout)
-    if fast_layers:
-        fast_layers_lib.use_fast_layers(vit)
 
-    info = {
+def _build_info(source, num_classes, image_size, pooling, lora, head_dropout, scale, offset):
+    """The JSON-able build arguments `build_info` returns (and adapters record)."""
+    on = lora["rank"] > 0
+    return {
         "backbone": source,
         "num_classes": num_classes,
         "image_size": image_size,
         "pooling": pooling,
-        "lora_rank": lora_rank,
-        "lora_alpha": lora_alpha if lora_rank > 0 else None,
-        "lora_targets": list(lora_targets) if lora_rank > 0 else [],
-        "lora_layout": lora_layout if lora_rank > 0 else None,
+        "lora_rank": lora["rank"],
+        "lora_alpha": lora["alpha"] if on else None,
+        "lora_targets": list(lora["targets"]) if on else [],
+        "lora_layout": lora["layout"] if on else None,
         "bias": "none",
         "head_dropout": head_dropout,
         "normalization": {"scale": scale, "offset": offset},
     }
-    setattr(model, _INFO_ATTR, json.dumps(info))
-    logger.info("ViT classifier from %s: %s", source, format_trainable_parameters(model))
-    return model
 
 
 def build_info(model: keras.Model) -> dict:
@@ -280,139 +237,6 @@ def build_info(model: keras.Model) -> dict:
     """
     raw = getattr(model, _INFO_ATTR, None)
     return json.loads(raw) if raw else {}
-
-
-def _load_backbone(backbone, backbone_config, image_size, dtype):
-    """Returns (ViTBackbone, JSON-able source description, normalisation from the source)."""
-    if backbone is None or backbone == "config":
-        if not backbone_config:
-            raise ValueError(
-                "backbone='config' needs backbone_config={'patch_size':..., 'num_layers':..., "
-                "'num_heads':..., 'hidden_dim':..., 'mlp_dim':...}."
-            )
-        config = dict(backbone_config)
-        shape = tuple(config.get("image_shape") or (image_size, image_size, 3))
-        if shape[:2] != (image_size, image_size):
-            logger.info(
-                "backbone_config image_shape %s replaced by image_size %d", shape, image_size
-            )
-        config["image_shape"] = (image_size, image_size, shape[2])
-        if dtype is not None:
-            config["dtype"] = dtype
-        vit = keras_hub.models.ViTBackbone(**config)
-        source = {"type": "config", "config": _jsonable(config)}
-        return vit, source, None
-
-    if isinstance(backbone, os.PathLike):
-        backbone = os.fspath(backbone)
-    if not isinstance(backbone, str):
-        raise TypeError(
-            f"backbone={backbone!r}: pass a preset name, a preset/HF directory, an hf:// id, "
-            "or 'config' with backbone_config."
-        )
-    if os.path.isdir(backbone):
-        backbone = os.path.abspath(backbone)
-        if not os.path.isfile(os.path.join(backbone, "config.json")):
-            raise ValueError(
-                f"{backbone}: no config.json. Pass a directory written by "
-                "ViTBackbone.save_to_preset or a Hugging Face ViT checkpoint directory."
-            )
-    from eyegazer_keras.interop import hf_vit  # HF checkpoints live in interop (keras-hub only)
-
-    kind, config = _preset_kind(backbone)
-    kwargs = {} if dtype is None else {"dtype": dtype}
-    if kind == "hf_checkpoint":
-        kwargs.update(hf_vit.hf_backbone_kwargs(config))
-    if kind == "hf_checkpoint" and (config.get("architectures") or [""])[0] == "ViTModel":
-        vit = hf_vit.load_hf_vitmodel(backbone, config, kwargs)
-    else:
-        vit = keras_hub.models.ViTBackbone.from_preset(backbone, **kwargs)
-    source = {"type": kind, "preset": backbone}
-    return vit, source, _preset_normalization(backbone, kind)
-
-
-def _preset_kind(preset):
-    from keras_hub.src.utils import preset_utils
-
-    config = preset_utils.load_json(preset, preset_utils.CONFIG_FILE)
-    if "registered_name" in config:
-        return "keras_preset", config
-    if config.get("model_type") == "vit":
-        return "hf_checkpoint", config
-    raise ValueError(
-        f"{preset}: config.json describes {config.get('model_type') or 'an unknown model'}, "
-        "not a ViT. Pass a keras-hub ViT preset or a Hugging Face ViT checkpoint."
-    )
-
-
-def _preset_normalization(preset, kind):
-    """Scale/offset that the preset itself ships, or None."""
-    from keras_hub.src.utils import preset_utils
-
-    if kind == "keras_preset":
-        if not preset_utils.check_file_exists(preset, preset_utils.IMAGE_CONVERTER_CONFIG_FILE):
-            return None
-        converter = keras_hub.layers.ViTImageConverter.from_preset(preset)
-        if converter is None or converter.scale is None:
-            return None
-        return {"scale": converter.scale, "offset": converter.offset or 0.0}
-    if not preset_utils.check_file_exists(preset, "preprocessor_config.json"):
-        return None
-    hf = preset_utils.load_json(preset, "preprocessor_config.json")
-    rescale = hf.get("rescale_factor", 1 / 255) if hf.get("do_rescale", True) else 1.0
-    if not hf.get("do_normalize", True):
-        return {"scale": rescale, "offset": 0.0}
-    mean = np.asarray(hf.get("image_mean", _DEFAULT_NORMALIZATION["mean"]), "float64")
-    std = np.asarray(hf.get("image_std", _DEFAULT_NORMALIZATION["std"]), "float64")
-    return {"scale": (rescale / std).tolist(), "offset": (-mean / std).tolist()}
-
-
-def _resolve_normalization(normalization, source_norm):
-    norm = normalization or source_norm or _DEFAULT_NORMALIZATION
-    if "scale" in norm:
-        scale, offset = norm["scale"], norm.get("offset", 0.0)
-    elif "mean" in norm and "std" in norm:
-        mean = np.asarray(norm["mean"], "float64")
-        std = np.asarray(norm["std"], "float64")
-        scale, offset = (1.0 / (255.0 * std)).tolist(), (-mean / std).tolist()
-    else:
-        raise ValueError(
-            f"normalization={normalization!r}: give {{'scale': s, 'offset': o}} (x*s+o on "
-            "0..255 pixels) or {'mean': [..3], 'std': [..3]} (on 0..1 pixels)."
-        )
-    return _as_float_list(scale), _as_float_list(offset)
-
-
-def _resize_backbone(vit, image_size):
-    """Rebuilds `vit` for `image_size` pixels, interpolating the position embeddings."""
-    old_h, old_w = vit.image_shape[0], vit.image_shape[1]
-    if (old_h, old_w) == (image_size, image_size):
-        return vit
-    ph, pw = vit.patch_size
-    if image_size % ph or image_size % pw:
-        raise ValueError(
-            f"image_size={image_size} is not a multiple of the patch size {vit.patch_size}: "
-            f"use e.g. {image_size - image_size % ph} or {image_size + ph - image_size % ph}."
-        )
-    config = vit.get_config()
-    config["image_shape"] = (image_size, image_size, vit.image_shape[2])
-    new = keras_hub.models.ViTBackbone.from_config(config)
-    old_grid, new_grid = (old_h // ph, old_w // pw), (image_size // ph, image_size // pw)
-    logger.info("interpolating ViT position embeddings %s -> %s (bicubic)", old_grid, new_grid)
-    prefix = 1 if vit.use_class_token else 0
-    for old_var, new_var in zip(vit.weights, new.weights, strict=True):
-        value = keras.ops.convert_to_numpy(old_var.value)
-        if tuple(old_var.shape) != tuple(new_var.shape):
-            if not old_var.path.endswith("position_embedding/embeddings"):
-                raise ValueError(f"cannot resize {old_var.path}: {old_var.shape}->{new_var.shape}")
-            grid = value[prefix:].reshape(old_grid + (value.shape[-1],))
-            grid = keras.ops.image.resize(
-                grid, new_grid, interpolation="bicubic", data_format="channels_last"
-            )
-            grid = keras.ops.convert_to_numpy(grid).reshape(-1, value.shape[-1])
-            value = np.concatenate([value[:prefix], grid], axis=0)
-        new_var.assign(value)
-    return new
 
 
 def _enable_lora(vit, rank, alpha, targets, layout="peft"):
@@ -644,23 +468,3 @@ def _base_fingerprint(model):
         digest.update(f"{variable.path}:{value.shape}:{value.dtype}".encode())
         digest.update(value.tobytes())
     return digest.hexdigest()
-
-
-# --------------------------------------------------------------------------------------------
-# Small helpers
-# --------------------------------------------------------------------------------------------
-def _as_float_list(value):
-    array = np.asarray(value, dtype="float64")
-    return float(array) if array.ndim == 0 else [float(v) for v in array.ravel()]
-
-
-def _jsonable(value):
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    return str(value)
