@@ -124,7 +124,7 @@ class RunData:
             task=task,
             class_names=list(metrics.BINARY_NAMES if task == "binary" else GRADE_NAMES),
             majority_class=int(np.bincount(train, minlength=config.num_classes).argmax()),
-            preprocessing=_preprocessing(builder),
+            preprocessing=data.preprocessing_spec(builder).to_dict(),
             train_targets=train,
             val_targets=pipeline.transform_labels_np(val_labels, config.task),
         )
@@ -151,15 +151,6 @@ class RunData:
             with open(path) as f:
                 return cls.from_dict(json.load(f))
         return cls.from_config(config)
-
-
-def _preprocessing(builder) -> dict:
-    """The run's `fundus.PreprocessingSpec` (stored size, Ben Graham, crop, normalisation)."""
-    spec = fundus.PreprocessingSpec(
-        stored_size=data.source_size(builder),
-        ben_graham=bool(getattr(builder.builder_config, "ben_graham", False)),
-    )
-    return spec.to_dict()
 
 
 def split_args(config, split: str) -> tuple:
