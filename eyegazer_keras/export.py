@@ -100,17 +100,14 @@ def export_saved_model(
             None: built from `source_size` and `use_ben_graham`.
         source_size: int. Stored side in pixels; only without `preprocessing`.
         use_ben_graham: bool. Ben Graham stored; only without `preprocessing`. Defaults to False.
-        class_names: sequence of str. Defaults to `GRADE_NAMES` (grade, regression) or
-            `("no_dr", "dr")` (binary).
-        cutoffs: 4 increasing floats (`regression.apply_cutoffs`); regression only. Defaults to
-            `(0.5, 1.5, 2.5, 3.5)`.
+        class_names: sequence of str. Defaults to `GRADE_NAMES`; `("no_dr", "dr")` for binary.
+        cutoffs: 4 increasing floats, regression only (`regression.DEFAULT_CUTOFFS`).
         metadata: dict. Extra JSON fields of the metadata, e.g. `{"config": {...}}`.
         model_card: dict. Content for `model_card.write_model_card` (model name, data,
             training, validation metrics, ...). Defaults to None ("not recorded" parts).
         calibration: dict or None. `calibrate.fit_calibration` output (`temperature`,
             `threshold`, ...), applied in the graph and recorded; classifiers only.
-        tta: str. Test-time augmentation in the graph, one of `models.wrappers.TTA_MODES`.
-            Defaults to "none".
+        tta: str. In-graph test-time augmentation (`models.wrappers.TTA_MODES`); "none".
         explain_method: str or None. Adds `serving_explain` with this `eyegazer_keras.explain`
             method (e.g. "grad_cam"). Defaults to None.
 
