@@ -347,21 +347,8 @@ def _write_run(model, config, workdir, peft, base, base_info, crop):
     files.write_json_atomic(os.path.join(workdir, "config.json"), configs_lib.to_dict(config))
     vit_lora.save_adapter(model, os.path.join(workdir, "checkpoints", "best_adapter.npz"))
     vit_lora.save_adapter(model, os.path.join(workdir, "adapter.npz"))
-    record = {
-        "base": base,
-        "base_kind": base_info["kind"],
-        "adapter": peft.source,
-        "naming": peft.naming,
-        "rank": peft.rank,
-        "lora_alpha": peft.alpha,
-        "targets": list(peft.targets),
-        "num_labels": int(model.output.shape[-1]),
-        "head_from": "adapter" if peft.head is not None else "base",
-        "adapter_config": peft.config,
-        "adapter_base_model_name_or_path": peft.config.get("base_model_name_or_path"),
-        "trained_preprocessing": peft_files.hf_preprocessing(base_info, config.image_size),
-        "export_crop": crop,
-    }
+    num_labels = int(model.output.shape[-1])
+    record = peft_files.import_record(peft, base, base_info, num_labels, config.image_size, crop)
     files.write_json_atomic(os.path.join(workdir, IMPORT_RECORD), record)
     files.write_json_atomic(os.path.join(workdir, RUN_DATA), peft_files.run_data(config, crop))
     logger.info("imported %s (%s naming) onto %s into %s", peft.source, peft.naming, base, workdir)

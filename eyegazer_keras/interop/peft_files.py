@@ -3,8 +3,8 @@
 * out of a run (`export_peft`): `read_run` (``config.json`` + adapter arrays),
   `adapter_config` (PEFT's ``adapter_config.json``), `run_preprocessing` and `readme` (how to
   load the adapter and what input it was trained on);
-* into a run (`import_peft`): `hf_preprocessing` (what an HF-trained adapter saw) and
-  `run_data` (the run's ``dataset.json``).
+* into a run (`import_peft`): `import_record` (``peft_import.json``), `hf_preprocessing`
+  (what an HF-trained adapter saw) and `run_data` (the run's ``dataset.json``).
 
 Every function returns plain dicts/strings; `eyegazer_keras.interop.peft` writes them.
 
@@ -29,6 +29,7 @@ import numpy as np
 __all__ = [
     "adapter_config",
     "hf_preprocessing",
+    "import_record",
     "read_run",
     "readme",
     "run_data",
@@ -130,6 +131,40 @@ def hf_preprocessing(base_info: dict, image_size: int) -> dict:
         "image_mean": p.get("image_mean", [0.5, 0.5, 0.5]),
         "image_std": p.get("image_std", [0.5, 0.5, 0.5]),
         "source": "preprocessor_config.json" if p else "ViTImageProcessor defaults",
+    }
+
+
+def import_record(
+    adapter, base: str, base_info: dict, num_labels: int, image_size: int, crop: str
+) -> dict:
+    """``peft_import.json``: what `import_peft` read, onto which base, and for which input.
+
+    Args:
+        adapter: `peft.PeftAdapter`. The adapter as read.
+        base: str. The base it was put on (`hf_vit.normalise_source`).
+        base_info: dict. `hf_vit.describe_base(base)`.
+        num_labels: int. Classes of the imported head (2 or 5).
+        image_size: int. The model input side in pixels.
+        crop: str. The preprocessing the run's export applies (``"none"`` or ``"fundus"``).
+
+    Returns:
+        dict: base, adapter, naming, rank, alpha, targets, head origin, the adapter's config and
+        the preprocessing it was trained with (`hf_preprocessing`).
+    """
+    return {
+        "base": base,
+        "base_kind": base_info["kind"],
+        "adapter": adapter.source,
+        "naming": adapter.naming,
+        "rank": adapter.rank,
+        "lora_alpha": adapter.alpha,
+        "targets": list(adapter.targets),
+        "num_labels": num_labels,
+        "head_from": "adapter" if adapter.head is not None else "base",
+        "adapter_config": adapter.config,
+        "adapter_base_model_name_or_path": adapter.config.get("base_model_name_or_path"),
+        "trained_preprocessing": hf_preprocessing(base_info, image_size),
+        "export_crop": crop,
     }
 
 
