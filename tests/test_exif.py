@@ -102,7 +102,7 @@ def test_png_exif_after_idat_and_jpeg_with_segments_before_app1():
 def test_jpeg_walk_stops_at_the_start_of_scan():
     """Entropy-coded bytes after SOS are not segments: an `Exif` look-alike there is not read."""
     upright = _upright()
-    jpeg = _tagged_file(upright, 1, "JPEG", exif=b"")  # no APP1 at all
+    jpeg = exif_tagged_photo(upright, 1, "JPEG", exif=b"")  # no APP1 at all
     sos = jpeg.index(b"\xff\xda")
     (length,) = struct.unpack(">H", jpeg[sos + 2 : sos + 4])
     fake = _tiff(6, "MM")
