@@ -5,5 +5,7 @@
 * `peft.export_peft`: a run's LoRA + head become a PEFT adapter that
   ``PeftModel.from_pretrained`` loads onto the matching HF base.
 
-Neither needs torch, transformers or peft: the files are read and written with `safetensors`.
+`peft_layout` holds the key names and LoRA weight layouts between the two, `peft_files` the
+files besides the weights. Neither needs torch, transformers or peft: the files are read and
+written with `safetensors`.
 """
