@@ -29,11 +29,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_throughput import _data, _timed, backbone_config, worker_peer  # noqa: E402
+import timing  # noqa: E402
+from train_throughput import _data, backbone_config, worker_peer  # noqa: E402
 
 MODELS = {
     "vit-b16": dict(patch=16, layers=12, heads=12, hidden=768, mlp=3072),
@@ -101,7 +101,7 @@ def worker_ours(shape: dict, args) -> dict:
         state[0], state[1], state[2], loss = step(*state, x, y)
         loss.block_until_ready()
 
-    result = _timed(one, args.warmup, args.steps, args.repeats, args.batch)
+    result = timing.timed(one, args.warmup, args.steps, args.repeats, args.batch)
     result.update(
         side="ours",
         variant="bf16-jax",
@@ -131,7 +131,7 @@ def main(argv=None) -> int:
         side, name, variant = args.worker.split(":")
         shape = dict(COMMON, **MODELS[name])
         result = worker_ours(shape, args) if side == "ours" else worker_peer(variant, args, shape)
-        print("RESULT " + json.dumps(result), flush=True)
+        timing.print_result(result)
         return 0
 
     results = []
@@ -141,21 +141,13 @@ def main(argv=None) -> int:
         jobs = [("ours", v) for v in args.ours.split(",") if v]
         jobs += [("peer", v) for v in args.peer.split(",") if v]
         for side, variant in jobs:
-            cmd = [
-                sys.executable,
-                os.path.abspath(__file__),
-                "--worker",
-                f"{side}:{name}:{variant}",
-            ]
-            cmd += ["--batch", str(args.batch), "--steps", str(args.steps)]
-            cmd += ["--repeats", str(args.repeats), "--warmup", str(args.warmup)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-            if not lines:
-                tail = (proc.stderr or proc.stdout)[-1500:]
-                print(f"{name} {side} {variant} FAILED exit {proc.returncode}: {tail}", flush=True)
+            worker_args = ["--worker", f"{side}:{name}:{variant}"]
+            worker_args += ["--batch", str(args.batch), "--steps", str(args.steps)]
+            worker_args += ["--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+            r = timing.run_worker(__file__, worker_args, tail=1500)
+            if "error" in r:
+                print(f"{name} {side} {variant} FAILED {r['error']}", flush=True)
                 continue
-            r = json.loads(lines[-1][len("RESULT ") :])
             r.update(model=name, batch=args.batch, gflop_per_image=flops / 1e9)
             r["tflops"] = r["img_per_s"] * flops / 1e12
             results.append(r)
@@ -165,11 +157,9 @@ def main(argv=None) -> int:
                 f"{args.peak_tflops:.0f})  blocks={r['blocks']}  {r.get('device', '')}",
                 flush=True,
             )
-        ours = [r for r in results if r["model"] == name and r["side"] == "ours"]
-        peer = [r for r in results if r["model"] == name and r["side"] == "peer"]
-        if ours and peer:
-            o = max(ours, key=lambda r: r["img_per_s"])
-            p = max(peer, key=lambda r: r["img_per_s"])
+        mine = [r for r in results if r["model"] == name]
+        o, p = timing.best(mine, "ours"), timing.best(mine, "peer")
+        if o and p:
             print(
                 f"{name}: best ours {o['variant']} {o['img_per_s']:.1f} / best peer "
                 f"{p['variant']} {p['img_per_s']:.1f} img/s = ratio "

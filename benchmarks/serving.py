@@ -53,7 +53,8 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from train_throughput import SHAPE, _machine, _timed, backbone_config, peer_model  # noqa: E402
+import timing  # noqa: E402
+from train_throughput import SHAPE, backbone_config, peer_model  # noqa: E402
 
 OURS_DEFAULT = "fp32,fp32+merged,fp32+merged+fuse,fp32+merged+inter1,bf16+merged,fp32+merged+xla"
 PEER_DEFAULT = "fp32,bf16,fp32+e2e"
@@ -137,7 +138,7 @@ def worker_ours(variant: str, args) -> dict:
         result["kind"] = "keras tensors (jit_compile=True)"
         for batch in (1, 32):
             x = x32[:batch]
-            result[f"b{batch}"] = _timed(
+            result[f"b{batch}"] = timing.timed(
                 lambda x=x: fn(x).numpy(), args.warmup, args.steps[batch], args.repeats, batch
             )
         return result
@@ -151,7 +152,7 @@ def worker_ours(variant: str, args) -> dict:
         result["kind"] = "SavedModel serving_default, JPEG bytes"
         for batch in (1, 32):
             blobs = [jpeg] * batch
-            result[f"b{batch}"] = _timed(
+            result[f"b{batch}"] = timing.timed(
                 lambda b=blobs: exported.predict_bytes(b)["probabilities"],
                 args.warmup,
                 args.steps[batch],
@@ -207,7 +208,7 @@ def worker_peer(variant: str, args) -> dict:
         "merged": True,
     }
     for batch in (1, 32):
-        result[f"b{batch}"] = _timed(
+        result[f"b{batch}"] = timing.timed(
             lambda b=batch: run(b), args.warmup, args.steps[batch], args.repeats, batch
         )
     return result
@@ -267,7 +268,7 @@ def worker_http(variant: str, args) -> dict:
                             )
                         )
 
-                result[f"b{batch}x{clients}"] = _timed(
+                result[f"b{batch}x{clients}"] = timing.timed(
                     block, 1, 1, args.repeats, batch * clients * steps
                 )
         finally:
@@ -280,36 +281,23 @@ def worker_http(variant: str, args) -> dict:
 # Driver
 # ------------------------------------------------------------------------------------------------
 def _run_worker(side: str, variant: str, args) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--part", "peer", "--worker"]
-    cmd += [f"{side}:{variant}", "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
-    cmd += ["--steps1", str(args.steps[1]), "--steps32", str(args.steps[32])]
-    cmd += ["--smoke"] if args.smoke else []
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])
-    tail = (proc.stderr or proc.stdout)[-2000:]
-    return {"side": side, "variant": variant, "error": f"exit {proc.returncode}: {tail}"}
-
-
-def _load() -> str:
-    try:
-        return " ".join(f"{x:.1f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
+    worker_args = ["--part", "peer", "--worker", f"{side}:{variant}"]
+    worker_args += ["--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+    worker_args += ["--steps1", str(args.steps[1]), "--steps32", str(args.steps[32])]
+    worker_args += ["--smoke"] if args.smoke else []
+    return timing.run_worker(__file__, worker_args, side=side, variant=variant)
 
 
 def part_peer(args) -> int:
     if args.worker:
         side, variant = args.worker.split(":")
         worker = {"ours": worker_ours, "peer": worker_peer, "http": worker_http}[side]
-        print("RESULT " + json.dumps(worker(variant, args)), flush=True)
+        timing.print_result(worker(variant, args))
         return 0
     jobs = [("ours", v) for v in args.ours.split(",") if v]
     jobs += [("peer", v) for v in args.peer.split(",") if v]
     jobs += [("http", "fp32+merged")] if args.http else []
-    print(f"machine: {_machine()}; load average before: {_load()}")
+    print(f"machine: {timing.machine()}; load average before: {timing.load_average()}")
     print(
         f"ViT-S/16 @224, LoRA r{SHAPE['rank']}, JPEG {args.jpeg_px}x{args.jpeg_px * 3 // 4}; "
         f"{args.warmup} warm-up + {args.repeats} timed blocks of {args.steps[1]} (batch 1) / "
@@ -332,7 +320,7 @@ def part_peer(args) -> int:
             f" max|dp| merged vs LoRA {r['max_dp_vs_lora']:.1e}" if "max_dp_vs_lora" in r else ""
         )
         print(f"{side:4s} {variant:22s} {'  '.join(cells)}  [{r['kind']}]{extra}", flush=True)
-    print(f"load average after: {_load()}")
+    print(f"load average after: {timing.load_average()}")
     for batch in (1, 32):
         key = f"b{batch}"
 

@@ -32,13 +32,10 @@ figure is steadier for TF, but penalises torch, whose OpenMP threads spin while 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import statistics
-import subprocess
 import sys
-import time
+
+import timing
 
 SHAPE = dict(image=224, patch=16, layers=12, heads=6, hidden=384, mlp=1536, classes=5, rank=16)
 OURS_VARIANTS = tuple(f"{p}{s}" for p in ("fp32", "bf16") for s in ("", "-fuse", "-nofuse", "-xla"))
@@ -97,29 +94,6 @@ def peer_model(shape: dict = SHAPE):
     return get_peft_model(base, lora), targets
 
 
-def _timed(step, warmup: int, steps: int, repeats: int, batch: int) -> dict:
-    """Wall-clock img/s (median block) and img per CPU-second of this process x cores.
-
-    The second figure (``cpu_img_per_s``) divides by the CPU time this process used, scaled by
-    the core count: on a machine shared with other jobs it estimates the uncontended rate.
-    """
-    for _ in range(warmup):
-        step()
-    rates, cpu_rates = [], []
-    for _ in range(repeats):
-        t, c = time.perf_counter(), time.process_time()
-        for _ in range(steps):
-            step()
-        rates.append(batch * steps / (time.perf_counter() - t))
-        cpu_rates.append(batch * steps * (os.cpu_count() or 1) / (time.process_time() - c))
-    return {
-        "img_per_s": statistics.median(rates),
-        "best_block": max(rates),
-        "cpu_img_per_s": statistics.median(cpu_rates),
-        "blocks": [round(r, 2) for r in rates],
-    }
-
-
 # ------------------------------------------------------------------------------------------------
 # Workers (each runs in its own process)
 # ------------------------------------------------------------------------------------------------
@@ -166,7 +140,7 @@ def worker_ours(variant: str, args) -> dict:
     def step():
         trainer.train_step(images, labels, weights).numpy()
 
-    result = _timed(step, args.warmup, args.steps, args.repeats, args.batch)
+    result = timing.timed(step, args.warmup, args.steps, args.repeats, args.batch)
     trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
     result.update(
         side="ours",
@@ -208,7 +182,7 @@ def worker_peer(variant: str, args, shape: dict = SHAPE) -> dict:
         if device == "cuda":
             torch.cuda.synchronize()
 
-    result = _timed(step, args.warmup, args.steps, args.repeats, args.batch)
+    result = timing.timed(step, args.warmup, args.steps, args.repeats, args.batch)
     result.update(
         side="peer",
         variant=variant,
@@ -225,46 +199,11 @@ def worker_peer(variant: str, args, shape: dict = SHAPE) -> dict:
 # Driver
 # ------------------------------------------------------------------------------------------------
 def _run_worker(side: str, variant: str, args) -> dict:
-    cmd = [
-        sys.executable,
-        os.path.abspath(__file__),
-        "--worker",
-        f"{side}:{variant}",
-        "--batch",
-        str(args.batch),
-        "--steps",
-        str(args.steps),
-        "--warmup",
-        str(args.warmup),
-        "--repeats",
-        str(args.repeats),
-        "--inter-op",
-        str(args.inter_op),
-        "--lora-layout",
-        args.lora_layout,
-    ]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])
-    tail = (proc.stderr or proc.stdout)[-2000:]
-    return {"side": side, "variant": variant, "error": f"exit {proc.returncode}: {tail}"}
-
-
-def _machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read()
-        model = next(
-            line.split(":", 1)[1].strip() for line in info.splitlines() if "model name" in line
-        )
-        flags = next(line for line in info.splitlines() if line.startswith("flags")).split()
-        model += f" ({', '.join(f for f in ('avx512_bf16', 'amx_bf16', 'amx_tile') if f in flags) or 'no bf16 ISA'})"
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {os.cpu_count()} logical CPUs"
+    flags = ("batch", "steps", "warmup", "repeats", "inter_op", "lora_layout")
+    worker_args = ["--worker", f"{side}:{variant}"]
+    for flag in flags:
+        worker_args += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    return timing.run_worker(__file__, worker_args, side=side, variant=variant)
 
 
 def main(argv=None) -> int:
@@ -301,8 +240,7 @@ def main(argv=None) -> int:
 
     if args.worker:
         side, variant = args.worker.split(":")
-        result = (worker_ours if side == "ours" else worker_peer)(variant, args)
-        print("RESULT " + json.dumps(result), flush=True)
+        timing.print_result((worker_ours if side == "ours" else worker_peer)(variant, args))
         return 0
 
     jobs = []
@@ -310,7 +248,7 @@ def main(argv=None) -> int:
         jobs += [("ours", v) for v in args.ours.split(",") if v]
     if args.only != "ours":
         jobs += [("peer", v) for v in args.peer.split(",") if v]
-    print(f"machine: {_machine()}")
+    print(f"machine: {timing.machine()}")
     print(
         f"shape: ViT-S/16 @ {SHAPE['image']}px, LoRA r={SHAPE['rank']} q+v, batch {args.batch}, "
         f"{args.warmup} warm-up + {args.repeats}x{args.steps} timed steps (median block)"
@@ -327,19 +265,15 @@ def main(argv=None) -> int:
                 f"best block {r['best_block']:6.2f}  per-CPU-s x cores {r['cpu_img_per_s']:6.2f}  "
                 f"blocks={r['blocks']}"
             )
-    best = {}
-    for side in ("ours", "peer"):
-        ok = [r for r in results if r["side"] == side and "error" not in r]
-        if ok:
-            best[side] = max(ok, key=lambda r: r["img_per_s"])
-    if len(best) == 2:
-        o, p = best["ours"], best["peer"]
+    o, p = timing.best(results, "ours"), timing.best(results, "peer")
+    if o and p:
         print(
             f"best ours {o['variant']} {o['img_per_s']:.2f} img/s / best peer {p['variant']} "
             f"{p['img_per_s']:.2f} img/s = ratio {o['img_per_s'] / p['img_per_s']:.2f}x"
         )
-        oc = max(r["cpu_img_per_s"] for r in results if r["side"] == "ours" and "error" not in r)
-        pc = max(r["cpu_img_per_s"] for r in results if r["side"] == "peer" and "error" not in r)
+        cpu = lambda r: r["cpu_img_per_s"]  # noqa: E731
+        oc = cpu(timing.best(results, "ours", cpu))
+        pc = cpu(timing.best(results, "peer", cpu))
         print(
             f"per-CPU-second ratio (contention-insensitive): {oc:.2f} / {pc:.2f} = {oc / pc:.2f}x"
         )

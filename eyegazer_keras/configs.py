@@ -1,8 +1,10 @@
-"""Named experiment configs: small dataclasses, chosen by name, overridden with `--set key=value`.
+"""Experiment configs: small dataclasses, chosen by name, overridden with `--set key=value`.
 
-Every config docstring says the command, the expected runtime and the expected result, in the
-manner of big_vision configs (`big_vision/configs/*.py`). The trainer and the search are
-generic; configs choose.
+`TrainConfig` and `SearchConfig` hold every setting with its default; the named experiments are
+recipes in `named_configs` (the fields that differ), each documented with the command, the
+expected runtime and the expected result, in the manner of big_vision configs
+(`big_vision/configs/*.py`). The trainer and the search are generic; configs choose. `--set`
+values are parsed by the field's declared type (`field_values`).
 
 Each config has a `runlocal` variant, as big_vision's `--config file.py:runlocal`: the same
 recipe (task, LoRA layout, class weights, monitor, collapse detector) on the tiny synthetic set
@@ -18,21 +20,20 @@ config = configs.apply_overrides(config, ["epochs=2", 'backbone_config={"num_lay
 assert config.epochs == 2 and config.backbone_config == {"num_layers": 2}
 ```
 
-The blog-* configs reproduce the three runs of the eyegazer write-up on APTOS 2019 (Kaggle
-APTOS 2019 Blindness Detection): ViT-Base 5-class; ViT-Large 5-class, which collapsed onto the
-majority class; ViT-Large binary, whose PEFT LoRA adapter is published on the Hugging Face Hub
-as `monsoon-nlp/eyegazer-vit-binary` (see README "Use the published eyegazer-vit-binary
-adapter"). Their docstrings quote the write-up's figures; QWK is APTOS 2019's metric.
+The blog-* configs reproduce the three runs of the eyegazer write-up on APTOS 2019 (see
+`named_configs`, and README "Use the published eyegazer-vit-binary adapter"). Their docstrings
+quote the write-up's figures; QWK is APTOS 2019's metric.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import json
+import inspect
 import logging
-import types
-import typing
 from typing import Any
+
+from eyegazer_keras import field_values, named_configs
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class TrainConfig:
     mixed_precision: str | None = "auto"  # auto | none | bfloat16 | float16
     # auto: XLA on GPU/TPU; on CPU "fusible" under mixed precision (XLA fuses the element-wise
     # ops only, matmuls stay on oneDNN; a fully XLA-compiled step is 35% slower on CPU), off in
-    # float32. See train.resolve_auto and train.xla_fusion.
+    # float32. See runtime.resolve_auto and runtime.xla_fusion.
     jit_compile: bool | str = "auto"  # auto | true | false | fusible
     seed: int = 0
     # Collapse detection (the write-up's run 2).
@@ -143,14 +144,6 @@ class TrainConfig:
     def num_classes(self) -> int:
         """2 for `task="binary"`, else 5."""
         return 2 if self.task == "binary" else 5
-
-    @property
-    def label_mode(self) -> str:
-        """Deprecated alias of `task` (renamed in issue 14); kept while callers move over."""
-        import warnings
-
-        warnings.warn("TrainConfig.label_mode is now TrainConfig.task", DeprecationWarning, 2)
-        return self.task
 
 
 @dataclasses.dataclass
@@ -201,218 +194,34 @@ def _upgrade_values(config) -> None:
             setattr(config, key, new)
 
 
-def _runlocal(config, settings: dict):
+def _runlocal(config):
+    """The tiny variant of `config`: `RUNLOCAL_TRAIN` or `RUNLOCAL_SEARCH` applied to it."""
+    settings = RUNLOCAL_TRAIN if isinstance(config, TrainConfig) else RUNLOCAL_SEARCH
     config.name = f"{config.name}-runlocal"
     for key, value in settings.items():
         setattr(config, key, dict(value) if isinstance(value, dict) else value)
     return config
 
 
-def _demo(runlocal: bool = False) -> TrainConfig:
-    """The embedded default: synthetic fundus set (Ben Graham config), demo-sized ViT, LoRA r=8.
+def _factory(recipe, config_class):
+    """`factory(runlocal=False) -> config` for a `named_configs` recipe, documented by it."""
 
-    Stage 1 fully trains a 4-layer ViT (`DEMO_VIT`) on the synthetic train split and saves it with
-    `save_to_preset` (the stand-in for ImageNet pretraining: no downloads here); stage 2 loads
-    it back with `from_preset`, enables LoRA on query/value and trains adapters + a new head.
+    def factory(runlocal: bool = False):
+        config = config_class(**copy.deepcopy(recipe()))
+        return _runlocal(config) if runlocal else config
 
-    Command: `eyegazer demo` (prepare + train + evaluate + export), or
-    `eyegazer prepare synthetic_fundus --config ben_graham` then
-    `eyegazer train --config demo --workdir runs/demo`
-    Runtime: a few minutes on 2 CPU cores (pretraining stage + LoRA stage).
-    Expected: validation QWK >= 0.7 on synthetic_fundus (see README for the measured figure).
-
-    runlocal (`--config demo:runlocal`, or `eyegazer demo --runlocal`): no pretraining stage,
-    2-layer ViT at 32 px, 1 epoch on synthetic_fundus/tiny (prepare it with
-    `eyegazer prepare synthetic_fundus --config tiny`). Runtime: minutes; `eyegazer demo
-    --runlocal` (prepare + train + evaluate + export) took 263 s on 2 shared, busy CPU cores.
-    Expected: a complete run folder and export; metrics near chance (80 training photos).
-
-    Args:
-        runlocal: bool. The tiny variant. Defaults to False.
-
-    Returns:
-        A fresh `TrainConfig`.
-    """
-    config = TrainConfig(
-        name="demo",
-        dataset_config="ben_graham",
-        pretrain_epochs=12,
-        epochs=8,
-        image_size=64,
-        pooling="gap",
-        batch_size=32,
-        learning_rate=5e-4,
+    factory.__name__ = factory.__qualname__ = recipe.__name__
+    factory.__doc__ = inspect.cleandoc(recipe.__doc__ or "") + (
+        "\n\nArgs:\n    runlocal: bool. The tiny variant. Defaults to False.\n\n"
+        f"Returns:\n    A fresh `{config_class.__name__}`."
     )
-    return _runlocal(config, RUNLOCAL_TRAIN) if runlocal else config
+    return factory
 
 
-def _blog_run1(runlocal: bool = False) -> TrainConfig:
-    """Write-up run 1: ViT-Base in21k, 5-class, LoRA r=16 on query/value, 3 epochs.
-
-    Command: `eyegazer prepare aptos2019 --manual-dir ~/Downloads` then
-    `eyegazer train --config blog-run1 --workdir runs/blog-run1`
-    Runtime: about 20 min on one V100 in the write-up; see benchmarks/NOTES.md for ours.
-    Expected: accuracy around 0.76 (the write-up), QWK reported alongside.
-
-    runlocal (`--config blog-run1:runlocal`): the same recipe on synthetic_fundus/tiny with a
-    random 2-layer ViT (no preset download), 32 px, 1 epoch. Runtime: as demo:runlocal (same
-    data and model size). Expected: a complete run folder; metrics near chance.
-
-    Args:
-        runlocal: bool. The tiny variant. Defaults to False.
-
-    Returns:
-        A fresh `TrainConfig`.
-    """
-    config = TrainConfig(
-        name="blog-run1",
-        dataset="aptos2019",
-        backbone="vit_base_patch16_224_imagenet21k",
-        backbone_config={},
-        image_size=224,
-        lora_rank=16,
-        lora_alpha=16,
-        epochs=3,
-        batch_size=32,
-        learning_rate=5e-4,
-    )
-    return _runlocal(config, RUNLOCAL_TRAIN) if runlocal else config
-
-
-def _blog_run2(runlocal: bool = False) -> TrainConfig:
-    """Write-up run 2: ViT-Large in21k, 5-class, batch 16, class weights + collapse detector.
-
-    The backbone is the ImageNet-21k ViT-L/16 the write-up started from
-    (`vit_large_patch16_224_imagenet21k`, converted by keras-hub from
-    `google/vit-large-patch16-224-in21k`), not the ImageNet-1k fine-tuned `*_imagenet` preset.
-
-    The write-up's run collapsed onto the majority class (accuracy 0.53). Here class weights are on
-    and the collapse detector warns, records and (with `stop_on_collapse`) stops.
-    Command: `eyegazer train --config blog-run2 --workdir runs/blog-run2`
-    Runtime: hours on one GPU. Expected: no collapse; QWK and AUROC in metrics.json.
-
-    runlocal (`--config blog-run2:runlocal`): the same recipe (class weights, collapse detector
-    stopping) on synthetic_fundus/tiny with a random 2-layer ViT, 32 px, 1 epoch. Runtime: as
-    demo:runlocal. Expected: a complete run folder; metrics near chance.
-
-    Args:
-        runlocal: bool. The tiny variant. Defaults to False.
-
-    Returns:
-        A fresh `TrainConfig`.
-    """
-    config = TrainConfig(
-        name="blog-run2",
-        dataset="aptos2019",
-        backbone="vit_large_patch16_224_imagenet21k",
-        backbone_config={},
-        image_size=224,
-        lora_rank=16,
-        lora_alpha=16,
-        epochs=3,
-        batch_size=16,
-        learning_rate=5e-4,
-        class_weight="balanced",
-        stop_on_collapse=True,
-    )
-    return _runlocal(config, RUNLOCAL_TRAIN) if runlocal else config
-
-
-def _blog_run3(runlocal: bool = False) -> TrainConfig:
-    """Write-up run 3: binary (grade 0 vs 1-4), ViT-Large in21k, LoRA r=16 alpha=16 on query/value, 2 epochs.
-
-    Same recipe as the published PEFT adapter `monsoon-nlp/eyegazer-vit-binary` (base
-    `google/vit-large-patch16-224-in21k` = keras-hub `vit_large_patch16_224_imagenet21k`).
-
-    Command: `eyegazer train --config blog-run3 --workdir runs/blog-run3`
-    Runtime: about an hour on one GPU. Expected: accuracy around 0.90 (the write-up), AUROC,
-    sensitivity and specificity in metrics.json.
-
-    runlocal (`--config blog-run3:runlocal`): the binary task, AUROC-monitored, on
-    synthetic_fundus/tiny with a random 2-layer ViT, 32 px, 1 epoch. Runtime: as
-    demo:runlocal. Expected: a complete run folder with AUROC, sensitivity and specificity;
-    values near chance.
-
-    Args:
-        runlocal: bool. The tiny variant. Defaults to False.
-
-    Returns:
-        A fresh `TrainConfig`.
-    """
-    config = TrainConfig(
-        name="blog-run3",
-        dataset="aptos2019",
-        task="binary",
-        backbone="vit_large_patch16_224_imagenet21k",
-        backbone_config={},
-        image_size=224,
-        lora_rank=16,
-        lora_alpha=16,
-        epochs=2,
-        batch_size=16,
-        learning_rate=5e-4,
-        monitor="val_auroc",
-    )
-    return _runlocal(config, RUNLOCAL_TRAIN) if runlocal else config
-
-
-def _search_demo(runlocal: bool = False) -> SearchConfig:
-    """AutoKeras ImageRegressor search on the synthetic set: 2 trials, 32 px.
-
-    Command: `eyegazer search --config search-demo --workdir runs/search-demo`
-    Runtime: a few minutes on 2 CPU cores. Expected: QWK with tuned cut-offs >= QWK with rounding.
-
-    runlocal (`--config search-demo:runlocal`): 1 trial of 1 epoch on synthetic_fundus/tiny.
-    Runtime: one AutoKeras trial (not timed separately; the module docstring example of
-    `search` runs it). Expected: a search folder, cut-offs and an export;
-    QWK near chance.
-
-    Args:
-        runlocal: bool. The tiny variant. Defaults to False.
-
-    Returns:
-        A fresh `SearchConfig`.
-    """
-    config = SearchConfig(name="search-demo", max_trials=2, epochs=3, image_size=32)
-    return _runlocal(config, RUNLOCAL_SEARCH) if runlocal else config
-
-
-def _search_aptos(runlocal: bool = False) -> SearchConfig:
-    """AutoKeras ImageRegressor search on real APTOS 2019 at 224 px.
-
-    Command: `eyegazer prepare aptos2019 --manual-dir ~/Downloads` then
-    `eyegazer search --config search-aptos --workdir runs/search-aptos`
-    Runtime: hours on one GPU. Expected: QWK around 0.85+ with tuned cut-offs.
-
-    runlocal (`--config search-aptos:runlocal`): 1 trial of 1 epoch on synthetic_fundus/tiny at
-    32 px with a fixed vanilla block. Runtime: as search-demo:runlocal. Expected: a search
-    folder, cut-offs and an export; QWK near chance.
-
-    Args:
-        runlocal: bool. The tiny variant. Defaults to False.
-
-    Returns:
-        A fresh `SearchConfig`.
-    """
-    config = SearchConfig(
-        name="search-aptos",
-        dataset="aptos2019",
-        image_size=224,
-        max_trials=10,
-        epochs=15,
-        block_type=None,
-        augment=True,
-    )
-    return _runlocal(config, RUNLOCAL_SEARCH) if runlocal else config
-
-
+# name -> `factory(runlocal=False)`; each factory's docstring is its recipe's (`named_configs`).
 CONFIGS = {
-    "demo": _demo,
-    "blog-run1": _blog_run1,
-    "blog-run2": _blog_run2,
-    "blog-run3": _blog_run3,
-    "search-demo": _search_demo,
-    "search-aptos": _search_aptos,
+    **{name: _factory(r, TrainConfig) for name, r in named_configs.TRAIN.items()},
+    **{name: _factory(r, SearchConfig) for name, r in named_configs.SEARCH.items()},
 }
 
 
@@ -463,91 +272,6 @@ def names(kind: str | None = None) -> list[str]:
     if kind not in classes:
         raise ValueError(f"kind must be 'train', 'search' or None, got {kind!r}")
     return [n for n, factory in CONFIGS.items() if isinstance(factory(), classes[kind])]
-
-
-# ---------------------------------------------------------------------------------------------
-# `--set` values, parsed by the field's declared type (typing.get_type_hints)
-# ---------------------------------------------------------------------------------------------
-_TRUE = ("true", "yes", "on", "1")
-_FALSE = ("false", "no", "off", "0")
-
-
-def _parse_as(text: str, hint: Any) -> Any:
-    """Parses `text` as the type `hint`; raises ValueError saying what was expected."""
-    stripped = text.strip()
-    lowered = stripped.lower()
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if type(None) in options and lowered in ("none", "null"):
-            return None
-        order = (bool, int, float, dict, tuple, str)  # most specific first: "1" is an int
-        concrete = sorted(
-            (o for o in options if o is not type(None)),
-            key=lambda o: order.index(typing.get_origin(o) or o),
-        )
-        errors = []
-        for option in concrete:
-            try:
-                return _parse_as(text, option)
-            except ValueError as err:
-                errors.append(str(err))
-        raise ValueError(" or ".join(errors))
-    if hint is bool:
-        if lowered in _TRUE + _FALSE:
-            return lowered in _TRUE
-        raise ValueError(f"expected true/false, got '{text}'")
-    if hint is int:
-        try:
-            return int(stripped)
-        except ValueError:
-            raise ValueError(f"expected an integer, got '{text}'") from None
-    if hint is float:
-        try:
-            return float(stripped)
-        except ValueError:
-            raise ValueError(f"expected a number, got '{text}'") from None
-    if hint is dict or origin is dict:
-        try:
-            value = json.loads(stripped)
-        except json.JSONDecodeError:
-            value = None
-        if not isinstance(value, dict):
-            raise ValueError(f"expected a JSON object such as {{\"num_layers\": 2}}, got '{text}'")
-        return value
-    if hint is tuple or origin is tuple:
-        try:
-            items = json.loads(stripped) if stripped.startswith("[") else stripped.split(",")
-        except json.JSONDecodeError:
-            raise ValueError(f"expected a comma-separated list, got '{text}'") from None
-        items = [str(x).strip() for x in items if str(x).strip()]
-        if not items:
-            raise ValueError("expected a comma-separated list, e.g. query,value")
-        return tuple(items)
-    if hint is str:
-        return stripped
-    raise ValueError(f"cannot parse a value of type {hint}")
-
-
-def parse_value(config_class: type, key: str, text: str) -> Any:
-    """Parses a `--set key=text` value by the declared type of field `key` of `config_class`.
-
-    `none`/`null` is None for optional fields; booleans are true/false (yes/no, on/off, 1/0);
-    dicts are JSON objects; tuples are comma lists or JSON lists; `bool | str` takes either.
-
-    Args:
-        config_class: type. `TrainConfig` or `SearchConfig`.
-        key: str. A field name.
-        text: str. The value as typed.
-
-    Returns:
-        The parsed value.
-
-    Raises:
-        ValueError: if `text` does not parse as the field's type (the message says what would).
-        KeyError: if `key` is not a field.
-    """
-    return _parse_as(text, typing.get_type_hints(config_class)[key])
 
 
 CHOICES = {
@@ -615,7 +339,7 @@ def _items(overrides) -> list[tuple[str, Any]]:
 def apply_overrides(config, overrides: list[str] | dict | None):
     """Applies `key=value` overrides (from `--set`) to a config dataclass, in place.
 
-    String values are parsed with the field's declared type (`parse_value`): ints, floats,
+    String values are parsed with the field's declared type (`field_values.parse_value`): ints, floats,
     booleans (true/false), `none`, JSON for dicts (`backbone_config={"num_layers":2}`) and comma
     lists for tuples. Dict values are taken as they are. A renamed key (`label_mode`, now
     `task`) is applied to its new name with a logged notice.
@@ -645,7 +369,7 @@ def apply_overrides(config, overrides: list[str] | dict | None):
             )
         if isinstance(value, str):
             try:
-                value = parse_value(type(config), key, value)
+                value = field_values.parse_value(type(config), key, value)
             except ValueError as err:
                 raise ConfigError(f"--set {key}={value}: {err}") from None
         setattr(config, key, value)

@@ -179,33 +179,35 @@ class Trainer:
         for epoch in range(start_epoch, epochs):
             callback_list.on_epoch_begin(epoch)
             state.begin_epoch(epoch)
-            skip = int(state.step.numpy())
-            dist = self.strategy.experimental_distribute_dataset(train_fn(epoch).skip(skip))
-            t0 = time.perf_counter()
-            for batch_index, batch in enumerate(dist, start=skip):
-                loss = float(self.train_step(*batch))
-                t1 = time.perf_counter()
-                state.add_step(loss, t1 - t0)
-                t0 = t1
-                step_counter += 1
-                callback_list.on_train_batch_end(batch_index, {"loss": loss})
-                if writer and step_counter % 10 == 0:
-                    with writer.as_default(step=step_counter):
-                        tf.summary.scalar("train/loss", loss)
+            step_counter = self._train_epoch(train_fn(epoch), state, callback_list, writer, step_counter)
             logs = self._epoch_logs(state, evaluate_fn)
             _append(history, logs)
             if writer:
                 _write_epoch_summary(writer, epoch, logs)
             state.end_epoch(history)  # the epoch-end backup (last callback) covers this epoch
             callback_list.on_epoch_end(epoch, logs)
-            line = _epoch_line(epoch, epochs, logs)
-            logger.info(line)
-            if progress:
-                progress(line)
+            _report(_epoch_line(epoch, epochs, logs), progress)
             if self.model.stop_training:
                 break
         callback_list.on_train_end()
         return history
+
+    def _train_epoch(self, dataset, state, callback_list, writer, step_counter: int) -> int:
+        """The epoch's steps from `state.step` on (resumed mid-epoch); returns the global step."""
+        skip = int(state.step.numpy())
+        dist = self.strategy.experimental_distribute_dataset(dataset.skip(skip))
+        t0 = time.perf_counter()
+        for batch_index, batch in enumerate(dist, start=skip):
+            loss = float(self.train_step(*batch))
+            t1 = time.perf_counter()
+            state.add_step(loss, t1 - t0)
+            t0 = t1
+            step_counter += 1
+            callback_list.on_train_batch_end(batch_index, {"loss": loss})
+            if writer and step_counter % 10 == 0:
+                with writer.as_default(step=step_counter):
+                    tf.summary.scalar("train/loss", loss)
+        return step_counter
 
     def _epoch_logs(self, state, evaluate_fn) -> dict:
         seconds, steps = float(state.seconds.numpy()), int(state.loss_count.numpy())
@@ -223,6 +225,12 @@ def _resumed(callbacks, history: dict, epoch: int, step: int, progress) -> None:
     logger.info("resuming at epoch %d, batch %d", epoch + 1, step)
     if progress:
         progress(f"resuming at epoch {epoch + 1}, step {step}")
+
+
+def _report(line: str, progress) -> None:
+    logger.info(line)
+    if progress:
+        progress(line)
 
 
 def _append(history: dict, logs: dict) -> None:

@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from eyegazer_keras import cli, configs
+from eyegazer_keras import cli, configs, field_values
+from eyegazer_keras.commands import common, prepare, training
 
 
 def test_every_config_has_a_docstring_with_command_runtime_and_expected():
@@ -65,12 +66,12 @@ def test_set_values_follow_the_declared_field_types(item, key, expected):
 
 def test_set_value_errors_say_what_the_field_takes():
     with pytest.raises(ValueError, match="expected an integer"):
-        configs.parse_value(configs.TrainConfig, "epochs", "two")
+        field_values.parse_value(configs.TrainConfig, "epochs", "two")
     with pytest.raises(ValueError, match="expected true/false"):
-        configs.parse_value(configs.TrainConfig, "augment", "maybe")
+        field_values.parse_value(configs.TrainConfig, "augment", "maybe")
     with pytest.raises(ValueError, match="expected an integer"):  # int | None
-        configs.parse_value(configs.TrainConfig, "max_eval_examples", "many")
-    assert configs.parse_value(configs.SearchConfig, "block_type", "none") is None
+        field_values.parse_value(configs.TrainConfig, "max_eval_examples", "many")
+    assert field_values.parse_value(configs.SearchConfig, "block_type", "none") is None
 
 
 def test_bad_overrides_name_the_fix():
@@ -150,10 +151,10 @@ def test_help_on_every_verb(capsys):
 def test_choices_come_from_the_registries(capsys):
     from eyegazer_keras import data
 
-    assert set(cli.dataset_names()) >= set(data.DATASETS)
-    assert "common" not in cli.dataset_names()  # a shared module, not a builder
+    assert set(common.dataset_names()) >= set(data.DATASETS)
+    assert "common" not in common.dataset_names()  # a shared module, not a builder
     _, out, _ = _cli(capsys, "prepare", "--help")
-    assert all(name in out for name in cli.dataset_names())
+    assert all(name in out for name in common.dataset_names())
     code, _, err = _cli(capsys, "prepare", "nope")
     assert code == 2 and "invalid choice" in err
     _, out, _ = _cli(capsys, "train", "--help")
@@ -222,7 +223,7 @@ def test_unknown_config_is_one_line(tmp_path, capsys):
 def test_preview_grid(tiny_data_dir, tmp_path):
     from PIL import Image
 
-    path = cli.preview_grid("synthetic_fundus", tiny_data_dir, "tiny", str(tmp_path / "p.png"), 3)
+    path = prepare.preview_grid("synthetic_fundus", tiny_data_dir, "tiny", str(tmp_path / "p.png"), 3)
     assert Image.open(path).size[0] > 100
 
 
@@ -248,10 +249,10 @@ def test_blog_alpha_accepts_floats():
 
 
 def test_data_dir_precedence(tmp_path, monkeypatch):
-    for var in cli.DATA_DIR_ENV:
+    for var in common.DATA_DIR_ENV:
         monkeypatch.delenv(var, raising=False)
     root = str(tmp_path / "root")
-    load = cli.load_config
+    load = training.load_config
     assert load("demo", [], None, root, "train").data_dir == os.path.join(root, "tfds")
     given = str(tmp_path / "set")
     assert load("demo", [f"data_dir={given}"], None, root, "train").data_dir == given

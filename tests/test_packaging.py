@@ -46,6 +46,9 @@ def test_wheel_ships_builders_and_builds_dataset(tmp_path):
         "eyegazer_datasets/fundus_folder/fundus_folder_dataset_builder.py",
         "eyegazer_datasets/fundus_folder/CITATIONS.bib",
         "eyegazer_keras/cli.py",
+        "eyegazer_keras/commands/prepare.py",
+        "eyegazer_keras/commands/training.py",
+        "eyegazer_keras/named_configs.py",
     ]:
         assert required in names, required
     assert not any(n.startswith("datasets/") for n in names), "no top-level `datasets` package"
@@ -67,7 +70,8 @@ def test_wheel_ships_builders_and_builds_dataset(tmp_path):
     )
     script = (
         "import eyegazer_datasets, eyegazer_keras\n"
-        "from eyegazer_keras import data\n"
+        "from eyegazer_keras import cli, data\n"
+        "assert {'prepare', 'train', 'predict', 'demo'} <= set(cli.VERBS), cli.VERBS\n"
         f"assert eyegazer_datasets.__file__.startswith({str(site)!r}), eyegazer_datasets.__file__\n"
         f"assert eyegazer_keras.__file__.startswith({str(site)!r}), eyegazer_keras.__file__\n"
         f"b = data.prepare('synthetic_fundus', data_dir={str(tmp_path / 'tfds')!r}, config='tiny')\n"

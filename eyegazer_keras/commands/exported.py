@@ -1,0 +1,103 @@
+"""Verbs on an exported SavedModel: `predict` (JSON lines), `app` (Gradio), `serve` (KServe V1)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from eyegazer_keras.commands.common import Verb, say
+
+
+def _predict_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "One JSON line per image, in order: the export's grade outputs plus gradable (bool) "
+        "and ungradable_reason (too_small, too_dark, no_fundus, overexposed, too_blurry, or "
+        "empty). The photo is decoded with its EXIF orientation. An ungradable photo gets no "
+        'grade (grade outputs null, class_name "ungradable") and exit code 0; an unreadable '
+        'file gets {"path", "error"} and makes the exit code 1.'
+    )
+    p.epilog = "See docs/serving.md for every output."
+    p.add_argument("--model", required=True, help="exported SavedModel directory")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: only when stderr is a terminal)",
+    )
+    p.add_argument(
+        "--explain",
+        metavar="DIR",
+        help="write an explanation overlay PNG per photo into DIR (serving_explain signature)",
+    )
+    p.add_argument("images", nargs="+", help="image files; - reads one image from stdin")
+
+
+def _predict(args) -> int:
+    # stdout is the JSON-lines contract: no path lines here.
+    from eyegazer_keras import predict
+
+    try:
+        progress = args.progress if args.progress is not None else sys.stderr.isatty()
+        results = predict.predict_paths(
+            args.model, args.images, stdin=sys.stdin.buffer, progress=progress
+        )
+    except (FileNotFoundError, ValueError) as err:
+        print(f"eyegazer predict: error: {err}", file=sys.stderr)
+        return 2
+    if args.explain:
+        from eyegazer_keras import explain
+
+        model = predict.load_exported(args.model)
+        ok = [i for i, r in enumerate(results) if "error" not in r and r["path"] != "-"]
+        try:
+            pngs = explain.write_overlays(
+                model,
+                [(results[i]["path"], open(results[i]["path"], "rb").read()) for i in ok],
+                args.explain,
+            )
+        except ValueError as err:
+            print(f"eyegazer predict: error: {err}", file=sys.stderr)
+            return 2
+        for i, png in zip(ok, pngs, strict=True):
+            results[i]["explanation_png"] = png
+    for line in predict.format_prediction_lines(results):
+        say(line)
+    return 1 if any("error" in r for r in results) else 0
+
+
+def _app_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="exported SavedModel directory")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    p.add_argument("--port", type=int, default=7860)
+
+
+def _app(args) -> int:
+    from eyegazer_keras import app  # imports gradio: only for this verb
+
+    app.launch(args.model, host=args.host, port=args.port)
+    return 0
+
+
+def _serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="exported SavedModel directory")
+    p.add_argument("--name", default="eyegazer", help="model name in /v1/models/NAME:predict")
+    p.add_argument("--port", type=int, default=8080, help="HTTP port")
+
+
+def _serve(args) -> int:
+    from eyegazer_keras import serve  # imports kserve: only for this verb
+
+    serve.serve(args.model, name=args.name, port=args.port)
+    return 0
+
+
+VERBS = (
+    Verb("predict", "one JSON line per image (use - for stdin)", _predict, _predict_arguments),
+    Verb("app", "Gradio app on an export, for people (a browser page)", _app, _app_arguments),
+    Verb(
+        "serve",
+        "KServe V1 (TF Serving REST) server on an export, for programs",
+        _serve,
+        _serve_arguments,
+    ),
+)

@@ -1,0 +1,180 @@
+"""`eyegazer prepare DATASET`: build a TFDS dataset, print its splits, write a preview grid."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from eyegazer_keras.commands.common import Verb, dataset_names, resolve_data_dir, say, say_paths
+
+# One line per dataset for `eyegazer prepare --help`; the layout text is the builder's own.
+_DATASET_HELP = {
+    "synthetic_fundus": "generated fundus photos with known lesions (no download)",
+    "aptos2019": "APTOS 2019 Kaggle zip or extracted folder",
+    "eyepacs2015": "EyePACS / Kaggle DR Detection 2015 (folders, zips or split zip parts)",
+    "fundus_folder": "graded photos in class folders (No_DR/ ... Proliferate_DR/ or 0/ ... 4/)",
+}
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    """`eyegazer prepare DATASET ...`: one sub-command per dataset; its `--help` is the layout."""
+    from eyegazer_datasets.common import layouts  # plain strings, no TensorFlow
+
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
+        "--manual-dir",
+        help="the extracted folder, the folder holding the zip(s) or zip parts, or the zip itself",
+    )
+    options.add_argument("--data-dir", help="where prepared TFRecords go (default <root>/tfds)")
+    options.add_argument("--config", help="builder config (e.g. 512, 512_ben_graham, 256, tiny)")
+    options.add_argument(
+        "--preview", metavar="PNG", help="write a grid of validation images per grade"
+    )
+    options.add_argument(
+        "--max-bad-fraction",
+        type=float,
+        metavar="F",
+        help="manual downloads: fail when more than this fraction of the listed photos is "
+        "missing, unreadable or refused (default 0.01); below it they are skipped and counted "
+        "in build_report.json",
+    )
+    options.add_argument(
+        "--keep-ungradable",
+        action="store_true",
+        help="manual downloads: keep labelled photos the fundus quality gate calls ungradable "
+        "(default: skip them and count them by reason in build_report.json)",
+    )
+    datasets = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    for name in dataset_names():
+        d = datasets.add_parser(
+            name,
+            parents=[options],
+            help=_DATASET_HELP.get(name, name),
+            description=layouts.MANUAL_DOWNLOAD_INSTRUCTIONS.get(name, _DATASET_HELP.get(name)),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        d.set_defaults(label_map=None, groups=None)
+        if name == "fundus_folder":
+            d.add_argument(
+                "--label-map",
+                metavar="NAME=GRADE,...",
+                help="grades of folder names beyond the usual spellings, e.g. 'Blurry=0'",
+            )
+            d.add_argument(
+                "--groups",
+                metavar="CSV",
+                help="CSV with columns image,patient: a patient's photos stay in one split",
+            )
+
+
+def _run(args) -> int:
+    data_dir = resolve_data_dir(args.data_dir, args.root)
+    say_paths(data_dir=data_dir, manual_dir=args.manual_dir, preview=args.preview)
+    return prepare_and_report(
+        args.dataset,
+        data_dir,
+        args.config,
+        args.manual_dir,
+        args.preview,
+        max_bad_fraction=args.max_bad_fraction,
+        keep_ungradable=args.keep_ungradable or None,
+        label_map=args.label_map,
+        groups=args.groups,
+    )
+
+
+def prepare_and_report(
+    dataset: str, data_dir: str, config, manual_dir, preview, **builder_options
+) -> int:
+    """Builds `dataset` and prints its splits (examples per grade) and build report.
+
+    Args:
+        dataset: str. A builder name (`common.dataset_names()`).
+        data_dir: str. Where the TFRecords go.
+        config: str or None. The builder config (e.g. "tiny", "512_ben_graham").
+        manual_dir: str or None. The downloaded folder, zip or zip parts.
+        preview: str or None. A PNG path for `preview_grid`, or None for no preview.
+        **builder_options: passed to `data.prepare` (e.g. `max_bad_fraction`).
+
+    Returns:
+        0, the exit code.
+
+    Raises:
+        data.DataNotPreparedError: a manual download without `manual_dir`.
+        ValueError: bad input (the builders' one-line `DatasetBuildError`s).
+    """
+    from eyegazer_keras import data
+
+    builder = data.prepare(dataset, data_dir, config, manual_dir, **builder_options)
+    say(f"prepared {dataset}/{builder.builder_config.name} in {builder.data_dir}")
+    for split, info in builder.info.splits.items():
+        labels = data.split_labels(dataset, split, data_dir, config)
+        if data.has_labels(labels):
+            counts = {
+                name: int((labels == k).sum())
+                for k, name in enumerate(builder.info.features["label"].names)
+            }
+            say(f"  {split}: {info.num_examples} examples, per grade {json.dumps(counts)}")
+        else:
+            say(f"  {split}: {info.num_examples} examples, unlabeled")
+    report_path = os.path.join(builder.data_dir, "build_report.json")
+    if os.path.exists(report_path):
+        with open(report_path) as f:
+            build = json.load(f)
+        for key in ("counts", "timing"):
+            if key in build:
+                say(f"  {key}: {json.dumps(build[key], default=str)[:600]}")
+        say(f"  build report: {report_path}")
+    if preview:
+        path = preview_grid(dataset, data_dir, config, preview)
+        say(f"  preview: {path}")
+    return 0
+
+
+def preview_grid(dataset: str, data_dir, config, path: str, per_grade: int = 6) -> str:
+    """Writes a PNG grid: one row per grade, `per_grade` validation images each.
+
+    Args:
+        dataset: str. A prepared dataset name, e.g. "synthetic_fundus".
+        data_dir: str or None. Where it is prepared.
+        config: str or None. Its builder config.
+        path: str. The PNG to write.
+        per_grade: int. Images per row (grade). Defaults to 6.
+
+    Returns:
+        `path`.
+
+    Raises:
+        data.DataNotPreparedError: if the dataset is not prepared in `data_dir`.
+    """
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from eyegazer_keras import GRADE_NAMES, data
+
+    images = {g: [] for g in range(5)}
+    for ex in data.load_split(dataset, "validation", data_dir, config).as_numpy_iterator():
+        g = int(ex["label"])
+        if 0 <= g < 5 and len(images[g]) < per_grade:
+            images[g].append(ex["image"])
+        if all(len(v) >= per_grade for v in images.values()):
+            break
+    fig = Figure(figsize=(per_grade * 1.6, 5 * 1.7))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(5, per_grade, squeeze=False)
+    for g in range(5):
+        for k in range(per_grade):
+            ax = axes[g][k]
+            ax.axis("off")
+            if k < len(images[g]):
+                ax.imshow(np.asarray(images[g][k]))
+            if k == 0:
+                ax.set_title(f"{g}: {GRADE_NAMES[g]}", fontsize=8, loc="left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    return path
+
+
+VERBS = (Verb("prepare", "build a dataset (TFRecords under --data-dir)", _run, _arguments),)
