@@ -5,21 +5,15 @@ field takes `12` or `none`, a `bool | str` field takes `true` or `fusible`, a `d
 JSON object, a `tuple[str, ...]` field a comma list.
 
 ```python
-import dataclasses
+from eyegazer_keras import configs, field_values
 
-from eyegazer_keras import field_values
-
-
-@dataclasses.dataclass
-class Settings:
-    epochs: int = 1
-    alpha: float | None = None
-    targets: tuple[str, ...] = ("query",)
-
-
-assert field_values.parse_value(Settings, "epochs", "3") == 3
-assert field_values.parse_value(Settings, "alpha", "none") is None
-assert field_values.parse_value(Settings, "targets", "query,value") == ("query", "value")
+assert field_values.parse_value(configs.TrainConfig, "epochs", "3") == 3
+assert field_values.parse_value(configs.TrainConfig, "lora_alpha", "none") is None
+assert field_values.parse_value(configs.TrainConfig, "jit_compile", "fusible") == "fusible"
+assert field_values.parse_value(configs.TrainConfig, "lora_targets", "query,value") == (
+    "query",
+    "value",
+)
 ```
 """
 
