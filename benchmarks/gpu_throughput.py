@@ -11,7 +11,7 @@ What runs, each in its own subprocess, one after the other, on the same random i
   train` uses (LoRA on query/value with real alpha, frozen q/v biases, the factored LoRA and
   float32-GELU layers, class-token pooling, softmax head), under ``mixed_bfloat16``, trained by
   a jitted Keras stateless step (``model.stateless_call`` + ``optimizer.stateless_apply``,
-  AdamW as `train.make_optimizer`) on the **JAX** backend. The project's default backend is
+  AdamW as `trainer.make_optimizer`) on the **JAX** backend. The project's default backend is
   TensorFlow, but a TensorFlow wheel cannot be installed on the lent GPU machine this was
   written for (no network, 64 MiB carried per call), so the same Keras model runs on JAX there;
   `runtime.resolve_auto` gives the TF path the same settings on a GPU (bf16 from compute

@@ -5,7 +5,7 @@ on query/value, 5 classes; random weights: speed does not depend on them), 512x3
 
 `--part peer` (issue 18), each measurement in its own subprocess, one after the other:
 
-* ours: the model `eyegazer train` builds (`train.build_model`), exported with
+* ours: the model `eyegazer train` builds (`runs.build_model`), exported with
   `export.export_saved_model`, reloaded with `predict.load_exported`, and timed on
   `serving_default` with JPEG bytes (decode + fundus crop/pad/resize + model) at batch 1 and 32.
   Variants are `+`-joined levers: `fp32`/`bf16` (Keras `mixed_bfloat16` policy), `merged` (LoRA
@@ -81,11 +81,11 @@ def fundus_like_jpeg(width: int, seed: int = 0) -> bytes:
 # Ours: the exported bytes endpoint
 # ------------------------------------------------------------------------------------------------
 def build_ours(levers: set[str]):
-    """`train.build_model` for ViT-S/16 + LoRA r16; with `merged`, a LoRA-free copy holding the
+    """`runs.build_model` for ViT-S/16 + LoRA r16; with `merged`, a LoRA-free copy holding the
     merged kernels (`save_weights` writes W + s A @ B; the rank-0 model loads them)."""
     import keras
 
-    from eyegazer_keras import configs, train
+    from eyegazer_keras import configs, runs
 
     def config(rank: int):
         return configs.TrainConfig(
@@ -99,7 +99,7 @@ def build_ours(levers: set[str]):
         )
 
     keras.utils.set_random_seed(0)
-    model = train.build_model(config(SHAPE["rank"]), "config")
+    model = runs.build_model(config(SHAPE["rank"]), "config")
     rng = np.random.default_rng(0)
     for layer in model._flatten_layers():  # a non-zero LoRA update, so merging is visible
         if getattr(layer, "lora_enabled", False):
@@ -110,7 +110,7 @@ def build_ours(levers: set[str]):
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "merged.weights.h5")
         model.save_weights(path)
-        merged = train.build_model(config(0), "config")
+        merged = runs.build_model(config(0), "config")
         merged.load_weights(path)
     return model, merged
 

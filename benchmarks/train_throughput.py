@@ -9,8 +9,8 @@ after the other (TF and torch never share a process or compete for the cores), o
 random images (numpy seed 0; the peer gets them as NCHW). Shape: ViT-S/16 at 224 px (12 layers,
 6 heads, hidden 384, MLP 1536), LoRA rank 16 / alpha 16 on query+value, batch 16, 5 classes.
 
-* ours: `train.build_model(config, "config")` + `train.make_optimizer(config)` +
-  `train.Trainer(...).train_step` under the default strategy, exactly what `eyegazer train`
+* ours: `runs.build_model(config, "config")` + `trainer.make_optimizer(config)` +
+  `trainer.Trainer(...).train_step` under the default strategy, exactly what `eyegazer train`
   runs (`runtime.configure_runtime`, `runtime.resolve_auto`, `runtime.xla_fusion` included); variants:
   fp32 and `mixed_precision="bfloat16"`, each with `jit_compile="auto"` (no suffix; on CPU
   that is "fusible" -- XLA for element-wise ops only -- in bf16 and off in fp32), `-fuse`
@@ -104,7 +104,8 @@ def worker_ours(variant: str, args) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from eyegazer_keras import configs, distribute, runtime, train
+    from eyegazer_keras import configs, distribute, runs, runtime
+    from eyegazer_keras import trainer as trainer_lib
 
     runtime.configure_runtime()  # exactly what `eyegazer train` does first (threads, XLA flags)
     if args.inter_op:  # must precede any TF op; see NOTES.md "thread settings"
@@ -128,11 +129,11 @@ def worker_ours(variant: str, args) -> dict:
     fusion = runtime.xla_fusion(config)  # as train.run_training does
     fusion.__enter__()
     with strategy.scope():  # as train._run_stage does
-        model = train.build_model(config, "config")
-        optimizer = train.make_optimizer(config)
+        model = runs.build_model(config, "config")
+        optimizer = trainer_lib.make_optimizer(config)
         model.compile(optimizer=optimizer)
         optimizer.build(model.trainable_variables)
-    trainer = train.Trainer(model, optimizer, strategy, config.batch_size, config.jit_compile)
+    trainer = trainer_lib.Trainer(model, optimizer, strategy, config.batch_size, config.jit_compile)
     images, labels = _data(args.batch)
     images, labels = tf.constant(images), tf.constant(labels)
     weights = tf.ones([args.batch], tf.float32)

@@ -42,7 +42,7 @@ import sys
 import threading
 
 from eyegazer_keras.commands import demo, exported, prepare, run_folder, training
-from eyegazer_keras.commands.common import Verb, default_root
+from eyegazer_keras.commands.common import Verb, default_root, registrar
 
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, RuntimeError, OSError, KeyError)
 
@@ -50,37 +50,13 @@ EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, RuntimeError, OS
 # --------------------------------------------------------------------------------------------
 # The verb registry
 # --------------------------------------------------------------------------------------------
-# name -> Verb, in `eyegazer --help` order: the package's verbs, then any `@verb` adds.
+# name -> Verb, in `eyegazer --help` order: the package's verbs, then any that `verb` adds.
 VERBS: dict[str, Verb] = {
-    v.name: v
+    name: v
     for family in (prepare, training, run_folder, exported, demo)
-    for v in family.VERBS
+    for name, v in family.VERBS.items()
 }
-
-
-def verb(name: str, help: str, *, arguments=None):
-    """Decorator registering `run(args) -> int` as `eyegazer NAME` (after the existing verbs).
-
-    Args:
-        name: str. The verb.
-        help: str. One line for `eyegazer --help`.
-        arguments: callable or None. `arguments(parser)` adds the verb's options.
-            Defaults to None.
-
-    Returns:
-        The decorator; it returns `run` unchanged.
-
-    Raises:
-        ValueError: if `name` is already registered.
-    """
-
-    def register(run):
-        if name in VERBS:
-            raise ValueError(f"eyegazer verb '{name}' is registered twice")
-        VERBS[name] = Verb(name, help, run, arguments)
-        return run
-
-    return register
+verb = registrar(VERBS)
 
 
 # --------------------------------------------------------------------------------------------

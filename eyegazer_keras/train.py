@@ -35,7 +35,7 @@ import tensorflow as tf
 
 from eyegazer_keras import configs as configs_lib
 from eyegazer_keras import data, distribute, evaluation, files, metrics, pipeline
-from eyegazer_keras.callbacks import (  # noqa: F401  (CollapseDetector: part of the API)
+from eyegazer_keras.callbacks import (
     BestAdapterCheckpoint,
     CollapseDetector,
     TrainingBackup,
@@ -58,13 +58,7 @@ from eyegazer_keras.runs import (  # noqa: F401  (the run-folder API, also under
     write_split_metrics,
 )
 from eyegazer_keras.runs import split_args as _split_args
-from eyegazer_keras.runtime import (  # noqa: F401  (re-exported until every caller uses runtime)
-    CPU_FUSION_FLAGS,
-    add_cpu_fusion_flags,
-    configure_runtime,
-    resolve_auto,
-    xla_fusion,
-)
+from eyegazer_keras.runtime import configure_runtime, resolve_auto, xla_fusion
 from eyegazer_keras.trainer import Trainer, make_optimizer
 
 logger = logging.getLogger(__name__)

@@ -22,7 +22,8 @@ tf.config.set_logical_device_configuration(
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from eyegazer_keras import configs, distribute, train  # noqa: E402
+from eyegazer_keras import configs, distribute, runs, train  # noqa: E402
+from eyegazer_keras import trainer as trainer_lib  # noqa: E402
 
 BACKBONE = dict(configs.RUNLOCAL_VIT)  # the tiny test ViT (tests/test_case.py)
 
@@ -33,14 +34,14 @@ def one_step(strategy, init_weights, x, y, w, steps=1):
     )
     with strategy.scope():
         keras.utils.set_random_seed(0)
-        model = train.build_model(config, "config")
-        optimizer = train.make_optimizer(config)
+        model = runs.build_model(config, "config")
+        optimizer = trainer_lib.make_optimizer(config)
         model.compile(optimizer=optimizer)
         optimizer.build(model.trainable_variables)
     if init_weights is not None:
         model.set_weights(init_weights)
     start = [v.numpy().copy() for v in model.weights]
-    trainer = train.Trainer(model, optimizer, strategy, 16)
+    trainer = trainer_lib.Trainer(model, optimizer, strategy, 16)
     ds = tf.data.Dataset.from_tensor_slices((x, y, w)).batch(16).repeat()
     it = iter(strategy.experimental_distribute_dataset(ds))
     trainer.train_step(*next(it))  # compile

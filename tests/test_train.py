@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from eyegazer_keras import callbacks, configs, files, fundus, runtime, train
+from eyegazer_keras import callbacks, configs, files, fundus, runs, runtime, train
+from eyegazer_keras import trainer as trainer_lib
 from eyegazer_keras.models import vit_lora
 from tests.conftest import TINY_BACKBONE, tiny_train_overrides, train_command
 
@@ -90,11 +91,11 @@ def test_lora_stage_loads_the_pretrained_preset(finished_run):
 def test_evaluate_matches_training_metrics_and_refuses_test(finished_run):
     workdir, summary, _ = finished_run
     before = json.load(open(os.path.join(workdir, "metrics_validation.json")))
-    after = train.evaluate_run(workdir, "validation")
+    after = runs.evaluate_run(workdir, "validation")
     assert after["qwk"] == pytest.approx(before["qwk"], abs=1e-6)
     assert after["confusion_matrix"] == before["confusion_matrix"]
-    with pytest.raises(train.RunError, match="no labels"):
-        train.evaluate_run(workdir, "test")
+    with pytest.raises(runs.RunError, match="no labels"):
+        runs.evaluate_run(workdir, "test")
     out = subprocess.run(
         [
             sys.executable,
@@ -116,7 +117,7 @@ def test_evaluate_keeps_what_training_recorded(finished_run):
     """`eyegazer evaluate` rewrote metrics_validation.json without train's collapse_events."""
     workdir, summary, _ = finished_run
     before = json.load(open(os.path.join(workdir, "metrics_validation.json")))
-    after = train.evaluate_run(workdir, "validation", progress_bar=False)
+    after = runs.evaluate_run(workdir, "validation", progress_bar=False)
     assert "collapse_events" in before
     assert after["collapse_events"] == before["collapse_events"] == summary["collapse_events"]
     stored = json.load(open(os.path.join(workdir, "metrics_validation.json")))
@@ -125,9 +126,9 @@ def test_evaluate_keeps_what_training_recorded(finished_run):
 
 def test_evaluate_shows_a_progress_bar_on_request(finished_run, capsys):
     workdir, _, _ = finished_run
-    train.evaluate_run(workdir, "validation", progress_bar=True)
+    runs.evaluate_run(workdir, "validation", progress_bar=True)
     assert "evaluate validation" in capsys.readouterr().err
-    train.evaluate_run(workdir, "validation")  # default: only on a terminal (pytest's is not)
+    runs.evaluate_run(workdir, "validation")  # default: only on a terminal (pytest's is not)
     assert "evaluate validation" not in capsys.readouterr().err
 
 
@@ -139,7 +140,7 @@ def test_run_folder_is_self_contained(finished_run, tiny_data_dir, tmp_path, mon
     workdir, _, _ = finished_run
     stored = json.load(open(os.path.join(workdir, "config.json")))
     assert os.path.isabs(stored["data_dir"]) and os.path.samefile(stored["data_dir"], tiny_data_dir)
-    run_data = json.load(open(os.path.join(workdir, train.RUN_DATA)))
+    run_data = json.load(open(os.path.join(workdir, runs.RUN_DATA)))
     spec = fundus.PreprocessingSpec.from_dict(run_data["preprocessing"])
     assert spec == fundus.PreprocessingSpec(stored_size=64, ben_graham=False, crop="fundus")
     assert run_data["class_names"] == ["no_dr", "mild", "moderate", "severe", "proliferative"]
@@ -148,7 +149,7 @@ def test_run_folder_is_self_contained(finished_run, tiny_data_dir, tmp_path, mon
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    m = train.evaluate_run(os.path.relpath(workdir, elsewhere), "validation", progress_bar=False)
+    m = runs.evaluate_run(os.path.relpath(workdir, elsewhere), "validation", progress_bar=False)
     assert m["n"] == 24
     # Copy the run to a new place and make its dataset unreachable: export still works.
     copy = tmp_path / "copied_run"
@@ -156,7 +157,7 @@ def test_run_folder_is_self_contained(finished_run, tiny_data_dir, tmp_path, mon
     config = json.load(open(copy / "config.json"))
     config["data_dir"] = str(tmp_path / "no_such_data_dir")
     (copy / "config.json").write_text(json.dumps(config))
-    out = train.export_run(str(copy), str(tmp_path / "exp"))
+    out = runs.export_run(str(copy), str(tmp_path / "exp"))
     meta = json.load(open(os.path.join(out, "assets.extra", "eyegazer_metadata.json")))
     assert meta["source_size"] == 64 and meta["image_size"] == 32
     card = json.load(open(os.path.join(out, "model_card.json")))
@@ -164,7 +165,7 @@ def test_run_folder_is_self_contained(finished_run, tiny_data_dir, tmp_path, mon
     assert card["validation_metrics"]["n"] == 24
     assert not (tmp_path / "no_such_data_dir").exists()  # nothing was written there
     with pytest.raises(Exception, match="not prepared"):  # evaluate does need the data
-        train.evaluate_run(str(copy), "validation", progress_bar=False)
+        runs.evaluate_run(str(copy), "validation", progress_bar=False)
 
 
 def test_a_preset_that_cannot_be_loaded_is_one_line(tiny_data_dir, tmp_path, monkeypatch):
@@ -178,7 +179,7 @@ def test_a_preset_that_cannot_be_loaded_is_one_line(tiny_data_dir, tmp_path, mon
     monkeypatch.setattr(socket, "getaddrinfo", no_network)
     monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub"))
     config = _config(tiny_data_dir, backbone="vit_base_patch16_224_imagenet21k")
-    with pytest.raises(train.RunError) as err:
+    with pytest.raises(runs.RunError) as err:
         train.run_training(config, str(tmp_path / "run"))
     message = str(err.value)
     assert "vit_base_patch16_224_imagenet21k" in message and "--set backbone=" in message
@@ -189,7 +190,7 @@ def test_export_from_workdir_predicts(finished_run, tmp_path):
     from eyegazer_keras import predict
 
     workdir, _, _ = finished_run
-    out = train.export_run(workdir, str(tmp_path / "exp"))
+    out = runs.export_run(workdir, str(tmp_path / "exp"))
     from eyegazer_datasets.synthetic_fundus import generator
     from PIL import Image
 
@@ -221,7 +222,7 @@ def test_collapse_detector_warns_records_and_stops(caplog, tmp_path):
     opt = keras.optimizers.SGD(0.0)
     model.compile(optimizer=opt)
     strategy = tf.distribute.get_strategy()
-    trainer = train.Trainer(model, opt, strategy, 4)
+    trainer = trainer_lib.Trainer(model, opt, strategy, 4)
     x = np.random.default_rng(0).uniform(0, 255, (16, 8, 8, 3)).astype("float32")
     y = np.arange(16) % 5
     ds = tf.data.Dataset.from_tensor_slices((x, y, np.ones(16, "float32"))).batch(4)
@@ -237,7 +238,7 @@ def test_collapse_detector_warns_records_and_stops(caplog, tmp_path):
             "val_majority_prediction": "no_dr",
         }
 
-    detector = train.CollapseDetector(threshold=0.95, patience=2, stop=True)
+    detector = callbacks.CollapseDetector(threshold=0.95, patience=2, stop=True)
     backup = callbacks.TrainingBackup(str(tmp_path / "b"), str(tmp_path / "b"), chief=True)
     with caplog.at_level("WARNING"):
         history = trainer.fit(lambda e: ds, 4, 6, evaluate, [detector, backup], backup)
@@ -247,7 +248,7 @@ def test_collapse_detector_warns_records_and_stops(caplog, tmp_path):
 
 
 def test_collapse_detector_ignores_healthy_predictions():
-    detector = train.CollapseDetector(threshold=0.95, patience=1)
+    detector = callbacks.CollapseDetector(threshold=0.95, patience=1)
     detector.set_model(keras.Sequential())
     detector.on_epoch_end(0, {"val_collapse_fraction": 0.6})
     assert detector.events == []
@@ -317,23 +318,23 @@ def test_evaluate_and_export_a_run_without_pretraining(tiny_data_dir, tmp_path):
     workdir = str(tmp_path / "run")
     train.run_training(_config(tiny_data_dir, epochs=1), workdir)
     before = json.load(open(os.path.join(workdir, "metrics_validation.json")))
-    after = train.evaluate_run(workdir, "validation")
+    after = runs.evaluate_run(workdir, "validation")
     assert after["qwk"] == pytest.approx(before["qwk"], abs=1e-6)
     assert os.path.exists(
-        os.path.join(train.export_run(workdir, str(tmp_path / "exp")), "saved_model.pb")
+        os.path.join(runs.export_run(workdir, str(tmp_path / "exp")), "saved_model.pb")
     )
 
 
 def test_resume_with_a_different_config_is_refused(tiny_data_dir, tmp_path):
     workdir = tmp_path / "run"
     config = _config(tiny_data_dir)
-    train.configs_lib.validate(config)
+    configs.validate(config)
     files.write_json_atomic(str(workdir / "config.json"), configs.to_dict(config))
     _write_backup(str(workdir / "backup"), epoch=1, step=0)
     train._check_resume_config(config, str(workdir))  # same config: fine
     changed = _config(tiny_data_dir, batch_size=8)
     with pytest.raises(
-        train.RunError, match="different config \\(batch_size\\).*--set batch_size=16"
+        runs.RunError, match="different config \\(batch_size\\).*--set batch_size=16"
     ):
         train._check_resume_config(changed, str(workdir))
     train._check_resume_config(_config(tiny_data_dir, jit_compile=False), str(workdir))  # speed
@@ -341,13 +342,13 @@ def test_resume_with_a_different_config_is_refused(tiny_data_dir, tmp_path):
     old = json.loads((workdir / "config.json").read_text())
     del old["lora_layout"]
     (workdir / "config.json").write_text(json.dumps(old))
-    with pytest.raises(train.RunError, match='--set lora_layout="keras"'):
+    with pytest.raises(runs.RunError, match='--set lora_layout="keras"'):
         train._check_resume_config(config, str(workdir))
     train._check_resume_config(_config(tiny_data_dir, lora_layout="keras"), str(workdir))
 
 
 def test_collapse_detector_state_survives_resume():
-    detector = train.CollapseDetector(threshold=0.9, patience=2)
+    detector = callbacks.CollapseDetector(threshold=0.9, patience=2)
     detector.restore(
         {
             "val_collapse_fraction": [0.95, 0.97, 0.5, 0.99],
@@ -363,7 +364,8 @@ import json, os, sys
 os.environ.pop("TF_XLA_FLAGS", None)
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"  # for "Compiled cluster using XLA!"
 import keras, numpy as np, tensorflow as tf
-from eyegazer_keras import cli, configs, runtime, train
+from eyegazer_keras import cli, configs, runs, runtime
+from eyegazer_keras import trainer as trainer_lib
 if len(sys.argv) > 2:  # as `eyegazer demo`: TensorFlow prepares data before training starts
     assert cli.main(["prepare", "synthetic_fundus", "--config", "tiny", "--data-dir", sys.argv[2]]) == 0
     print("MARK prepared", file=sys.stderr, flush=True)
@@ -382,10 +384,10 @@ for mode in (False, "fusible"):
     with runtime.xla_fusion(config):
         jit_inside = tf.config.optimizer.get_jit()
         keras.utils.set_random_seed(0)
-        model = train.build_model(config, "config")
-        optimizer = train.make_optimizer(config)
+        model = runs.build_model(config, "config")
+        optimizer = trainer_lib.make_optimizer(config)
         optimizer.build(model.trainable_variables)
-        trainer = train.Trainer(model, optimizer, tf.distribute.get_strategy(), 8, mode)
+        trainer = trainer_lib.Trainer(model, optimizer, tf.distribute.get_strategy(), 8, mode)
         assert trainer.jit_compile is False  # "fusible" never XLA-compiles the whole step
         losses[str(mode)] = [float(trainer.train_step(x, y, w)) for _ in range(3)]
     print(f"MARK {mode} jit={jit_inside!r} after={tf.config.optimizer.get_jit()!r}",
@@ -527,7 +529,7 @@ def test_resumed_epoch_logs_the_loss_of_the_whole_epoch(tmp_path):
 
     def fit(backup_dir, extra=(), seed=0):
         model, optimizer = _tiny_model(seed)
-        trainer = train.Trainer(model, optimizer, tf.distribute.get_strategy(), 4)
+        trainer = trainer_lib.Trainer(model, optimizer, tf.distribute.get_strategy(), 4)
         backup = callbacks.TrainingBackup(str(backup_dir), save_freq=1)
         return trainer.fit(lambda e: ds, 8, 3, lambda: {}, [backup, *extra], backup)
 

@@ -33,6 +33,50 @@ class Verb:
     arguments: Callable[[argparse.ArgumentParser], None] | None = None
 
 
+def registrar(verbs: dict[str, Verb]):
+    """The `@verb(name, help, arguments=...)` decorator that registers into `verbs`.
+
+    Args:
+        verbs: dict. `name -> Verb`, filled in definition order.
+
+    Returns:
+        `verb(name, help=None, *, arguments=None)`, the decorator.
+    """
+
+    def verb(name: str, help: str | None = None, *, arguments=None):
+        """Decorator registering `run(args) -> int` as `eyegazer NAME` (in definition order).
+
+        Args:
+            name: str. The verb.
+            help: str or None. One line for `eyegazer --help`. Defaults to the first line of
+                `run`'s docstring, without its final period.
+            arguments: callable or None. `arguments(parser)` adds the verb's options.
+                Defaults to None.
+
+        Returns:
+            The decorator; it returns `run` unchanged.
+
+        Raises:
+            ValueError: if `name` is already registered, or has no help.
+        """
+
+        def register(run):
+            text = help or (run.__doc__ or "").strip().split("\n")[0].removesuffix(".")
+            if name in verbs or not text:
+                raise ValueError(f"eyegazer verb '{name}' is registered twice or has no help")
+            verbs[name] = Verb(name, text, run, arguments)
+            return run
+
+        return register
+
+    return verb
+
+
+def options(args: argparse.Namespace, *names: str) -> dict:
+    """`{name: args.name}` for `names`: a verb's options as a library call's keyword arguments."""
+    return {name: getattr(args, name) for name in names}
+
+
 def say(line: str) -> None:
     """Prints one line of a verb's output to stdout, flushed (the CLI prints; the library logs)."""
     print(line, flush=True)

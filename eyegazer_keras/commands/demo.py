@@ -5,24 +5,28 @@ from __future__ import annotations
 import argparse
 import os
 
-from eyegazer_keras.commands.common import Verb, headline, say
+from eyegazer_keras.commands.common import Verb, headline, registrar, say
 from eyegazer_keras.commands.prepare import prepare_and_report
-from eyegazer_keras.commands.training import start_run
+from eyegazer_keras.commands.training import run_arguments, start_run
+
+VERBS: dict[str, Verb] = {}  # name -> Verb, in `eyegazer --help` order
+verb = registrar(VERBS)
+
+
+_RUNLOCAL_HELP = "the tiny demo:runlocal config (minutes on 2 cores; for checking an install)"
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workdir", help="run directory (default <root>/demo)")
-    p.add_argument("--data-dir", help="prepared datasets (default <root>/tfds)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument(
-        "--runlocal",
-        action="store_true",
-        help="the tiny demo:runlocal config (minutes on 2 cores; for checking an install)",
-    )
+    run_arguments(p, "<root>/demo")
+    p.add_argument("--runlocal", action="store_true", help=_RUNLOCAL_HELP)
 
 
-def _run(args) -> int:
-    """prepare synthetic_fundus -> train (demo config) -> evaluate -> export."""
+@verb("demo", arguments=_arguments)
+def _demo(args) -> int:
+    """prepare synthetic data, train, evaluate and export in one go.
+
+    synthetic_fundus -> train (demo config; evaluates the validation split) -> export.
+    """
     name = "demo:runlocal" if args.runlocal else "demo"
     config, workdir = start_run(args, "train", name, workdir_name="demo")
     preview = os.path.join(workdir, "preview.png")
@@ -38,8 +42,3 @@ def _run(args) -> int:
     say("    " + headline(summary.get("metrics", {})))
     say(f"4/4 exported SavedModel: {summary.get('export')}")
     return 0
-
-
-VERBS = (
-    Verb("demo", "prepare synthetic data, train, evaluate and export in one go", _run, _arguments),
-)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from eyegazer_keras.commands.common import Verb, say
+from eyegazer_keras.commands.common import Verb, registrar, say
+
+VERBS: dict[str, Verb] = {}  # name -> Verb, in `eyegazer --help` order
+verb = registrar(VERBS)
 
 
 def _predict_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,7 +35,9 @@ def _predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", help="image files; - reads one image from stdin")
 
 
+@verb("predict", arguments=_predict_arguments)
 def _predict(args) -> int:
+    """one JSON line per image (use - for stdin)."""
     # stdout is the JSON-lines contract: no path lines here.
     from eyegazer_keras import predict
 
@@ -71,7 +76,9 @@ def _app_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=7860)
 
 
+@verb("app", arguments=_app_arguments)
 def _app(args) -> int:
+    """Gradio app on an export, for people (a browser page)."""
     from eyegazer_keras import app  # imports gradio: only for this verb
 
     app.launch(args.model, host=args.host, port=args.port)
@@ -84,20 +91,10 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8080, help="HTTP port")
 
 
+@verb("serve", arguments=_serve_arguments)
 def _serve(args) -> int:
+    """KServe V1 (TF Serving REST) server on an export, for programs."""
     from eyegazer_keras import serve  # imports kserve: only for this verb
 
     serve.serve(args.model, name=args.name, port=args.port)
     return 0
-
-
-VERBS = (
-    Verb("predict", "one JSON line per image (use - for stdin)", _predict, _predict_arguments),
-    Verb("app", "Gradio app on an export, for people (a browser page)", _app, _app_arguments),
-    Verb(
-        "serve",
-        "KServe V1 (TF Serving REST) server on an export, for programs",
-        _serve,
-        _serve_arguments,
-    ),
-)

@@ -6,7 +6,11 @@ import argparse
 import json
 import os
 
-from eyegazer_keras.commands.common import Verb, dataset_names, resolve_data_dir, say, say_paths
+from eyegazer_keras.commands import common
+from eyegazer_keras.commands.common import Verb, registrar, say
+
+VERBS: dict[str, Verb] = {}  # name -> Verb, in `eyegazer --help` order
+verb = registrar(VERBS)
 
 # One line per dataset for `eyegazer prepare --help`; the layout text is the builder's own.
 _DATASET_HELP = {
@@ -46,7 +50,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
         "(default: skip them and count them by reason in build_report.json)",
     )
     datasets = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
-    for name in dataset_names():
+    for name in common.dataset_names():
         d = datasets.add_parser(
             name,
             parents=[options],
@@ -68,9 +72,11 @@ def _arguments(p: argparse.ArgumentParser) -> None:
             )
 
 
-def _run(args) -> int:
-    data_dir = resolve_data_dir(args.data_dir, args.root)
-    say_paths(data_dir=data_dir, manual_dir=args.manual_dir, preview=args.preview)
+@verb("prepare", arguments=_arguments)
+def _prepare(args) -> int:
+    """build a dataset (TFRecords under --data-dir)."""
+    data_dir = common.resolve_data_dir(args.data_dir, args.root)
+    common.say_paths(data_dir=data_dir, manual_dir=args.manual_dir, preview=args.preview)
     return prepare_and_report(
         args.dataset,
         data_dir,
@@ -175,6 +181,3 @@ def preview_grid(dataset: str, data_dir, config, path: str, per_grade: int = 6) 
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     return path
-
-
-VERBS = (Verb("prepare", "build a dataset (TFRecords under --data-dir)", _run, _arguments),)

@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 
-from eyegazer_keras.commands.common import HEADLINE, Verb, dataset_names, headline, say, say_paths
+from eyegazer_keras.commands import common
+from eyegazer_keras.commands.common import Verb, options, registrar, say, say_paths
+
+VERBS: dict[str, Verb] = {}  # name -> Verb, in `eyegazer --help` order
+verb = registrar(VERBS)
 
 
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
@@ -14,6 +18,7 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--explain",
         action="store_true",
+        dest="explain_maps",
         help="also score explanation maps against lesion masks: explanations_<split>.json",
     )
     p.add_argument(
@@ -23,29 +28,29 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--dataset",
-        choices=dataset_names(),
+        choices=common.dataset_names(),
         help="external validation: score the run on another prepared dataset "
         "(writes metrics_<dataset>_<split>.json naming both datasets)",
     )
-    p.add_argument("--config", help="builder config of --dataset (default: the run's)")
+    p.add_argument(
+        "--config",
+        dest="dataset_config",
+        metavar="CONFIG",
+        help="builder config of --dataset (default: the run's)",
+    )
     p.add_argument("--data-dir", help="where --dataset is prepared (default: the run's data dir)")
 
 
+@verb("evaluate", arguments=_evaluate_arguments)
 def _evaluate(args) -> int:
+    """metrics.json + plots for a trained run."""
     say_paths(workdir=args.workdir)
     from eyegazer_keras import runs
 
-    m = runs.evaluate_run(
-        args.workdir,
-        args.split,
-        explain_maps=args.explain,
-        tta=args.tta,
-        dataset=args.dataset,
-        dataset_config=args.config,
-        data_dir=args.data_dir,
-    )
-    say(headline(m, ("n", *HEADLINE)))
-    if args.explain:
+    keywords = options(args, "explain_maps", "tta", "dataset", "dataset_config", "data_dir")
+    m = runs.evaluate_run(args.workdir, args.split, **keywords)
+    say(common.headline(m, ("n", *common.HEADLINE)))
+    if args.explain_maps:
         e = m["explanations"]
         say(
             "explanations (grade >= 2, pointing game / pixel AUROC): "
@@ -73,7 +78,9 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+@verb("export", arguments=_export_arguments)
 def _export(args) -> int:
+    """SavedModel (+ model card) from a run."""
     say_paths(workdir=args.workdir, export_dir=args.output)
     from eyegazer_keras import runs
 
@@ -102,19 +109,14 @@ def _import_peft_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+@verb("import-peft", arguments=_import_peft_arguments)
 def _import_peft(args) -> int:
+    """a Hugging Face PEFT LoRA adapter -> an eyegazer run folder."""
     say_paths(workdir=args.workdir, data_dir=args.data_dir)
     from eyegazer_keras.interop import peft
 
-    record = peft.import_peft(
-        args.base,
-        args.adapter,
-        args.workdir,
-        dataset=args.dataset,
-        dataset_config=args.dataset_config,
-        data_dir=args.data_dir,
-        crop=args.crop,
-    )
+    keywords = options(args, "dataset", "dataset_config", "data_dir", "crop")
+    record = peft.import_peft(args.base, args.adapter, args.workdir, **keywords)
     say(
         f"imported {record['adapter']} ({record['naming']} transformers naming): LoRA "
         f"r={record['rank']} alpha={record['lora_alpha']:g} on {','.join(record['targets'])}, "
@@ -134,7 +136,9 @@ def _export_peft_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True, help="adapter folder to write")
 
 
+@verb("export-peft", arguments=_export_peft_arguments)
 def _export_peft(args) -> int:
+    """a run's LoRA + head -> a Hugging Face PEFT adapter."""
     say_paths(workdir=args.workdir, output=args.output)
     from eyegazer_keras.interop import peft
 
@@ -145,21 +149,3 @@ def _export_peft(args) -> int:
         f"lora_alpha={record['lora_alpha']:g}, targets {','.join(record['target_modules'])}"
     )
     return 0
-
-
-VERBS = (
-    Verb("evaluate", "metrics.json + plots for a trained run", _evaluate, _evaluate_arguments),
-    Verb("export", "SavedModel (+ model card) from a run", _export, _export_arguments),
-    Verb(
-        "import-peft",
-        "a Hugging Face PEFT LoRA adapter -> an eyegazer run folder",
-        _import_peft,
-        _import_peft_arguments,
-    ),
-    Verb(
-        "export-peft",
-        "a run's LoRA + head -> a Hugging Face PEFT adapter",
-        _export_peft,
-        _export_peft_arguments,
-    ),
-)
