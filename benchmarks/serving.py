@@ -288,6 +288,17 @@ def _run_worker(side: str, variant: str, args) -> dict:
     return timing.run_worker(__file__, worker_args, side=side, variant=variant)
 
 
+def _describe(r: dict) -> str:
+    cells = []
+    for key in sorted(k for k in r if k.startswith("b") and isinstance(r[k], dict)):
+        t = r[key]
+        cpu = "" if r["side"] == "http" else f" (cpu x cores {t['cpu_img_per_s']:6.2f})"
+        cells.append(f"{key}: {t['img_per_s']:6.2f} img/s{cpu}")  # http: the server's CPU
+        # time is in another process, so only the wall-clock rate is shown
+    extra = f" max|dp| merged vs LoRA {r['max_dp_vs_lora']:.1e}" if "max_dp_vs_lora" in r else ""
+    return f"{'  '.join(cells)}  [{r['kind']}]{extra}"
+
+
 def part_peer(args) -> int:
     if args.worker:
         side, variant = args.worker.split(":")
@@ -303,23 +314,7 @@ def part_peer(args) -> int:
         f"{args.warmup} warm-up + {args.repeats} timed blocks of {args.steps[1]} (batch 1) / "
         f"{args.steps[32]} (batch 32) calls; median block"
     )
-    results = []
-    for side, variant in jobs:
-        r = _run_worker(side, variant, args)
-        results.append(r)
-        if "error" in r:
-            print(f"{side:4s} {variant:22s} FAILED {r['error']}", flush=True)
-            continue
-        cells = []
-        for key in sorted(k for k in r if k.startswith("b") and isinstance(r[k], dict)):
-            t = r[key]
-            cpu = "" if side == "http" else f" (cpu x cores {t['cpu_img_per_s']:6.2f})"
-            cells.append(f"{key}: {t['img_per_s']:6.2f} img/s{cpu}")  # http: the server's CPU
-            # time is in another process, so only the wall-clock rate is shown
-        extra = (
-            f" max|dp| merged vs LoRA {r['max_dp_vs_lora']:.1e}" if "max_dp_vs_lora" in r else ""
-        )
-        print(f"{side:4s} {variant:22s} {'  '.join(cells)}  [{r['kind']}]{extra}", flush=True)
+    results = timing.run_jobs(jobs, lambda s, v: _run_worker(s, v, args), _describe, 22)
     print(f"load average after: {timing.load_average()}")
     for batch in (1, 32):
         key = f"b{batch}"
@@ -345,7 +340,7 @@ def part_peer(args) -> int:
                 line += f"{o[key]['img_per_s'] / e2e[0][key]['img_per_s']:.2f}x"
             print(line)
     print("target: bytes endpoint >= 1.5x the peer at batch 32, >= 1.0x at batch 1")
-    return 0 if all("error" not in r for r in results) else 1
+    return timing.exit_code(results)
 
 
 # ------------------------------------------------------------------------------------------------

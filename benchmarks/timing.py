@@ -107,6 +107,32 @@ def run_worker(script: str, worker_args: list[str], tail: int = 2000, **labels) 
     return {**labels, "error": f"exit {proc.returncode}: {output}"}
 
 
+def run_jobs(jobs, run, describe, width: int) -> list[dict]:
+    """Runs each `(side, variant)` job, printing one line per result as it comes.
+
+    Args:
+        jobs: list of `(side, variant)` pairs, e.g. `("ours", "bf16")`.
+        run: callable(side, variant) -> result dict (`run_worker`'s).
+        describe: callable(result) -> str. The line's text for a result without "error".
+        width: int. Column width of the variant name.
+
+    Returns:
+        The results, in job order (failures as `{..., "error": ...}`).
+    """
+    results = []
+    for side, variant in jobs:
+        r = run(side, variant)
+        results.append(r)
+        text = f"FAILED {r['error']}" if "error" in r else describe(r)
+        print(f"{side:4s} {variant:{width}s} {text}", flush=True)
+    return results
+
+
+def exit_code(results: list[dict]) -> int:
+    """0 if every measurement succeeded, else 1."""
+    return 0 if all("error" not in r for r in results) else 1
+
+
 def best(results: list[dict], side: str, rate=lambda r: r["img_per_s"]) -> dict | None:
     """The fastest successful result of `side` ("ours" / "peer") by `rate`, or None."""
     ok = [r for r in results if r.get("side") == side and "error" not in r]

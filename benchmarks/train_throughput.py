@@ -207,6 +207,13 @@ def _run_worker(side: str, variant: str, args) -> dict:
     return timing.run_worker(__file__, worker_args, side=side, variant=variant)
 
 
+def _describe(r: dict) -> str:
+    return (
+        f"{r['img_per_s']:7.2f} img/s (median)  best block {r['best_block']:6.2f}  "
+        f"per-CPU-s x cores {r['cpu_img_per_s']:6.2f}  blocks={r['blocks']}"
+    )
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer timed steps")
@@ -254,18 +261,7 @@ def main(argv=None) -> int:
         f"shape: ViT-S/16 @ {SHAPE['image']}px, LoRA r={SHAPE['rank']} q+v, batch {args.batch}, "
         f"{args.warmup} warm-up + {args.repeats}x{args.steps} timed steps (median block)"
     )
-    results = []
-    for side, variant in jobs:
-        r = _run_worker(side, variant, args)
-        results.append(r)
-        if "error" in r:
-            print(f"{side:4s} {variant:9s} FAILED {r['error']}")
-        else:
-            print(
-                f"{side:4s} {variant:9s} {r['img_per_s']:7.2f} img/s (median)  "
-                f"best block {r['best_block']:6.2f}  per-CPU-s x cores {r['cpu_img_per_s']:6.2f}  "
-                f"blocks={r['blocks']}"
-            )
+    results = timing.run_jobs(jobs, lambda s, v: _run_worker(s, v, args), _describe, 9)
     o, p = timing.best(results, "ours"), timing.best(results, "peer")
     if o and p:
         print(
@@ -278,7 +274,7 @@ def main(argv=None) -> int:
         print(
             f"per-CPU-second ratio (contention-insensitive): {oc:.2f} / {pc:.2f} = {oc / pc:.2f}x"
         )
-    return 0 if all("error" not in r for r in results) else 1
+    return timing.exit_code(results)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 Exit code 0 on success; on bad input a one-line reason on stderr and a non-zero code.
 
 The verbs live in `eyegazer_keras.commands`, one module per family (`prepare`, `training`,
-`run_folder`, `exported`, `demo`), each listing its `Verb`s (name, help, `run(args) -> int`,
-`arguments(parser)`); this module registers them in `VERBS`, builds the parser and runs one.
+`run_folder`, `exported`, `demo`), each registering its `Verb`s (name, help, `run(args) -> int`,
+`arguments(parser)`) with `@verb(name, arguments=...)`, the help being the first line of `run`'s
+docstring; this module gathers them in `VERBS`, builds the parser and runs one.
 Verbs import the library lazily, inside `run`, so `eyegazer --help` and `eyegazer predict` never
 load keras-hub (or TensorFlow, for `--help`). To add a verb from outside the package:
 
