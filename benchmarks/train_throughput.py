@@ -9,7 +9,7 @@ after the other (TF and torch never share a process or compete for the cores), o
 random images (numpy seed 0; the peer gets them as NCHW). Shape: ViT-S/16 at 224 px (12 layers,
 6 heads, hidden 384, MLP 1536), LoRA rank 16 / alpha 16 on query+value, batch 16, 5 classes.
 
-* ours: `runs.build_model(config, "config")` + `trainer.make_optimizer(config)` +
+* ours: `runs.build_model(config)` + `trainer.make_optimizer(config)` +
   `trainer.Trainer(...).train_step` under the default strategy, exactly what `eyegazer train`
   runs (`runtime.configure_runtime`, `runtime.resolve_auto`, `runtime.xla_fusion` included); variants:
   fp32 and `mixed_precision="bfloat16"`, each with `jit_compile="auto"` (no suffix; on CPU
@@ -113,7 +113,7 @@ def worker_ours(variant: str, args) -> dict:
     keras.utils.set_random_seed(0)
     config = configs.TrainConfig(
         name="bench",
-        backbone="config",
+        backbone=None,
         backbone_config=backbone_config(SHAPE),
         image_size=SHAPE["image"],
         lora_rank=SHAPE["rank"],
@@ -129,7 +129,7 @@ def worker_ours(variant: str, args) -> dict:
     fusion = runtime.xla_fusion(config)  # as train.run_training does
     fusion.__enter__()
     with strategy.scope():  # as train._run_stage does
-        model = runs.build_model(config, "config")
+        model = runs.build_model(config)
         optimizer = trainer_lib.make_optimizer(config)
         model.compile(optimizer=optimizer)
         optimizer.build(model.trainable_variables)

@@ -36,7 +36,7 @@ from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, roc_auc_score
 
 from eyegazer_keras import GRADE_NAMES
-from eyegazer_keras.files import json_safe  # re-exported: metrics.json_safe is public
+from eyegazer_keras.files import json_safe
 from eyegazer_keras.metric_inputs import as_labels, as_probs, as_scores, as_threshold, check_lengths
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,6 @@ __all__ = [
     "classification_metrics",
     "collapse_fraction",
     "expected_calibration_error",
-    "json_safe",
     "prediction_distribution",
     "quadratic_weighted_kappa",
     "reliability_bins",

@@ -53,7 +53,7 @@ def write_metrics_json(path: str | os.PathLike, metrics_dict: Mapping) -> Path:
         The path written, as a ``pathlib.Path``.
     """
     text = json.dumps(
-        metrics.json_safe(dict(metrics_dict)), sort_keys=True, indent=2, allow_nan=False
+        files.json_safe(dict(metrics_dict)), sort_keys=True, indent=2, allow_nan=False
     )
     return files.write_atomic(path, lambda f: f.write(text + "\n"))
 

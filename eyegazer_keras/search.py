@@ -351,7 +351,7 @@ def _explain_method(model) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     """`python -m eyegazer_keras.search --config NAME [--workdir W] [--set k=v ...]`.
 
-    The `eyegazer search` verb in `cli.py` does the same; this entry point exists so that tests
+    The `eyegazer search` verb (`eyegazer_keras/commands/training.py`) does the same; this entry point exists so that tests
     can run (and kill) a search in a subprocess.
 
     Args:

@@ -41,19 +41,16 @@ from eyegazer_keras.callbacks import (
     TrainingBackup,
     backup_position,
 )
-from eyegazer_keras.evaluation import CALIBRATION_FILE  # noqa: F401  (also under `train.`)
 from eyegazer_keras.models import vit_lora
-from eyegazer_keras.runs import (  # noqa: F401  (the run-folder API, also under `train.`)
+from eyegazer_keras.runs import (
     BEST_ADAPTER,
     PRETRAINED_DIR,
     RUN_DATA,
     RunData,
     RunError,
     build_model,
-    evaluate_run,
     export_run,
     find_backbone,
-    load_run,
     predict_split,
     write_split_metrics,
 )
@@ -226,7 +223,7 @@ def _pretrain_backbone(stage: _Stage, progress) -> str:
         return preset_dir
     pre_config = configs_lib.from_dict(configs_lib.to_dict(stage.config))
     pre_config.lora_rank = 0
-    pre_config.backbone = "config"
+    pre_config.backbone = None  # a random ViT from backbone_config
     if progress:
         progress(f"stage 1/2: pretraining the backbone for {stage.config.pretrain_epochs} epochs")
     pre_stage = dataclasses.replace(
@@ -236,7 +233,7 @@ def _pretrain_backbone(stage: _Stage, progress) -> str:
         epochs=stage.config.pretrain_epochs,
         best_path=None,
     )
-    model, _, _, _ = _run_stage(pre_stage, lambda: build_model(pre_config, "config"), progress)
+    model, _, _, _ = _run_stage(pre_stage, lambda: build_model(pre_config), progress)
     if write.chief:
         find_backbone(model).save_to_preset(preset_dir)
         with open(marker, "w") as f:

@@ -34,7 +34,7 @@ def one_step(strategy, init_weights, x, y, w, steps=1):
     )
     with strategy.scope():
         keras.utils.set_random_seed(0)
-        model = runs.build_model(config, "config")
+        model = runs.build_model(config)
         optimizer = trainer_lib.make_optimizer(config)
         model.compile(optimizer=optimizer)
         optimizer.build(model.trainable_variables)

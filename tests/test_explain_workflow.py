@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from eyegazer_keras import configs, export, signatures, train
+from eyegazer_keras import configs, evaluation, export, runs, signatures, train
 from tests.conftest import tiny_train_overrides
 
 
@@ -23,7 +23,7 @@ def run_dir(tiny_data_dir, tmp_path_factory):
 
 @pytest.mark.slow
 def test_train_fits_calibration_on_half_of_validation(run_dir):
-    cal = json.load(open(os.path.join(run_dir, train.CALIBRATION_FILE)))
+    cal = json.load(open(os.path.join(run_dir, evaluation.CALIBRATION_FILE)))
     assert cal["temperature"] > 0 and 0 <= cal["threshold"] <= 1
     assert cal["fit_rows"] + cal["report_rows"] == 24  # tiny validation split
     m = json.load(open(os.path.join(run_dir, "metrics_validation.json")))
@@ -35,7 +35,7 @@ def test_train_fits_calibration_on_half_of_validation(run_dir):
 
 @pytest.mark.slow
 def test_evaluate_explain_and_tta(run_dir):
-    m = train.evaluate_run(run_dir, "validation", explain_maps=True, tta="flip")
+    m = runs.evaluate_run(run_dir, "validation", explain_maps=True, tta="flip")
     e = json.load(open(os.path.join(run_dir, "explanations_validation.json")))
     assert e == json.loads(json.dumps(m["explanations"]))
     assert e["min_grade"] == 2 and e["n_scored"] > 0 and e["tolerance_px"] == 2  # 32 px
@@ -54,9 +54,9 @@ def test_export_is_calibrated_and_predict_writes_overlays(run_dir, tmp_path):
     from eyegazer_datasets.synthetic_fundus import generator
     from PIL import Image
 
-    out = train.export_run(run_dir, str(tmp_path / "exp"), tta="flip")
+    out = runs.export_run(run_dir, str(tmp_path / "exp"), tta="flip")
     meta = json.load(open(os.path.join(out, "assets.extra", export.METADATA_FILENAME)))
-    cal = json.load(open(os.path.join(run_dir, train.CALIBRATION_FILE)))
+    cal = json.load(open(os.path.join(run_dir, evaluation.CALIBRATION_FILE)))
     assert meta["calibrated"] is True and meta["temperature"] == cal["temperature"]
     assert meta["operating_threshold"]["threshold"] == cal["threshold"]
     assert meta["tta"]["mode"] == "flip" and signatures.EXPLAIN_SIGNATURE in meta["signatures"]

@@ -14,7 +14,7 @@ import shutil
 import numpy as np
 import pytest
 
-from eyegazer_keras import train
+from eyegazer_keras import runs
 from eyegazer_keras.interop import peft
 from eyegazer_keras.models import vit_lora
 
@@ -79,7 +79,7 @@ def test_import_matches_peft_logits(base, adapter, tmp_path):
     assert record["head_from"] == ("base" if adapter.endswith("nohead") else "adapter")
     assert (record["rank"], record["lora_alpha"], record["targets"]) == (4, 8.0, ["query", "value"])
     # An ordinary run folder: the trainer's own loader rebuilds the model from it.
-    config, model = train.load_run(str(tmp_path / "run"))
+    config, model = runs.load_run(str(tmp_path / "run"))
     assert (config.task, config.image_size, config.lora_layout) == ("binary", 32, "peft")
     diff = np.abs(peft.classifier_logits(model, images()) - EXPECTED[f"logits_{adapter}"])
     assert diff.max() <= TOL, (adapter, diff.max())
@@ -100,7 +100,6 @@ def test_import_records_the_hf_preprocessing(tmp_path):
     assert run_data["preprocessing"]["stored_size"] == 32
     assert (run_data["task"], run_data["class_names"]) == ("binary", ["no_dr", "dr"])
     assert run_data["majority_class"] is None  # an imported adapter's training set is unknown
-    from eyegazer_keras import runs
 
     config = runs.load_run(str(tmp_path / "run"))[0]
     assert runs.RunData.of_run(str(tmp_path / "run"), config).spec().crop == "none"
@@ -237,9 +236,9 @@ def hf_cache(root, repos: dict) -> dict:
 FRESH_LOGITS = """
 import json, sys
 import numpy as np
-from eyegazer_keras import train
+from eyegazer_keras import runs
 from eyegazer_keras.interop import peft
-_, model = train.load_run(sys.argv[1])
+_, model = runs.load_run(sys.argv[1])
 images = np.load(sys.argv[2])["images"].astype("float32")
 print("LOGITS", json.dumps(peft.classifier_logits(model, images).tolist()))
 """
@@ -445,7 +444,7 @@ def test_import_onto_a_local_keras_preset_dir(tmp_path):
         tmp_path / "preset", fixture("legacy_vitmodel"), tmp_path / "run", dataset="x"
     )
     assert record["base_kind"] == "keras_preset"
-    _, imported = train.load_run(str(tmp_path / "run"))
+    _, imported = runs.load_run(str(tmp_path / "run"))
     diff = np.abs(peft.classifier_logits(imported, images()) - EXPECTED["logits_legacy_vitmodel"])
     assert diff.max() <= TOL, diff.max()
     with pytest.raises(peft.PeftFormatError, match="has no Hugging Face original"):
@@ -462,7 +461,7 @@ def test_evaluate_an_imported_run(tiny_data_dir, tmp_path):
         dataset_config="tiny",
         data_dir=tiny_data_dir,
     )
-    m = train.evaluate_run(str(tmp_path / "run"), "validation")
+    m = runs.evaluate_run(str(tmp_path / "run"), "validation")
     assert m["n"] == 24 and m["task"] == "binary"
     assert (tmp_path / "run" / "metrics_validation.json").exists()
 

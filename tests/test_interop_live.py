@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft_lib = pytest.importorskip("peft")
 
-from eyegazer_keras import configs, train  # noqa: E402
+from eyegazer_keras import configs, runs, train  # noqa: E402
 from eyegazer_keras.interop import peft  # noqa: E402
 from tests.conftest import tiny_train_overrides  # noqa: E402
 
@@ -57,7 +57,7 @@ def test_train_here_export_peft_load_in_peft(layout, tiny_data_dir, tmp_path):
     )
     workdir = str(tmp_path / "run")
     train.run_training(config, workdir)
-    _, model = train.load_run(workdir)
+    _, model = runs.load_run(workdir)
     ours = peft.classifier_logits(model, IMAGES.astype("float32"))
 
     out = tmp_path / "peft"
@@ -104,6 +104,6 @@ def test_peft_adapter_on_all_attention_projections_imports_exactly(tmp_path):
 
     record = peft.import_peft(VITMODEL, adapter, tmp_path / "run", dataset="synthetic_fundus")
     assert record["targets"] == ["query", "key", "value", "attention_output"]
-    _, ours = train.load_run(str(tmp_path / "run"))
+    _, ours = runs.load_run(str(tmp_path / "run"))
     diff = np.abs(peft.classifier_logits(ours, IMAGES.astype("float32")) - expected).max()
     assert diff <= TOL, diff

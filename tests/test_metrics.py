@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from eyegazer_keras import GRADE_NAMES, metrics, regression
+from eyegazer_keras import GRADE_NAMES, files, metrics, regression
 
 # Binary case, threshold 0.5:
 #   y    = 1    1    1    1    0    0    0    0    0    0
@@ -183,7 +183,7 @@ def test_bad_inputs_raise_clear_errors(y, probs, task, match):
 
 
 def test_json_safe():
-    out = metrics.json_safe(
+    out = files.json_safe(
         {"a": np.float32(0.5), "b": np.nan, "c": (np.int64(2), np.inf), "d": np.bool_(True)}
     )
     assert out == {"a": 0.5, "b": None, "c": [2, None], "d": True}

@@ -314,7 +314,7 @@ def test_bfloat16_and_xla_options_train(tiny_data_dir, tmp_path):
 
 
 def test_evaluate_and_export_a_run_without_pretraining(tiny_data_dir, tmp_path):
-    """backbone="config" + pretrain_epochs=0: rebuilding the run reproduces its frozen weights."""
+    """backbone=None (a random ViT from backbone_config) + pretrain_epochs=0: rebuilding the run reproduces its frozen weights."""
     workdir = str(tmp_path / "run")
     train.run_training(_config(tiny_data_dir, epochs=1), workdir)
     before = json.load(open(os.path.join(workdir, "metrics_validation.json")))
@@ -371,7 +371,7 @@ if len(sys.argv) > 2:  # as `eyegazer demo`: TensorFlow prepares data before tra
     print("MARK prepared", file=sys.stderr, flush=True)
 runtime.configure_runtime()
 flags = os.environ["TF_XLA_FLAGS"]
-config = configs.TrainConfig(name="t", backbone="config", backbone_config=json.loads(sys.argv[1]),
+config = configs.TrainConfig(name="t", backbone=None, backbone_config=json.loads(sys.argv[1]),
                              image_size=32, lora_rank=4, batch_size=8, strategy="default")
 runtime.resolve_auto(config)
 rng = np.random.default_rng(0)
@@ -384,7 +384,7 @@ for mode in (False, "fusible"):
     with runtime.xla_fusion(config):
         jit_inside = tf.config.optimizer.get_jit()
         keras.utils.set_random_seed(0)
-        model = runs.build_model(config, "config")
+        model = runs.build_model(config)
         optimizer = trainer_lib.make_optimizer(config)
         optimizer.build(model.trainable_variables)
         trainer = trainer_lib.Trainer(model, optimizer, tf.distribute.get_strategy(), 8, mode)
