@@ -1,5 +1,7 @@
-"""What evaluation adds to a run's metrics: calibration, test-time augmentation, explanations.
+"""A split's metrics file, and what evaluation adds to it: calibration, TTA, explanations.
 
+* `write_split_metrics`: the one writer of `metrics_<split>.json` (+ plots), keeping what
+  training recorded there (`recorded_extras`: the collapse events).
 * `run_calibration`: temperature scaling and a sensitivity-targeted operating threshold
   (`calibrate.fit_calibration`), fitted once at the end of `eyegazer train` on half of the
   validation split and stored as `calibration.json`; evaluation and export read it back.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tensorflow as tf
@@ -21,15 +24,21 @@ import tensorflow as tf
 from eyegazer_keras import calibrate, explain_scores, files, metrics, plots, report
 from eyegazer_keras.models import wrappers
 
+if TYPE_CHECKING:  # annotations only: runs imports this module
+    from eyegazer_keras.configs import TrainConfig
+    from eyegazer_keras.runs import RunData
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "CALIBRATION_FILE",
     "card_sections",
     "explain_split",
+    "recorded_extras",
     "run_calibration",
     "tta_comparison",
     "tta_probabilities",
+    "write_split_metrics",
 ]
 
 CALIBRATION_FILE = "calibration.json"
@@ -130,3 +139,64 @@ def card_sections(val_metrics: dict, calibration: dict | None, tta: str) -> dict
         "explanations": maps,
         "uncalibrated_validation_ece": (val_metrics.get("calibration") or {}).get("ece"),
     }
+
+
+def write_split_metrics(
+    workdir: str,
+    split: str,
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    run_data: RunData,
+    config: TrainConfig,
+    history: dict | None = None,
+    extras: dict | None = None,
+    calibration: dict | None = None,
+) -> dict:
+    """The one writer of a split's `metrics_<split>.json` (+ plots), with the run's extras.
+
+    Args:
+        workdir: str. The run directory.
+        split: str. Split name (file names and the `split` key).
+        y_true: int array `[N]`. Class ids (grades 0..4, or 0/1 for binary).
+        probs: float array `[N, num_classes]`. Predicted probabilities.
+        run_data: RunData. Task and majority class.
+        config: TrainConfig. The collapse threshold.
+        history: dict or None. The fit history, for `training_curves.png`. Defaults to None.
+        extras: dict or None. Keys stored next to the metrics, e.g. the training's
+            `collapse_events`. Defaults to None.
+        calibration: dict or None. The run's `calibration.json` (`evaluation.run_calibration`),
+            adding the calibrated figures. Defaults to None.
+
+    Returns:
+        The metrics dict as written (accuracy, QWK as in the APTOS 2019 competition, AUROC,
+        referable sensitivity/specificity, confusion matrix, ..., plus `extras`).
+    """
+    result = report.write_report(
+        workdir,
+        y_true,
+        probs,
+        run_data.task,
+        history=history,
+        split=split,
+        calibration=calibration,
+        majority_class=run_data.majority_class,
+        collapse_threshold=config.collapse_threshold,
+    )
+    if extras:
+        result.update(extras)
+        report.write_metrics_json(os.path.join(workdir, f"metrics_{split}.json"), result)
+    return result
+
+
+def recorded_extras(workdir: str, split: str) -> dict:
+    """What training recorded about `split` beyond the metrics (the collapse events)."""
+    if split != "validation":
+        return {}
+    for name in ("run.json", "metrics_validation.json"):
+        path = os.path.join(workdir, name)
+        if os.path.exists(path):
+            with open(path) as f:
+                recorded = json.load(f)
+            if "collapse_events" in recorded:
+                return {"collapse_events": recorded["collapse_events"]}
+    return {}

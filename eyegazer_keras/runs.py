@@ -28,7 +28,6 @@ from eyegazer_keras import (
     metrics,
     model_card,
     pipeline,
-    report,
 )
 from eyegazer_keras import configs as configs_lib
 from eyegazer_keras.models import vit_lora
@@ -50,7 +49,6 @@ __all__ = [
     "load_run",
     "predict_split",
     "split_dataset",
-    "write_split_metrics",
 ]
 
 BEST_ADAPTER = os.path.join("checkpoints", "best_adapter.npz")
@@ -243,67 +241,6 @@ def predict_split(
     return trainer.predict(ds, progress_bar=progress_bar, desc=f"evaluate {split}")
 
 
-def write_split_metrics(
-    workdir: str,
-    split: str,
-    y_true: np.ndarray,
-    probs: np.ndarray,
-    run_data: RunData,
-    config: configs_lib.TrainConfig,
-    history: dict | None = None,
-    extras: dict | None = None,
-    calibration: dict | None = None,
-) -> dict:
-    """The one writer of a split's `metrics_<split>.json` (+ plots), with the run's extras.
-
-    Args:
-        workdir: str. The run directory.
-        split: str. Split name (file names and the `split` key).
-        y_true: int array `[N]`. Class ids (grades 0..4, or 0/1 for binary).
-        probs: float array `[N, num_classes]`. Predicted probabilities.
-        run_data: RunData. Task and majority class.
-        config: TrainConfig. The collapse threshold.
-        history: dict or None. The fit history, for `training_curves.png`. Defaults to None.
-        extras: dict or None. Keys stored next to the metrics, e.g. the training's
-            `collapse_events`. Defaults to None.
-        calibration: dict or None. The run's `calibration.json` (`evaluation.run_calibration`),
-            adding the calibrated figures. Defaults to None.
-
-    Returns:
-        The metrics dict as written (accuracy, QWK as in the APTOS 2019 competition, AUROC,
-        referable sensitivity/specificity, confusion matrix, ..., plus `extras`).
-    """
-    result = report.write_report(
-        workdir,
-        y_true,
-        probs,
-        run_data.task,
-        history=history,
-        split=split,
-        calibration=calibration,
-        majority_class=run_data.majority_class,
-        collapse_threshold=config.collapse_threshold,
-    )
-    if extras:
-        result.update(extras)
-        report.write_metrics_json(os.path.join(workdir, f"metrics_{split}.json"), result)
-    return result
-
-
-def _recorded_extras(workdir: str, split: str) -> dict:
-    """What training recorded about `split` beyond the metrics (the collapse events)."""
-    if split != "validation":
-        return {}
-    for name in ("run.json", "metrics_validation.json"):
-        path = os.path.join(workdir, name)
-        if os.path.exists(path):
-            with open(path) as f:
-                recorded = json.load(f)
-            if "collapse_events" in recorded:
-                return {"collapse_events": recorded["collapse_events"]}
-    return {}
-
-
 # --------------------------------------------------------------------------------------------
 # A finished run: reload, evaluate, export
 # --------------------------------------------------------------------------------------------
@@ -383,8 +320,8 @@ def evaluate_run(
         data_dir: str or None. Where that dataset is prepared. Defaults to the run's.
 
     Returns:
-        The metrics dict written to `metrics_<split>.json` (see `write_split_metrics`), plus
-        `explanations` with `explain_maps`. With `dataset`: `metrics_<dataset>_<split>.json`,
+        The metrics dict written to `metrics_<split>.json` (see
+        `evaluation.write_split_metrics`), plus `explanations` with `explain_maps`. With `dataset`: `metrics_<dataset>_<split>.json`,
         naming both datasets (`trained_on`, `evaluated_on`).
 
     Raises:
@@ -395,7 +332,7 @@ def evaluate_run(
     config, model = load_run(workdir)
     run_data = RunData.of_run(workdir, config)
     tta = tta or getattr(config, "tta", None) or "none"
-    name, extras = split, _recorded_extras(workdir, split)
+    name, extras = split, evaluation.recorded_extras(workdir, split)
     if dataset is not None:
         config, extras = external_config(config, run_data, dataset, dataset_config, data_dir, split)
         name = f"{dataset}_{split}"
@@ -403,7 +340,7 @@ def evaluate_run(
         y_true, probs, tta_section = _predict_labeled(model, config, split, tta, progress_bar)
         extras.update(tta_section)
         calibration = evaluation.run_calibration(workdir, None, None, run_data.task, fit=False)
-        result = write_split_metrics(
+        result = evaluation.write_split_metrics(
             workdir, name, y_true, probs, run_data, config, extras=extras, calibration=calibration
         )
         if explain_maps:

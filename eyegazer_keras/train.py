@@ -52,7 +52,6 @@ from eyegazer_keras.runs import (
     export_run,
     find_backbone,
     predict_split,
-    write_split_metrics,
 )
 from eyegazer_keras.runs import split_args as _split_args
 from eyegazer_keras.runtime import configure_runtime, resolve_auto, xla_fusion
@@ -357,7 +356,7 @@ def _finish_on_chief(stage: _Stage, model, trainer, history, summary, t_start) -
     calibration = evaluation.run_calibration(
         workdir, stage.run_data.val_targets, probs, stage.run_data.task, fit=True
     )
-    summary["metrics"] = write_split_metrics(
+    summary["metrics"] = evaluation.write_split_metrics(
         workdir,
         "validation",
         stage.run_data.val_targets,
