@@ -202,6 +202,11 @@ def _gate_metadata() -> dict:
         "max_saturated_fraction": fundus.MAX_SATURATED_FRACTION,
         "max_mean_luma": fundus.MAX_MEAN_LUMA,
         "min_sharpness": fundus.MIN_SHARPNESS,
+        "min_detail_ratio": fundus.MIN_DETAIL_RATIO,
+        "min_illumination_cv": fundus.MIN_ILLUMINATION_CV,
+        "quality_score": "fundus.quality_score: logistic score fitted to EyeQ labels on real "
+        "EyePACS photos (eyegazer_keras/fundus/quality_model.py)",
+        "quality_threshold": fundus.QUALITY_THRESHOLD,
         "anchor": "EyeQ (Fu et al., MICCAI 2019): Good/Usable gradable, Reject ungradable",
     }
 

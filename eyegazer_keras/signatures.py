@@ -98,6 +98,11 @@ OUTPUTS: dict[str, dict[str, tuple[str, str, str]]] = {
 GATE_OUTPUTS: dict[str, tuple[str, str, str]] = {
     "gradable": ("bool", "[B]", "the photo passed the quality gate"),
     "ungradable_reason": ("string", "[B]", '"" or one of fundus.REASONS'),
+    "quality_score": (
+        "float32",
+        "[B]",
+        "image quality in [0, 1] (1 good); gradable needs >= the metadata's quality_threshold",
+    ),
 }
 for _task_outputs in OUTPUTS.values():
     _task_outputs.update(GATE_OUTPUTS)
@@ -242,20 +247,27 @@ def serving_endpoints(
     if explain_maps is not None:
 
         def serve_explain(image_bytes):
-            x, gradable, reason = photo_inputs(image_bytes, decode=True)
-            return {**predict(x, gradable, reason), EXPLANATION_OUTPUT: explain_maps(x)}
+            x, gate = photo_inputs(image_bytes, decode=True)
+            return {**predict(x, gate), EXPLANATION_OUTPUT: explain_maps(x)}
 
         endpoints[EXPLAIN_SIGNATURE] = (serve_explain, bytes_input)
     return endpoints
 
 
 def _photo_inputs_fn(served: ServedTask):
-    """`fn(images, decode) -> (model inputs, gradable, reason)` per photo, via `tf.map_fn`."""
+    """`fn(images, decode) -> (model inputs, gate outputs)` per photo, via `tf.map_fn`.
+
+    The gate outputs are a dict keyed by `GATE_OUTPUTS` (`gradable`, `ungradable_reason`,
+    `quality_score`).
+    """
     size, spec = served.image_size, served.preprocessing
     signature = (
         tf.TensorSpec([size, size, 3], tf.float32),
-        tf.TensorSpec([], tf.bool),
-        tf.TensorSpec([], tf.string),
+        {
+            "gradable": tf.TensorSpec([], tf.bool),
+            "ungradable_reason": tf.TensorSpec([], tf.string),
+            "quality_score": tf.TensorSpec([], tf.float32),
+        },
     )
 
     def photo_inputs(images, decode: bool):
@@ -263,7 +275,7 @@ def _photo_inputs_fn(served: ServedTask):
             image = fundus.decode_image(item) if decode else item
             quality = fundus.assess_quality(image)
             x = fundus.photo_to_model_input(image, size, spec)
-            return x, quality["gradable"], quality["ungradable_reason"]
+            return x, {name: quality[name] for name in GATE_OUTPUTS}
 
         return tf.map_fn(one, images, fn_output_signature=signature)
 
@@ -271,12 +283,12 @@ def _photo_inputs_fn(served: ServedTask):
 
 
 def _predict_fn(model, served: ServedTask):
-    """`fn(x, gradable, reason) -> outputs`: the model, named outputs, no grade if ungradable."""
+    """`fn(x, gate) -> outputs`: the model, named outputs, no grade if ungradable."""
     outputs = _outputs_fn(served)
 
-    def predict(x, gradable, reason):
-        result = _mask_ungradable(outputs(model(x, training=False)), gradable)
-        return {**result, "gradable": gradable, "ungradable_reason": reason}
+    def predict(x, gate):
+        result = _mask_ungradable(outputs(model(x, training=False)), gate["gradable"])
+        return {**result, **gate}
 
     return predict
 

@@ -3,6 +3,8 @@ realistic bad photos are refused with the right reason, degenerate images are to
 
 from __future__ import annotations
 
+import pathlib
+
 import numpy as np
 import pytest
 import skimage.data
@@ -103,6 +105,88 @@ def test_reasons_are_the_documented_ones():
         "no_fundus",
         "overexposed",
         "too_blurry",
+        "unmeasurable",
+        "poor_quality",
     }
     for reason in fundus.REASONS:
         assert f"`{reason}`" in fundus.assess_quality.__doc__
+
+
+# ---- Fail closed: what has no retina to measure is never graded ------------------------------
+
+
+@pytest.mark.parametrize("value", [0, 30, 60, 128, 180, 220, 255])
+@pytest.mark.parametrize("shape", [(600, 800), (64, 64), (1000, 1000), (40, 300), (800, 600)])
+def test_uniform_images_are_ungradable(value, shape):
+    """The issue's uniform grey 600x800 photo was graded `no_dr`; no flat image is graded."""
+    out = _GATE(tf.constant(np.full((*shape, 3), value, np.uint8)))
+    assert not bool(out["gradable"].numpy())
+    assert out["ungradable_reason"].numpy().decode() in fundus.REASONS
+    assert float(out["quality_score"].numpy()) == 0.0  # refused by a hard limit
+
+
+@pytest.mark.parametrize("colour", [(128, 128, 128), (200, 100, 40), (60, 30, 12), (200, 200, 90)])
+@pytest.mark.parametrize("noise", [3.0, 8.0, 20.0])
+@pytest.mark.parametrize("shape", [(480, 640), (256, 256), (1500, 2000)])
+def test_flat_colour_with_noise_is_ungradable(colour, noise, shape):
+    rng = np.random.default_rng(int(noise) + shape[0])
+    photo = np.asarray(colour, np.float32) + rng.normal(0.0, noise, (*shape, 3))
+    assert _reason(np.clip(photo, 0, 255).astype(np.uint8)) != ""
+
+
+def test_a_measure_that_cannot_be_computed_fails_closed():
+    """Lit stripes 1 px wide: no pixel lies inside the lit area far enough from its edge, so
+    the detail measures are NaN (an empty mask); NaN compares false with every limit, and the
+    gate must still refuse the photo."""
+    stripes = np.zeros((480, 640, 3), np.uint8)
+    stripes[:, ::4] = np.linspace(60, 250, 480)[:, np.newaxis, np.newaxis]  # not flat
+    m = {k: float(v) for k, v in fundus.quality_measures(stripes).items()}
+    assert np.isnan(m["sharpness"]) and np.isnan(m["green_detail_1"])
+    assert _reason(stripes) == "unmeasurable"
+    out = _GATE(tf.constant(stripes))
+    assert float(out["quality_score"].numpy()) == 0.0
+
+
+def test_quality_score_of_good_photos(retina):
+    """Good photos score in [threshold, 1]; the threshold is the fitted one."""
+    assert 0.0 < fundus.QUALITY_THRESHOLD < 1.0
+    out = _GATE(tf.constant(retina))
+    assert fundus.QUALITY_THRESHOLD <= float(out["quality_score"].numpy()) <= 1.0
+    for index in range(10):
+        rng = np.random.default_rng([2019, 8, index])
+        photo, _ = generator.render(int(rng.integers(2**31)), index % 5, 200 + 16 * index)
+        score = float(_GATE(tf.constant(photo))["quality_score"].numpy())
+        assert fundus.QUALITY_THRESHOLD <= score <= 1.0
+
+
+def test_a_heavy_haze_is_poor_quality(retina):
+    """A grey-blue veil over 70 % of the light (cataract-like haze): what EyeQ's graders call
+    Reject, and what the hard limits alone let through."""
+    photo = retina.astype(np.float32)
+    lit = photo.max(axis=-1, keepdims=True) > 12
+    hazy = np.where(lit, 0.3 * photo + 0.7 * np.array([150.0, 160.0, 170.0]), 0.0)
+    out = _GATE(tf.constant(hazy.astype(np.uint8)))
+    assert out["ungradable_reason"].numpy().decode() == "poor_quality"
+    assert float(out["quality_score"].numpy()) < fundus.QUALITY_THRESHOLD
+
+
+def test_score_is_the_fitted_model():
+    """The TF score applies the committed coefficients exactly as the fitting script does."""
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+    import quality_gate  # noqa: E402  (benchmarks/quality_gate.py)
+
+    from eyegazer_keras.fundus import quality_model
+
+    coefficients = np.array([quality_model.COEFFICIENTS[n] for n in fundus.MEASURES])
+    rng = np.random.default_rng(0)
+    measures = np.exp(rng.normal(coefficients[:, 0], 2.0 * coefficients[:, 1], (64, 17)))
+    expected = quality_gate.apply_score(
+        measures, *coefficients[:, :2].T, coefficients[:, 2], quality_model.INTERCEPT
+    )
+    got = fundus.quality_score(
+        {n: tf.constant(measures[:, i], tf.float32) for i, n in enumerate(fundus.MEASURES)}
+    ).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert expected.min() < 0.1 and expected.max() > 0.9  # the draws span the score

@@ -5,7 +5,8 @@ Every path that turns a photo into model input goes through this module:
 * `decode_image`: JPEG/PNG/GIF/BMP bytes -> upright RGB `uint8`, honouring the EXIF
   orientation tag (JPEG APP1 `Exif`, PNG `eXIf`), parsed with string ops so a SavedModel
   (and TF Serving, which has no Python) applies it too;
-* `assess_quality`: the gradable / ungradable gate, with a reason (see `REASONS`);
+* `assess_quality`: the gradable / ungradable gate, with a reason (see `REASONS`) and a
+  `quality_score` in [0, 1] fitted to human graders' labels;
 * `fundus_circle` / `fundus_bbox` / `crop_fundus`: the crop that finds the disc (a circle fitted
   to its rim), not the box of everything bright;
 * `preprocess_fundus`: crop -> square -> resize to the stored size -> optional Ben Graham. The
@@ -55,6 +56,7 @@ from eyegazer_keras.fundus.crop import (
 from eyegazer_keras.fundus.decode import (
     EXIF_ORIENTATION_TAG,
     apply_orientation,
+    composite_on_black,
     decode_image,
     exif_orientation,
 )
@@ -63,14 +65,20 @@ from eyegazer_keras.fundus.quality import (
     DARK_PEAK,
     MAX_MEAN_LUMA,
     MAX_SATURATED_FRACTION,
+    MEASURES,
+    MIN_DETAIL_RATIO,
     MIN_FUNDUS_FRACTION,
+    MIN_ILLUMINATION_CV,
     MIN_IMAGE_SIZE,
     MIN_SHARPNESS,
     QUALITY_SIZE,
+    QUALITY_THRESHOLD,
     REASONS,
     SATURATED_LUMA,
+    SCORE_CLIP,
     assess_quality,
     quality_measures,
+    quality_score,
 )
 from eyegazer_keras.fundus.spec import (
     CROPS,
@@ -93,17 +101,23 @@ __all__ = [
     "EXIF_ORIENTATION_TAG",
     "MAX_MEAN_LUMA",
     "MAX_SATURATED_FRACTION",
+    "MEASURES",
+    "MIN_DETAIL_RATIO",
     "MIN_FUNDUS_FRACTION",
+    "MIN_ILLUMINATION_CV",
     "MIN_IMAGE_SIZE",
     "MIN_SHARPNESS",
     "PreprocessingSpec",
     "QUALITY_SIZE",
+    "QUALITY_THRESHOLD",
     "REASONS",
     "SATURATED_LUMA",
+    "SCORE_CLIP",
     "apply_orientation",
     "assess_quality",
     "ben_graham",
     "circle_mask",
+    "composite_on_black",
     "crop_fundus",
     "crop_like",
     "crop_to_box",
@@ -117,6 +131,7 @@ __all__ = [
     "preprocess_fundus",
     "preprocess_photo",
     "quality_measures",
+    "quality_score",
     "resize_for_model",
     "resize_uint8",
     "serving_transform",
