@@ -202,6 +202,7 @@ def _gate_metadata() -> dict:
         "max_saturated_fraction": fundus.MAX_SATURATED_FRACTION,
         "max_mean_luma": fundus.MAX_MEAN_LUMA,
         "min_sharpness": fundus.MIN_SHARPNESS,
+        "max_sharpness": fundus.MAX_SHARPNESS,
         "min_detail_ratio": fundus.MIN_DETAIL_RATIO,
         "min_illumination_cv": fundus.MIN_ILLUMINATION_CV,
         "quality_score": "fundus.quality_score: logistic score fitted to EyeQ labels on real "

@@ -63,10 +63,14 @@ def encode(image: np.ndarray, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def training_pipeline_probs(model, image_bytes: bytes) -> np.ndarray:
+def training_pipeline_inputs(image_bytes: bytes) -> tf.Tensor:
     """What training feeds the model: decode -> preprocess_fundus (builder) -> resize_for_model."""
     stored = fundus.preprocess_fundus(fundus.decode_image(image_bytes), SOURCE_SIZE)
-    return model(fundus.resize_for_model(stored, IMAGE_SIZE)[tf.newaxis]).numpy()[0]
+    return fundus.resize_for_model(stored, IMAGE_SIZE)
+
+
+def training_pipeline_probs(model, image_bytes: bytes) -> np.ndarray:
+    return model(training_pipeline_inputs(image_bytes)[tf.newaxis]).numpy()[0]
 
 
 @pytest.fixture(scope="module")
@@ -282,45 +286,47 @@ def test_binary_export(tmp_path, images):
 
 
 def test_regression_export_bakes_in_cutoffs(tmp_path):
-    """Model output = 4 * mean(red) / 255, so uniform images have a known grade."""
+    """Model output = a * mean(red) + b, so photos of known brightness have a known grade."""
+    gains = np.array([0.7, 0.8, 0.9, 1.0, 1.1])
+    photos = []
+    for gain in gains:  # one fundus at five exposures: all gradable
+        photo = synthetic_fundus(96, 128, seed=1).astype(np.float32) * gain
+        photos.append(np.clip(photo, 0, 255).astype(np.uint8))
+    mean_red = np.array(
+        [float(tf.reduce_mean(training_pipeline_inputs(encode(p, "PNG"))[..., 0])) for p in photos]
+    )
+    # Grades from 0.2 (darkest) to 4.0 (brightest), linear in the model input's mean red.
+    a = 3.8 / (mean_red[-1] - mean_red[0])
+    b = 0.2 - a * mean_red[0]
     inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
     x = keras.layers.GlobalAveragePooling2D()(inputs)
     dense = keras.layers.Dense(1)
     model = keras.Model(inputs, dense(x))
-    dense.set_weights(
-        [np.array([[4.0 / 255.0], [0.0], [0.0]], np.float32), np.zeros(1, np.float32)]
-    )
-    cutoffs = (0.2, 1.0, 2.5, 3.0)
+    dense.set_weights([np.array([[a], [0.0], [0.0]], np.float32), np.array([b], np.float32)])
+    cutoffs = (0.5, 1.0, 2.5, 2.9)
     path = export_tiny(model, tmp_path / "regression", task="regression", cutoffs=cutoffs)
     loaded = tf.saved_model.load(path)
     assert actual_signatures(loaded, "regression") == {
         r for r in documented_signatures() if r[0] == "regression"
     }
 
-    reds = np.array([0, 40, 140, 200, 255], np.uint8)
-    uniform = np.zeros((len(reds), 48, 48, 3), np.uint8)  # square: no black padding
-    uniform[..., 0] = reds[:, None, None]
-    # Green/blue texture (the model ignores them) makes the photos pass the quality gate; a
-    # flat, structureless image would be `too_blurry` and get no grade.
-    rng = np.random.default_rng(0)
-    uniform[..., 1] = rng.integers(60, 140, uniform.shape[:3], dtype=np.uint8)
-    uniform[..., 2] = rng.integers(20, 80, uniform.shape[:3], dtype=np.uint8)
-    expected_grade = 4.0 * reds / 255.0  # 0, 0.63, 2.20, 3.14, 4.0
+    expected_grade = a * mean_red + b
     expected_class = regression.apply_cutoffs(expected_grade, cutoffs)
-    np.testing.assert_array_equal(expected_class, [0, 1, 2, 4, 4])  # rounding would give 0,1,2,3,4
+    assert list(expected_class) != list(np.clip(np.round(expected_grade), 0, 4))  # not rounding
+    assert expected_class[0] == 0 and expected_class[-1] == 4
 
-    by_images = loaded.signatures["serving_images"](images=tf.constant(uniform))
+    by_images = loaded.signatures["serving_images"](images=tf.constant(np.stack(photos)))
     by_bytes = loaded.signatures["serving_default"](
-        image_bytes=tf.constant([encode(u, "PNG") for u in uniform])
+        image_bytes=tf.constant([encode(p, "PNG") for p in photos])
     )
     for out in (by_images, by_bytes):
-        np.testing.assert_allclose(out["grade"].numpy(), expected_grade, atol=1e-4)
+        np.testing.assert_array_equal(out["gradable"].numpy(), [True] * len(gains))
+        np.testing.assert_allclose(out["grade"].numpy(), expected_grade, atol=1e-3)
         np.testing.assert_array_equal(out["predicted_grade"].numpy(), expected_class)
         np.testing.assert_array_equal(out["referable"].numpy(), expected_class >= 2)
         assert [n.decode() for n in out["class_name"].numpy()] == [
             GRADE_NAMES[g] for g in expected_class
         ]
-        np.testing.assert_array_equal(out["gradable"].numpy(), [True] * len(reds))
     # The black photo of the issue: no grade at all (it was graded `severe, referable`).
     black = loaded.signatures["serving_default"](
         image_bytes=tf.constant([encode(np.zeros((48, 48, 3), np.uint8), "PNG")])
@@ -461,3 +467,66 @@ def test_export_serves_the_spec_it_is_given(tmp_path):
             preprocessing=spec,
             source_size=64,
         )
+
+
+# ---- Transparency: composited onto black before anything else (issue: the invisible pixels
+# under alpha 0 used to decide the grade) ---------------------------------------------------
+
+
+def _png(array: np.ndarray) -> bytes:
+    return tf.io.encode_png(tf.constant(array)).numpy()
+
+
+def _rgba_cases():
+    """(name, RGBA uint8/uint16 array, the opaque picture it shows on black, tolerance)."""
+    photo = synthetic_fundus(240, 320, seed=3)
+    disc = photo.max(axis=-1, keepdims=True) > 0
+    rng = np.random.default_rng(7)
+    under = {
+        "black": np.zeros_like(photo),
+        "white": np.full_like(photo, 255),
+        "noise": rng.integers(0, 256, photo.shape, dtype=np.uint8),
+    }
+    cases = []
+    for name, background in under.items():
+        rgb = np.where(disc, photo, background)
+        alpha = np.where(disc, 255, 0).astype(np.uint8)
+        rgba = np.concatenate([rgb, alpha], axis=-1)
+        tol = 1e-5 if name == "black" else 0.02
+        cases.append((f"{name}-under-alpha0-8bit", rgba, photo, tol))
+        cases.append((f"{name}-under-alpha0-16bit", rgba.astype(np.uint16) * 257, photo, 0.02))
+    # Partial alpha: a soft edge and a half-transparent band over the disc.
+    yy, xx = np.mgrid[0:240, 0:320]
+    alpha = np.clip(255 - np.abs(xx - 160) * 2, 0, 255).astype(np.uint8)[..., np.newaxis]
+    rgba = np.concatenate([np.where(disc, photo, under["noise"]), alpha], axis=-1)
+    shown = np.round(np.where(disc, photo, under["noise"]) * (alpha / 255.0)).astype(np.uint8)
+    cases.append(("partial-alpha-8bit", rgba, shown, 0.02))
+    cases.append(("partial-alpha-16bit", rgba.astype(np.uint16) * 257, shown, 0.02))
+    return cases
+
+
+@pytest.mark.parametrize("case", _rgba_cases(), ids=lambda c: c[0])
+def test_transparency_is_composited_onto_black(grade_loaded, case):
+    """An RGBA PNG gives the probabilities of the opaque picture it shows (on black)."""
+    _, rgba, shown, tol = case
+    serve = grade_loaded.signatures["serving_default"]
+    got = serve(image_bytes=tf.constant([_png(rgba)]))
+    want = serve(image_bytes=tf.constant([_png(shown)]))
+    assert bool(want["gradable"].numpy()[0]), "the opaque picture must be gradable"
+    np.testing.assert_array_equal(got["gradable"].numpy(), want["gradable"].numpy())
+    np.testing.assert_allclose(
+        got["probabilities"].numpy(), want["probabilities"].numpy(), atol=tol, rtol=0
+    )
+    np.testing.assert_allclose(
+        got["quality_score"].numpy(), want["quality_score"].numpy(), atol=0.02
+    )
+
+
+def test_grey_alpha_png_is_composited():
+    """Grey + alpha (PNG colour type 4): grey tiled to RGB, then composited."""
+    grey = np.arange(64 * 64, dtype=np.uint32).reshape(64, 64, 1) % 256
+    alpha = np.where(np.arange(64)[:, np.newaxis, np.newaxis] < 32, 0, 200)
+    pair = np.concatenate([grey, np.broadcast_to(alpha, grey.shape)], -1).astype(np.uint8)
+    got = fundus.decode_image(_png(pair)).numpy()
+    want = np.round(grey * (alpha / 255.0)).astype(np.uint8)
+    np.testing.assert_array_equal(got, np.repeat(want, 3, axis=-1))

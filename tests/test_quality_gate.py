@@ -135,11 +135,11 @@ def test_flat_colour_with_noise_is_ungradable(colour, noise, shape):
 
 
 def test_a_measure_that_cannot_be_computed_fails_closed():
-    """Lit stripes 1 px wide: no pixel lies inside the lit area far enough from its edge, so
+    """Lit dots 1 px wide, brighter down the frame: no pixel lies inside the lit area far enough from its edge, so
     the detail measures are NaN (an empty mask); NaN compares false with every limit, and the
     gate must still refuse the photo."""
     stripes = np.zeros((480, 640, 3), np.uint8)
-    stripes[:, ::4] = np.linspace(60, 250, 480)[:, np.newaxis, np.newaxis]  # not flat
+    stripes[::3, ::3] = np.linspace(60, 250, 480)[::3, np.newaxis, np.newaxis]  # lit dots
     m = {k: float(v) for k, v in fundus.quality_measures(stripes).items()}
     assert np.isnan(m["sharpness"]) and np.isnan(m["green_detail_1"])
     assert _reason(stripes) == "unmeasurable"
@@ -190,3 +190,17 @@ def test_score_is_the_fitted_model():
     ).numpy()
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert expected.min() < 0.1 and expected.max() > 0.9  # the draws span the score
+
+
+@pytest.mark.parametrize("period", [2, 3, 4, 6])
+@pytest.mark.parametrize("shape", [(480, 640), (256, 256), (200, 200)])
+@pytest.mark.parametrize("pattern", ["stripes", "dots"])
+def test_patterns_are_ungradable(period, shape, pattern):
+    """Stripes and dot grids (a screen, a test chart): never graded, whatever the reason."""
+    image = np.zeros((*shape, 3), np.uint8)
+    ramp = np.linspace(60, 250, shape[0])[:, np.newaxis, np.newaxis]
+    if pattern == "stripes":
+        image[:, ::period] = ramp
+    else:
+        image[::period, ::period] = ramp[::period]
+    assert _reason(image) != ""

@@ -38,6 +38,10 @@ MIN_DETAIL_RATIO = 1.35
 # macula and the camera's vignetting always vary a fundus's brightness: real EyePACS photos
 # >= 0.046 (raw) and >= 0.095 (enhanced), synthetic >= 0.045; flat colour plus noise ~0.015.
 MIN_ILLUMINATION_CV = 0.025
+# ... or its fine detail is stronger than any retina's: `sharpness` above this (stripes, text,
+# screens, heavy noise). Real EyePACS photos <= 0.074 (raw) and <= 0.261 (enhanced, whose
+# publisher sharpened them), synthetic <= 0.104.
+MAX_SHARPNESS = 0.4
 # Standardised log measures are clipped to +-this before the fitted score: a photo far
 # outside the photos it was fitted on moves the score no more than one at the edge.
 SCORE_CLIP = 5.0
@@ -272,7 +276,8 @@ def assess_quality(image: tf.Tensor, threshold: int = DEFAULT_THRESHOLD) -> dict
       luma `< DARK_MEAN_LUMA` (25);
     * `no_fundus`: lit disc area `< MIN_FUNDUS_FRACTION` (5 %) of the frame, or a texture
       that is pixel noise, not anatomy (`green_detail_4 < MIN_DETAIL_RATIO * green_detail_1`),
-      or a disc flat at the scale of anatomy (`illumination_cv < MIN_ILLUMINATION_CV`);
+      a disc flat at the scale of anatomy (`illumination_cv < MIN_ILLUMINATION_CV`), or
+      finer detail than any retina has (`sharpness > MAX_SHARPNESS`: stripes, text, noise);
     * `overexposed`: more than `MAX_SATURATED_FRACTION` (25 %) of the disc at luma >= 235, or
       a mean disc luma above `MAX_MEAN_LUMA` (200: washed out by flare or haze);
     * `too_blurry`: `sharpness < MIN_SHARPNESS` (see `quality_measures`);
@@ -314,7 +319,10 @@ def assess_quality(image: tf.Tensor, threshold: int = DEFAULT_THRESHOLD) -> dict
                 m["fundus_fraction"] < MIN_FUNDUS_FRACTION,
                 tf.logical_or(
                     m["green_detail_4"] < MIN_DETAIL_RATIO * m["green_detail_1"],
-                    m["illumination_cv"] < MIN_ILLUMINATION_CV,
+                    tf.logical_or(
+                        m["illumination_cv"] < MIN_ILLUMINATION_CV,
+                        m["sharpness"] > MAX_SHARPNESS,
+                    ),
                 ),
             ),
             "no_fundus",
