@@ -12,6 +12,8 @@ from eyegazer_datasets.common import dummy_data, inventory, kaggle_source, testi
 from eyegazer_datasets.fundus_folder import fundus_folder_dataset_builder as folder
 from eyegazer_datasets.fundus_folder.dummy_data import make_dummy_data as dummy
 
+from eyegazer_keras.commands import prepare as prepare_command
+
 _HERE = pathlib.Path(__file__).resolve().parent
 _SPLITS = {"train": 13, "validation": 5}
 
@@ -182,6 +184,9 @@ def test_nothing_dropped_silently(tmp_path):
     )
     assert report["counts"]["not_used"] == 6 == sum(report["counts"]["not_used_by_reason"].values())
     assert report["counts"]["not_used_by_reason"][inventory.SYSTEM_FILE] == 3
+    # ... and in the summary `eyegazer prepare` prints.
+    line = prepare_command.not_used_line(report)
+    assert line.startswith("not used: 6 file(s): ") and f"{inventory.SYSTEM_FILE}: 3" in line
 
 
 def test_a_tree_of_only_system_files_names_them(tmp_path):
