@@ -493,7 +493,9 @@ print("OUT", json.dumps(out))
 @pytest.mark.slow
 def test_imported_run_exports_a_savedmodel_with_hf_preprocessing(tmp_path):
     """`eyegazer export` of an imported run, reloaded in a fresh process: HF's log-softmax."""
-    import_case("vitcls", "legacy_vitcls", tmp_path / "run", dataset="aptos2019")  # not prepared: export needs no data
+    import_case(
+        "vitcls", "legacy_vitcls", tmp_path / "run", dataset="aptos2019"
+    )  # not prepared: export needs no data
     out = run_python(
         [
             "-m",

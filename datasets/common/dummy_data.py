@@ -86,7 +86,8 @@ def encode_dicom(image: np.ndarray, jpeg: bool = False, preamble: bool = True) -
     """A DICOM Ophthalmic Photography file of an RGB array, the way fundus cameras write them.
 
     Args:
-        image: `uint8 [H, W, 3]` (RGB) or `uint8 / uint16 [H, W]` (MONOCHROME2).
+        image: `uint8 [H, W, 3]` (RGB), `uint8 / uint16 [H, W]` (MONOCHROME2), or either with
+            a leading frame axis (a multi-frame file).
         jpeg: bool. Store the pixels as one JPEG-baseline frame (most cameras) instead of
             uncompressed. Defaults to False.
         preamble: bool. Write the 128-byte preamble and `DICM`. Defaults to True.
@@ -118,7 +119,7 @@ def encode_dicom(image: np.ndarray, jpeg: bool = False, preamble: bool = True) -
         ds.PixelData = encapsulate([encode(image, "JPEG", quality=95)])
         ds["PixelData"].VR = "OB"
     else:
-        interpretation = "RGB" if image.ndim == 3 else "MONOCHROME2"
+        interpretation = "RGB" if image.ndim >= 3 and image.shape[-1] == 3 else "MONOCHROME2"
         ds.set_pixel_data(image, interpretation, 8 if image.dtype == np.uint8 else 16)
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=preamble)

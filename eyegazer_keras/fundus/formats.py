@@ -65,6 +65,9 @@ IMAGE_EXTENSIONS = {
 SYSTEM_FILE_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db"})
 SYSTEM_FOLDERS = frozenset({"__MACOSX"})
 SEND_JPEG_OR_PNG = "send JPEG or PNG (or GIF, BMP, WebP)"
+# The builders' default limit (50 MP, `max_megapixels`): TIFF / DICOM headers over it are
+# refused before decoding.
+DEFAULT_MAX_PIXELS = 50_000_000
 # DICOM transfer syntaxes whose single frame is a plain JPEG file TF decodes as is.
 _JPEG_SYNTAXES = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
 
@@ -144,7 +147,7 @@ def serving_refusal(data: bytes, label: str) -> str | None:
     return None
 
 
-def to_decodable(data: bytes, label: str, max_pixels: int | None = None) -> bytes:
+def to_decodable(data: bytes, label: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> bytes:
     """Camera formats -> bytes the shared TF decode reads; other bytes are returned as they are.
 
     TIFF: the first page, EXIF/TIFF orientation applied, as RGB PNG (16-bit grey scaled to
@@ -157,7 +160,7 @@ def to_decodable(data: bytes, label: str, max_pixels: int | None = None) -> byte
         data: bytes. The file's content.
         label: str. The file's name, for errors.
         max_pixels: int or None. Refuse larger images, from their header, before decoding.
-            Defaults to None (PIL's own decompression-bomb limit still applies to TIFF).
+            Defaults to `DEFAULT_MAX_PIXELS` (None: no limit but PIL's own for TIFF).
 
     Returns:
         bytes: unchanged for served formats and unknown bytes, else PNG (or JPEG) bytes.
