@@ -151,6 +151,18 @@ REFUSALS = {
     "some_layers": (None, _drop_layer1_query, "every transformer block"),
     "extra_module": (lambda c: c.update(modules_to_save=["classifier", "ln"]), None, "ln"),
     "not_lora": (lambda c: c.update(peft_type="IA3"), None, "only LoRA"),
+    # Issue 23 item 4: config and weights disagree (q and v weights, target_modules q only).
+    "weights_beyond_targets": (
+        lambda c: c.update(target_modules=["q_proj"]),
+        None,
+        "target_modules ['q_proj'] but adapter_model.safetensors holds LoRA on ['q_proj', "
+        "'v_proj'] (weights for ['v_proj'] that PEFT would not apply)",
+    ),
+    "targets_without_weights": (
+        lambda c: c.update(target_modules=["q_proj", "k_proj", "v_proj"]),
+        None,
+        "(no weights for ['k_proj'])",
+    ),
 }
 
 
