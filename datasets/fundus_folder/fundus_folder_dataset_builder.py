@@ -318,7 +318,8 @@ class Builder(build.FundusBuilder):
         index = index_class_folders(files, self.label_map)
         grades, paths = index.grades, index.paths
         jobs = [images.Job(k, paths[k], gate=True) for k in grades]
-        unused = inventory.not_used(files, paths.values(), index.reasons)
+        used = set(paths.values()) | ({self.groups_file.name} if self.groups_file else set())
+        unused = inventory.not_used(files, used, index.reasons)
         good, report = self.decode_photos(
             source,
             jobs,

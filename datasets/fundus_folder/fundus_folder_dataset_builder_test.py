@@ -94,9 +94,11 @@ def test_groups_keep_patients_together(tmp_path):
         assert split_of_patient.setdefault(patient, split) == split
     assert report["patients_in_two_splits"] == []
     assert sum(report["patients"].values()) == 9 == len(split_of_patient)
+    assert report["not_used"] == {}  # the groups CSV in the tree was read
     # Without groups every photo is its own patient.
     report = folder.prepare(tree, tmp_path / "nogroups", folder.make_config(32))
     assert sum(report["patients"].values()) == 18
+    assert report["not_used"] == {inventory.not_a_photo("groups.csv"): ["groups.csv"]}
 
 
 def test_same_name_in_two_folders(tmp_path):
