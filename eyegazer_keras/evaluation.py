@@ -38,6 +38,7 @@ __all__ = [
     "run_calibration",
     "tta_comparison",
     "model_selection",
+    "tta_calibration",
     "tta_card",
     "tta_probabilities",
     "write_split_metrics",
@@ -162,6 +163,58 @@ def card_sections(val_metrics: dict, calibration: dict | None, tta: str) -> dict
         "explanations": maps,
         "uncalibrated_validation_ece": (val_metrics.get("calibration") or {}).get("ece"),
     }
+
+
+def tta_calibration(workdir: str, calibration: dict, task: str, tta: str, outputs) -> dict:
+    """The calibration of a TTA export: refitted on the TTA outputs, or marked not carried.
+
+    `calibration.json` (temperature, operating threshold) was fitted on the model's outputs
+    without test-time augmentation; averaging flips changes them (issue 23: sensitivity 0.90
+    at the old threshold became 0.975). It is refitted on the validation split's TTA outputs
+    (kept as `calibration_<tta>.json`, reused by later exports); without the validation split
+    it is not carried (`{"not_carried": why}`): the export then serves uncalibrated
+    probabilities and no threshold, and its card says so.
+
+    Args:
+        workdir: str. The run folder.
+        calibration: dict. The run's `calibration.json` (its target sensitivity is kept).
+        task: str. `"grade"` or `"binary"`.
+        tta: str. `"flip"` or `"flip4"`.
+        outputs: `() -> (y_true [N], probs [N, k])`: validation labels and TTA probabilities;
+            may raise `data.DataNotPreparedError` / `OSError` when the data is not here.
+
+    Returns:
+        The refitted calibration (`calibrate.fit_calibration` plus `tta` and
+        `validation_with_tta`: QWK, AUROC, ECE of the TTA outputs), or `{"not_carried": str}`.
+    """
+    path = os.path.join(workdir, f"calibration_{tta}.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    try:
+        y_true, probs = outputs()
+        refit = calibrate.fit_calibration(
+            y_true, probs, task, calibration.get("target_sensitivity", 0.9)
+        )
+    except (RuntimeError, OSError, ValueError) as err:  # DataNotPreparedError is a RuntimeError
+        why = (
+            f"not carried: calibration.json was fitted on outputs without TTA and could not be "
+            f"refitted for tta={tta} ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+            "export where the run's dataset is prepared to refit it"
+        )
+        logger.warning("export with tta=%s: calibration and threshold %s", tta, why)
+        return {"not_carried": why}
+    summary = metrics.classification_metrics(y_true, probs, task)
+    refit["tta"] = tta
+    refit["method"] = f"{refit.get('method', '')} Refitted at export on the {tta} TTA outputs."
+    refit["validation_with_tta"] = {
+        "qwk": summary["qwk"],
+        "auroc": summary["auroc"],
+        "ece": summary["calibration"]["ece"],
+        "n": int(len(y_true)),
+    }
+    files.write_json_atomic(path, refit)
+    return refit
 
 
 def tta_card(tta: str, calibration: dict | None, val_metrics: dict):

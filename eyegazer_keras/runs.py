@@ -20,12 +20,10 @@ import tensorflow as tf
 
 from eyegazer_keras import (
     GRADE_NAMES,
-    calibrate,
     data,
     evaluation,
     explain,
     export,
-    files,
     fundus,
     metrics,
     model_card,
@@ -452,7 +450,9 @@ def export_run(
     calibration = evaluation.run_calibration(workdir, None, None, run_data.task, fit=False)
     tta = tta or getattr(config, "tta", None) or "none"
     if tta != "none" and calibration is not None:
-        calibration = tta_calibration(workdir, config, model, run_data, calibration, tta)
+        calibration = evaluation.tta_calibration(
+            workdir, calibration, run_data.task, tta, _tta_validation_outputs(config, model, tta)
+        )
     served_calibration = None if calibration and calibration.get("not_carried") else calibration
     return str(
         export.export_saved_model(
@@ -471,52 +471,19 @@ def export_run(
     )
 
 
-def tta_calibration(workdir: str, config, model, run_data: RunData, calibration: dict, tta: str):
-    """The calibration of a TTA export: refitted on the TTA outputs, or marked not carried.
+def _tta_validation_outputs(config, model, tta: str):
+    """`() -> (y_true [N], TTA probabilities [N, k])` of the run's validation split."""
 
-    `calibration.json` (temperature, operating threshold) was fitted on the model's outputs
-    without test-time augmentation; averaging flips changes them (issue 23: sensitivity 0.90
-    at the old threshold became 0.975). It is refitted on the validation split's TTA outputs
-    (kept as `calibration_<tta>.json`, reused by later exports); without the validation split
-    here it is not carried (`{"not_carried": why}`): the export serves uncalibrated
-    probabilities and no threshold, and its card says so.
-
-    Returns:
-        The refitted calibration (with `tta` and `validation_with_tta`), or
-        `{"not_carried": str}`.
-    """
-    path = os.path.join(workdir, f"calibration_{tta}.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    try:
+    def outputs():
         y_true = pipeline.transform_labels_np(
             data.split_labels(*split_args(config, "validation")), config.task
         )
         with xla_fusion(config):
-            probs = evaluation.tta_probabilities(model, split_dataset(config, "validation"), tta)
-        refit = calibrate.fit_calibration(
-            y_true, probs, run_data.task, calibration.get("target_sensitivity", 0.9)
-        )
-    except (data.DataNotPreparedError, OSError, ValueError) as err:
-        why = (
-            f"not carried: calibration.json was fitted on outputs without TTA and could not be "
-            f"refitted for tta={tta} ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
-            "export where the run's dataset is prepared to refit it"
-        )
-        logger.warning("export with tta=%s: calibration and threshold %s", tta, why)
-        return {"not_carried": why}
-    summary = metrics.classification_metrics(y_true, probs, run_data.task)
-    refit["tta"] = tta
-    refit["method"] = f"{refit.get('method', '')} Refitted at export on the {tta} TTA outputs."
-    refit["validation_with_tta"] = {
-        "qwk": summary["qwk"],
-        "auroc": summary["auroc"],
-        "ece": summary["calibration"]["ece"],
-        "n": int(len(y_true)),
-    }
-    files.write_json_atomic(path, refit)
-    return refit
+            return y_true, evaluation.tta_probabilities(
+                model, split_dataset(config, "validation"), tta
+            )
+
+    return outputs
 
 
 def _run_card(workdir: str, config, run_data: RunData, calibration: dict | None, tta: str) -> dict:
