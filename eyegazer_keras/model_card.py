@@ -194,6 +194,7 @@ RUN_CARD_METRICS = (
     "specificity",
     "referable",
     "n",
+    "model_selection",  # the validation split also chose the epoch (optimistic figures)
 )
 
 

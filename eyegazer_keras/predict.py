@@ -48,6 +48,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from eyegazer_keras import files, signatures
+from eyegazer_keras.fundus import formats
 
 logger = logging.getLogger(__name__)
 
@@ -145,10 +146,24 @@ def read_input(path: str, stdin: BinaryIO | None = None) -> tuple[bytes | None, 
         path: str. An image file, or `STDIN_PATH` (`"-"`) for the bytes on `stdin`.
         stdin: binary stream read for `"-"`. Defaults to None (`sys.stdin.buffer`).
 
+    TIFF and DICOM files (as fundus cameras write them) are converted to PNG bytes here
+    (`fundus.formats.to_decodable`), so the export's TF decode reads them like any photo.
+
     Returns:
         `(bytes, None)`, or `(None, error)` with a one-line error naming the input and the fix:
-        missing, a directory, unreadable, empty, or stdin in text mode / empty.
+        missing, a directory, unreadable, empty, stdin in text mode / empty, or a TIFF / DICOM
+        file that cannot be read (or is over `formats.DEFAULT_MAX_PIXELS`).
     """
+    data, error = _read_bytes(path, stdin)
+    if error is not None:
+        return None, error
+    try:  # TIFF and DICOM (fundus cameras) -> PNG bytes for the export's TF decode
+        return formats.to_decodable(data, "stdin" if path == STDIN_PATH else path), None
+    except ValueError as e:
+        return None, str(e)
+
+
+def _read_bytes(path: str, stdin: BinaryIO | None) -> tuple[bytes | None, str | None]:
     if path == STDIN_PATH:
         stream = stdin if stdin is not None else sys.stdin.buffer
         data = stream.read()

@@ -449,11 +449,16 @@ def export_run(
     run_data = RunData.of_run(workdir, config)
     calibration = evaluation.run_calibration(workdir, None, None, run_data.task, fit=False)
     tta = tta or getattr(config, "tta", None) or "none"
+    if tta != "none" and calibration is not None:
+        calibration = evaluation.tta_calibration(
+            workdir, calibration, run_data.task, tta, _tta_validation_outputs(config, model, tta)
+        )
+    served_calibration = None if calibration and calibration.get("not_carried") else calibration
     return str(
         export.export_saved_model(
             model,
             output,
-            calibration=calibration,
+            calibration=served_calibration,
             tta=tta,
             explain_method=explain.default_method(model),
             task=run_data.task,
@@ -464,6 +469,21 @@ def export_run(
             model_card=_run_card(workdir, config, run_data, calibration, tta),
         )
     )
+
+
+def _tta_validation_outputs(config, model, tta: str):
+    """`() -> (y_true [N], TTA probabilities [N, k])` of the run's validation split."""
+
+    def outputs():
+        y_true = pipeline.transform_labels_np(
+            data.split_labels(*split_args(config, "validation")), config.task
+        )
+        with xla_fusion(config):
+            return y_true, evaluation.tta_probabilities(
+                model, split_dataset(config, "validation"), tta
+            )
+
+    return outputs
 
 
 def _run_card(workdir: str, config, run_data: RunData, calibration: dict | None, tta: str) -> dict:

@@ -50,6 +50,7 @@ import tensorflow as tf
 from kserve.errors import InvalidInput
 
 from eyegazer_keras import predict, signatures
+from eyegazer_keras.fundus import formats
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,9 @@ def decode_instances(payload) -> list[bytes]:
 
     Raises:
         kserve.errors.InvalidInput: (HTTP 400) with a one-line message naming the instance and
-            the fix, when the body is not of that form or a `b64` value is not base64.
+            the fix, when the body is not of that form, a `b64` value is not base64, or an
+            image is TIFF / DICOM / HEIC (the SavedModel's TF decode reads none of them; the
+            message says to send JPEG or PNG).
     """
     if not isinstance(payload, dict):
         raise InvalidInput(
@@ -119,6 +122,9 @@ def decode_instances(payload) -> list[bytes]:
             raise InvalidInput(f'instances[{i}]: "b64" is not valid base64 ({e}).') from None
         if not data:
             raise InvalidInput(f'instances[{i}]: "b64" holds no bytes; send a JPEG or PNG file.')
+        refusal = formats.serving_refusal(data, f"instances[{i}]")  # TIFF, DICOM, HEIC
+        if refusal:
+            raise InvalidInput(refusal)
         images.append(data)
     return images
 

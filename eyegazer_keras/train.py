@@ -342,6 +342,11 @@ def _train(config, workdir, strategy, progress, t_start) -> dict:
     return summary
 
 
+def selection_extras(selection: dict | None) -> dict:
+    """`{"model_selection": ...}` when validation chose the epoch, else `{}`."""
+    return {"model_selection": selection} if selection else {}
+
+
 def _finish_on_chief(stage: _Stage, model, trainer, history, summary, t_start) -> None:
     """Best adapter -> adapter.npz, history, validation metrics, export, run.json."""
     workdir = stage.write.real
@@ -364,7 +369,10 @@ def _finish_on_chief(stage: _Stage, model, trainer, history, summary, t_start) -
         stage.run_data,
         stage.config,
         history={k: v for k, v in history.items() if k != "val_majority_prediction"},
-        extras={"collapse_events": summary["collapse_events"]},
+        extras={
+            "collapse_events": summary["collapse_events"],
+            **selection_extras(evaluation.model_selection(best + ".json")),
+        },
         calibration=calibration,
     )
     if stage.config.export:

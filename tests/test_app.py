@@ -338,3 +338,31 @@ def test_gradability_and_overlay_show_when_the_export_has_them(
         assert "No grade" in summary and "Decision" not in summary
     finally:
         demo.close()
+
+
+def test_dicom_and_tiff_uploads_are_graded_like_their_png(exports, tmp_path):
+    """Issue 23 item 8: the app reads a camera's DICOM (and TIFF) upload over its API."""
+    from eyegazer_datasets.common import dummy_data
+
+    image = synthetic_fundus(240, 320, seed=5)
+    files = {
+        "eye.png": encode(image, "PNG"),
+        "eye.dcm": dummy_data.encode_dicom(image),
+        "eye.tif": dummy_data.encode(image, "TIFF"),
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    demo = _launch(exports["grade"])
+    try:
+        client = _client(demo)
+        labels = {
+            name: client.predict(handle_file(str(tmp_path / name)), api_name=f"/{app.API_NAME}")[1]
+            for name in files
+        }
+    finally:
+        demo.close()
+    want = {c["label"]: c["confidence"] for c in labels["eye.png"]["confidences"]}
+    for name in ("eye.dcm", "eye.tif"):
+        got = {c["label"]: c["confidence"] for c in labels[name]["confidences"]}
+        assert got.keys() == want.keys()
+        np.testing.assert_allclose([got[k] for k in want], list(want.values()), atol=1e-6)

@@ -20,7 +20,7 @@ _FOLDER = pathlib.Path(__file__).resolve().parents[1] / "datasets" / "aptos2019"
 # Same module names as the installed package, so TFDS registers `aptos2019` exactly once.
 from eyegazer_datasets.aptos2019 import aptos2019_dataset_builder as aptos  # noqa: E402
 from eyegazer_datasets.aptos2019.dummy_data import make_dummy_data as dummy  # noqa: E402
-from eyegazer_datasets.common import dummy_data, images  # noqa: E402
+from eyegazer_datasets.common import dummy_data, images, inventory  # noqa: E402
 
 # The 100 MP header below is refused by our own check; PIL merely warns when it opens it.
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
@@ -228,6 +228,7 @@ def _bad_layout(tmp_path):
     images[f"test_images/{TEST[0]}.png"] = _huge_png_header(10000, 10000)  # 100 MP
     images["train_images/nobody.png"] = dummy_data.encode(_rgb(9))  # named by no CSV row
     images["test_images/notes.txt"] = b"stray file"
+    images[f"train_images/._{ids[4]}.png"] = b"\x00\x05\x16\x07"  # macOS AppleDouble
     return dummy.write_layout(tmp_path / "kaggle", TRAIN, TEST, images), ids
 
 
@@ -245,6 +246,13 @@ def test_bad_files_are_skipped_named_and_counted(tmp_path):
         in reasons[f"test_images/{TEST[0]}.png"]
     )
     assert report["unlisted_images"] == ["test_images/notes.txt", "train_images/nobody.png"]
+    # Issue 23 items 6 and 9: every unused file is listed by reason; AppleDouble is ignored.
+    unused = report["not_used"]
+    assert unused[inventory.SYSTEM_FILE] == [f"train_images/._{ids[4]}.png"]
+    assert unused[inventory.UNLISTED] == ["train_images/nobody.png"]
+    assert unused[inventory.not_a_photo("notes.txt")] == ["test_images/notes.txt"]
+    assert unused[inventory.NOT_PART_OF_LAYOUT] == ["sample_submission.csv"]
+    assert report["counts"]["not_used"] == 4
     assert report["counts"]["decoded"] == 7
     splits = builder.info.splits
     assert splits["train"].num_examples + splits["validation"].num_examples == 6

@@ -151,6 +151,18 @@ REFUSALS = {
     "some_layers": (None, _drop_layer1_query, "every transformer block"),
     "extra_module": (lambda c: c.update(modules_to_save=["classifier", "ln"]), None, "ln"),
     "not_lora": (lambda c: c.update(peft_type="IA3"), None, "only LoRA"),
+    # Issue 23 item 4: config and weights disagree (q and v weights, target_modules q only).
+    "weights_beyond_targets": (
+        lambda c: c.update(target_modules=["q_proj"]),
+        None,
+        "target_modules ['q_proj'] but adapter_model.safetensors holds LoRA on ['q_proj', "
+        "'v_proj'] (weights for ['v_proj'] that PEFT would not apply)",
+    ),
+    "targets_without_weights": (
+        lambda c: c.update(target_modules=["q_proj", "k_proj", "v_proj"]),
+        None,
+        "(no weights for ['k_proj'])",
+    ),
 }
 
 
@@ -493,7 +505,9 @@ print("OUT", json.dumps(out))
 @pytest.mark.slow
 def test_imported_run_exports_a_savedmodel_with_hf_preprocessing(tmp_path):
     """`eyegazer export` of an imported run, reloaded in a fresh process: HF's log-softmax."""
-    import_case("vitcls", "legacy_vitcls", tmp_path / "run", dataset="aptos2019")  # not prepared: export needs no data
+    import_case(
+        "vitcls", "legacy_vitcls", tmp_path / "run", dataset="aptos2019"
+    )  # not prepared: export needs no data
     out = run_python(
         [
             "-m",

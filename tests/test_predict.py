@@ -182,3 +182,39 @@ def test_progress_bar_on_stderr_only_when_asked(exported, files, capsys):
     assert "5/5" in err and "image" in err
     predict.predict_paths(exported, paths, batch_size=2)
     assert capsys.readouterr().err == ""
+
+
+def test_dicom_and_tiff_from_fundus_cameras(exported, tmp_path):
+    """Issue 23 item 8: `predict` (and the app, through `read_input`) reads DICOM and TIFF.
+
+    Lossless DICOM and TIFF give the prediction of the PNG of the same pixels; a camera's
+    JPEG-baseline DICOM that of its JPEG frame. Broken or unusable DICOM files get one line.
+    """
+    from eyegazer_datasets.common import dummy_data
+
+    image = _fundus_like(60, 80, 4)
+    inputs = {
+        "eye.png": _encode(image, "PNG"),
+        "eye.tif": _encode(image, "TIFF"),
+        "eye.dcm": dummy_data.encode_dicom(image),
+        "IM000001": dummy_data.encode_dicom(image),  # no extension: found by its DICM magic
+        "raw.dcm": dummy_data.encode_dicom(image, preamble=False),
+        "camera.dcm": dummy_data.encode_dicom(image, jpeg=True),
+        "camera.jpg": _encode(image, "JPEG"),
+        "broken.dcm": dummy_data.encode_dicom(image)[:200],
+        "stereo.dcm": dummy_data.encode_dicom(np.stack([image, image])),
+    }
+    for name, data in inputs.items():
+        (tmp_path / name).write_bytes(data)
+    results = predict.predict_paths(exported, [str(tmp_path / n) for n in inputs])
+    got = dict(zip(inputs, results, strict=True))
+    for name in ("eye.tif", "eye.dcm", "IM000001", "raw.dcm"):
+        _check_good(got[name], str(tmp_path / name))
+        np.testing.assert_allclose(
+            got[name]["probabilities"], got["eye.png"]["probabilities"], atol=1e-6
+        )
+    _check_good(got["camera.dcm"], str(tmp_path / "camera.dcm"))
+    assert got["camera.dcm"]["predicted_class"] in range(5)
+    broken, stereo = got["broken.dcm"]["error"], got["stereo.dcm"]["error"]
+    assert broken.startswith(f"{tmp_path / 'broken.dcm'}: ") and "DICOM" in broken
+    assert "2 frames" in stereo and "export each photo as its own file" in stereo

@@ -18,6 +18,7 @@ import pytest
 from kserve.errors import InvalidInput
 
 from eyegazer_keras import predict, serve, signatures
+from eyegazer_keras.fundus import formats
 from tests.test_case import export_tiny
 from tests.test_export import IMAGE_SIZE, encode, synthetic_fundus, tiny_vit_classifier
 
@@ -221,3 +222,19 @@ def test_cli_serve_help_and_bad_model(tmp_path):
     )
     assert out.returncode == 2, out.stderr[-2000:]
     assert "no saved_model.pb" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("kind", ["TIFF", "DICOM"])
+def test_camera_formats_are_refused_with_what_to_send(kind):
+    """Issue 23 item 8: the served model reads no TIFF / DICOM; the 400 says to send JPEG/PNG."""
+    from eyegazer_datasets.common import dummy_data
+
+    image = dummy_data.fundus_like(3)
+    data = dummy_data.encode(image, "TIFF") if kind == "TIFF" else dummy_data.encode_dicom(image)
+    good = {"b64": b64(dummy_data.encode(image))}
+    with pytest.raises(InvalidInput) as info:
+        serve.decode_instances({"instances": [good, {"b64": b64(data)}]})
+    message = str(info.value)
+    assert message.startswith(f"instances[1]: a {kind} file") and "send JPEG or PNG" in message
+    assert "\n" not in message
+    assert formats.serving_refusal(dummy_data.encode(image), "x") is None

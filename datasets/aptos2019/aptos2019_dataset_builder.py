@@ -33,12 +33,15 @@ from eyegazer_datasets.common import (
     build,
     duplicates,
     images,
+    inventory,
     kaggle_source,
     label_csv,
     layouts,
     plan,
     splits,
 )
+
+from eyegazer_keras.fundus import formats
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +51,8 @@ TRAIN_CSV = "train.csv"
 TEST_CSV = "test.csv"
 TRAIN_DIR = "train_images"
 TEST_DIR = "test_images"
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+# One set of formats for builders, predict, the app (and, without TIFF/DICOM, serving).
+IMAGE_EXTENSIONS = tuple(formats.IMAGE_EXTENSIONS)
 CONFLICT_POLICIES = duplicates.CONFLICT_POLICIES
 HOMEPAGE = "https://www.kaggle.com/competitions/aptos2019-blindness-detection"
 DOWNLOAD_HINT = (
@@ -74,6 +78,7 @@ def parse_labels_csv(
     """Parses and checks `train.csv` (`id_code,diagnosis`) or `test.csv` (`id_code`).
 
     Read with the `csv` module: BOM, CRLF, quoted fields, extra columns and whitespace are fine.
+    Ids written with a photo extension (`abc123.png`) are read as the stem (`abc123`).
 
     Args:
         data: bytes. The file content.
@@ -94,7 +99,7 @@ def parse_labels_csv(
         "diagnosis" if require_diagnosis else None,
         fix="Fix the row or re-download train.csv from Kaggle.",
     )
-    return grades
+    return label_csv.strip_image_extension(grades, filename, "id_code", IMAGE_EXTENSIONS)[0]
 
 
 def open_source(manual_dir: epath.PathLike) -> kaggle_source.Source:
@@ -134,7 +139,7 @@ def index_images(
     unlisted = []
     for rel in sorted(files):
         folder, _, fname = rel.partition("/")
-        if folder not in by_folder or not fname or "/" in fname:
+        if folder not in by_folder or not fname or "/" in fname or formats.is_system_file(rel):
             continue
         stem, dot, ext = fname.rpartition(".")
         known = train if folder == TRAIN_DIR else test
@@ -152,6 +157,24 @@ def index_images(
     jobs = [images.Job(i, by_folder[TRAIN_DIR].get(i), gate=True) for i in train]
     jobs += [images.Job(i, by_folder[TEST_DIR].get(i)) for i in test]
     return jobs, unlisted
+
+
+def not_used(files: list[str], jobs, unlisted: list[str]) -> dict[str, list[str]]:
+    """Every file the build does not read, by reason (see `inventory.not_used`)."""
+    used = {j.relpath for j in jobs if j.relpath} | {TRAIN_CSV, TEST_CSV}
+    unlisted = set(unlisted)
+
+    def reason(rel: str) -> str:
+        top, _, rest = rel.partition("/")
+        if top not in (TRAIN_DIR, TEST_DIR) or not rest:
+            return inventory.NOT_PART_OF_LAYOUT
+        if "/" in rest:
+            return f"in a subfolder of {top}/ (the photos sit directly in {top}/)"
+        if formats.extension_format(rest) is None:
+            return inventory.not_a_photo(rel)
+        return inventory.UNLISTED if rel in unlisted else inventory.SAME_ID
+
+    return inventory.not_used(files, used, reason)
 
 
 def assign_validation(
@@ -225,7 +248,10 @@ class Builder(build.FundusBuilder):
         train, test = self._read_csvs(source)
         jobs, unlisted = index_images(source.files(), train, test)
         fallback = {j.key: f"{TRAIN_DIR if j.key in train else TEST_DIR}/{j.key}.png" for j in jobs}
-        good, report = self.decode_photos(source, jobs, fallback, unlisted_images=unlisted)
+        unused = not_used(source.files(), jobs, unlisted)
+        good, report = self.decode_photos(
+            source, jobs, fallback, unlisted_images=unlisted, not_used=unused
+        )
         good_train = {i: g for i, g in train.items() if i in good}
         split = plan.plan_split(self.name, good, good_train, config)
 

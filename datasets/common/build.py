@@ -35,7 +35,7 @@ from etils import epath
 
 from eyegazer_keras import GRADE_NAMES, fundus
 
-from . import duplicates, images, kaggle_source, plan
+from . import duplicates, images, inventory, kaggle_source, label_csv, plan
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,11 @@ def quality_gate(image: np.ndarray) -> tuple[bool, str]:
 def skipped_entries(results: Mapping[str, images.Processed], fallback: Mapping[str, str]) -> list:
     """`[{"key", "file", "reason"}]` for every bad (not ungradable) result, sorted by key."""
     return [
-        {"key": r.key, "file": r.relpath or fallback[r.key], "reason": r.reason}
+        {
+            "key": r.key,
+            "file": label_csv.display_text(r.relpath or fallback[r.key]),
+            "reason": r.reason,
+        }
         for r in sorted(results.values(), key=lambda r: r.key)
         if not r.ok and not r.ungradable
     ]
@@ -157,7 +161,7 @@ def skipped_entries(results: Mapping[str, images.Processed], fallback: Mapping[s
 def ungradable_entries(results: Mapping[str, images.Processed]) -> tuple[list, dict[str, int]]:
     """The photos the quality gate refused, and their count per reason."""
     refused = [
-        {"key": r.key, "file": r.relpath, "reason": r.reason}
+        {"key": r.key, "file": label_csv.display_text(r.relpath), "reason": r.reason}
         for r in sorted(results.values(), key=lambda r: r.key)
         if r.ungradable
     ]
@@ -343,6 +347,9 @@ class FundusBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
     ) -> tuple[dict[str, images.Processed], dict]:
         """Steps 2-3: `decode`, `base_report` (plus the builder's `fields`), `skip_report`.
 
+        A builder passes `not_used=inventory.not_used(...)` among its `fields`: every file of
+        the source it did not read, by reason (logged here, counted by `plan.finish_report`).
+
         Returns:
             `(good, report)`: `{key: Processed}` of the decoded photos and the report so far.
 
@@ -351,6 +358,8 @@ class FundusBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
         """
         decoded = self.decode(source, jobs)
         report = {**self.base_report(source, decoded), **fields}
+        if fields.get("not_used"):
+            logger.warning("%s: %s", self.name, inventory.summary(fields["not_used"]))
         return self.skip_report(decoded, jobs, report, fallback), report
 
     def kept(self, keys: Iterable[str], split: plan.SplitPlan) -> Iterator[str]:

@@ -82,6 +82,50 @@ def encode(image: np.ndarray, fmt: str = "PNG", **kwargs) -> bytes:
     return buffer.getvalue()
 
 
+def encode_dicom(image: np.ndarray, jpeg: bool = False, preamble: bool = True) -> bytes:
+    """A DICOM Ophthalmic Photography file of an RGB array, the way fundus cameras write them.
+
+    Args:
+        image: `uint8 [H, W, 3]` (RGB), `uint8 / uint16 [H, W]` (MONOCHROME2), or either with
+            a leading frame axis (a multi-frame file).
+        jpeg: bool. Store the pixels as one JPEG-baseline frame (most cameras) instead of
+            uncompressed. Defaults to False.
+        preamble: bool. Write the 128-byte preamble and `DICM`. Defaults to True.
+
+    Returns:
+        The file's bytes (pydicom, imported here only).
+    """
+    import pydicom  # noqa: PLC0415 - only the DICOM tests need it
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+
+    op_image = "1.2.840.10008.5.1.4.1.1.77.1.5.1"  # Ophthalmic Photography 8 Bit Image Storage
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = op_image
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = JPEGBaseline8Bit if jpeg else ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = op_image
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "OP"
+    ds.PatientID = "SYNTHETIC"
+    if jpeg:
+        ds.Rows, ds.Columns = image.shape[:2]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 3, "YBR_FULL_422"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PlanarConfiguration = 0
+        ds.PixelData = encapsulate([encode(image, "JPEG", quality=95)])
+        ds["PixelData"].VR = "OB"
+    else:
+        interpretation = "RGB" if image.ndim >= 3 and image.shape[-1] == 3 else "MONOCHROME2"
+        ds.set_pixel_data(image, interpretation, 8 if image.dtype == np.uint8 else 16)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=preamble)
+    return buffer.getvalue()
+
+
 def reencoded_copy(image: np.ndarray, scale: float = 2.0, quality: int = 90) -> bytes:
     """A duplicate the way APTOS has them: resized and JPEG re-encoded, returned as JPEG bytes."""
     height, width = image.shape[:2]

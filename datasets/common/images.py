@@ -1,6 +1,7 @@
 """The decode phase every eyegazer builder runs: read, check, decode, gate, crop, hash, store.
 
-Each listed photo is read from the source, refused undecoded when its header is too large,
+Each listed photo is read from the source (TIFF and DICOM converted to PNG bytes by
+`eyegazer_keras.fundus.formats`, as `predict` and the app do), refused undecoded when its header is too large,
 decoded once (TensorFlow first, the decoder serving uses; PIL for what TF refuses), passed
 through the fundus quality gate, cropped and resized by `eyegazer_keras.fundus.preprocess_fundus`
 (the code serving runs), perceptually hashed, and written as a lossless PNG to a scratch folder.
@@ -37,6 +38,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from eyegazer_keras import fundus
+from eyegazer_keras.fundus import formats
 
 from . import duplicates, kaggle_source
 
@@ -230,6 +232,7 @@ def process_image(
         return Processed(job.key, "", ok=False, reason="missing file")
     try:
         data = source.read(job.relpath, max_bytes=max(8 * spec.max_pixels, 1 << 20))
+        data = formats.to_decodable(data, job.relpath, spec.max_pixels)  # TIFF, DICOM -> PNG
         image, decoder = decode_to_rgb(data, spec.max_pixels)
     except FileNotFoundError:
         return Processed(job.key, job.relpath, ok=False, reason="missing file")

@@ -108,7 +108,10 @@ class Source:
 
 
 class FolderSource(Source):
-    """A folder: its top-level files and the files one level down in `subdirs`.
+    """A folder: its top-level files and every file below the folders in `subdirs`.
+
+    Files in nested folders are listed too (at any depth, symbolic links to folders not
+    followed), so a builder can read them or say why it did not.
 
     Args:
         root: path. The folder.
@@ -126,7 +129,7 @@ class FolderSource(Source):
             if p.is_file():
                 out.append(p.name)
             elif p.is_dir() and (self.subdirs is None or p.name in self.subdirs):
-                out.extend(f"{p.name}/{q.name}" for q in sorted(p.iterdir()) if q.is_file())
+                out.extend(_walk(p, p.name))
         return out
 
     def read(self, relpath: str, max_bytes: int = MAX_CSV_BYTES) -> bytes:
@@ -137,6 +140,17 @@ class FolderSource(Source):
         if size > max_bytes:
             raise FileTooLarge(f"{size / 1e6:.0f} MB")
         return path.read_bytes()
+
+
+def _walk(folder: epath.Path, prefix: str) -> list[str]:
+    """Every file below `folder` as `prefix/relative/path`, sorted (links to folders not followed)."""
+    out = []
+    for top, dirs, names in os.walk(os.fspath(folder)):
+        dirs.sort()
+        rel = os.path.relpath(top, os.fspath(folder)).replace(os.sep, "/")
+        base = prefix if rel == "." else f"{prefix}/{rel}"
+        out.extend(f"{base}/{n}" for n in sorted(names) if os.path.isfile(os.path.join(top, n)))
+    return out
 
 
 class _ConcatenatedParts(io.RawIOBase):
@@ -252,7 +266,11 @@ class ZipSource(Source):
         try:
             infos = self._zip().infolist()
         except (zipfile.BadZipFile, OSError, EOFError) as e:
-            missing = " (a part may be missing or incomplete)" if len(self.parts) > 1 else ""
+            missing = (
+                f" (after {self.parts[-1].name} a part may be missing, or one is incomplete)"
+                if len(self.parts) > 1
+                else ""
+            )
             raise DatasetBuildError(
                 f"{self.path}: not a readable zip{missing} ({e}). Re-download {hint}."
             ) from None
@@ -332,12 +350,34 @@ def zip_archives(folder: epath.Path, accept: Callable[[str], bool]) -> list[list
             parted.setdefault(m.group("base"), []).append((int(m.group("n")), p))
         elif p.name.endswith(".zip") and accept(p.name):
             singles[p.name] = [p]
-    out = dict(parted)
+    out = {}
     for base, numbered in parted.items():
-        out[base] = [p for _, p in sorted(numbered)]
+        if base not in singles:
+            out[base] = _complete_parts(folder, base, numbered)
     out = {base: parts for base, parts in out.items() if base not in singles}
     out.update(singles)
     return [out[name] for name in sorted(out)]
+
+
+def _complete_parts(
+    folder: epath.Path, base: str, numbered: list[tuple[int, epath.Path]]
+) -> list[epath.Path]:
+    """The parts in order, checked to run from `.001` without a gap.
+
+    Raises:
+        DatasetBuildError: a part is missing (named), e.g. `train.zip.002` between .001 and .003.
+    """
+    numbered = sorted(numbered)
+    present = {n for n, _ in numbered}
+    missing = [n for n in range(1, numbered[-1][0] + 1) if n not in present]
+    if missing:
+        names = ", ".join(f"{base}.{n:03d}" for n in missing)
+        found = ", ".join(p.name for _, p in numbered)
+        raise DatasetBuildError(
+            f"{folder}: {names} missing from the split zip {base} (found {found}); every part "
+            f"is needed to read any photo. Download {names} into {folder}."
+        )
+    return [p for _, p in numbered]
 
 
 def _parts_of(path: epath.Path) -> list[epath.Path]:
@@ -345,10 +385,12 @@ def _parts_of(path: epath.Path) -> list[epath.Path]:
     if not m:
         return [path]
     base = m.group("base")
-    return sorted(
-        (p for p in path.parent.iterdir() if _PART_RE.match(p.name) and p.name.startswith(base)),
-        key=lambda p: int(_PART_RE.match(p.name).group("n")),
-    )
+    numbered = []
+    for p in path.parent.iterdir():
+        part = _PART_RE.match(p.name)
+        if part and part.group("base") == base:
+            numbered.append((int(part.group("n")), p))
+    return _complete_parts(path.parent, base, numbered)
 
 
 def open_source(

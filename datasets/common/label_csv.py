@@ -26,7 +26,9 @@ from collections.abc import Sequence
 
 from .kaggle_source import DatasetBuildError
 
-_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+# Refused in an id: path separators and control characters (any other letter, space or symbol
+# names a file: `Müller 01`, `photo (2)`).
+_BAD_ID_RE = re.compile(r"[/\\\x00-\x1f\x7f]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,17 +132,73 @@ def read_csv(
 def check_image_id(value: str, where: str, column: str) -> str:
     """Checks that an id names a plain file (no folders, no `..`) and returns it.
 
+    Any letters, digits, spaces and symbols are fine (`Müller 01`, `photo (2)`); an id read
+    from a file name that is not valid UTF-8 is given with its odd bytes as `\\xNN`.
+
     Raises:
-        DatasetBuildError: empty or not a plain file name.
+        DatasetBuildError: empty, `.`/`..`, or holding `/`, `\\` or a control character.
     """
     if not value:
         raise DatasetBuildError(f"{where}: empty {column}. Fill it in or delete the row.")
-    if not _ID_RE.match(value) or ".." in value:
+    bad = _BAD_ID_RE.search(value)
+    value = display_text(value)
+    if bad or value in (".", ".."):
+        what = f"it holds {bad.group()!r}" if bad else "it names a folder"
         raise DatasetBuildError(
-            f"{where}: {column} {value!r} is not a plain file name (letters, digits, '_', '-', "
-            "'.'). Fix or delete the row."
+            f"{where}: {column} {value!r} is not a plain file name ({what}); an id names one "
+            "file: any letters, digits, spaces and symbols except '/', '\\' and control "
+            "characters. Fix or delete the row."
         )
     return value
+
+
+def display_text(text: str) -> str:
+    """A file name as printable UTF-8: undecodable bytes (`os.fsdecode` surrogates) as `\\xNN`.
+
+    `"M\\udcfcller"` (the Latin-1 `Müller` on a UTF-8 system) -> `"M\\\\xfcller"`; valid text is
+    returned as it is.
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def strip_image_extension(
+    ids: dict[str, int], filename: str, column: str, extensions
+) -> tuple[dict[str, int], int]:
+    """`{"10_left.jpeg": 2}` -> `{"10_left": 2}`: ids written with a photo extension.
+
+    Kaggle's CSVs name photos by stem; a CSV re-saved from a file listing often keeps the
+    extension. Ids ending in one of `extensions` are read as their stem.
+
+    Args:
+        ids: `{id: grade}` in file order.
+        filename: str. The CSV's name, for errors.
+        column: str. The id column, for errors.
+        extensions: the photo extensions (lower case, with the dot).
+
+    Returns:
+        `({id without extension: grade}, how many ids had one)`.
+
+    Raises:
+        DatasetBuildError: an id appears both with and without an extension.
+    """
+    out: dict[str, int] = {}
+    stripped = 0
+    for image_id, grade in ids.items():
+        stem, dot, ext = image_id.rpartition(".")
+        key = image_id
+        if dot and stem and f".{ext.lower()}" in extensions:
+            key, stripped = stem, stripped + 1
+        if key in out:
+            raise DatasetBuildError(
+                f"{filename}: {column} {key!r} appears twice once its extension is dropped "
+                f"({image_id!r}); delete one of the two rows."
+            )
+        out[key] = grade
+    return out, stripped
 
 
 def parse_grade(value: str, where: str, column: str, fix: str) -> int:

@@ -47,7 +47,11 @@ holding the zip) as the manual dir:
 
 Case, spaces, '-' and '_' do not matter. Any other folder name is refused unless mapped with
 `label_map` (`eyegazer prepare fundus_folder --label-map Blurry=0`). A single top folder holding
-the class folders (as zips often have) is fine. Optional: a groups CSV (`--groups FILE`, columns
+the class folders (as zips often have) is fine; subfolders of a class folder (`Mild/visit 2/`)
+are read as that class. Photos: JPEG, PNG, GIF, BMP, WebP, TIFF and DICOM (.dcm, as fundus
+cameras export them); any file name. Every file not read (macOS `._*`, `.DS_Store`,
+`Thumbs.db`, other formats, files outside the class folders) is listed by reason in
+build_report.json ('not_used') and in the summary. Optional: a groups CSV (`--groups FILE`, columns
 `image,patient`; `image` is the file name or its stem) keeps each patient's photos in one split.
 Then run `eyegazer prepare fundus_folder --manual-dir DIR`.
 """,

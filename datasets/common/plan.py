@@ -25,7 +25,7 @@ import dataclasses
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 
-from . import duplicates, images, kaggle_source, splits
+from . import duplicates, images, inventory, kaggle_source, splits
 
 logger = logging.getLogger(__name__)
 
@@ -191,12 +191,21 @@ def finish_report(
         `report`.
     """
     unlisted = report.get("unlisted_images")
+    unused = report.get("not_used")
     counts = {
         **head_counts,
         "decoded": len(good),
         "skipped": len(report["skipped"]),
         "ungradable": len(report["ungradable"]),
         **({} if unlisted is None else {"unlisted_images": len(unlisted)}),
+        **(
+            {}
+            if unused is None
+            else {
+                "not_used": sum(len(v) for v in unused.values()),
+                "not_used_by_reason": inventory.counts(unused),
+            }
+        ),
         "duplicate_groups": len(split.groups),
         "label_conflict_groups": len(split.resolution.conflicting),
         "dropped_by_policy": len(split.resolution.dropped),

@@ -35,7 +35,17 @@ from etils import epath
 
 # Shared with every eyegazer builder. Absolute: `tfds build datasets/eyepacs2015` imports this
 # file as the top-level package `eyepacs2015`, where `from ..common` has no parent to climb to.
-from eyegazer_datasets.common import build, images, kaggle_source, label_csv, layouts, plan
+from eyegazer_datasets.common import (
+    build,
+    images,
+    inventory,
+    kaggle_source,
+    label_csv,
+    layouts,
+    plan,
+)
+
+from eyegazer_keras.fundus import formats
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +54,8 @@ SOLUTION_CSV = "retinopathy_solution.csv"
 TRAIN_DIR = "train"
 TEST_DIR = "test"
 SAMPLE_DIR = "sample"
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".tif", ".tiff")
+# One set of formats for builders, predict, the app (and, without TIFF/DICOM, serving).
+IMAGE_EXTENSIONS = tuple(formats.IMAGE_EXTENSIONS)
 HOMEPAGE = "https://www.kaggle.com/competitions/diabetic-retinopathy-detection"
 DOWNLOAD_HINT = (
     f"trainLabels.csv(.zip) and train.zip.001-005 from {HOMEPAGE}/data "
@@ -101,7 +112,8 @@ def _images_in(files: list[str], folder: str) -> dict[str, str]:
     for rel in sorted(files):
         parent, _, fname = rel.rpartition("/")
         stem, dot, ext = fname.rpartition(".")
-        if parent == folder and dot and f".{ext.lower()}" in IMAGE_EXTENSIONS:
+        photo = dot and f".{ext.lower()}" in IMAGE_EXTENSIONS and not formats.is_system_file(rel)
+        if parent == folder and photo:
             if stem not in out or rel.lower().endswith(".jpeg"):
                 out[stem] = rel
     return out
@@ -154,11 +166,24 @@ class Builder(build.FundusBuilder):
 
     @staticmethod
     def _read_grades(source: kaggle_source.Source, name: str, extra_columns=()):
-        """`({image: level}, {image: extras})` of one of Kaggle's CSVs (`image,level,...`)."""
+        """`({image: level}, {image: extras})` of one of Kaggle's CSVs (`image,level,...`).
+
+        Names written with their extension (`10_left.jpeg`, as a CSV made from a file listing
+        has them) are read as Kaggle's stems (`10_left`).
+        """
         fix = f"Fix the row of {name}."
-        return label_csv.read_id_grades(
+        grades, extras = label_csv.read_id_grades(
             source.read(name), name, "image", "level", fix=fix, extra_columns=extra_columns
         )
+        grades, stripped = label_csv.strip_image_extension(grades, name, "image", IMAGE_EXTENSIONS)
+        if stripped:
+            logger.info(
+                "eyepacs2015: %d %s row(s) name the photo with its extension; read as the stem",
+                stripped,
+                name,
+            )
+            extras = {k.rpartition(".")[0] if k not in grades else k: v for k, v in extras.items()}
+        return grades, extras
 
     def _read_labels(self, source: kaggle_source.Source):
         """`(train grades, test grades or None, test usage)`, checked before any image work."""
@@ -198,10 +223,16 @@ class Builder(build.FundusBuilder):
         train_files = _images_in(files, TRAIN_DIR)
         if not set(train) & set(train_files):
             where = _misplaced(files, train, TRAIN_DIR)
+            if not where and train_files:
+                where = (
+                    f"{TRAIN_DIR}/ holds {len(train_files)} other photo(s): e.g. the CSV names "
+                    f"{next(iter(train))!r}, {TRAIN_DIR}/ holds {next(iter(train_files.values()))!r}"
+                )
             raise kaggle_source.DatasetBuildError(
                 f"{source.description}: {LABELS_CSV} names {len(train)} photos but {TRAIN_DIR}/ "
                 f"holds none of them" + (f"; {where}" if where else "") + f". Put them in "
-                f"{TRAIN_DIR}/ (Kaggle's train.zip extracts to {TRAIN_DIR}/)."
+                f"{TRAIN_DIR}/ (Kaggle's train.zip extracts to {TRAIN_DIR}/), named as in "
+                f"{LABELS_CSV}."
             )
         jobs = [images.Job(i, train_files.get(i), gate=True) for i in train]
         unlisted = sorted(rel for stem, rel in train_files.items() if stem not in train)
@@ -225,6 +256,28 @@ class Builder(build.FundusBuilder):
             )
         return jobs, unlisted
 
+    @staticmethod
+    def _not_used(files: list[str], jobs, unlisted: list[str], test) -> dict[str, list[str]]:
+        """Every file the build does not read, by reason (see `inventory.not_used`)."""
+        used = {j.relpath for j in jobs if j.relpath} | {LABELS_CSV}
+        if test:
+            used.add(SOLUTION_CSV)
+        unlisted = set(unlisted)
+
+        def reason(rel: str) -> str:
+            top, _, rest = rel.partition("/")
+            if top not in (TRAIN_DIR, TEST_DIR, SAMPLE_DIR) or not rest:
+                return inventory.NOT_PART_OF_LAYOUT
+            if "/" in rest:
+                return f"in a subfolder of {top}/ (the photos sit directly in {top}/)"
+            if formats.extension_format(rest) is None:
+                return inventory.not_a_photo(rel)
+            if top == TEST_DIR and not test:
+                return f"{TEST_DIR}/ without {SOLUTION_CSV}: no test split"
+            return inventory.UNLISTED if rel in unlisted else inventory.SAME_ID
+
+        return inventory.not_used(files, used, reason)
+
     # -- the plan ----------------------------------------------------------------------------------
 
     def _plan_build(self, source: kaggle_source.Source) -> tuple[dict[str, list[dict]], dict]:
@@ -233,7 +286,10 @@ class Builder(build.FundusBuilder):
         test = test or {}
         jobs, unlisted = self._index_images(source, train, test)
         fallback = {j.key: f"{TEST_DIR if j.key in test else TRAIN_DIR}/{j.key}.jpeg" for j in jobs}
-        good, report = self.decode_photos(source, jobs, fallback, unlisted_images=unlisted)
+        unused = self._not_used(source.files(), jobs, unlisted, test)
+        good, report = self.decode_photos(
+            source, jobs, fallback, unlisted_images=unlisted, not_used=unused
+        )
         good_train = {i: g for i, g in train.items() if i in good}
         patient_of = {i: patient_and_eye(i)[0] for i in [*train, *test]}
         hashed = {i: good[i] for i in good_train}

@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 import tensorflow_datasets as tfds
-from eyegazer_datasets.common import dummy_data, testing
+from eyegazer_datasets.common import dummy_data, inventory, testing
 from eyegazer_datasets.eyepacs2015 import eyepacs2015_dataset_builder as eyepacs
 from eyegazer_datasets.eyepacs2015.dummy_data import make_dummy_data as dummy
 
@@ -159,3 +159,63 @@ def test_bad_level_names_the_row(tmp_path):
     with pytest.raises(eyepacs.kaggle_source.DatasetBuildError) as info:
         _prepare(tmp_path, folder)
     assert _one_line(info).startswith("trainLabels.csv row 2 (line 3): level '5' is not in 0-4")
+
+
+def test_label_rows_with_the_extension(tmp_path):
+    """Issue 23 item 12: `10_left.jpeg` rows (a CSV made from a file listing) are understood."""
+    folder = dummy.write_folder(tmp_path / "layout", test=None, sample=[])
+    rows = "".join(f"{name}.jpeg,{level}\n" for name, level in dummy.TRAIN.items())
+    (folder / "trainLabels.csv").write_text("image,level\n" + rows)
+    report = _prepare(tmp_path, folder)
+    assert report["counts"]["decoded"] == 16 and report["skipped"] == []
+    ids = {e["id_code"].decode() for e in _examples(tmp_path / "data", "train")}
+    assert "10_left" in ids or "10_right" in ids
+    # A name that is there both with and without its extension is one photo named twice.
+    first = next(iter(dummy.TRAIN))
+    (folder / "trainLabels.csv").write_text(f"image,level\n{first},0\n{first}.jpeg,0\n")
+    with pytest.raises(eyepacs.kaggle_source.DatasetBuildError) as info:
+        _prepare(tmp_path / "again", folder)
+    assert f"image {first!r} appears twice once its extension is dropped" in _one_line(info)
+
+
+def test_split_zip_with_a_missing_middle_part(tmp_path):
+    """Issue 23 item 11: the missing `train.zip.002` is named, not "N images unreadable"."""
+    folder = dummy.write_folder(tmp_path / "layout", test=None, sample=[])
+    download = tmp_path / "dl"
+    download.mkdir()
+    (download / "trainLabels.csv").write_bytes((folder / "trainLabels.csv").read_bytes())
+    parts = dummy_data.split_file(
+        dummy_data.zip_folder(folder / "train", download / "train.zip", "train/"), 3
+    )
+    parts[1].unlink()
+    with pytest.raises(eyepacs.kaggle_source.DatasetBuildError) as info:
+        _prepare(tmp_path, download)
+    message = _one_line(info)
+    assert "train.zip.002 missing from the split zip train.zip" in message
+    assert "Download train.zip.002 into" in message and "max_bad_fraction" not in message
+    # Given as the first part, the same.
+    with pytest.raises(eyepacs.kaggle_source.DatasetBuildError, match="train.zip.002 missing"):
+        _prepare(tmp_path, parts[0])
+
+
+def test_system_files_and_unused_files_are_listed(tmp_path):
+    """Issue 23 item 9 (EyePACS side) and item 6: nothing unused goes unlisted."""
+    folder = dummy.write_folder(tmp_path / "layout", test=None, sample=[])
+    first = next(iter(dummy.TRAIN))
+    (folder / "train" / f"._{first}.jpeg").write_bytes(b"\x00\x05\x16\x07")
+    (folder / "train" / "extra").mkdir()
+    (folder / "train" / "extra" / "99_left.jpeg").write_bytes(dummy.photo(first))
+    (folder / "train" / "99_right.jpeg").write_bytes(dummy.photo(first))
+    (folder / "train" / f"{first}.png").write_bytes(dummy.photo(first))
+    (folder / "sampleSubmission.csv").write_text("image,level\n")
+    report = _prepare(tmp_path, folder, max_bad_fraction=0)
+    assert report["counts"]["decoded"] == 16
+    unused = report["not_used"]
+    assert unused[inventory.SYSTEM_FILE] == [f"train/._{first}.jpeg"]
+    assert unused[inventory.UNLISTED] == ["train/99_right.jpeg"]
+    assert unused[inventory.SAME_ID] == [f"train/{first}.png"]
+    assert unused["in a subfolder of train/ (the photos sit directly in train/)"] == [
+        "train/extra/99_left.jpeg"
+    ]
+    assert unused[inventory.NOT_PART_OF_LAYOUT] == ["sampleSubmission.csv"]
+    assert report["counts"]["not_used"] == 5

@@ -29,13 +29,23 @@ from etils import epath
 
 # Shared with every eyegazer builder. Absolute: `tfds build datasets/fundus_folder` imports this
 # file as the top-level package `fundus_folder`, where `from ..common` has no parent to climb to.
-from eyegazer_datasets.common import build, images, kaggle_source, label_csv, layouts, plan
+from eyegazer_datasets.common import (
+    build,
+    images,
+    inventory,
+    kaggle_source,
+    label_csv,
+    layouts,
+    plan,
+)
 
 from eyegazer_keras import GRADE_NAMES
+from eyegazer_keras.fundus import formats
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+# One set of formats for builders, predict, the app (and, without TIFF/DICOM, serving).
+IMAGE_EXTENSIONS = tuple(formats.IMAGE_EXTENSIONS)
 # Folder names (lower case, without spaces, '-' and '_') -> grade.
 KNOWN_NAMES = {
     **{str(g): g for g in range(5)},
@@ -157,7 +167,11 @@ def open_source(manual_dir: epath.PathLike) -> kaggle_source.Source:
     root = epath.Path(manual_dir).expanduser()
     if root.is_dir():
         # A folder holding just one folder (the tree's top folder, as extracted zips often are).
-        entries = [p for p in root.iterdir() if not IGNORED_FOLDERS.match(p.name)]
+        entries = [
+            p
+            for p in root.iterdir()
+            if not IGNORED_FOLDERS.match(p.name) and not formats.is_system_file(p.name)
+        ]
         if len(entries) == 1 and entries[0].is_dir():
             inner = entries[0]
             if any(p.is_dir() for p in inner.iterdir()):
@@ -165,48 +179,99 @@ def open_source(manual_dir: epath.PathLike) -> kaggle_source.Source:
     return kaggle_source.open_source(root, anchor=None, hint=DOWNLOAD_HINT)
 
 
-def index_class_folders(
-    files: list[str], label_map: Mapping[str, int] | None
-) -> tuple[dict[str, int], dict[str, str], dict[str, str]]:
-    """Step 1: `({key: grade}, {key: relpath}, {class folder: grade})` of every photo.
+@dataclasses.dataclass
+class ClassIndex:
+    """What `index_class_folders` found.
 
-    A single top folder above the class folders is looked through. Keys are the file stems.
+    Attributes:
+        grades: `{key: grade}` of every photo read (keys are the file stems).
+        paths: `{key: relpath}`.
+        folders: `{class folder: grade}`.
+        class_of: `{key: class folder}`.
+        reasons: `{relpath: why it is not read}` for the files that are not photos of a class
+            folder (system files are left to `inventory`).
+        nested: `{"Mild/session 2": photos}`: subfolders of class folders, read as that class.
+    """
+
+    grades: dict[str, int]
+    paths: dict[str, str]
+    folders: dict[str, int]
+    class_of: dict[str, str]
+    reasons: dict[str, str]
+    nested: dict[str, int]
+
+
+def _is_grade_name(name: str, label_map: Mapping[str, int] | None) -> bool:
+    key = normalise_name(name)
+    return key in KNOWN_NAMES or key in {normalise_name(k) for k in (label_map or {})}
+
+
+def index_class_folders(files: list[str], label_map: Mapping[str, int] | None) -> ClassIndex:
+    """Step 1: every photo of every class folder, and why each other file is not read.
+
+    A single top folder above the class folders (not itself a grade name) is looked through.
+    Photos in subfolders of a class folder (`Mild/session 2/x.png`) are read as that class.
+    Any file name works (spaces, `Müller`, bytes that are not UTF-8, shown as `\\xNN` in ids).
+    Files that are not photos (by extension, `formats.IMAGE_EXTENSIONS`), files outside the
+    class folders and files in hidden folders are not read, each with its reason.
 
     Raises:
-        DatasetBuildError: no class folder, an unknown folder, one stem in two folders.
+        DatasetBuildError: no photo in a class folder, an unknown folder name, one stem in
+            two places.
     """
-    entries = [(rel, rel.split("/")) for rel in files]
-    entries = [(r, p) for r, p in entries if not any(IGNORED_FOLDERS.match(x) for x in p[:-1])]
-    tops = {p[0] for _, p in entries if len(p) > 1}
+    reasons: dict[str, str] = {}
+    photos = []
+    for rel in files:
+        parts = rel.split("/")
+        if formats.is_system_file(rel):
+            continue
+        hidden = next((p for p in parts[:-1] if p.startswith(".")), None)
+        if hidden:
+            reasons[rel] = f"in a hidden folder ({hidden}/): not read"
+        elif formats.extension_format(parts[-1]) is None:
+            reasons[rel] = inventory.not_a_photo(rel)
+        else:
+            photos.append((rel, parts))
+    tops = {p[0] for _, p in photos if len(p) > 1}
     if len(tops) == 1:
         top = next(iter(tops))
-        if all(len(p) == 3 for _, p in entries if p[0] == top):
-            entries = [(r, p[1:]) if p[0] == top else (r, p) for r, p in entries]
-    grades: dict[str, int] = {}
-    paths: dict[str, str] = {}
-    folders: dict[str, int] = {}
-    for rel, p in entries:
-        if len(p) != 2:
-            continue
-        folder, fname = p
-        stem, dot, ext = fname.rpartition(".")
-        if not dot or f".{ext.lower()}" not in IMAGE_EXTENSIONS:
-            continue
-        if folder not in folders:
-            folders[folder] = grade_of_folder(folder, label_map)
-        key = label_csv.check_image_id(stem, rel, "file name")
-        if key in paths:
-            raise kaggle_source.DatasetBuildError(
-                f"photo name {key!r} is in both {paths[key]} and {rel}; rename or remove one "
-                "(names identify photos in the split and the report)."
+        inside = [p for _, p in photos if p[0] == top]
+        if not _is_grade_name(top, label_map) and all(len(p) >= 3 for p in inside):
+            photos = [(r, p[1:]) if p[0] == top else (r, p) for r, p in photos]
+    index = ClassIndex({}, {}, {}, {}, reasons, {})
+    for rel, p in photos:
+        if len(p) == 1:
+            reasons[rel] = (
+                "not in a class folder (put photos in No_DR/, Mild/, Moderate/, Severe/, "
+                "Proliferate_DR/ or 0/ ... 4/)"
             )
-        grades[key] = folders[folder]
-        paths[key] = rel
-    if not grades:
+            continue
+        folder = p[0]
+        if folder not in index.folders:
+            index.folders[folder] = grade_of_folder(folder, label_map)
+        try:
+            key = label_csv.check_image_id(p[-1].rpartition(".")[0], rel, "file name")
+        except kaggle_source.DatasetBuildError:
+            reasons[rel] = "file name holds '\\' or a control character; rename the file"
+            continue
+        if key in index.paths:
+            raise kaggle_source.DatasetBuildError(
+                f"photo name {key!r} is in both {label_csv.display_text(index.paths[key])} and "
+                f"{label_csv.display_text(rel)}; rename or remove one (names identify photos in "
+                "the split and the report)."
+            )
+        if len(p) > 2:
+            sub = label_csv.display_text("/".join(p[:-1]))
+            index.nested[sub] = index.nested.get(sub, 0) + 1
+        index.grades[key] = index.folders[folder]
+        index.paths[key] = rel
+        index.class_of[key] = label_csv.display_text(folder)
+    if not index.grades:
+        unused = inventory.summary(inventory.not_used(files, (), reasons))
         raise kaggle_source.DatasetBuildError(
-            f"no photos in class folders found; expected {DOWNLOAD_HINT}."
+            f"no photos in class folders found ({unused or 'no files'}); expected {DOWNLOAD_HINT}."
         )
-    return grades, paths, folders
+    return index
 
 
 class Builder(build.FundusBuilder):
@@ -249,9 +314,20 @@ class Builder(build.FundusBuilder):
 
     def _plan_build(self, source: kaggle_source.Source) -> tuple[dict[str, list[dict]], dict]:
         patient_of = read_groups_csv(self.groups_file) if self.groups_file else {}
-        grades, paths, folders = index_class_folders(source.files(), self.label_map)
+        files = source.files()
+        index = index_class_folders(files, self.label_map)
+        grades, paths = index.grades, index.paths
         jobs = [images.Job(k, paths[k], gate=True) for k in grades]
-        good, report = self.decode_photos(source, jobs, paths, class_folders=folders)
+        used = set(paths.values()) | ({self.groups_file.name} if self.groups_file else set())
+        unused = inventory.not_used(files, used, index.reasons)
+        good, report = self.decode_photos(
+            source,
+            jobs,
+            paths,
+            class_folders=index.folders,
+            nested_folders=index.nested,
+            not_used=unused,
+        )
         good_grades = {k: g for k, g in grades.items() if k in good}
         patients = {k: patient_of.get(k, k) for k in grades}
         split = plan.plan_split(self.name, good, good_grades, self.builder_config, patients)
@@ -261,7 +337,7 @@ class Builder(build.FundusBuilder):
                 {
                     "key": k,
                     "id_code": k,
-                    "class_folder": paths[k].rsplit("/", 2)[-2],
+                    "class_folder": index.class_of[k],
                     "patient_id": patients[k],
                     "label": split.resolution.labels[k],
                     **split.example_fields(k, good[k]),

@@ -131,11 +131,31 @@ def prepare_and_report(
         for key in ("counts", "timing"):
             if key in build:
                 say(f"  {key}: {json.dumps(build[key], default=str)[:600]}")
+        if "not_used" in build:  # the manual downloads' builders
+            say(f"  {not_used_line(build)}")
         say(f"  build report: {report_path}")
     if preview:
         path = preview_grid(dataset, data_dir, config, preview)
         say(f"  preview: {path}")
     return 0
+
+
+def not_used_line(build: dict) -> str:
+    """The summary line of the files a build did not use (`build_report.json`'s `not_used`).
+
+    Args:
+        build: dict. A build report.
+
+    Returns:
+        str. `"not used: 3 file(s): system file ...: 2; a photo no CSV row names: 1 (listed in
+        build_report.json 'not_used')"`, or `"not used: none"` (every file was read).
+    """
+    unused = build.get("not_used") or {}
+    total = sum(len(files) for files in unused.values())
+    if not total:
+        return "not used: none (every file of the download was read)"
+    reasons = "; ".join(f"{reason}: {len(files)}" for reason, files in unused.items())
+    return f"not used: {total} file(s): {reasons} (listed in build_report.json 'not_used')"
 
 
 def preview_grid(dataset: str, data_dir, config, path: str, per_grade: int = 6) -> str:

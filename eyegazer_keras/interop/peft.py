@@ -185,6 +185,7 @@ def _check_lora(source, config, lora, head, naming):
     alpha = float(config.get("lora_alpha", 8))
     layers = sorted({i for i, _ in lora})
     targets = tuple(t for t in peft_layout.PROJECTIONS if any(t == k for _, k in lora))
+    _check_targets(source, config, targets)
     out = {}
     for i in range(max(layers) + 1):
         for t in targets:
@@ -202,6 +203,41 @@ def _check_lora(source, config, lora, head, naming):
                 )
             out[(i, t)] = (a, b)
     return PeftAdapter(source, naming, rank, alpha, targets, len(layers), out, head, config)
+
+
+def _check_targets(source, config, targets: tuple[str, ...]) -> None:
+    """Refuses an adapter whose weights cover other modules than its `target_modules` say.
+
+    PEFT applies LoRA only to `target_modules`; weights for other modules in the file are a
+    config and weights that disagree (an edited config, or files from two runs). Importing
+    them would give logits PEFT never computes (issue 23: up to 2.9 apart).
+    """
+    declared = config.get("target_modules") or []
+    if not declared:
+        return
+    wanted = {
+        peft_layout.HF_TO_KERAS.get(t.rsplit(".", 1)[-1], "attention_output") for t in declared
+    }
+    if wanted == set(targets):
+        return
+    names = {k: v[0] for k, v in peft_layout.PROJECTIONS.items()}
+    held = [names[t] for t in targets]
+    extra = [names[t] for t in targets if t not in wanted]
+    missing = [names[t] for t in peft_layout.PROJECTIONS if t in wanted and t not in targets]
+    detail = "; ".join(
+        part
+        for part in (
+            f"weights for {extra} that PEFT would not apply" if extra else "",
+            f"no weights for {missing}" if missing else "",
+        )
+        if part
+    )
+    raise PeftFormatError(
+        f"{source}: {ADAPTER_CONFIG} says target_modules {sorted(declared)} but "
+        f"{ADAPTER_WEIGHTS} holds LoRA on {held} ({detail}); the config and weights come from "
+        "different runs. Fix target_modules or re-save the adapter with "
+        "PeftModel.save_pretrained."
+    )
 
 
 # --------------------------------------------------------------------------------------------
