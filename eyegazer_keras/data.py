@@ -263,6 +263,57 @@ def split_labels(
     return np.fromiter(ds.map(lambda ex: ex["label"]).as_numpy_iterator(), dtype=np.int64)
 
 
+# The quality gate's verdict stored with each example by the fundus builders (and EyeQ-style
+# human quality labels where the dataset has them); see `gate_metrics`.
+GATE_FEATURES = ("gradable", "ungradable_reason", "quality_score", "quality")
+
+
+def split_gate(
+    name: str,
+    split: str,
+    data_dir: str | None = None,
+    config: str | None = None,
+    max_examples: int | None = None,
+) -> dict[str, np.ndarray]:
+    """The quality gate's stored verdicts of a split, read without decoding images.
+
+    Args and Raises: as `load_split`.
+
+    Returns:
+        `{feature: array [N]}` for the `GATE_FEATURES` the dataset stores, in `load_split`'s
+        order (`ungradable_reason` as str); `{}` for a dataset that stores none of them (e.g.
+        synthetic_fundus, or a build older than the features) or a mixture whose members
+        differ.
+    """
+    ds = _read_split(name, split, data_dir, config, max_examples, labels_only=True)
+    present = [f for f in GATE_FEATURES if f in ds.element_spec]
+    if "gradable" not in present:
+        return {}
+    columns = {f: [] for f in present}
+    for example in ds.map(lambda ex: {f: ex[f] for f in present}).as_numpy_iterator():
+        for f in present:
+            columns[f].append(example[f])
+    out = {f: np.asarray(v) for f, v in columns.items()}
+    if "ungradable_reason" in out:
+        out["ungradable_reason"] = np.asarray(
+            [r.decode() if isinstance(r, bytes) else str(r) for r in out["ungradable_reason"]]
+        )
+    return out
+
+
+def refused_at_build(name: str, data_dir: str | None = None, config: str | None = None) -> int:
+    """Photos a single dataset's build refused as ungradable and did not store (0 if unknown)."""
+    if len(parse_mixture(name)) > 1:
+        return 0
+    try:
+        from eyegazer_datasets.common import build
+
+        report = build.load_build_report(prepared_builder(name, data_dir, config))
+    except (FileNotFoundError, ImportError, DataNotPreparedError, ValueError):
+        return 0
+    return len(report.get("ungradable") or [])
+
+
 # ---- Mixtures of datasets (training on several sets at once) --------------------------------
 
 # The sampling of a mixture's train split is seeded by this: the same mixture gives the same

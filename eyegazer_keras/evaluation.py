@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import tensorflow as tf
 
-from eyegazer_keras import calibrate, explain_scores, files, metrics, plots, report
+from eyegazer_keras import calibrate, explain_scores, files, gate_metrics, metrics, plots, report
 from eyegazer_keras.models import wrappers
 
 if TYPE_CHECKING:  # annotations only: runs imports this module
@@ -249,6 +249,7 @@ def write_split_metrics(
     history: dict | None = None,
     extras: dict | None = None,
     calibration: dict | None = None,
+    gate: dict | None = None,
 ) -> dict:
     """The one writer of a split's `metrics_<split>.json` (+ plots), with the run's extras.
 
@@ -264,10 +265,15 @@ def write_split_metrics(
             `collapse_events`. Defaults to None.
         calibration: dict or None. The run's `calibration.json` (`evaluation.run_calibration`),
             adding the calibrated figures. Defaults to None.
+        gate: dict or None. The split's stored gate verdicts (`data.split_gate`) plus
+            `refused_at_build` (int); adds the `quality_gate` section
+            (`gate_metrics.gate_section`: imageability, metrics on gradable photos, agreement
+            with human quality labels). Defaults to None ("not recorded").
 
     Returns:
         The metrics dict as written (accuracy, QWK as in the APTOS 2019 competition, AUROC,
-        referable sensitivity/specificity, confusion matrix, ..., plus `extras`).
+        referable sensitivity/specificity, confusion matrix, ..., plus `extras` and
+        `quality_gate`).
     """
     result = report.write_report(
         workdir,
@@ -280,9 +286,13 @@ def write_split_metrics(
         majority_class=run_data.majority_class,
         collapse_threshold=config.collapse_threshold,
     )
-    if extras:
-        result.update(extras)
-        report.write_metrics_json(os.path.join(workdir, f"metrics_{split}.json"), result)
+    gate = dict(gate or {})
+    refused = int(gate.pop("refused_at_build", 0) or 0)
+    if run_data.task in ("grade", "binary"):
+        section = gate_metrics.gate_section(y_true, probs, run_data.task, gate, refused)
+        result["quality_gate"] = section
+    result.update(extras or {})
+    report.write_metrics_json(os.path.join(workdir, f"metrics_{split}.json"), result)
     return result
 
 

@@ -157,6 +157,16 @@ def split_args(config, split: str) -> tuple:
     return config.dataset, split, config.data_dir, config.dataset_config, limit
 
 
+def split_gate(config, split: str) -> dict:
+    """The split's stored quality-gate verdicts and the build's refusals (`data.split_gate`)."""
+    gate = data.split_gate(*split_args(config, split))
+    if gate:
+        gate["refused_at_build"] = data.refused_at_build(
+            config.dataset, config.data_dir, config.dataset_config
+        )
+    return gate
+
+
 # --------------------------------------------------------------------------------------------
 # Model
 # --------------------------------------------------------------------------------------------
@@ -341,7 +351,15 @@ def evaluate_run(
         extras.update(tta_section)
         calibration = evaluation.run_calibration(workdir, None, None, run_data.task, fit=False)
         result = evaluation.write_split_metrics(
-            workdir, name, y_true, probs, run_data, config, extras=extras, calibration=calibration
+            workdir,
+            name,
+            y_true,
+            probs,
+            run_data,
+            config,
+            extras=extras,
+            calibration=calibration,
+            gate=split_gate(config, split),
         )
         if explain_maps:
             split_data = data.load_split(*split_args(config, split))

@@ -52,6 +52,7 @@ from eyegazer_keras.runs import (
     export_run,
     find_backbone,
     predict_split,
+    split_gate,
 )
 from eyegazer_keras.runs import split_args as _split_args
 from eyegazer_keras.runtime import configure_runtime, resolve_auto, xla_fusion
@@ -369,6 +370,7 @@ def _finish_on_chief(stage: _Stage, model, trainer, history, summary, t_start) -
         stage.run_data,
         stage.config,
         history={k: v for k, v in history.items() if k != "val_majority_prediction"},
+        gate=split_gate(stage.config, "validation"),
         extras={
             "collapse_events": summary["collapse_events"],
             **selection_extras(evaluation.model_selection(best + ".json")),

@@ -179,7 +179,9 @@ class Trainer:
         for epoch in range(start_epoch, epochs):
             callback_list.on_epoch_begin(epoch)
             state.begin_epoch(epoch)
-            step_counter = self._train_epoch(train_fn(epoch), state, callback_list, writer, step_counter)
+            step_counter = self._train_epoch(
+                train_fn(epoch), state, callback_list, writer, step_counter
+            )
             logs = self._epoch_logs(state, evaluate_fn)
             _append(history, logs)
             if writer:

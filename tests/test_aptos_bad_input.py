@@ -22,6 +22,8 @@ from eyegazer_datasets.aptos2019 import aptos2019_dataset_builder as aptos  # no
 from eyegazer_datasets.aptos2019.dummy_data import make_dummy_data as dummy  # noqa: E402
 from eyegazer_datasets.common import dummy_data, images, inventory  # noqa: E402
 
+from eyegazer_keras import fundus  # noqa: E402
+
 # The 100 MP header below is refused by our own check; PIL merely warns when it opens it.
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 
@@ -208,7 +210,14 @@ def test_odd_formats_build_without_skips(tmp_path):
     root = dummy.write_layout(tmp_path / "kaggle", TRAIN, TEST, images)
     builder, report = _build(tmp_path, root, max_bad_fraction=0.0)
     assert report["counts"]["skipped"] == 0
-    assert report["counts"]["decoded"] == 12
+    # Every file is read. The two grey photos (8- and 16-bit) are refused by the quality gate,
+    # whose score was fitted on colour photos (a grey photo has no colour cast to measure).
+    refused = {u["file"]: u["reason"] for u in report["ungradable"]}
+    assert refused == {
+        f"train_images/{ids[1]}.png": "poor_quality",
+        f"train_images/{ids[3]}.png": "poor_quality",
+    }
+    assert report["counts"]["decoded"] + report["counts"]["ungradable"] == 12
     example = next(iter(tfds.as_numpy(builder.as_dataset(split="test"))))
     assert example["image"].shape == (32, 32, 3)
     assert example["label"] == -1 and not example["has_label"]
@@ -461,9 +470,22 @@ def test_ungradable_train_photos_are_skipped_and_counted_by_reason(tmp_path):
 def test_keep_ungradable_keeps_them(tmp_path):
     root, ids = _ungradable_layout(tmp_path)
     builder, report = _build(tmp_path, root, keep_ungradable=True)
-    assert report["counts"]["ungradable"] == 0 and report["quality_gate"] is None
+    assert report["counts"]["ungradable"] == 0  # none refused ...
+    assert report["quality_gate"] == "fundus.assess_quality"  # ... but every one judged
     splits = builder.info.splits
     assert splits["train"].num_examples + splits["validation"].num_examples == 10
+    kept = [
+        e
+        for split in ("train", "validation")
+        for e in tfds.as_numpy(builder.as_dataset(split=split))
+    ]
+    ungradable = {
+        e["id_code"].decode(): e["ungradable_reason"].decode() for e in kept if not e["gradable"]
+    }
+    assert len(ungradable) == 4 and all(r in fundus.REASONS for r in ungradable.values())
+    assert report["quality"]["ungradable"] == 4  # the 4 kept, of every photo judged (test too)
+    assert report["quality"]["judged"] == report["counts"]["decoded"]
+    assert all(0.0 <= float(e["quality_score"]) <= 1.0 for e in kept)
 
 
 def test_the_gate_passes_every_dummy_photo(tmp_path):

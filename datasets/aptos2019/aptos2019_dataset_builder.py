@@ -202,11 +202,13 @@ class Builder(build.FundusBuilder):
         `keep_ungradable`, and TFDS's `data_dir`, `config`, ...).
     """
 
-    VERSION = tfds.core.Version("1.1.0")
+    VERSION = tfds.core.Version("1.2.0")
     RELEASE_NOTES = {
         "1.0.0": "Initial release.",
         "1.1.0": "EXIF-aware decode, disc crop (fitted circle), Ben Graham with Graham's 90 % "
         "boundary clip, fundus quality gate on train photos (skipped, counted by reason).",
+        "1.2.0": "Quality gate fitted to human graders (EyeQ); every example carries the gate's "
+        "verdict: gradable, ungradable_reason, quality_score.",
     }
     MANUAL_DOWNLOAD_INSTRUCTIONS = layouts.MANUAL_DOWNLOAD_INSTRUCTIONS["aptos2019"]
     DOWNLOAD_HINT = DOWNLOAD_HINT

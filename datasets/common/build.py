@@ -30,6 +30,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 import tensorflow_datasets as tfds
 from etils import epath
 
@@ -131,18 +132,28 @@ class FundusConfig(tfds.core.BuilderConfig):
         return standard + [cls.make(512, conflict_policy=p) for p in policies]
 
 
-def quality_gate(image: np.ndarray) -> tuple[bool, str]:
-    """`fundus.assess_quality` as the decode step's gate: `(gradable, ungradable_reason)`.
+_GATE = tf.function(
+    fundus.assess_quality, input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)]
+)
+
+
+def quality_gate(image: np.ndarray) -> tuple[bool, str, float]:
+    """`fundus.assess_quality` (one traced graph) as the decode step's gate.
 
     Args:
         image: `uint8 [H, W, 3]`, decoded and upright.
 
     Returns:
-        `(True, "")` for a gradable photo, else `(False, reason)` with a reason of
-        `fundus.REASONS` (`too_small`, `too_dark`, `no_fundus`, `overexposed`, `too_blurry`).
+        `(gradable, ungradable_reason, quality_score)`: `(True, "", score)` for a gradable
+        photo, else `(False, reason, score)` with a reason of `fundus.REASONS`; the score is in
+        [0, 1] (1 good, see `fundus.quality_score`).
     """
-    quality = fundus.assess_quality(image)
-    return bool(quality["gradable"]), quality["ungradable_reason"].numpy().decode()
+    quality = _GATE(tf.convert_to_tensor(image, tf.uint8))
+    return (
+        bool(quality["gradable"]),
+        quality["ungradable_reason"].numpy().decode(),
+        float(quality["quality_score"]),
+    )
 
 
 def skipped_entries(results: Mapping[str, images.Processed], fallback: Mapping[str, str]) -> list:
@@ -161,11 +172,37 @@ def skipped_entries(results: Mapping[str, images.Processed], fallback: Mapping[s
 def ungradable_entries(results: Mapping[str, images.Processed]) -> tuple[list, dict[str, int]]:
     """The photos the quality gate refused, and their count per reason."""
     refused = [
-        {"key": r.key, "file": label_csv.display_text(r.relpath), "reason": r.reason}
+        {
+            "key": r.key,
+            "file": label_csv.display_text(r.relpath),
+            "reason": r.reason,
+            "quality_score": round(r.quality_score, 4),
+        }
         for r in sorted(results.values(), key=lambda r: r.key)
         if r.ungradable
     ]
     return refused, dict(sorted(collections.Counter(e["reason"] for e in refused).items()))
+
+
+def quality_summary(results: Mapping[str, images.Processed]) -> dict:
+    """The gate's verdict over every decoded photo: imageability, reasons, score quantiles."""
+    judged = [r for r in results.values() if np.isfinite(r.quality_score)]
+    scores = np.array([r.quality_score for r in judged], np.float64)
+    gradable = sum(bool(r.gradable) for r in judged)
+    reasons = collections.Counter(r.ungradable_reason for r in judged if not r.gradable)
+    return {
+        "judged": len(judged),
+        "gradable": gradable,
+        "ungradable": len(judged) - gradable,
+        "imageability": round(gradable / len(judged), 4) if judged else None,
+        "ungradable_by_reason": dict(sorted(reasons.items())),
+        "quality_threshold": fundus.QUALITY_THRESHOLD,
+        "quality_score_quantiles": (
+            {q: round(float(np.quantile(scores, float(q))), 4) for q in ("0.05", "0.25", "0.5")}
+            if judged
+            else None
+        ),
+    }
 
 
 def fundus_features(
@@ -178,7 +215,9 @@ def fundus_features(
 
     Shared: `image` (`uint8 [size, size, 3]`, PNG), `id_code`, `label` (the 5 DR grades),
     `original_height`, `original_width` (decoded size, px), `image_hash` (64-bit pHash, hex),
-    `duplicate_group` (its first id, or empty) and `label_conflict`.
+    `duplicate_group` (its first id, or empty), `label_conflict`, and the quality gate's verdict
+    on the original photo (`gradable`, `ungradable_reason`, `quality_score` in [0, 1]; the
+    ungradable are stored only with `keep_ungradable`).
 
     Args:
         size: int. Stored image side in pixels.
@@ -198,6 +237,9 @@ def fundus_features(
             "image_hash": tfds.features.Text(),
             "duplicate_group": tfds.features.Text(),
             "label_conflict": tfds.features.Scalar(dtype=np.bool_),
+            "gradable": tfds.features.Scalar(dtype=np.bool_),
+            "ungradable_reason": tfds.features.Text(),
+            "quality_score": tfds.features.Scalar(dtype=np.float32),
         }
     )
 
@@ -326,8 +368,8 @@ class FundusBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
         )
 
     def decode(self, source: kaggle_source.Source, jobs: Sequence[images.Job]):
-        """Step 2: decodes every job (`images.decode_all`) with the quality gate unless kept."""
-        gate = None if self.keep_ungradable else quality_gate
+        """Step 2: decodes every job (`images.decode_all`); the quality gate judges every photo
+        and refuses the ungradable labelled ones unless `keep_ungradable`."""
         return images.decode_all(
             self.name,
             source,
@@ -335,7 +377,8 @@ class FundusBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
             self.store_spec,
             self.scratch_dir,
             num_workers=self.num_workers,
-            gate=gate,
+            gate=quality_gate,
+            keep_ungradable=self.keep_ungradable,
         )
 
     def decode_photos(
@@ -384,7 +427,8 @@ class FundusBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
             "max_bad_fraction": self.max_bad_fraction,
             "max_megapixels": self.max_megapixels,
             "keep_ungradable": self.keep_ungradable,
-            "quality_gate": None if self.keep_ungradable else "fundus.assess_quality",
+            "quality_gate": "fundus.assess_quality",
+            "quality_threshold": fundus.QUALITY_THRESHOLD,
             "timing": decoded.timing,
         }
 
@@ -423,6 +467,7 @@ class FundusBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
                 ", ".join(f"{k}: {v}" for k, v in by_reason.items()),
             )
         bad_fraction = len(skipped) / max(1, len(jobs))
+        report["quality"] = quality_summary(results)
         report.update(
             {
                 "skipped": skipped,

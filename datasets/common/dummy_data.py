@@ -52,7 +52,7 @@ def fundus_like(seed: int, size: tuple[int, int] = SIZE) -> np.ndarray:
     for _ in range(4):
         by, bx = rng.uniform(-0.8, 0.8, 2) * radius + (cy, cx)
         s = rng.uniform(0.25, 0.6) * radius
-        light += rng.uniform(-0.35, 0.35) * np.exp(-((yy - by) ** 2 + (xx - bx) ** 2) / (2 * s * s))
+        light += rng.uniform(-0.12, 0.12) * np.exp(-((yy - by) ** 2 + (xx - bx) ** 2) / (2 * s * s))
     # Optic disc: a bright spot left or right of centre.
     side = rng.choice([-1, 1])
     oy, ox = cy + rng.uniform(-0.2, 0.2) * radius, cx + side * rng.uniform(0.35, 0.6) * radius

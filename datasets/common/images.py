@@ -51,8 +51,8 @@ HASH_SOURCE_SIZE = 64
 PNG_COMPRESSION = 3
 DEFAULT_MAX_MEGAPIXELS = 50.0
 
-# `gate(image) -> (gradable, reason)`; reason is "" for a gradable photo.
-QualityGate = Callable[[np.ndarray], tuple[bool, str]]
+# `gate(image) -> (gradable, reason, quality_score)`; reason is "" for a gradable photo.
+QualityGate = Callable[[np.ndarray], tuple[bool, str, float]]
 
 
 @dataclasses.dataclass
@@ -62,7 +62,8 @@ class Job:
     Attributes:
         key: str. The example key (`id_code`, `10_left`, ...).
         relpath: str or None. Its file in the source; None when no file was found.
-        gate: bool. Whether the quality gate applies (labelled training photos).
+        gate: bool. Whether the quality gate refuses the photo when it is ungradable
+            (labelled training photos); every photo gets the gate's verdict either way.
     """
 
     key: str
@@ -83,6 +84,8 @@ class Processed:
         phash: int. 64-bit perceptual hash.
         thumb: `float32 [32, 32]` grey thumbnail (confirms hash matches).
         decoder: str. `tf` or `pil`.
+        gradable, ungradable_reason, quality_score: the quality gate's verdict
+            (`fundus.assess_quality`); `quality_score` is NaN when no gate ran.
     """
 
     key: str
@@ -95,6 +98,9 @@ class Processed:
     phash: int = 0
     thumb: np.ndarray | None = None
     decoder: str = ""
+    gradable: bool = True
+    ungradable_reason: str = ""
+    quality_score: float = float("nan")
 
 
 def hash_image(image: np.ndarray) -> tuple[int, np.ndarray]:
@@ -215,6 +221,7 @@ def process_image(
     spec: StoreSpec,
     scratch: epath.Path,
     gate: QualityGate | None = None,
+    keep_ungradable: bool = False,
 ) -> Processed:
     """Reads, checks, decodes, gates, preprocesses and hashes one photo; writes its PNG.
 
@@ -223,7 +230,9 @@ def process_image(
         job: the photo.
         spec: the stored size and variant.
         scratch: folder for the stored PNG (`<key>.png`).
-        gate: the quality gate, applied when `job.gate`. Defaults to none.
+        gate: the quality gate, run on every photo; it refuses an ungradable photo of a job
+            with `job.gate` unless `keep_ungradable`. Defaults to none.
+        keep_ungradable: bool. Store ungradable photos with their verdict. Defaults to False.
 
     Returns:
         A `Processed`; bad files are results with `ok=False` and a reason, never exceptions.
@@ -241,17 +250,21 @@ def process_image(
     except (ValueError, OSError, zipfile.BadZipFile) as e:
         return Processed(job.key, job.relpath, ok=False, reason=str(e))
     size = {"height": int(image.shape[0]), "width": int(image.shape[1])}
-    if job.gate and gate is not None:
-        gradable, why = gate(image)
-        if not gradable:
-            return Processed(job.key, job.relpath, ok=False, reason=why, ungradable=True, **size)
+    verdict = {}
+    if gate is not None:
+        gradable, why, score = gate(image)
+        verdict = {"gradable": gradable, "ungradable_reason": why, "quality_score": score}
+        if job.gate and not gradable and not keep_ungradable:
+            return Processed(
+                job.key, job.relpath, ok=False, reason=why, ungradable=True, **size, **verdict
+            )
     stored = fundus.preprocess_fundus(image, spec.size, use_ben_graham=spec.ben_graham)
     phash, thumb = hash_image(image)
     (scratch / f"{job.key}.png").write_bytes(
         tf.io.encode_png(stored, compression=PNG_COMPRESSION).numpy()
     )
     return Processed(
-        job.key, job.relpath, ok=True, phash=phash, thumb=thumb, decoder=decoder, **size
+        job.key, job.relpath, ok=True, phash=phash, thumb=thumb, decoder=decoder, **size, **verdict
     )
 
 
@@ -277,6 +290,7 @@ def decode_all(
     *,
     num_workers: int | None = None,
     gate: QualityGate | None = None,
+    keep_ungradable: bool = False,
 ) -> DecodeResult:
     """Processes every job in parallel threads, with a progress bar (TFDS's tqdm).
 
@@ -287,7 +301,8 @@ def decode_all(
         spec: the stored size and variant.
         scratch: folder for the stored PNGs (created empty).
         num_workers: int. Threads. Defaults to the CPU count.
-        gate: the quality gate for jobs with `gate=True`. Defaults to none.
+        gate: the quality gate (see `process_image`). Defaults to none.
+        keep_ungradable: bool. Store ungradable photos too. Defaults to False.
 
     Returns:
         A `DecodeResult`.
@@ -306,7 +321,10 @@ def decode_all(
     results: dict[str, Processed] = {}
     start = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(process_image, source, j, spec, scratch, gate) for j in jobs]
+        futures = [
+            pool.submit(process_image, source, j, spec, scratch, gate, keep_ungradable)
+            for j in jobs
+        ]
         bar = tfds.core.utils.tqdm(
             futures, total=len(futures), desc=f"{name}: decoding photos", unit=" img"
         )

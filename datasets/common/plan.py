@@ -54,7 +54,7 @@ class SplitPlan:
         self.group_id = {i: g[0] for g in self.groups for i in g}
 
     def example_fields(self, key: str, photo: images.Processed) -> dict:
-        """The fields every fundus example has: decoded size, pHash, duplicate group."""
+        """The fields every fundus example has: decoded size, pHash, duplicate group, gate verdict."""
         group = self.group_id.get(key, "")
         return {
             "original_height": photo.height,
@@ -62,6 +62,9 @@ class SplitPlan:
             "image_hash": f"{photo.phash:016x}",
             "duplicate_group": group,
             "label_conflict": group in self.resolution.conflicting,
+            "gradable": photo.gradable,
+            "ungradable_reason": photo.ungradable_reason,
+            "quality_score": photo.quality_score,
         }
 
     def group_actions(self) -> list[dict]:

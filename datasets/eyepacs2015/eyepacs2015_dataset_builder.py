@@ -24,6 +24,7 @@ print(report["patients"])
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import logging
 import re
@@ -56,6 +57,8 @@ TEST_DIR = "test"
 SAMPLE_DIR = "sample"
 # One set of formats for builders, predict, the app (and, without TIFF/DICOM, serving).
 IMAGE_EXTENSIONS = tuple(formats.IMAGE_EXTENSIONS)
+# The `quality` feature: EyeQ's levels 0, 1, 2 (Fu et al., MICCAI 2019), then "not labelled".
+QUALITY_LEVELS = ("good", "usable", "reject", "unknown")
 HOMEPAGE = "https://www.kaggle.com/competitions/diabetic-retinopathy-detection"
 DOWNLOAD_HINT = (
     f"trainLabels.csv(.zip) and train.zip.001-005 from {HOMEPAGE}/data "
@@ -136,12 +139,27 @@ def _misplaced(files: list[str], names: Mapping[str, int], expected: str) -> str
 class Builder(build.FundusBuilder):
     """DatasetBuilder for EyePACS / Kaggle DR Detection 2015 (manual download, offline).
 
-    Args: see `build.FundusBuilder` (`max_bad_fraction`, `max_megapixels`, `num_workers`,
-        `keep_ungradable`, `manual_path`, and TFDS's `data_dir`, `config`, ...).
+    Args:
+        quality_labels: path or None. A CSV of human image-quality labels, columns
+            `image,quality` with EyeQ's levels 0 Good, 1 Usable, 2 Reject (H. Fu et al., MICCAI
+            2019, `Label_EyeQ_train.csv` / `Label_EyeQ_test.csv`); stored as the `quality`
+            feature (`unknown` for photos it does not list). Defaults to None (all `unknown`).
+        **kwargs: see `build.FundusBuilder` (`max_bad_fraction`, `max_megapixels`,
+            `num_workers`, `keep_ungradable`, `manual_path`, and TFDS's `data_dir`, `config`).
     """
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release: patient-grouped splits, offline."}
+    def __init__(self, *, quality_labels: epath.PathLike | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.quality_labels = None if quality_labels is None else epath.Path(quality_labels)
+        self._original_state.update(quality_labels=quality_labels)
+
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release: patient-grouped splits, offline.",
+        "1.1.0": "Quality gate fitted to human graders (EyeQ); every example carries the gate's "
+        "verdict (gradable, ungradable_reason, quality_score) and, with quality_labels, human "
+        "image-quality labels (quality: good, usable, reject, unknown).",
+    }
     MANUAL_DOWNLOAD_INSTRUCTIONS = layouts.MANUAL_DOWNLOAD_INSTRUCTIONS["eyepacs2015"]
     DOWNLOAD_HINT = DOWNLOAD_HINT
     HOMEPAGE = HOMEPAGE
@@ -156,6 +174,7 @@ class Builder(build.FundusBuilder):
             "has_label": tfds.features.Scalar(dtype=np.bool_),
             **build.text_features(usage="test: Kaggle's Public/Private; else empty"),
             "original_diagnosis": tfds.features.Scalar(dtype=np.int32),
+            "quality": tfds.features.ClassLabel(names=list(QUALITY_LEVELS)),
         }
         return build.fundus_features(size, "Kaggle image name, e.g. 10_left", patient, graded)
 
@@ -302,7 +321,8 @@ class Builder(build.FundusBuilder):
                 return "test"
             return "validation" if i in split.validation else "train"
 
-        rows = self._plan_rows(good, train, test, usage, split_of, split)
+        quality = self._read_quality_labels(report)
+        rows = self._plan_rows(good, train, test, usage, split_of, split, quality)
         per_split, shared = plan.patients_per_split(
             rows, patient_of, ("train", "validation", "test")
         )
@@ -328,8 +348,40 @@ class Builder(build.FundusBuilder):
         )
         return rows, report
 
-    def _plan_rows(self, good, train, test, usage, split_of, split: plan.SplitPlan):
+    def _read_quality_labels(self, report: dict) -> dict[str, str]:
+        """`{image: good|usable|reject}` from `quality_labels` (EyeQ's CSV), or `{}`."""
+        if self.quality_labels is None:
+            return {}
+        path = self.quality_labels
+        if not path.exists():
+            raise kaggle_source.DatasetBuildError(
+                f"quality_labels {path} not found: give the path of EyeQ's Label_EyeQ_*.csv "
+                "(columns image,quality)."
+            )
+        levels = {}
+        with path.open() as handle:
+            reader = csv.DictReader(handle)
+            if not {"image", "quality"} <= set(reader.fieldnames or ()):
+                raise kaggle_source.DatasetBuildError(
+                    f"{path}: needs the columns image,quality (EyeQ's Label_EyeQ_*.csv), has "
+                    f"{reader.fieldnames}."
+                )
+            for number, row in enumerate(reader, start=2):
+                value = (row["quality"] or "").strip()
+                if value not in ("0", "1", "2"):
+                    raise kaggle_source.DatasetBuildError(
+                        f"{path} row {number}: quality {value!r} is not 0 (Good), 1 (Usable) "
+                        "or 2 (Reject). Fix or delete the row."
+                    )
+                name = (row["image"] or "").strip()
+                stem = name.rpartition(".")[0] if name.endswith(IMAGE_EXTENSIONS) else name
+                levels[stem] = QUALITY_LEVELS[int(value)]
+        report["quality_labels"] = {"file": str(path), "rows": len(levels)}
+        return levels
+
+    def _plan_rows(self, good, train, test, usage, split_of, split: plan.SplitPlan, quality=None):
         """Step 7: one row per example (train, validation, then test and sample when present)."""
+        quality = quality or {}
         rows: dict[str, list[dict]] = {"train": [], "validation": []}
         if test:
             rows["test"] = []
@@ -349,6 +401,7 @@ class Builder(build.FundusBuilder):
                     "has_label": grade >= 0,
                     "usage": usage.get(name, ""),
                     "original_diagnosis": grade,
+                    "quality": quality.get(name, "unknown"),
                     **split.example_fields(key, good[key]),
                 }
             )

@@ -283,8 +283,12 @@ class Builder(build.FundusBuilder):
         **kwargs: see `build.FundusBuilder`.
     """
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release.",
+        "1.1.0": "Quality gate fitted to human graders (EyeQ); every example carries the gate's "
+        "verdict: gradable, ungradable_reason, quality_score.",
+    }
     MANUAL_DOWNLOAD_INSTRUCTIONS = layouts.MANUAL_DOWNLOAD_INSTRUCTIONS["fundus_folder"]
     DOWNLOAD_HINT = DOWNLOAD_HINT
     BUILDER_CONFIGS = FundusFolderConfig.variants()

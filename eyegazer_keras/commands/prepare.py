@@ -58,7 +58,15 @@ def _arguments(p: argparse.ArgumentParser) -> None:
             description=layouts.MANUAL_DOWNLOAD_INSTRUCTIONS.get(name, _DATASET_HELP.get(name)),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        d.set_defaults(label_map=None, groups=None)
+        d.set_defaults(label_map=None, groups=None, quality_labels=None)
+        if name == "eyepacs2015":
+            d.add_argument(
+                "--quality-labels",
+                metavar="CSV",
+                help="human image-quality labels, columns image,quality (EyeQ's "
+                "Label_EyeQ_*.csv: 0 Good, 1 Usable, 2 Reject), stored as the `quality` feature; "
+                "`eyegazer evaluate` then reports the quality gate's agreement with them",
+            )
         if name == "fundus_folder":
             d.add_argument(
                 "--label-map",
@@ -87,6 +95,7 @@ def _prepare(args) -> int:
         keep_ungradable=args.keep_ungradable or None,
         label_map=args.label_map,
         groups=args.groups,
+        quality_labels=args.quality_labels,
     )
 
 
@@ -133,11 +142,26 @@ def prepare_and_report(
                 say(f"  {key}: {json.dumps(build[key], default=str)[:600]}")
         if "not_used" in build:  # the manual downloads' builders
             say(f"  {not_used_line(build)}")
+        if build.get("quality"):
+            say(f"  {quality_line(build['quality'])}")
         say(f"  build report: {report_path}")
     if preview:
         path = preview_grid(dataset, data_dir, config, preview)
         say(f"  preview: {path}")
     return 0
+
+
+def quality_line(quality: dict) -> str:
+    """The quality gate's summary line (`build_report.json`'s `quality`)."""
+    if not quality.get("judged"):
+        return "quality gate: no photo judged"
+    reasons = ", ".join(f"{k}: {v}" for k, v in quality["ungradable_by_reason"].items())
+    return (
+        f"quality gate: {quality['gradable']} of {quality['judged']} photos gradable "
+        f"(imageability {quality['imageability']:.1%})"
+        + (f"; ungradable: {reasons}" if reasons else "")
+        + f"; median quality_score {quality['quality_score_quantiles']['0.5']:.3f}"
+    )
 
 
 def not_used_line(build: dict) -> str:
