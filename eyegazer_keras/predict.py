@@ -238,9 +238,7 @@ def decode_error(label: str, error: tf.errors.OpError) -> str:
     """
     label = "stdin" if label == STDIN_PATH else label
     detail = tf_error_text(error)
-    refused = re.search(
-        rf"((?:{header.TOO_LARGE}|{header.NO_SIZE}).*?)\]?$", detail.strip()
-    )
+    refused = re.search(rf"((?:{header.TOO_LARGE}|{header.NO_SIZE}).*?)\]?$", detail.strip())
     if refused:  # the export's own pixel limit (`fundus.check_pixel_limit`)
         return f"{label}: {refused.group(1)}"
     if "Unknown image file format" in detail:

@@ -39,7 +39,9 @@ def png_bomb(width: int = SIDE, height: int = SIDE, full: bool = False) -> bytes
     row = bytes(1 + 3 * width)
     idat = b"".join(deflate.compress(row) for _ in range(height if full else 4))
     idat += deflate.flush()
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+    )
 
 
 def jpeg_bomb(width: int = SIDE, height: int = SIDE, garbage: bool = False) -> bytes:

@@ -86,15 +86,51 @@ def _app(args) -> int:
 
 
 def _serve_arguments(p: argparse.ArgumentParser) -> None:
+    from eyegazer_keras.fundus import header
+
+    body_mb = 32 * 1024 * 1024 / 1e6  # serve.DEFAULT_MAX_BODY_BYTES (no kserve import for --help)
+    p.description = (
+        "KServe V1 (TF Serving REST: POST /v1/models/NAME:predict) and V2 (Open Inference "
+        "Protocol: POST /v2/models/NAME/infer, input image_bytes, datatype BYTES, base64 data) "
+        "server on an export. Limits: a request body over --max-body-mb gets HTTP 413, more "
+        "than --max-instances photos HTTP 400, a photo whose header claims more than "
+        f"{header.MAX_PIXELS / 1e6:.0f} MP HTTP 400 (refused before decoding)."
+    )
+    p.epilog = "See docs/serving.md."
     p.add_argument("--model", required=True, help="exported SavedModel directory")
     p.add_argument("--name", default="eyegazer", help="model name in /v1/models/NAME:predict")
-    p.add_argument("--port", type=int, default=8080, help="HTTP port")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 in a "
+        "container, to be reachable from outside)",
+    )
+    p.add_argument("--port", type=int, default=8080, help="HTTP port (default: 8080)")
+    p.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=body_mb,
+        help=f"largest request body in MB; larger gets HTTP 413 (default: {body_mb:.1f})",
+    )
+    p.add_argument(
+        "--max-instances",
+        type=int,
+        default=16,
+        help="most photos per request; more gets HTTP 400 (default: 16)",
+    )
 
 
 @verb("serve", arguments=_serve_arguments)
 def _serve(args) -> int:
-    """KServe V1 (TF Serving REST) server on an export, for programs."""
+    """KServe V1 (TF Serving REST) + V2 server on an export, for programs."""
     from eyegazer_keras import serve  # imports kserve: only for this verb
 
-    serve.serve(args.model, name=args.name, port=args.port)
+    serve.serve(
+        args.model,
+        name=args.name,
+        port=args.port,
+        host=args.host,
+        max_body_bytes=int(args.max_body_mb * 1e6),
+        max_instances=args.max_instances,
+    )
     return 0

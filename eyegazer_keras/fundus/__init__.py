@@ -15,8 +15,9 @@ Every path that turns a photo into model input goes through this module:
 * `PreprocessingSpec` + `photo_to_model_input`: the whole photo -> model input recipe of a run.
 
 All functions work eagerly, inside `tf.data.Dataset.map` and inside a `tf.function`. The rooms:
-`header` (the size in the header, the pixel limit), `decode` (EXIF-aware decoding), `crop` (disc fit, crop, resize, Ben Graham), `quality` (the
-gate), `spec` (`PreprocessingSpec`, stored -> model input); import them all from here.
+`header` (the size a header claims, the pixel limit), `decode` (EXIF-aware decoding), `crop`
+(disc fit, crop, resize, Ben Graham), `quality` (the gate), `spec` (`PreprocessingSpec`, stored
+-> model input); import them all from here.
 
 Example:
 

@@ -140,9 +140,7 @@ def _gif_pixels(data: tf.Tensor) -> tf.Tensor:
         local = _bytes_at(data, pos + 9, 1)[0]
         local_table = tf.where(local >= 0x80, 3 * tf.bitwise.left_shift(2, local & 7), 0)
         frame = _uint(data, pos + 5, 2, little) * _uint(data, pos + 7, 2, little)
-        block_next = tf.where(
-            b == 0x21, pos + 2, tf.where(b == 0x2C, pos + 11 + local_table, size)
-        )
+        block_next = tf.where(b == 0x21, pos + 2, tf.where(b == 0x2C, pos + 11 + local_table, size))
         next_pos = tf.where(in_blocks, sub_next, block_next)
         next_in = tf.where(in_blocks, b != 0, (b == 0x21) | (b == 0x2C))
         area = area + tf.where(tf.logical_not(in_blocks) & (b == 0x2C), frame, 0)
@@ -157,9 +155,7 @@ def _webp_size(data: tf.Tensor) -> tf.Tensor:
     """`[height, width]` of a WebP from its first chunk, or `[-1, -1]`."""
     little = tf.constant(True)
     chunk = tf.strings.substr(data, 12, 4)
-    vp8 = tf.stack(
-        [_uint(data, 28, 2, little) & 0x3FFF, _uint(data, 26, 2, little) & 0x3FFF]
-    )
+    vp8 = tf.stack([_uint(data, 28, 2, little) & 0x3FFF, _uint(data, 26, 2, little) & 0x3FFF])
     bits = _uint(data, 21, 4, little)
     vp8l = tf.stack([(tf.bitwise.right_shift(bits, 14) & 0x3FFF) + 1, (bits & 0x3FFF) + 1])
     vp8x = tf.stack([_uint(data, 27, 3, little) + 1, _uint(data, 24, 3, little) + 1])
