@@ -333,7 +333,7 @@ class BodyLimit:
     """ASGI middleware: HTTP 413 and a one-line JSON error for a body over `max_bytes`.
 
     A declared `Content-Length` over the limit is refused before the body is read (what is
-    sent is drained, up to 4x the limit, so the client reads the answer); a chunked body is
+    sent is drained, up to 4x the limit or 5 s, so the client reads the answer); a chunked body is
     read up to the limit and refused there. Memory held: at most `max_bytes` per request.
     """
 
@@ -371,13 +371,19 @@ class BodyLimit:
 
         return await self.app(scope, replay, send)
 
-    async def _drain(self, receive) -> None:
-        seen = 0
-        while seen <= 4 * self.max_bytes:
-            message = await receive()
-            if message["type"] != "http.request" or not message.get("more_body"):
-                return
-            seen += len(message.get("body", b""))
+    async def _drain(self, receive, timeout_s: float = 5.0) -> None:
+        async def drain():
+            seen = 0
+            while seen <= 4 * self.max_bytes:
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body"):
+                    return
+                seen += len(message.get("body", b""))
+
+        try:
+            await asyncio.wait_for(drain(), timeout_s)
+        except asyncio.TimeoutError:
+            pass
 
     async def _refuse(self, send, size: str) -> None:
         error = (
