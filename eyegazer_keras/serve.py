@@ -382,7 +382,7 @@ class BodyLimit:
 
         try:
             await asyncio.wait_for(drain(), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def _refuse(self, send, size: str) -> None:
