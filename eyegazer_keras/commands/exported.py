@@ -71,9 +71,22 @@ def _predict(args) -> int:
 
 
 def _app_arguments(p: argparse.ArgumentParser) -> None:
+    from eyegazer_keras.fundus import header
+
+    p.description = (
+        "A Gradio page on an export: upload a fundus photo, see the grade. An upload over "
+        "--max-upload-mb, or a photo whose header claims more than "
+        f"{header.MAX_PIXELS / 1e6:.0f} MP, is refused with a one-line error."
+    )
     p.add_argument("--model", required=True, help="exported SavedModel directory")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on")
     p.add_argument("--port", type=int, default=7860)
+    p.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=50.0,
+        help="largest photo file accepted, in MB (default: 50)",
+    )
 
 
 @verb("app", arguments=_app_arguments)
@@ -81,7 +94,12 @@ def _app(args) -> int:
     """Gradio app on an export, for people (a browser page)."""
     from eyegazer_keras import app  # imports gradio: only for this verb
 
-    app.launch(args.model, host=args.host, port=args.port)
+    app.launch(
+        args.model,
+        host=args.host,
+        port=args.port,
+        max_upload_bytes=int(args.max_upload_mb * 1e6),
+    )
     return 0
 
 
