@@ -172,8 +172,8 @@ def read_input(path: str, stdin: BinaryIO | None = None) -> tuple[bytes | None, 
     try:
         if os.path.getsize(path) > MAX_FILE_BYTES:
             return None, (
-                f"{path}: {os.path.getsize(path) / 1e6:.0f} MB, over the limit of "
-                f"{MAX_FILE_BYTES / 1e6:.0f} MB for an image file; send a smaller photo."
+                f"{path}: {os.path.getsize(path)} bytes, over the limit of {MAX_FILE_BYTES} "
+                f"bytes ({MAX_FILE_BYTES / 1e6:.0f} MB) for an image file; send a smaller photo."
             )
         with open(path, "rb") as f:
             data = f.read(MAX_FILE_BYTES + 1)
