@@ -228,6 +228,7 @@ def test_a_file_over_the_byte_limit_is_not_read(exported, tmp_path):
     with open(big, "wb") as f:
         f.truncate(predict.MAX_FILE_BYTES + 1)  # sparse: nothing is written
     error = predict.predict_paths(exported, [str(big)])[0]["error"]
-    assert (
-        error == f"{big}: 400 MB, over the limit of 400 MB for an image file; send a smaller photo."
+    assert error == (
+        f"{big}: {predict.MAX_FILE_BYTES + 1} bytes, over the limit of {predict.MAX_FILE_BYTES} "
+        "bytes (400 MB) for an image file; send a smaller photo."
     )
