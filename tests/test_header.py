@@ -123,3 +123,14 @@ def test_one_limit_for_builders_and_serving():
     from eyegazer_datasets.common import images
 
     assert images.DEFAULT_MAX_MEGAPIXELS * 1e6 == fundus.MAX_PIXELS == header.MAX_PIXELS
+
+
+def test_the_cli_help_shows_the_modules_limits():
+    """`eyegazer serve/app --help` show the limits without importing TF, kserve or gradio."""
+    from eyegazer_keras import app, serve
+    from eyegazer_keras.commands import exported
+
+    assert exported.MAX_MEGAPIXELS * 1_000_000 == fundus.MAX_PIXELS
+    assert exported.SERVE_MAX_BODY_MB * 1e6 == serve.DEFAULT_MAX_BODY_BYTES
+    assert exported.SERVE_MAX_INSTANCES == serve.DEFAULT_MAX_INSTANCES
+    assert exported.APP_MAX_UPLOAD_MB * 1e6 == app.DEFAULT_MAX_UPLOAD_BYTES

@@ -7,6 +7,14 @@ import sys
 
 from eyegazer_keras.commands.common import Verb, registrar, say
 
+# The defaults of `serve` and `app`, and `fundus.MAX_PIXELS`, as --help shows them: --help
+# imports neither kserve, gradio nor TensorFlow (tests check these agree with the modules).
+SERVE_MAX_BODY_MB = 32 * 1024 * 1024 / 1e6  # serve.DEFAULT_MAX_BODY_BYTES
+SERVE_MAX_INSTANCES = 16  # serve.DEFAULT_MAX_INSTANCES
+APP_MAX_UPLOAD_MB = 50.0  # app.DEFAULT_MAX_UPLOAD_BYTES
+MAX_MEGAPIXELS = 50  # fundus.MAX_PIXELS
+
+
 VERBS: dict[str, Verb] = {}  # name -> Verb, in `eyegazer --help` order
 verb = registrar(VERBS)
 
@@ -71,12 +79,10 @@ def _predict(args) -> int:
 
 
 def _app_arguments(p: argparse.ArgumentParser) -> None:
-    from eyegazer_keras.fundus import header
-
     p.description = (
         "A Gradio page on an export: upload a fundus photo, see the grade. An upload over "
         "--max-upload-mb, or a photo whose header claims more than "
-        f"{header.MAX_PIXELS / 1e6:.0f} MP, is refused with a one-line error."
+        f"{MAX_MEGAPIXELS} MP, is refused with a one-line error."
     )
     p.add_argument("--model", required=True, help="exported SavedModel directory")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on")
@@ -84,8 +90,8 @@ def _app_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-upload-mb",
         type=float,
-        default=50.0,
-        help="largest photo file accepted, in MB (default: 50)",
+        default=APP_MAX_UPLOAD_MB,
+        help=f"largest photo file accepted, in MB (default: {APP_MAX_UPLOAD_MB:g})",
     )
 
 
@@ -104,15 +110,13 @@ def _app(args) -> int:
 
 
 def _serve_arguments(p: argparse.ArgumentParser) -> None:
-    from eyegazer_keras.fundus import header
-
-    body_mb = 32 * 1024 * 1024 / 1e6  # serve.DEFAULT_MAX_BODY_BYTES (no kserve import for --help)
+    body_mb = SERVE_MAX_BODY_MB
     p.description = (
         "KServe V1 (TF Serving REST: POST /v1/models/NAME:predict) and V2 (Open Inference "
         "Protocol: POST /v2/models/NAME/infer, input image_bytes, datatype BYTES, base64 data) "
         "server on an export. Limits: a request body over --max-body-mb gets HTTP 413, more "
         "than --max-instances photos HTTP 400, a photo whose header claims more than "
-        f"{header.MAX_PIXELS / 1e6:.0f} MP HTTP 400 (refused before decoding)."
+        f"{MAX_MEGAPIXELS} MP HTTP 400 (refused before decoding)."
     )
     p.epilog = "See docs/serving.md."
     p.add_argument("--model", required=True, help="exported SavedModel directory")
@@ -133,8 +137,8 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-instances",
         type=int,
-        default=16,
-        help="most photos per request; more gets HTTP 400 (default: 16)",
+        default=SERVE_MAX_INSTANCES,
+        help=f"most photos per request; more gets HTTP 400 (default: {SERVE_MAX_INSTANCES})",
     )
 
 
