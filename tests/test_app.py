@@ -11,6 +11,7 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import gradio as gr  # noqa: E402
+import httpx  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -370,7 +371,13 @@ def test_image_bomb_and_oversized_upload_are_refused_in_one_line(exports, photo,
         assert "corrupt" not in message
         with pytest.raises(Exception, match=r"\S") as info:
             client.predict(handle_file(str(big)), api_name=f"/{app.API_NAME}")
-        assert "maximum allowed size of 200000 bytes" in str(info.value), str(info.value)
+        # gradio_client refuses by the limit the server advertises; the server's own upload
+        # route refuses too (a client that ignores the advertised limit).
+        assert "exceeds the maximum file size of 200000 bytes" in str(info.value), info.value
+        with open(big, "rb") as f:
+            reply = httpx.post(f"{demo.local_url}gradio_api/upload", files={"files": f})
+        assert reply.status_code == 413, reply.text
+        assert "File size exceeded maximum allowed size of 200000 bytes" in reply.text
         label = client.predict(handle_file(photo), api_name=f"/{app.API_NAME}")[1]
         assert label["label"] in GRADE_NAMES
     finally:
