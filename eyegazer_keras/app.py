@@ -17,7 +17,12 @@ exactly what serving returns:
 * the not-a-medical-device notice, always.
 
 A file that is not a decodable image gets a one-line error on the page (`gr.Error`); the app
-keeps running.
+keeps running. Limits: an upload over `max_upload_bytes` (default `DEFAULT_MAX_UPLOAD_BYTES`,
+50 MB) is refused by Gradio's upload route before it is stored, and again by the grade
+function for files given by path; a photo whose header claims more than `fundus.MAX_PIXELS`
+(50 MP) is refused from the header, before anything is decoded. A photo is decoded twice: once
+by the export (its outputs and, when the export has `serving_explain`, the map in the same
+call) and once for "what the model saw".
 
 Example:
 
@@ -45,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
+DEFAULT_MAX_UPLOAD_BYTES = 50_000_000  # a 50 MP JPEG is ~20 MB; a 12 MP PNG ~20 MB
 API_NAME = "grade"
 DEFAULT_THRESHOLD = 0.5
 # Where an export's metadata may carry an operating threshold (issue 17 puts one there).
@@ -123,8 +129,16 @@ def _enlarged(image: np.ndarray, min_side: int = 224) -> np.ndarray:
     return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
 
 
-def _explanation(exported: predict.ExportedModel, name: str, image_bytes: bytes) -> np.ndarray:
-    """The explanation map (`float32 [S, S]` in [0, 1]) of the export's explanation signature.
+def _signature_outputs(
+    exported: predict.ExportedModel, name: str, image_bytes: bytes
+) -> dict[str, np.ndarray]:
+    """The outputs (numpy, one row) of the export's signature `name` on one photo."""
+    out = exported.loaded.signatures[name](**{signatures.BYTES_INPUT: tf.constant([image_bytes])})
+    return {key: value.numpy() for key, value in out.items()}
+
+
+def _explanation_map(out: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """The explanation map (`float32 [S, S]` in [0, 1]) among an explanation signature's outputs.
 
     Its `explanation` output (`signatures.EXPLANATION_OUTPUT`), else the first float `[B, h, w]`
     (or `[B, h, w, 1]`) output.
@@ -132,13 +146,12 @@ def _explanation(exported: predict.ExportedModel, name: str, image_bytes: bytes)
     Raises:
         ValueError: when the signature returns no such map.
     """
-    out = exported.loaded.signatures[name](**{signatures.BYTES_INPUT: tf.constant([image_bytes])})
     if signatures.EXPLANATION_OUTPUT in out:
-        return out[signatures.EXPLANATION_OUTPUT].numpy()[0]
+        return out[signatures.EXPLANATION_OUTPUT][0]
     for key in sorted(out):
         value = out[key]
-        if value.dtype.is_floating and value.shape.rank in (3, 4):
-            return value.numpy()[0]
+        if value.dtype.kind == "f" and value.ndim in (3, 4):
+            return value[0]
     raise ValueError(f"signature {name!r} returned no [B, H, W] float map: {sorted(out)}")
 
 
@@ -192,27 +205,52 @@ def _gradability(row: dict) -> str:
     return f"**Ungradable photo** (`{reason}`): take a new photo. No grade is given."
 
 
-def _read_upload(payload) -> tuple[bytes, str]:
-    """Bytes and name of the uploaded file (Gradio `FileData` dict, or a path)."""
+def _read_upload(payload, max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> tuple[bytes, str]:
+    """Bytes and name of the uploaded file (Gradio `FileData` dict, or a path).
+
+    Raises:
+        gr.Error: no photo, a `FileData` without a `path` (a `url` is not fetched), a file
+            over `max_bytes`, or what `predict.read_input` refuses; one line each.
+    """
     if payload is None:
         raise gr.Error("No photo: upload a JPEG or PNG fundus photo, or pick an example.")
     if isinstance(payload, dict):
         path, name = payload.get("path"), payload.get("orig_name") or "photo"
+        if not isinstance(path, str) or not path:
+            given = sorted(k for k, v in payload.items() if v is not None)
+            raise gr.Error(
+                f"The photo has no uploaded file (FileData fields given: {given}); this app "
+                "does not fetch URLs. Upload the file itself (gradio_client: "
+                "handle_file('eye.jpg'))."
+            )
     else:
         path = name = os.fspath(payload)
+    name = os.path.basename(name)
+    if os.path.isfile(path) and os.path.getsize(path) > max_bytes:
+        raise gr.Error(
+            f"{name}: {os.path.getsize(path) / 1e6:.1f} MB, over the upload limit of "
+            f"{max_bytes / 1e6:.3g} MB; send a smaller photo."
+        )
     data, error = predict.read_input(path, None)
+    error = error or predict.pixel_limit_error(path, data)
     if error is not None:
-        raise gr.Error(error.replace(path, os.path.basename(name)))
-    return data, os.path.basename(name)
+        raise gr.Error(error.replace(path, name))
+    return data, name
 
 
-def build_app(model: str | os.PathLike | predict.ExportedModel, examples_dir=None) -> gr.Blocks:
+def build_app(
+    model: str | os.PathLike | predict.ExportedModel,
+    examples_dir=None,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+) -> gr.Blocks:
     """The Gradio Blocks page on an export.
 
     Args:
         model: str, path or `predict.ExportedModel`. The export.
         examples_dir: str or path or None. Folder with example photos to offer (see
             `write_examples`). Defaults to None (no examples).
+        max_upload_bytes: int. The largest photo file graded. Defaults to
+            `DEFAULT_MAX_UPLOAD_BYTES` (50 MB).
 
     Returns:
         A `gr.Blocks` (not launched). Its API endpoint `/grade` takes the photo file and returns
@@ -229,7 +267,7 @@ def build_app(model: str | os.PathLike | predict.ExportedModel, examples_dir=Non
             photo, button = _input_column(examples_dir)
             outputs = _output_column(exported)
         button.click(
-            _grade_function(exported),
+            _grade_function(exported, max_upload_bytes),
             inputs=photo,
             outputs=outputs,
             api_name=API_NAME,
@@ -238,19 +276,30 @@ def build_app(model: str | os.PathLike | predict.ExportedModel, examples_dir=Non
     return demo
 
 
-def _grade_function(exported: predict.ExportedModel):
+def _grade_function(exported: predict.ExportedModel, max_upload_bytes: int):
     """`grade(upload) -> (model input, label, summary, gradability, overlay)` for the page."""
     meta = exported.metadata
     task, names = meta["task"], list(meta["class_names"])
     gradability = has_gradability(exported)
     explain_name = explanation_signature(exported)
 
+    signs = exported.loaded.signatures
+    wanted = set(signs[signatures.BYTES_SIGNATURE].structured_outputs)
+    # An explanation signature that also returns every prediction output (eyegazer's own
+    # `serving_explain` does) answers both in one call: one decode fewer.
+    both = bool(explain_name) and wanted <= set(signs[explain_name].structured_outputs)
+
     def grade(payload):
-        data, name = _read_upload(payload)
+        data, name = _read_upload(payload, max_upload_bytes)
         try:
-            row = predict.output_rows(exported.predict_bytes([data]), 1, task)[0]
+            out = _signature_outputs(exported, explain_name, data) if explain_name else None
+            heat = _explanation_map(out, explain_name) if explain_name else None
+            if both:
+                out = {k: v for k, v in out.items() if k in wanted}
+            else:
+                out = exported.predict_bytes([data])
+            row = predict.output_rows(out, 1, task)[0]
             seen = model_input_image(exported, data)
-            heat = _explanation(exported, explain_name, data) if explain_name else None
         except tf.errors.InvalidArgumentError as e:
             raise gr.Error(predict.decode_error(name, e)) from None
         return (
@@ -358,6 +407,7 @@ def launch(
     port: int = DEFAULT_PORT,
     block: bool = True,
     examples: bool = True,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
 ) -> gr.Blocks:
     """Builds and launches the app (headless: no browser opened, no share link, no analytics).
 
@@ -369,6 +419,8 @@ def launch(
             `demo.close()` stops it). Defaults to True.
         examples: bool. Offer the example photos (written to a temporary folder that is removed
             when the app closes). Defaults to True.
+        max_upload_bytes: int. The largest upload Gradio accepts and the app grades. Defaults
+            to `DEFAULT_MAX_UPLOAD_BYTES` (50 MB).
 
     Returns:
         The launched `gr.Blocks` (`demo.local_url` is its address).
@@ -376,7 +428,7 @@ def launch(
     examples_dir = tempfile.TemporaryDirectory(prefix="eyegazer_examples_") if examples else None
     if examples_dir is not None:
         write_examples(examples_dir.name)
-    demo = build_app(model, examples_dir.name if examples_dir else None)
+    demo = build_app(model, examples_dir.name if examples_dir else None, max_upload_bytes)
     demo._eyegazer_examples = examples_dir  # removed with the app object
     logger.info("Launching the app on http://%s:%d", host, port)
     demo.launch(
@@ -386,6 +438,7 @@ def launch(
         inbrowser=False,
         share=False,
         show_error=True,
+        max_file_size=int(max_upload_bytes),
         allowed_paths=[examples_dir.name] if examples_dir else None,
     )
     return demo

@@ -34,6 +34,7 @@ failed = any("error" in r for r in results)  # True: missing.jpg is not there
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -47,13 +48,16 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from eyegazer_keras import files, signatures
-from eyegazer_keras.fundus import formats
+from eyegazer_keras import files, fundus, signatures
+from eyegazer_keras.fundus import formats, header
 
 logger = logging.getLogger(__name__)
 
 STDIN_PATH = "-"
 DEFAULT_BATCH_SIZE = 16
+# The largest image file read (bytes): 8 bytes per pixel of `fundus.MAX_PIXELS`, what the
+# dataset builders allow too; a larger file is refused before it is read.
+MAX_FILE_BYTES = 8 * fundus.MAX_PIXELS
 
 
 @dataclass
@@ -151,8 +155,9 @@ def read_input(path: str, stdin: BinaryIO | None = None) -> tuple[bytes | None, 
 
     Returns:
         `(bytes, None)`, or `(None, error)` with a one-line error naming the input and the fix:
-        missing, a directory, unreadable, empty, stdin in text mode / empty, or a TIFF / DICOM
-        file that cannot be read (or is over `formats.DEFAULT_MAX_PIXELS`).
+        missing (or a broken link, or a symbolic link loop), a directory, unreadable, empty,
+        over `MAX_FILE_BYTES`, stdin in text mode / empty, or a TIFF / DICOM file that cannot
+        be read (or is over `fundus.MAX_PIXELS`).
     """
     data, error = _read_bytes(path, stdin)
     if error is not None:
@@ -166,24 +171,70 @@ def read_input(path: str, stdin: BinaryIO | None = None) -> tuple[bytes | None, 
 def _read_bytes(path: str, stdin: BinaryIO | None) -> tuple[bytes | None, str | None]:
     if path == STDIN_PATH:
         stream = stdin if stdin is not None else sys.stdin.buffer
-        data = stream.read()
+        data = stream.read(MAX_FILE_BYTES + 1)
         if isinstance(data, str):
             return None, "stdin: opened in text mode; pass a binary stream (sys.stdin.buffer)."
+        if len(data) > MAX_FILE_BYTES:
+            return None, f"stdin: over the limit of {MAX_FILE_BYTES / 1e6:.0f} MB for an image."
         if not data:
             return None, "stdin: no bytes received; pipe a JPEG or PNG file into `-`."
         return data, None
     if not os.path.exists(path):
-        return None, f"{path}: file not found."
+        return None, _missing(path)
     if os.path.isdir(path):
         return None, f"{path}: is a directory, not an image file; pass the image files inside it."
     try:
+        if os.path.getsize(path) > MAX_FILE_BYTES:
+            return None, (
+                f"{path}: {os.path.getsize(path)} bytes, over the limit of {MAX_FILE_BYTES} "
+                f"bytes ({MAX_FILE_BYTES / 1e6:.0f} MB) for an image file; send a smaller photo."
+            )
         with open(path, "rb") as f:
-            data = f.read()
+            data = f.read(MAX_FILE_BYTES + 1)
     except OSError as e:
         return None, f"{path}: cannot read the file ({e.strerror})."
+    if len(data) > MAX_FILE_BYTES:
+        return None, f"{path}: over the limit of {MAX_FILE_BYTES / 1e6:.0f} MB for an image file."
     if not data:
         return None, f"{path}: file is empty (0 bytes); expected a JPEG or PNG image."
     return data, None
+
+
+def _missing(path: str) -> str:
+    """Why `path` does not exist: not there, a broken link, or a symbolic link loop."""
+    if os.path.islink(path):
+        try:
+            os.stat(path)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                return (
+                    f"{path}: symbolic link loop (the link points back to itself through "
+                    f"{os.readlink(path)!r}); point it at the photo."
+                )
+        return f"{path}: broken symbolic link (it points to {os.readlink(path)!r}, not there)."
+    return f"{path}: file not found."
+
+
+def pixel_limit_error(label: str, data: bytes) -> str | None:
+    """The one-line refusal of an image whose header claims more than `fundus.MAX_PIXELS`.
+
+    Reads the header only (`fundus.check_pixel_limit`), never decodes. Run before handing the
+    bytes to an export, so exports written before the limit existed are protected too.
+
+    Args:
+        label: str. What names the input in the message (path, `instances[3]`, file name).
+        data: bytes. The encoded image.
+
+    Returns:
+        None when within the limit (or not a recognised image format: the decoder says so),
+        else "<label>: image too large: its header says WxH pixels (N MP), over the limit
+        of 50 MP; ...".
+    """
+    try:
+        fundus.check_pixel_limit(data)
+    except tf.errors.InvalidArgumentError as e:
+        return f"{'stdin' if label == STDIN_PATH else label}: {e.message}"
+    return None
 
 
 def decode_error(label: str, error: tf.errors.OpError) -> str:
@@ -195,11 +246,15 @@ def decode_error(label: str, error: tf.errors.OpError) -> str:
         error: `tf.errors.OpError` raised by the signature call on that input alone.
 
     Returns:
-        str. "<label>: not an image (unknown file format); ..." or "<label>: corrupt or
+        str. "<label>: image too large: ..." (the pixel limit, see `pixel_limit_error`),
+        "<label>: not an image (unknown file format); ..." or "<label>: corrupt or
         truncated image (<decoder's reason>); re-save or re-copy the file."
     """
     label = "stdin" if label == STDIN_PATH else label
     detail = tf_error_text(error)
+    refused = re.search(rf"((?:{header.TOO_LARGE}|{header.NO_SIZE}).*?)\]?$", detail.strip())
+    if refused:  # the export's own pixel limit (`fundus.check_pixel_limit`)
+        return f"{label}: {refused.group(1)}"
     if "Unknown image file format" in detail:
         return f"{label}: not an image (unknown file format); expected a JPEG or PNG file."
     return f"{label}: corrupt or truncated image ({detail}); re-save or re-copy the file."
@@ -268,6 +323,7 @@ def predict_paths(
     readable: list[tuple[int, bytes]] = []
     for i, path in enumerate(paths):
         data, error = read_input(path, stdin)
+        error = error or pixel_limit_error(path, data)
         if error is not None:
             results[i] = {"path": path, "error": error}
         else:

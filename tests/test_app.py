@@ -10,6 +10,8 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import gradio as gr  # noqa: E402
+import httpx  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -25,6 +27,7 @@ from eyegazer_keras import (  # noqa: E402
     predict,
     signatures,
 )
+from tests import bombs  # noqa: E402
 from tests.test_case import export_tiny  # noqa: E402
 from tests.test_export import (  # noqa: E402
     IMAGE_SIZE,
@@ -366,3 +369,67 @@ def test_dicom_and_tiff_uploads_are_graded_like_their_png(exports, tmp_path):
         got = {c["label"]: c["confidence"] for c in labels[name]["confidences"]}
         assert got.keys() == want.keys()
         np.testing.assert_allclose([got[k] for k in want], list(want.values()), atol=1e-6)
+
+
+def test_image_bomb_and_oversized_upload_are_refused_in_one_line(exports, photo, tmp_path):
+    """Issue 23 items 2 and 14: a 30000x30000 PNG header is refused by the pixel limit (not
+    "corrupt or truncated") before decoding; an upload over the size limit is refused."""
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(bombs.png_bomb(30000, 30000))
+    big = tmp_path / "big.png"
+    big.write_bytes(
+        encode(np.random.default_rng(0).integers(0, 255, (300, 300, 3), np.uint8), "PNG")
+    )
+    assert big.stat().st_size > 200_000
+    demo = app.launch(
+        exports["grade"],
+        host="127.0.0.1",
+        port=free_port(),
+        block=False,
+        examples=False,
+        max_upload_bytes=200_000,
+    )
+    try:
+        client = _client(demo)
+        with pytest.raises(Exception, match=r"\S") as info:
+            client.predict(handle_file(str(bomb)), api_name=f"/{app.API_NAME}")
+        message = str(info.value).strip()
+        assert "bomb.png: image too large: its header says 30000x30000 pixels" in message
+        assert "over the limit of 50 MP" in message and "\n" not in message
+        assert "corrupt" not in message
+        with pytest.raises(Exception, match=r"\S") as info:
+            client.predict(handle_file(str(big)), api_name=f"/{app.API_NAME}")
+        # gradio_client refuses by the limit the server advertises; the server's own upload
+        # route refuses too (a client that ignores the advertised limit).
+        assert "exceeds the maximum file size of 200000 bytes" in str(info.value), info.value
+        with open(big, "rb") as f:
+            reply = httpx.post(f"{demo.local_url}gradio_api/upload", files={"files": f})
+        assert reply.status_code == 413, reply.text
+        assert "File size exceeded maximum allowed size of 200000 bytes" in reply.text
+        label = client.predict(handle_file(photo), api_name=f"/{app.API_NAME}")[1]
+        assert label["label"] in GRADE_NAMES
+    finally:
+        demo.close()
+
+
+def test_upload_limit_also_holds_for_files_given_by_path(exports, tmp_path):
+    grade = app._grade_function(predict.load_exported(exports["grade"]), max_upload_bytes=1000)
+    path = tmp_path / "eye.png"
+    path.write_bytes(encode(synthetic_fundus(200, 260, seed=4), "PNG"))
+    with pytest.raises(gr.Error, match=r"eye.png: .* MB, over the upload limit of 0.001 MB"):
+        grade({"path": str(path), "orig_name": "eye.png"})
+
+
+def test_filedata_with_url_only_is_a_clear_error(exports):
+    """Issue 23 item 15: the API page advertises FileData's `url`; the app does not fetch it."""
+    grade = app._grade_function(predict.load_exported(exports["grade"]), 10**8)
+    payload = {
+        "path": None,
+        "url": "https://example.org/eye.jpg",
+        "meta": {"_type": "gradio.FileData"},
+    }
+    with pytest.raises(gr.Error) as info:
+        grade(payload)
+    message = str(info.value.message)
+    assert "no uploaded file" in message and "does not fetch URLs" in message, message
+    assert "['meta', 'url']" in message and "\n" not in message

@@ -110,7 +110,7 @@ def test_jpeg_walk_stops_at_the_start_of_scan():
     # Right where a walk that did not stop at SOS would read its next "segment".
     data = jpeg[: sos + 2 + length] + look_alike + jpeg[sos + 2 + length :]
     assert int(fundus.exif_orientation(data)) == 1
-    assert int(fundus.exif_orientation(jpeg[: sos] + look_alike + jpeg[sos:])) == 6  # before SOS
+    assert int(fundus.exif_orientation(jpeg[:sos] + look_alike + jpeg[sos:])) == 6  # before SOS
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,11 @@ import json
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from eyegazer_keras import GRADE_NAMES, export, predict
+from tests import bombs
 
 IMAGE_SIZE = 32
 
@@ -218,3 +220,51 @@ def test_dicom_and_tiff_from_fundus_cameras(exported, tmp_path):
     broken, stereo = got["broken.dcm"]["error"], got["stereo.dcm"]["error"]
     assert broken.startswith(f"{tmp_path / 'broken.dcm'}: ") and "DICOM" in broken
     assert "2 frames" in stereo and "export each photo as its own file" in stereo
+
+
+def test_a_30000_square_png_is_refused_by_the_pixel_limit(exported, files, tmp_path):
+    """Issue 23 item 14: said "corrupt or truncated ... re-copy the file"; now the size and
+    the limit, read from the header before decoding, next to a good photo that still works."""
+    bomb = tmp_path / "huge.png"
+    bomb.write_bytes(bombs.png_bomb(30000, 30000))
+    results = predict.predict_paths(exported, [str(bomb), files["good_png"]])
+    assert results[0]["error"] == (
+        f"{bomb}: image too large: its header says 30000x30000 pixels (900.0 MP), over the "
+        "limit of 50 MP; refused before decoding. Send a photo of at most 50 MP (resize it)."
+    )
+    _check_good(results[1], files["good_png"])
+    # From stdin too, and from the export's own check (an export call without predict's).
+    stdin = io.BytesIO(bombs.jpeg_bomb())
+    assert predict.predict_paths(exported, ["-"], stdin=stdin)[0]["error"].startswith(
+        "stdin: image too large: its header says 20000x20000 pixels (400.0 MP)"
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        exported.predict_bytes([bombs.gif_bomb()])
+    assert predict.decode_error("eye.gif", info.value).startswith(
+        "eye.gif: image too large: its header says 20000x20000 pixels"
+    )
+
+
+def test_symlink_loop_and_broken_link_say_so(exported, tmp_path):
+    """Issue 23 item 14: a symbolic link loop said "file not found"."""
+    loop_a, loop_b, broken = tmp_path / "a.png", tmp_path / "b.png", tmp_path / "gone.png"
+    loop_a.symlink_to(loop_b)
+    loop_b.symlink_to(loop_a)
+    broken.symlink_to(tmp_path / "nowhere.png")
+    results = predict.predict_paths(exported, [str(loop_a), str(broken)])
+    assert results[0]["error"].startswith(f"{loop_a}: symbolic link loop"), results[0]
+    assert results[1]["error"] == (
+        f"{broken}: broken symbolic link (it points to {str(tmp_path / 'nowhere.png')!r}, "
+        "not there)."
+    )
+
+
+def test_a_file_over_the_byte_limit_is_not_read(exported, tmp_path):
+    big = tmp_path / "big.jpg"
+    with open(big, "wb") as f:
+        f.truncate(predict.MAX_FILE_BYTES + 1)  # sparse: nothing is written
+    error = predict.predict_paths(exported, [str(big)])[0]["error"]
+    assert error == (
+        f"{big}: {predict.MAX_FILE_BYTES + 1} bytes, over the limit of {predict.MAX_FILE_BYTES} "
+        "bytes (400 MB) for an image file; send a smaller photo."
+    )

@@ -49,7 +49,8 @@ logger = logging.getLogger(__name__)
 HASH_SOURCE_SIZE = 64
 # zlib level of the stored PNGs: lossless at any level; 3 encodes ~4x faster than 6, ~10 % larger.
 PNG_COMPRESSION = 3
-DEFAULT_MAX_MEGAPIXELS = 50.0
+# The one pixel limit (`fundus.MAX_PIXELS`), shared with serving, `predict` and the app.
+DEFAULT_MAX_MEGAPIXELS = fundus.MAX_PIXELS / 1e6
 
 # `gate(image) -> (gradable, reason, quality_score)`; reason is "" for a gradable photo.
 QualityGate = Callable[[np.ndarray], tuple[bool, str, float]]

@@ -7,6 +7,14 @@ import sys
 
 from eyegazer_keras.commands.common import Verb, registrar, say
 
+# The defaults of `serve` and `app`, and `fundus.MAX_PIXELS`, as --help shows them: --help
+# imports neither kserve, gradio nor TensorFlow (tests check these agree with the modules).
+SERVE_MAX_BODY_MB = 32 * 1024 * 1024 / 1e6  # serve.DEFAULT_MAX_BODY_BYTES
+SERVE_MAX_INSTANCES = 16  # serve.DEFAULT_MAX_INSTANCES
+APP_MAX_UPLOAD_MB = 50.0  # app.DEFAULT_MAX_UPLOAD_BYTES
+MAX_MEGAPIXELS = 50  # fundus.MAX_PIXELS
+
+
 VERBS: dict[str, Verb] = {}  # name -> Verb, in `eyegazer --help` order
 verb = registrar(VERBS)
 
@@ -71,9 +79,20 @@ def _predict(args) -> int:
 
 
 def _app_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "A Gradio page on an export: upload a fundus photo, see the grade. An upload over "
+        "--max-upload-mb, or a photo whose header claims more than "
+        f"{MAX_MEGAPIXELS} MP, is refused with a one-line error."
+    )
     p.add_argument("--model", required=True, help="exported SavedModel directory")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on")
     p.add_argument("--port", type=int, default=7860)
+    p.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=APP_MAX_UPLOAD_MB,
+        help=f"largest photo file accepted, in MB (default: {APP_MAX_UPLOAD_MB:g})",
+    )
 
 
 @verb("app", arguments=_app_arguments)
@@ -81,20 +100,59 @@ def _app(args) -> int:
     """Gradio app on an export, for people (a browser page)."""
     from eyegazer_keras import app  # imports gradio: only for this verb
 
-    app.launch(args.model, host=args.host, port=args.port)
+    app.launch(
+        args.model,
+        host=args.host,
+        port=args.port,
+        max_upload_bytes=int(args.max_upload_mb * 1e6),
+    )
     return 0
 
 
 def _serve_arguments(p: argparse.ArgumentParser) -> None:
+    body_mb = SERVE_MAX_BODY_MB
+    p.description = (
+        "KServe V1 (TF Serving REST: POST /v1/models/NAME:predict) and V2 (Open Inference "
+        "Protocol: POST /v2/models/NAME/infer, input image_bytes, datatype BYTES, base64 data) "
+        "server on an export. Limits: a request body over --max-body-mb gets HTTP 413, more "
+        "than --max-instances photos HTTP 400, a photo whose header claims more than "
+        f"{MAX_MEGAPIXELS} MP HTTP 400 (refused before decoding)."
+    )
+    p.epilog = "See docs/serving.md."
     p.add_argument("--model", required=True, help="exported SavedModel directory")
     p.add_argument("--name", default="eyegazer", help="model name in /v1/models/NAME:predict")
-    p.add_argument("--port", type=int, default=8080, help="HTTP port")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 in a "
+        "container, to be reachable from outside)",
+    )
+    p.add_argument("--port", type=int, default=8080, help="HTTP port (default: 8080)")
+    p.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=body_mb,
+        help=f"largest request body in MB; larger gets HTTP 413 (default: {body_mb:.1f})",
+    )
+    p.add_argument(
+        "--max-instances",
+        type=int,
+        default=SERVE_MAX_INSTANCES,
+        help=f"most photos per request; more gets HTTP 400 (default: {SERVE_MAX_INSTANCES})",
+    )
 
 
 @verb("serve", arguments=_serve_arguments)
 def _serve(args) -> int:
-    """KServe V1 (TF Serving REST) server on an export, for programs."""
+    """KServe V1 (TF Serving REST) + V2 server on an export, for programs."""
     from eyegazer_keras import serve  # imports kserve: only for this verb
 
-    serve.serve(args.model, name=args.name, port=args.port)
+    serve.serve(
+        args.model,
+        name=args.name,
+        port=args.port,
+        host=args.host,
+        max_body_bytes=int(args.max_body_mb * 1e6),
+        max_instances=args.max_instances,
+    )
     return 0

@@ -2,9 +2,11 @@
 
 Every path that turns a photo into model input goes through this module:
 
-* `decode_image`: JPEG/PNG/GIF/BMP bytes -> upright RGB `uint8`, honouring the EXIF
+* `decode_image`: JPEG/PNG/GIF/BMP/WebP bytes -> upright RGB `uint8`, honouring the EXIF
   orientation tag (JPEG APP1 `Exif`, PNG `eXIf`), parsed with string ops so a SavedModel
-  (and TF Serving, which has no Python) applies it too;
+  (and TF Serving, which has no Python) applies it too; it first refuses a header claiming
+  more than `MAX_PIXELS` (`check_pixel_limit`, `image_header_size`: the one pixel limit), and
+  composites transparency onto black;
 * `assess_quality`: the gradable / ungradable gate, with a reason (see `REASONS`) and a
   `quality_score` in [0, 1] fitted to human graders' labels;
 * `fundus_circle` / `fundus_bbox` / `crop_fundus`: the crop that finds the disc (a circle fitted
@@ -15,8 +17,9 @@ Every path that turns a photo into model input goes through this module:
 * `PreprocessingSpec` + `photo_to_model_input`: the whole photo -> model input recipe of a run.
 
 All functions work eagerly, inside `tf.data.Dataset.map` and inside a `tf.function`. The rooms:
-`decode` (EXIF-aware decoding), `crop` (disc fit, crop, resize, Ben Graham), `quality` (the
-gate), `spec` (`PreprocessingSpec`, stored -> model input); import them all from here.
+`header` (the size a header claims, the pixel limit), `decode` (EXIF-aware decoding), `crop`
+(disc fit, crop, resize, Ben Graham), `quality` (the gate), `spec` (`PreprocessingSpec`, stored
+-> model input); import them all from here.
 
 Example:
 
@@ -60,6 +63,7 @@ from eyegazer_keras.fundus.decode import (
     decode_image,
     exif_orientation,
 )
+from eyegazer_keras.fundus.header import MAX_PIXELS, check_pixel_limit, image_header_size
 from eyegazer_keras.fundus.quality import (
     DARK_MEAN_LUMA,
     DARK_PEAK,
@@ -101,6 +105,7 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "EXIF_ORIENTATION_TAG",
     "MAX_MEAN_LUMA",
+    "MAX_PIXELS",
     "MAX_SATURATED_FRACTION",
     "MAX_SHARPNESS",
     "MEASURES",
@@ -118,6 +123,7 @@ __all__ = [
     "apply_orientation",
     "assess_quality",
     "ben_graham",
+    "check_pixel_limit",
     "circle_mask",
     "composite_on_black",
     "crop_fundus",
@@ -128,6 +134,7 @@ __all__ = [
     "fundus_bbox",
     "fundus_circle",
     "gaussian_blur",
+    "image_header_size",
     "pad_to_square",
     "photo_to_model_input",
     "preprocess_fundus",

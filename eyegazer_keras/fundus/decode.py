@@ -4,47 +4,10 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from eyegazer_keras.fundus.header import _bytes_at, _uint, _walk_segments, check_pixel_limit
+
 # EXIF orientation values (TIFF tag 0x0112): 1 = upright ... 8; anything else is read as 1.
 EXIF_ORIENTATION_TAG = 0x0112
-
-
-def _bytes_at(data: tf.Tensor, pos: tf.Tensor, n: int) -> tf.Tensor:
-    """`n` bytes of `data` at `pos` as int32; zeros past the end (never raises)."""
-    size = tf.strings.length(data)
-    pos = tf.clip_by_value(tf.cast(pos, tf.int32), 0, size)
-    raw = tf.io.decode_raw(tf.strings.substr(data, pos, n), tf.uint8)
-    raw = tf.pad(tf.cast(raw, tf.int32), [[0, n - tf.shape(raw)[0]]])
-    return tf.reshape(raw, [n])
-
-
-def _uint(data: tf.Tensor, pos: tf.Tensor, n: int, little: tf.Tensor) -> tf.Tensor:
-    raw = _bytes_at(data, pos, n)
-    weights_be = tf.constant([256 ** (n - 1 - i) for i in range(n)], tf.int64)
-    weights = tf.where(little, tf.reverse(weights_be, [0]), weights_be)
-    return tf.reduce_sum(tf.cast(raw, tf.int64) * weights)
-
-
-def _walk_segments(data: tf.Tensor, first: int, header: int, step, maximum_iterations: int):
-    """Walks a file's segments from byte `first` until `step` finds the TIFF header.
-
-    `step(pos) -> (next_pos, verdict)`: verdict is the TIFF offset when the segment at `pos`
-    holds it, -2 when that segment ends the readable ones (a JPEG's start of scan or a
-    non-marker byte, a PNG's IEND or a broken length) and -1 otherwise. The walk ends at an
-    offset, at a -2, when fewer than `header` bytes are left, or after `maximum_iterations`
-    segments. Returns the offset, or -1.
-    """
-    size = tf.strings.length(data)
-
-    def cond(pos, found):
-        return tf.logical_and(tf.equal(found, -1), pos + header <= size)
-
-    def body(pos, found):
-        next_pos, verdict = step(pos)
-        return next_pos, tf.where(verdict == -1, found, verdict)
-
-    start = (tf.constant(first), tf.constant(-1))
-    _, found = tf.while_loop(cond, body, start, maximum_iterations=maximum_iterations)
-    return tf.maximum(found, -1)
 
 
 def _jpeg_exif_offset(data: tf.Tensor) -> tf.Tensor:
@@ -231,9 +194,10 @@ def decode_image(image_bytes: tf.Tensor) -> tf.Tensor:
         `uint8` tensor of shape `[H, W, 3]`.
 
     Raises:
-        tf.errors.InvalidArgumentError: for bytes that are not a readable image.
+        tf.errors.InvalidArgumentError: for bytes that are not a readable image, or whose
+            header claims more than `header.MAX_PIXELS` (refused before decoding).
     """
-    image_bytes = tf.convert_to_tensor(image_bytes, tf.string)
+    image_bytes = check_pixel_limit(tf.convert_to_tensor(image_bytes, tf.string))
     image = tf.io.decode_image(image_bytes, channels=0, dtype=tf.uint8, expand_animations=False)
     image.set_shape([None, None, None])
     return apply_orientation(composite_on_black(image), exif_orientation(image_bytes))
