@@ -76,6 +76,7 @@ __all__ = [
     "format_trainable_parameters",
     "load_adapter",
     "lora_parameter_count",
+    "merge_lora",
     "read_adapter_metadata",
     "save_adapter",
 ]
@@ -202,6 +203,41 @@ def build_info(model: keras.Model) -> dict:
         model: keras.Model. A model from `build_vit_classifier` (or loaded from a file).
     """
     return model.build_info() if isinstance(model, FundusImageClassifier) else {}
+
+
+def merge_lora(model: keras.Model, plain: keras.Model) -> keras.Model:
+    """Copies `model`'s weights into `plain`, the LoRA update merged into the kernels.
+
+    ``.keras`` and weight files keep ``A``/``B`` apart; this is the explicit merge, e.g. for a
+    LoRA-free serving copy (one matmul per projection).
+
+    Args:
+        model: keras.Model. A LoRA model from `build_vit_classifier`.
+        plain: keras.Model. The same architecture built with ``lora_rank=0``.
+
+    Returns:
+        `plain`, holding ``W + alpha / rank * A @ B`` in every LoRA'd kernel and `model`'s other
+        weights: same outputs as `model`.
+
+    Raises:
+        ValueError: the two models' weights (LoRA aside) differ in paths or shapes.
+    """
+    merged = {
+        layer._kernel.path: layer.kernel
+        for layer in model._flatten_layers()
+        if getattr(layer, "lora_enabled", False)
+    }
+    source = {v.path: merged.get(v.path, v) for v in model.weights if "lora_kernel" not in v.path}
+    target = {v.path: v for v in plain.weights}
+    if sorted(source) != sorted(target):
+        extra = sorted(set(source) ^ set(target))[:5]
+        raise ValueError(f"merge_lora: the models differ beyond LoRA (weights {extra}).")
+    for path, variable in target.items():
+        value = keras.ops.convert_to_numpy(source[path])
+        if tuple(value.shape) != tuple(variable.shape):
+            raise ValueError(f"merge_lora: {path} is {value.shape} vs {tuple(variable.shape)}.")
+        variable.assign(value.astype(variable.dtype))
+    return plain
 
 
 # --------------------------------------------------------------------------------------------
