@@ -82,7 +82,7 @@ def fundus_like_jpeg(width: int, seed: int = 0) -> bytes:
 # ------------------------------------------------------------------------------------------------
 def build_ours(levers: set[str]):
     """`runs.build_model` for ViT-S/16 + LoRA r16; with `merged`, a LoRA-free copy holding the
-    merged kernels (`save_weights` writes W + s A @ B; the rank-0 model loads them)."""
+    merged kernels W + s A @ B (`vit_lora.merge_lora` into the rank-0 model)."""
     import keras
 
     from eyegazer_keras import configs, runs
@@ -107,11 +107,9 @@ def build_ours(levers: set[str]):
             b.assign(rng.normal(0, 0.02, b.shape).astype("float32"))
     if "merged" not in levers:
         return model, model
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "merged.weights.h5")
-        model.save_weights(path)
-        merged = runs.build_model(config(0), "config")
-        merged.load_weights(path)
+    from eyegazer_keras.models import vit_lora
+
+    merged = vit_lora.merge_lora(model, runs.build_model(config(0), "config"))
     return model, merged
 
 

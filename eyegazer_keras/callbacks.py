@@ -10,9 +10,10 @@
   manager's `checkpoint` state file is the commit point: no metadata file, no hand pruning.
 * `BestAdapterCheckpoint` keeps the adapter of the best epoch (by validation QWK or AUROC).
 
-Why not the stock callbacks: Keras `save_weights`/`load_weights` fold LoRA into the kernels and
-reset A/B to zero on load (see `models.vit_lora`), so `BackupAndRestore` and
-`ModelCheckpoint(save_weights_only=True)` would silently stop training the adapters on resume.
+Why not the stock callbacks: Keras core LoRA layers fold LoRA into the kernels on `save_weights`
+and reset A/B to zero on load (the project's LoRA layers, `models.fast_layers`, keep A/B apart),
+and the backups here also hold the optimizer and the position inside an epoch, so a resumed run
+continues mid-epoch; the best checkpoint is the small adapter file.
 """
 
 from __future__ import annotations
@@ -309,8 +310,8 @@ class TrainingBackup(keras.callbacks.Callback):
 class BestAdapterCheckpoint(keras.callbacks.Callback):
     """Saves the adapter (every trainable variable, by path) when `monitor` improves.
 
-    Replaces `ModelCheckpoint(save_weights_only=True)`, whose `save_weights` folds LoRA into the
-    kernels. The best value survives a resume (kept in `<path>.json`).
+    Replaces `ModelCheckpoint(save_weights_only=True)`: only the trainable variables are written
+    (`vit_lora.save_adapter`). The best value survives a resume (kept in `<path>.json`).
 
     Args:
         path: str. Adapter file (`.npz`, see `vit_lora.save_adapter`).

@@ -434,3 +434,48 @@ def _load_mixture(name, members, split, data_dir, config, labels_only) -> tf.dat
 def has_labels(labels: np.ndarray) -> bool:
     """False for unlabeled splits (APTOS / synthetic `test`: label -1)."""
     return labels.size > 0 and bool(np.all(labels >= 0))
+
+
+def preview_grid(dataset: str, data_dir, config, path: str, per_grade: int = 6) -> str:
+    """Writes a PNG grid: one row per grade, `per_grade` validation images each.
+
+    Args:
+        dataset: str. A prepared dataset name, e.g. "synthetic_fundus".
+        data_dir: str or None. Where it is prepared.
+        config: str or None. Its builder config.
+        path: str. The PNG to write.
+        per_grade: int. Images per row (grade). Defaults to 6.
+
+    Returns:
+        `path`.
+
+    Raises:
+        data.DataNotPreparedError: if the dataset is not prepared in `data_dir`.
+    """
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from eyegazer_keras import GRADE_NAMES
+
+    images = {g: [] for g in range(5)}
+    for ex in load_split(dataset, "validation", data_dir, config).as_numpy_iterator():
+        g = int(ex["label"])
+        if 0 <= g < 5 and len(images[g]) < per_grade:
+            images[g].append(ex["image"])
+        if all(len(v) >= per_grade for v in images.values()):
+            break
+    fig = Figure(figsize=(per_grade * 1.6, 5 * 1.7))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(5, per_grade, squeeze=False)
+    for g in range(5):
+        for k in range(per_grade):
+            ax = axes[g][k]
+            ax.axis("off")
+            if k < len(images[g]):
+                ax.imshow(np.asarray(images[g][k]))
+            if k == 0:
+                ax.set_title(f"{g}: {GRADE_NAMES[g]}", fontsize=8, loc="left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    return path

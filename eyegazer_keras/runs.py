@@ -31,6 +31,7 @@ from eyegazer_keras import (
 )
 from eyegazer_keras import configs as configs_lib
 from eyegazer_keras.models import vit_lora
+from eyegazer_keras.models.fundus_image_classifier import FundusImageClassifier
 from eyegazer_keras.runtime import resolve_auto, xla_fusion
 from eyegazer_keras.trainer import Trainer
 
@@ -170,7 +171,11 @@ def split_gate(config, split: str) -> dict:
 # --------------------------------------------------------------------------------------------
 # Model
 # --------------------------------------------------------------------------------------------
-def build_model(config: configs_lib.TrainConfig, backbone: str | None = None) -> keras.Model:
+def build_model(
+    config: configs_lib.TrainConfig,
+    backbone: str | None = None,
+    spec: fundus.PreprocessingSpec | None = None,
+) -> FundusImageClassifier:
     """Builds the configured keras-hub ViT(+LoRA) classifier in the current strategy scope.
 
     Args:
@@ -179,10 +184,13 @@ def build_model(config: configs_lib.TrainConfig, backbone: str | None = None) ->
         backbone: str or None. Overrides `config.backbone`: a keras-hub preset name, a local
             preset dir, `hf://` id / local Hugging Face dir, or "config" (random ViT from
             `backbone_config`). Defaults to None (`config.backbone`).
+        spec: `fundus.PreprocessingSpec` or None. The run's preprocessing (`RunData.spec`),
+            carried by the model's preprocessor. Defaults to None.
 
     Returns:
-        A `keras.Model` taking `float32 [B, image_size, image_size, 3]` RGB in 0..255 and
-        returning float32 softmax probabilities `[B, num_classes]` (5 grades or 2).
+        A `FundusImageClassifier` taking `float32 [B, image_size, image_size, 3]` RGB in 0..255
+        and returning float32 softmax probabilities `[B, num_classes]` (5 grades or 2); its
+        preprocessor takes the stored images of the run's dataset.
 
     Raises:
         RunError: a preset / hf:// backbone that is not on disk cannot be loaded (no network,
@@ -193,7 +201,7 @@ def build_model(config: configs_lib.TrainConfig, backbone: str | None = None) ->
         config.mixed_precision or "", None
     )
     try:
-        return vit_lora.build_from_config(config, source, dtype)
+        return vit_lora.build_from_config(config, source, dtype, spec=spec)
     except (OSError, ValueError) as err:  # requests' ConnectionError is an OSError
         if source in (None, "config") or os.path.isdir(os.path.expanduser(str(source))):
             raise
@@ -275,7 +283,9 @@ def load_run(workdir: str, strategy=None):
 
     Returns:
         `(config, model)`: the run's TrainConfig (`"auto"` resolved for this machine) and the
-        model with the best epoch's adapter, `float32 [B, S, S, 3]` 0..255 in, softmax out.
+        `FundusImageClassifier` with the best epoch's adapter, `float32 [B, S, S, 3]` 0..255 in,
+        softmax out; its preprocessor carries the run's `PreprocessingSpec` (from
+        `dataset.json`; None for a run from before it existed).
 
     Raises:
         RunError: `config.json` or the best adapter is missing (not a run, or no finished epoch),
@@ -291,9 +301,11 @@ def load_run(workdir: str, strategy=None):
         backbone = os.path.join(workdir, PRETRAINED_DIR)
     strategy = strategy or tf.distribute.get_strategy()
     resolve_auto(config)
+    run_data = os.path.join(workdir, RUN_DATA)
+    spec = RunData.of_run(workdir, config).spec() if os.path.exists(run_data) else None
     with strategy.scope():
         keras.utils.set_random_seed(config.seed)  # as in `_build_in_scope`
-        model = build_model(config, backbone)
+        model = build_model(config, backbone, spec)
     vit_lora.load_adapter(model, best)
     return config, model
 
@@ -472,6 +484,8 @@ def export_run(
             workdir, calibration, run_data.task, tta, _tta_validation_outputs(config, model, tta)
         )
     served_calibration = None if calibration and calibration.get("not_carried") else calibration
+    # The spec the model's preprocessor carries (the run's, from dataset.json at build time).
+    spec = getattr(model, "spec", None) or run_data.spec()
     return str(
         export.export_saved_model(
             model,
@@ -480,8 +494,8 @@ def export_run(
             tta=tta,
             explain_method=explain.default_method(model),
             task=run_data.task,
-            image_size=config.image_size,
-            preprocessing=run_data.spec(),  # the whole spec: crop ("none" for HF), normalisation
+            image_size=getattr(model, "image_size", config.image_size),
+            preprocessing=spec,  # the whole spec: crop ("none" for HF), normalisation
             class_names=run_data.class_names,
             metadata={"config": configs_lib.to_dict(config)},
             model_card=_run_card(workdir, config, run_data, calibration, tta),

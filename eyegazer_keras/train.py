@@ -233,7 +233,8 @@ def _pretrain_backbone(stage: _Stage, progress) -> str:
         epochs=stage.config.pretrain_epochs,
         best_path=None,
     )
-    model, _, _, _ = _run_stage(pre_stage, lambda: build_model(pre_config), progress)
+    spec = stage.run_data.spec()
+    model, _, _, _ = _run_stage(pre_stage, lambda: build_model(pre_config, spec=spec), progress)
     if write.chief:
         find_backbone(model).save_to_preset(preset_dir)
         with open(marker, "w") as f:
@@ -322,8 +323,9 @@ def _train(config, workdir, strategy, progress, t_start) -> dict:
         backbone = _pretrain_backbone(stage, progress)
         if progress:
             progress("stage 2/2: LoRA fine-tuning from the saved preset")
+    spec = run_data.spec()  # carried by the model's preprocessor (FundusImageConverter)
     model, trainer, history, collapse = _run_stage(
-        stage, lambda: build_model(config, backbone), progress
+        stage, lambda: build_model(config, backbone, spec), progress
     )
     summary = {
         "config": config.name,

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from eyegazer_keras import cli, configs, field_values
-from eyegazer_keras.commands import common, prepare, training
+from eyegazer_keras.commands import common, training
 
 
 def test_every_config_has_a_docstring_with_command_runtime_and_expected():
@@ -223,9 +223,9 @@ def test_unknown_config_is_one_line(tmp_path, capsys):
 def test_preview_grid(tiny_data_dir, tmp_path):
     from PIL import Image
 
-    path = prepare.preview_grid(
-        "synthetic_fundus", tiny_data_dir, "tiny", str(tmp_path / "p.png"), 3
-    )
+    from eyegazer_keras import data
+
+    path = data.preview_grid("synthetic_fundus", tiny_data_dir, "tiny", str(tmp_path / "p.png"), 3)
     assert Image.open(path).size[0] > 100
 
 

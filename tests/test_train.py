@@ -186,6 +186,28 @@ def test_a_preset_that_cannot_be_loaded_is_one_line(tiny_data_dir, tmp_path, mon
     assert "\n" not in message
 
 
+def test_from_preset_loads_a_trained_run_and_save_to_preset_writes_one(finished_run, tmp_path):
+    """`FundusImageClassifier.from_preset(run_dir)` is the run's best model with its spec; a
+    preset written from it loads back the same, without the run folder."""
+    from eyegazer_keras import FundusImageClassifier
+
+    workdir, _, _ = finished_run
+    _, reference = runs.load_run(workdir)
+    model = FundusImageClassifier.from_preset(workdir)
+    assert isinstance(model, FundusImageClassifier)
+    with open(os.path.join(workdir, runs.RUN_DATA)) as f:
+        assert model.spec == fundus.PreprocessingSpec.from_dict(json.load(f)["preprocessing"])
+    stored = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3)).astype("uint8")
+    expected = reference(fundus.to_model_input(stored, model.image_size))
+    np.testing.assert_allclose(model.predict(stored, verbose=0), expected, atol=1e-6)
+    model.save_to_preset(str(tmp_path / "preset"))
+    again = FundusImageClassifier.from_preset(str(tmp_path / "preset"))
+    np.testing.assert_allclose(again.predict(stored, verbose=0), expected, atol=1e-6)
+    assert [v.path for v in again.trainable_weights] == [v.path for v in model.trainable_weights]
+    with pytest.raises(ValueError, match="run folder"):
+        FundusImageClassifier.from_preset(workdir, num_classes=5)
+
+
 def test_export_from_workdir_predicts(finished_run, tmp_path):
     from eyegazer_keras import predict
 

@@ -17,6 +17,7 @@ from eyegazer_keras.models.vit_lora import (
     format_trainable_parameters,
     load_adapter,
     lora_parameter_count,
+    merge_lora,
     save_adapter,
 )
 from tests.test_case import tiny_vit
@@ -330,10 +331,13 @@ def test_keras_save_and_load_model(preset_dir, tmp_path):
 
 
 def test_keras_file_from_when_the_layers_lived_in_vit_lora_loads(preset_dir, tmp_path):
-    """PixelNormalization/ViTPooling moved to vit_layers; files naming the old module load."""
+    """PixelNormalization/ViTPooling moved to vit_layers and are now saved as
+    `eyegazer_keras>Name`; files naming the old module and the old `eyegazer>Name` load."""
     import zipfile
 
-    model = build_vit_classifier(preset_dir, num_classes=2, image_size=SIZE, lora_rank=0)
+    task = build_vit_classifier(preset_dir, num_classes=2, image_size=SIZE, lora_rank=0)
+    # What build_vit_classifier returned before the task class: a plain functional model.
+    model = keras.Model(task.inputs, task.outputs)
     new, old = tmp_path / "new.keras", tmp_path / "old.keras"
     model.save(new)
     with zipfile.ZipFile(new) as src, zipfile.ZipFile(old, "w") as dst:
@@ -342,6 +346,8 @@ def test_keras_file_from_when_the_layers_lived_in_vit_lora_loads(preset_dir, tmp
             if item.filename == "config.json":
                 config = data.decode()
                 for name in ("PixelNormalization", "ViTPooling"):
+                    assert f'"registered_name": "eyegazer_keras>{name}"' in config
+                    config = config.replace(f'"eyegazer_keras>{name}"', f'"eyegazer>{name}"')
                     assert f'"registered_name": "eyegazer>{name}"' in config
                 assert config.count('"module": "eyegazer_keras.models.vit_layers"') == 2
                 data = config.replace(
@@ -383,11 +389,10 @@ def test_mixed_precision_outputs_float32():
     assert keras.backend.standardize_dtype(probs.dtype) == "float32"
 
 
-def test_save_weights_merges_lora_and_adapter_guard_catches_it(preset_dir, tmp_path):
-    """Keras core trap: save/load_weights merges LoRA into kernels and zeroes A and B.
-
-    The outputs survive, but LoRA would get zero gradients after `load_weights`, and an adapter
-    saved from such a model is relative to the merged kernels: `load_adapter` refuses it.
+def test_save_weights_keeps_lora_and_adapter_guard_catches_merged(preset_dir, tmp_path):
+    """Keras core's trap (save/load_weights merged LoRA into the kernels and zeroed A and B) is
+    gone: A and B come back as saved. A model whose LoRA was merged into its kernels (as Keras
+    core did) gives an adapter relative to the merged kernels: `load_adapter` refuses it.
     """
     kwargs = dict(num_classes=5, image_size=SIZE, lora_rank=2)
     model = build_vit_classifier(preset_dir, **kwargs)
@@ -396,6 +401,19 @@ def test_save_weights_merges_lora_and_adapter_guard_catches_it(preset_dir, tmp_p
     reloaded = build_vit_classifier(preset_dir, **kwargs)
     reloaded.load_weights(str(tmp_path / "w.weights.h5"))
     x = _images()
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(reloaded(x)), keras.ops.convert_to_numpy(model(x)), atol=1e-5
+    )
+    for a, b in zip(model.trainable_weights, reloaded.trainable_weights, strict=True):
+        assert a.path == b.path
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert any(np.any(v.numpy()) for v in reloaded.trainable_weights if "lora_kernel_b" in v.path)
+    # What Keras core's load_weights did: W + s A @ B in the kernel, A and B zero.
+    for layer in reloaded._flatten_layers():
+        if getattr(layer, "lora_enabled", False):
+            layer._kernel.assign(layer.kernel)
+            layer.lora_kernel_a.assign(np.zeros(layer.lora_kernel_a.shape, "float32"))
+            layer.lora_kernel_b.assign(np.zeros(layer.lora_kernel_b.shape, "float32"))
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(reloaded(x)), keras.ops.convert_to_numpy(model(x)), atol=1e-5
     )
@@ -529,11 +547,14 @@ def test_peft_layout_is_rank_r_and_equals_its_merged_kernel(tmp_path):
         k_query._kernel
     )
     assert np.linalg.matrix_rank(k_delta.reshape(HIDDEN, -1), tol=1e-5) == HEADS * r
-    # save_weights stores the merged kernels: a plain (no LoRA) model loads them, same outputs.
+    # merge_lora puts the merged kernels into a plain (no LoRA) model: same outputs. (Weight
+    # files keep A/B apart: a plain model refuses them rather than reading zero LoRA.)
     path = str(tmp_path / "m.weights.h5")
     model.save_weights(path)
     again = build_vit_classifier("config", **dict(kwargs, lora_rank=0))
-    again.load_weights(path)
+    with pytest.raises(ValueError, match="could not be loaded"):
+        again.load_weights(path)
+    merge_lora(model, again)
     x = _images()
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(again(x)), keras.ops.convert_to_numpy(model(x)), atol=1e-5

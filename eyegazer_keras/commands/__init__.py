@@ -7,7 +7,7 @@ Each module fills its `VERBS` (`common.Verb`: name, help, `run(args) -> int`,
 
 | module | verbs |
 |---|---|
-| `prepare` | prepare (+ `preview_grid`) |
+| `prepare` | prepare (+ `data.preview_grid`) |
 | `training` | train, search (+ `load_config`, the `--config`/`--set` options) |
 | `run_folder` | evaluate, export, import-peft, export-peft |
 | `exported` | predict, app, serve |

@@ -14,10 +14,16 @@ Measured CPU costs of the stock Keras/keras-hub layers (see ``benchmarks/NOTES.m
   path, so under ``mixed_bfloat16`` GELU alone took as long as a large matmul.
   `gelu_float32` computes the same exact GELU in float32 and casts back.
 
-The factored classes keep the variables, their names and paths, ``get_config`` and the
-merged-kernel ``save_own_variables``/``load_own_variables`` of the Keras base classes; they only
-replace ``call``. They are installed by swapping ``__class__`` on already built layers
-(`use_fast_layers`), because keras-hub builds its sublayers itself.
+The factored classes keep the variables, their names and paths and ``get_config`` of the Keras
+base classes and replace ``call``. They are installed by swapping ``__class__`` on already built
+layers (`use_fast_layers`), because keras-hub builds its sublayers itself.
+
+Every LoRA class here (`LoRADense`, `LoRAEinsumDense` and the factored and rank-r ones built on
+them) saves LoRA **unmerged**: ``save_own_variables`` writes the frozen kernel, the bias, ``A`` and
+``B`` as four entries, and ``load_own_variables`` reads them back as they are. Keras core writes
+``W + s * A @ B`` into the kernel and zeroes ``A``/``B`` on load, so a reloaded ``.keras`` file
+would train no LoRA. A file written with LoRA merged (two entries) is refused with a one-line
+error instead of being read as a LoRA-free kernel.
 
 `RankRLoRAEinsumDense` is the PEFT-layout LoRA (``lora_layout="peft"``, the default of
 `vit_lora.build_vit_classifier`, which swaps it in before ``enable_lora``): it also replaces
@@ -32,10 +38,14 @@ import math
 import keras
 from keras import ops
 
+from eyegazer_keras.models.vit_layers import serializable
+
 __all__ = [
     "BatchMatMulAttention",
     "FactoredLoRADense",
     "FactoredLoRAEinsumDense",
+    "LoRADense",
+    "LoRAEinsumDense",
     "RankRLoRAEinsumDense",
     "gelu_float32",
     "use_fast_layers",
@@ -44,7 +54,7 @@ __all__ = [
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
 
-@keras.saving.register_keras_serializable(package="eyegazer")
+@serializable
 def gelu_float32(x):
     """Exact GELU ``0.5 x (1 + erf(x / sqrt(2)))`` computed in float32, returned in ``x.dtype``.
 
@@ -84,8 +94,59 @@ def _factored_call(layer, inputs, project, down=None, up=ops.matmul):
     return x
 
 
-@keras.saving.register_keras_serializable(package="eyegazer")
-class FactoredLoRAEinsumDense(keras.layers.EinsumDense):
+class _UnmergedLoRAVariables:
+    """``save_own_variables``/``load_own_variables`` that keep LoRA ``A``/``B`` apart.
+
+    Without LoRA (or quantized) it is the Keras layer's own saving. With LoRA the entries are
+    ``"0"`` frozen kernel, ``"1"`` bias (when the layer has one), then ``A`` and ``B``.
+    """
+
+    def _lora_variables(self) -> list:
+        bias = [] if self.bias is None else [self.bias]
+        return [self._kernel, *bias, self.lora_kernel_a, self.lora_kernel_b]
+
+    def save_own_variables(self, store):
+        if not self.built or not _is_plain(self):
+            return super().save_own_variables(store)
+        for i, variable in enumerate(self._lora_variables()):
+            store[str(i)] = variable
+
+    def load_own_variables(self, store):
+        if not self.built or not _is_plain(self):
+            return super().load_own_variables(store)
+        variables = self._lora_variables()
+        if len(store.keys()) != len(variables):
+            raise ValueError(
+                f"layer '{self.name}': the file holds {len(store.keys())} variables but this "
+                f"LoRA layer has {len(variables)} (kernel, bias, lora_kernel_a, lora_kernel_b); "
+                "the file has LoRA merged into the kernel (a Keras core LoRA layer wrote it): "
+                "load it into a model built with lora_rank=0, or save the LoRA model again "
+                "with eyegazer_keras"
+            )
+        for i, variable in enumerate(variables):
+            variable.assign(store[str(i)])
+
+
+@serializable
+class LoRAEinsumDense(_UnmergedLoRAVariables, keras.layers.EinsumDense):
+    """`keras.layers.EinsumDense` (Keras core LoRA, Keras's call) that saves LoRA unmerged.
+
+    Args:
+        **kwargs: as `keras.layers.EinsumDense`.
+    """
+
+
+@serializable
+class LoRADense(_UnmergedLoRAVariables, keras.layers.Dense):
+    """`keras.layers.Dense` (Keras core LoRA, Keras's call) that saves LoRA unmerged.
+
+    Args:
+        **kwargs: as `keras.layers.Dense`.
+    """
+
+
+@serializable
+class FactoredLoRAEinsumDense(LoRAEinsumDense):
     """`keras.layers.EinsumDense` whose LoRA path is ``einsum(x, W) + s * einsum(x, A) @ B``.
 
     Same variables and result as Keras LoRA (``einsum(x, W + s * A @ B)``); the frozen ``W`` gets
@@ -101,8 +162,8 @@ class FactoredLoRAEinsumDense(keras.layers.EinsumDense):
         return _factored_call(self, inputs, lambda x, w: ops.einsum(self.equation, x, w))
 
 
-@keras.saving.register_keras_serializable(package="eyegazer")
-class FactoredLoRADense(keras.layers.Dense):
+@serializable
+class FactoredLoRADense(LoRADense):
     """`keras.layers.Dense` whose LoRA path is ``x @ W + s * (x @ A) @ B`` (see the EinsumDense one).
 
     Args:
@@ -134,8 +195,8 @@ def _einsum_split(equation: str):
     return x_spec, k_spec, output, n
 
 
-@keras.saving.register_keras_serializable(package="eyegazer")
-class RankRLoRAEinsumDense(keras.layers.EinsumDense):
+@serializable
+class RankRLoRAEinsumDense(_UnmergedLoRAVariables, keras.layers.EinsumDense):
     """`keras.layers.EinsumDense` with a true rank-r LoRA, PEFT's layout.
 
     Keras's ``EinsumDense.enable_lora`` gives a ``(hidden, heads, head_dim)`` query kernel
@@ -143,8 +204,8 @@ class RankRLoRAEinsumDense(keras.layers.EinsumDense):
     update of rank up to ``heads * r``. Here ``A`` covers the kernel's input axes and ``B`` its
     output axes (``A: (hidden, r)``, ``B: (r, heads, head_dim)``), i.e. PEFT's ``lora_A``/``lora_B``
     on the flattened ``Linear``: same parameter count, same rank, same update. The forward pass is
-    factored (``x @ W + s * (x @ A) @ B``); ``kernel`` (and so saving, export and merging) returns
-    ``W + s * A @ B`` like the Keras layer.
+    factored (``x @ W + s * (x @ A) @ B``); ``kernel`` (and so export and merging) returns
+    ``W + s * A @ B`` like the Keras layer; ``.keras`` files and weight files keep ``A``/``B``.
 
     Args:
         **kwargs: as `keras.layers.EinsumDense`.
@@ -203,7 +264,7 @@ class RankRLoRAEinsumDense(keras.layers.EinsumDense):
         )
 
 
-@keras.saving.register_keras_serializable(package="eyegazer")
+@serializable
 class BatchMatMulAttention(keras.layers.MultiHeadAttention):
     """`keras.layers.MultiHeadAttention` whose attention core runs as two batched matmuls.
 
@@ -259,7 +320,11 @@ class BatchMatMulAttention(keras.layers.MultiHeadAttention):
 _FACTORED = {
     keras.layers.EinsumDense: FactoredLoRAEinsumDense,
     keras.layers.Dense: FactoredLoRADense,
+    LoRAEinsumDense: FactoredLoRAEinsumDense,
+    LoRADense: FactoredLoRADense,
 }
+# Keras core LoRA classes -> the same layer saving LoRA unmerged (`enable_unmerged_lora`).
+UNMERGED = {keras.layers.EinsumDense: LoRAEinsumDense, keras.layers.Dense: LoRADense}
 
 
 def use_fast_layers(

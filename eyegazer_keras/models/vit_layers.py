@@ -1,9 +1,10 @@
 """The custom Keras layers of the ViT classifier: pixel normalisation and token pooling.
 
-Both are registered Keras serializables under the package name ``"eyegazer"``
-(``"eyegazer>PixelNormalization"``, ``"eyegazer>ViTPooling"``): ``.keras`` files written when
-they lived in ``eyegazer_keras.models.vit_lora`` load unchanged (Keras resolves the registered
-name, not the module path), once this module is imported (`vit_lora` imports it).
+Both are registered Keras serializables (`serializable`): saved as
+``"eyegazer_keras>PixelNormalization"``, ``"eyegazer_keras>ViTPooling"``; files written under the
+earlier package name ``"eyegazer"`` (also when they lived in ``eyegazer_keras.models.vit_lora``)
+load unchanged (Keras resolves the registered name, not the module path), once this module is
+imported (`vit_lora` imports it).
 
 Example:
 
@@ -22,10 +23,26 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-__all__ = ["PixelNormalization", "ViTPooling", "as_float_list"]
+__all__ = ["PixelNormalization", "ViTPooling", "as_float_list", "serializable"]
 
 
-@keras.saving.register_keras_serializable(package="eyegazer")
+def serializable(obj):
+    """Registers a Keras class or function as ``"eyegazer_keras>Name"``.
+
+    Files are written under that name; the name used before (``"eyegazer>Name"``) stays
+    registered, so older ``.keras`` files load.
+
+    Args:
+        obj: a class with ``get_config`` or a function.
+
+    Returns:
+        `obj` itself.
+    """
+    keras.saving.register_keras_serializable(package="eyegazer")(obj)
+    return keras.saving.register_keras_serializable(package="eyegazer_keras")(obj)
+
+
+@serializable
 class PixelNormalization(keras.layers.Layer):
     """Maps 0..255 pixels to the backbone's input range: ``x * scale + offset``.
 
@@ -57,7 +74,7 @@ class PixelNormalization(keras.layers.Layer):
         return config
 
 
-@keras.saving.register_keras_serializable(package="eyegazer")
+@serializable
 class ViTPooling(keras.layers.Layer):
     """Turns ViT token sequences ``[batch, tokens, hidden]`` into ``[batch, hidden]``.
 

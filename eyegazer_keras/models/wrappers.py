@@ -34,6 +34,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from eyegazer_keras.models.vit_layers import serializable
+
 TTA_MODES = ("none", "flip", "flip4")
 
 
@@ -61,7 +63,7 @@ def tta_views(images, mode: str) -> list:
     return views
 
 
-@keras.saving.register_keras_serializable(package="eyegazer")
+@serializable
 class TemperatureScaling(keras.layers.Layer):
     """``softmax(log(p) / temperature)`` of softmax probabilities ``p`` (float32).
 
