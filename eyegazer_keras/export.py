@@ -208,6 +208,7 @@ def _gate_metadata() -> dict:
         "quality_score": "fundus.quality_score: logistic score fitted to EyeQ labels on real "
         "EyePACS photos (eyegazer_keras/fundus/quality_model.py)",
         "quality_threshold": fundus.QUALITY_THRESHOLD,
+        "score_min_size": fundus.SCORE_MIN_SIZE,
         "anchor": "EyeQ (Fu et al., MICCAI 2019): Good/Usable gradable, Reject ungradable",
     }
 

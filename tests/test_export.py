@@ -49,9 +49,10 @@ def synthetic_fundus(height: int = 480, width: int = 640, seed: int = 0) -> np.n
     image[..., 0] = 215 * shade
     image[..., 1] = 105 * shade
     image[..., 2] = 35 * shade
+    scale = height / 480  # vessels keep their share of the disc at any size
     for k in range(6):  # vessels: dark sine curves
-        curve = cy + (k - 2.5) * 30 + 20 * np.sin(xx / (40 + 9 * k) + k)
-        image[np.abs(yy - curve) < 2.5] *= 0.55
+        curve = cy + scale * ((k - 2.5) * 30 + 20 * np.sin(xx / (scale * (40 + 9 * k)) + k))
+        image[np.abs(yy - curve) < 2.5 * scale] *= 0.55
     image += rng.normal(0.0, 6.0, image.shape)
     image[dist > r] = 0.0
     return np.clip(image, 0, 255).astype(np.uint8)
