@@ -186,6 +186,8 @@ def cross_validate(data, extra, folds, seed, c, good_refusal):
         mu, sigma, w, b, threshold = fit_score(x, y, good, c, good_refusal)
         score[test] = apply_score(measures[test], mu, sigma, w, b)
         refused[test] |= score[test] < threshold
+    # As the gate does: a photo a hard limit refuses (or an unmeasurable one) scores 0.
+    score = np.where(hard_refused(reasons) | ~np.isfinite(score), 0.0, score)
     cv_reasons = np.where(hard_refused(reasons), reasons, np.where(refused, "poor_quality", ""))
     return levels, refused, score, cv_reasons
 

@@ -199,10 +199,12 @@ def _summary(row: dict, meta: dict) -> str:
 
 
 def _gradability(row: dict) -> str:
+    score = row.get("quality_score")  # exports before the fitted gate have none
+    quality = "" if score is None else f" Quality score {score:.2f} (1 = good)."
     if row["gradable"]:
-        return "**Gradable photo**: it passed the export's quality gate."
+        return f"**Gradable photo**: it passed the export's quality gate.{quality}"
     reason = row.get("ungradable_reason") or "no reason given"
-    return f"**Ungradable photo** (`{reason}`): take a new photo. No grade is given."
+    return f"**Ungradable photo** (`{reason}`): take a new photo. No grade is given.{quality}"
 
 
 def _read_upload(payload, max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> tuple[bytes, str]:

@@ -84,6 +84,7 @@ def _check_good(result: dict, path: str) -> None:
     assert result["class_name"] == GRADE_NAMES[result["predicted_class"]]
     assert 0.0 <= result["referable_probability"] <= 1.0
     assert 0.0 <= result["expected_grade"] <= 4.0
+    assert result["gradable"] is True and 0.0 <= result["quality_score"] <= 1.0
 
 
 def test_every_bad_input_gets_its_own_error(exported, files):

@@ -352,6 +352,9 @@ def test_v2_infer_matches_v1(server, photos):
     assert outputs["probabilities"]["datatype"] == "FP32"
     assert outputs["gradable"]["datatype"] == "BOOL"
     assert outputs["class_name"]["datatype"] == "BYTES"
+    # The quality gate's continuous score travels in both protocols (issue 22).
+    assert outputs["quality_score"]["datatype"] == "FP32"
+    assert all(0.0 <= r["quality_score"] <= 1.0 for r in rows)
 
 
 def test_v2_metadata_describes_the_real_inputs_and_outputs(server):
