@@ -70,7 +70,7 @@ def _post(url: str, data: bytes) -> tuple[int, str, float]:
 def _export(folder: str) -> str:
     import keras
 
-    from eyegazer_keras import export
+    from eyegazer_keras.serving import export
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential(

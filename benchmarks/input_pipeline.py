@@ -1,8 +1,8 @@
-"""Input pipeline throughput: `eyegazer_keras.data` vs decoding full-size PNGs every epoch.
+"""Input pipeline throughput: `eyegazer_keras.data.datasets` vs decoding full-size PNGs every epoch.
 
 Measures, in one run and one process, images per second at 224 px with augmentation on:
 
-* `ours`: the training path of `eyegazer_keras.train` — a synthetic_fundus split stored once
+* `ours`: the training path of `eyegazer_keras.runs.train` — a synthetic_fundus split stored once
   (decoded, fundus-cropped and resized by the TFDS builder), `pipeline.cached_images` (resize to
   224 and cache as uint8; epoch 1 fills the cache and is reported on its own), then per epoch
   `pipeline.make_dataset(cached, training=True, augment=True, seed=epoch, cache=False)`;
@@ -113,7 +113,8 @@ def bench_ours(args, data_dir: str) -> dict:
         SyntheticFundusConfig,
     )
 
-    from eyegazer_keras import data, pipeline
+    from eyegazer_keras.data import datasets as data
+    from eyegazer_keras.data import pipeline
 
     config = SyntheticFundusConfig(
         name=f"bench{args.stored_size}n{args.num_train}",
@@ -158,7 +159,7 @@ def bench_ours(args, data_dir: str) -> dict:
 def bench_naive(args, folder: str) -> dict:
     import tensorflow as tf
 
-    from eyegazer_keras import pipeline
+    from eyegazer_keras.data import pipeline
 
     start = time.perf_counter()
     write_naive_pngs(folder, args.naive_images)

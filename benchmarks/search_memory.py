@@ -37,8 +37,9 @@ def _measure(args) -> dict:
     import psutil
     import tensorflow  # noqa: F401
 
-    from eyegazer_keras import configs, search
+    from eyegazer_keras.configs import settings as configs
     from eyegazer_keras.models import regressor
+    from eyegazer_keras.runs import search
 
     proc = psutil.Process()
     baseline = proc.memory_info().rss

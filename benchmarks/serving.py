@@ -85,7 +85,8 @@ def build_ours(levers: set[str]):
     merged kernels W + s A @ B (`vit_lora.merge_lora` into the rank-0 model)."""
     import keras
 
-    from eyegazer_keras import configs, runs
+    from eyegazer_keras import runs
+    from eyegazer_keras.configs import settings as configs
 
     def config(rank: int):
         return configs.TrainConfig(
@@ -119,7 +120,9 @@ def worker_ours(variant: str, args) -> dict:
         os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
     import tensorflow as tf
 
-    from eyegazer_keras import export, fundus, predict, runtime
+    from eyegazer_keras import fundus
+    from eyegazer_keras.serving import export, predict
+    from eyegazer_keras.training import runtime
 
     runtime.add_cpu_fusion_flags()  # what the `eyegazer` CLI does first, for every verb
     if "inter1" in levers:
@@ -224,7 +227,7 @@ def _post(url: str, body: bytes) -> dict:
 def worker_http(variant: str, args) -> dict:
     import concurrent.futures
 
-    from eyegazer_keras import export
+    from eyegazer_keras.serving import export
 
     jpeg = fundus_like_jpeg(args.jpeg_px)
     instance = {"b64": base64.b64encode(jpeg).decode()}
@@ -383,7 +386,8 @@ def part_overhead(args) -> int:
         args.num_heads, args.hidden_dim, args.mlp_dim = 2, 48, 96
     import tensorflow as tf
 
-    from eyegazer_keras import export, fundus
+    from eyegazer_keras import fundus
+    from eyegazer_keras.serving import export
 
     model = build_plain_vit(args)
     jpeg = fundus_like_jpeg(args.jpeg_px)

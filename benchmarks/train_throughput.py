@@ -104,8 +104,10 @@ def worker_ours(variant: str, args) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from eyegazer_keras import configs, distribute, runs, runtime
-    from eyegazer_keras import trainer as trainer_lib
+    from eyegazer_keras import runs
+    from eyegazer_keras.configs import settings as configs
+    from eyegazer_keras.training import distribute, runtime
+    from eyegazer_keras.training import trainer as trainer_lib
 
     runtime.configure_runtime()  # exactly what `eyegazer train` does first (threads, XLA flags)
     if args.inter_op:  # must precede any TF op; see NOTES.md "thread settings"

@@ -40,17 +40,17 @@ NOT_A_MEDICAL_DEVICE = (
 )
 GRADE_NAMES = ("no_dr", "mild", "moderate", "severe", "proliferative")
 
-_MODULES = (
-    "configs",
-    "data",
-    "explain",
-    "export",
-    "fundus",
-    "metrics",
-    "pipeline",
-    "predict",
-    "regression",
-)
+_MODULES = {  # public name -> module, below this package
+    "configs": "configs",
+    "data": "data",
+    "explain": "evaluation.explain",
+    "export": "serving.export",
+    "fundus": "fundus",
+    "metrics": "evaluation.metrics",
+    "pipeline": "data.pipeline",
+    "predict": "serving.predict",
+    "regression": "evaluation.regression",
+}
 _NAMES = {
     # the model
     "FundusImageClassifier": "models.fundus_image_classifier",
@@ -66,25 +66,25 @@ _NAMES = {
     # photo -> model input
     "PreprocessingSpec": "fundus",
     # data
-    "prepare": "data",
-    "get_builder": "data",
-    "load_split": "data",
-    "split_labels": "data",
-    "preprocessing_spec": "data",
-    "preview_grid": "data",
-    "make_dataset": "pipeline",
+    "prepare": "data.datasets",
+    "get_builder": "data.datasets",
+    "load_split": "data.datasets",
+    "split_labels": "data.datasets",
+    "preprocessing_spec": "data.datasets",
+    "preview_grid": "data.datasets",
+    "make_dataset": "data.pipeline",
     # runs
-    "get_config": "configs",
-    "run_training": "train",
-    "build_model": "runs",
-    "load_run": "runs",
-    "evaluate_run": "runs",
-    "export_run": "runs",
-    "run_search": "search",
+    "get_config": "configs.settings",
+    "run_training": "runs.train",
+    "build_model": "runs.folder",
+    "load_run": "runs.folder",
+    "evaluate_run": "runs.folder",
+    "export_run": "runs.export",
+    "run_search": "runs.search",
     # results and serving
-    "export_saved_model": "export",
-    "load_exported": "predict",
-    "predict_paths": "predict",
+    "export_saved_model": "serving.export",
+    "load_exported": "serving.predict",
+    "predict_paths": "serving.predict",
     "import_peft": "interop.peft",
     "export_peft": "interop.peft",
 }
@@ -98,7 +98,7 @@ __all__ = sorted(
 def __getattr__(name: str):
     """Imports a public name (or submodule) on first use."""
     if name in _MODULES:
-        return importlib.import_module(f"{__name__}.{name}")
+        return importlib.import_module(f"{__name__}.{_MODULES[name]}")
     if name in _NAMES:
         value = getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)
         globals()[name] = value

@@ -27,7 +27,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 os.environ[_netguard.LOG_ENV] = os.path.join(_CACHE, "netguard.log")
 _netguard.install()
 
-from eyegazer_keras import configs, runtime  # noqa: E402
+from eyegazer_keras.configs import settings as configs  # noqa: E402
+from eyegazer_keras.training import runtime  # noqa: E402
 
 # What the `eyegazer` CLI sets first thing; in pytest's one process `configure_runtime` would
 # come after TensorFlow's first function and be ignored, so set it up front.
@@ -80,7 +81,7 @@ TINY_BACKBONE = TINY_VIT  # the shared tiny ViT (tests/test_case.py) at the runl
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory):
     """synthetic_fundus/tiny (80/24/16 images at 64 px) prepared once per test session."""
-    from eyegazer_keras import data
+    from eyegazer_keras.data import datasets as data
 
     data_dir = str(tmp_path_factory.mktemp("tfds"))
     data.prepare("synthetic_fundus", data_dir=data_dir, config="tiny")

@@ -22,8 +22,11 @@ tf.config.set_logical_device_configuration(
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from eyegazer_keras import configs, distribute, runs, train  # noqa: E402
-from eyegazer_keras import trainer as trainer_lib  # noqa: E402
+from eyegazer_keras import runs  # noqa: E402
+from eyegazer_keras.configs import settings as configs  # noqa: E402
+from eyegazer_keras.runs import train  # noqa: E402
+from eyegazer_keras.training import distribute  # noqa: E402
+from eyegazer_keras.training import trainer as trainer_lib  # noqa: E402
 
 BACKBONE = dict(configs.RUNLOCAL_VIT)  # the tiny test ViT (tests/test_case.py)
 
@@ -54,7 +57,7 @@ def one_step(strategy, init_weights, x, y, w, steps=1):
 
 def search_mode(data_dir, workdir):
     """A 1-trial AutoKeras search under strategy=mirrored (2 logical CPUs)."""
-    from eyegazer_keras import search
+    from eyegazer_keras.runs import search
 
     config = configs.apply_overrides(
         configs.get_config("search-demo"),

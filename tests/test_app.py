@@ -18,15 +18,9 @@ import pytest  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from eyegazer_keras import (  # noqa: E402
-    GRADE_NAMES,
-    NOT_A_MEDICAL_DEVICE,
-    app,
-    explain,
-    export,
-    predict,
-    signatures,
-)
+from eyegazer_keras import GRADE_NAMES, NOT_A_MEDICAL_DEVICE  # noqa: E402
+from eyegazer_keras.evaluation import explain  # noqa: E402
+from eyegazer_keras.serving import app, export, predict, signatures  # noqa: E402
 from tests import bombs  # noqa: E402
 from tests.test_case import export_tiny  # noqa: E402
 from tests.test_export import (  # noqa: E402

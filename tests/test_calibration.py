@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from eyegazer_keras import calibrate, metrics, report
+from eyegazer_keras.evaluation import calibrate, metrics, report
 
 
 def test_ece_and_brier_by_hand():

@@ -19,7 +19,7 @@ import keras_hub
 import numpy as np
 from keras_hub.src.tests.test_case import TestCase as KerasHubTestCase
 
-from eyegazer_keras import configs
+from eyegazer_keras.configs import settings as configs
 
 TINY_IMAGE_SIZE = 32
 
@@ -108,7 +108,7 @@ def export_tiny(model: keras.Model, path, task: str = "grade", **kwargs) -> str:
     Returns:
         The SavedModel directory, as a string.
     """
-    from eyegazer_keras import export
+    from eyegazer_keras.serving import export
 
     kwargs.setdefault("image_size", TINY_IMAGE_SIZE)
     if "preprocessing" not in kwargs:

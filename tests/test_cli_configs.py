@@ -11,8 +11,10 @@ import sys
 
 import pytest
 
-from eyegazer_keras import cli, configs, field_values
-from eyegazer_keras.commands import common, training
+from eyegazer_keras import cli
+from eyegazer_keras.cli.commands import common, training
+from eyegazer_keras.configs import field_values
+from eyegazer_keras.configs import settings as configs
 
 
 def test_every_config_has_a_docstring_with_command_runtime_and_expected():
@@ -149,7 +151,7 @@ def test_help_on_every_verb(capsys):
 
 
 def test_choices_come_from_the_registries(capsys):
-    from eyegazer_keras import data
+    from eyegazer_keras.data import datasets as data
 
     assert set(common.dataset_names()) >= set(data.DATASETS)
     assert "common" not in common.dataset_names()  # a shared module, not a builder
@@ -223,7 +225,7 @@ def test_unknown_config_is_one_line(tmp_path, capsys):
 def test_preview_grid(tiny_data_dir, tmp_path):
     from PIL import Image
 
-    from eyegazer_keras import data
+    from eyegazer_keras.data import datasets as data
 
     path = data.preview_grid("synthetic_fundus", tiny_data_dir, "tiny", str(tmp_path / "p.png"), 3)
     assert Image.open(path).size[0] > 100

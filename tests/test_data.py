@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from eyegazer_keras import augment, data, pipeline
+from eyegazer_keras.data import augment, pipeline
+from eyegazer_keras.data import datasets as data
 
 
 def test_split_counts_and_unlabeled_test(tiny_data_dir):

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from eyegazer_keras import callbacks, distribute
+from eyegazer_keras.training import callbacks, distribute
 from tests.conftest import train_command
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -178,7 +178,8 @@ def test_search_runs_under_mirrored_and_refuses_multiworker(tiny_data_dir, tmp_p
     assert out.returncode == 0, out.stderr[-3000:]
     result = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")][-1]
     assert result["search_lines"] and "2 replicas" in result["search_lines"][0]
-    from eyegazer_keras import configs, search
+    from eyegazer_keras.configs import settings as configs
+    from eyegazer_keras.runs import search
 
     config = configs.apply_overrides(configs.get_config("search-demo"), {"strategy": "multiworker"})
     with pytest.raises(ValueError, match="keras-team/keras#20585"):

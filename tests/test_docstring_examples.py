@@ -16,11 +16,11 @@ from eyegazer_keras import cli
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "eyegazer_keras"
 NOT_RUN = {  # examples that start a server and block until Ctrl-C; their tests start them
-    "eyegazer_keras.app": "starts a Gradio server and blocks (tests/test_app.py serves one)",
-    "eyegazer_keras.serve": "starts a KServe server and blocks (tests/test_serve.py serves one)",
+    "eyegazer_keras.serving.app": "starts a Gradio server and blocks (tests/test_app.py serves one)",
+    "eyegazer_keras.serving.serve": "starts a KServe server and blocks (tests/test_serve.py serves one)",
 }
 # Measured on 2 busy cores: search 1 AutoKeras trial; data 42 s (prepares the tiny set).
-SLOW = {"eyegazer_keras.search", "eyegazer_keras.data"}
+SLOW = {"eyegazer_keras.runs.search", "eyegazer_keras.data.datasets"}
 
 
 def module_examples() -> dict[str, list[str]]:
@@ -45,9 +45,11 @@ def _params():
 
 
 def test_examples_are_found():
-    assert {"eyegazer_keras.cli", "eyegazer_keras.configs", "eyegazer_keras.predict"} <= set(
-        EXAMPLES
-    )
+    assert {
+        "eyegazer_keras.cli",
+        "eyegazer_keras.configs.settings",
+        "eyegazer_keras.serving.predict",
+    } <= set(EXAMPLES)
     for name in NOT_RUN:
         assert name in EXAMPLES, f"{name} has no example any more: drop it from NOT_RUN"
 

@@ -91,7 +91,7 @@ def trained():
 def test_vit_maps_shape_frame_and_forward_parity(pooling):
     import tensorflow as tf
 
-    from eyegazer_keras import explain
+    from eyegazer_keras.evaluation import explain
 
     model = _tiny_vit(pooling)
     x, _, _ = _photos(3, seed=1)
@@ -115,7 +115,7 @@ def test_vit_maps_shape_frame_and_forward_parity(pooling):
 
 
 def test_grad_cam_shape_and_frame():
-    from eyegazer_keras import explain
+    from eyegazer_keras.evaluation import explain
 
     model = _tiny_cnn()
     x, _, _ = _photos(2, seed=2, lesion_p=1.0)
@@ -133,7 +133,7 @@ def test_grad_cam_shape_and_frame():
     [("vit", "attention_rollout"), ("vit", "gradient_rollout"), ("cnn", "grad_cam")],
 )
 def test_map_maximum_falls_in_the_planted_lesions_quadrant(trained, name, method):
-    from eyegazer_keras import explain, explain_scores
+    from eyegazer_keras.evaluation import explain, explain_scores
 
     x, _, centres = _photos(24, seed=5, lesion_p=1.0)
     maps = explain.explain(trained[name], x, method)
@@ -156,7 +156,7 @@ def test_map_maximum_falls_in_the_planted_lesions_quadrant(trained, name, method
 
 
 def test_scores_by_hand():
-    from eyegazer_keras import explain_scores
+    from eyegazer_keras.evaluation import explain_scores
 
     disc = np.broadcast_to(_disc()[..., None], (S, S, 3)).astype(np.float32) * 150
     mask = np.zeros((S, S), bool)
@@ -188,7 +188,7 @@ def test_scores_by_hand():
 
 
 def test_overlay_is_an_image_of_the_photo():
-    from eyegazer_keras import explain
+    from eyegazer_keras.evaluation import explain
 
     photo = np.full((S, S, 3), 100, np.uint8)
     heat = np.zeros((8, 8), np.float32)
@@ -202,7 +202,7 @@ def test_overlay_is_an_image_of_the_photo():
 def test_supported_method_per_model_kind():
     import keras
 
-    from eyegazer_keras import explain
+    from eyegazer_keras.evaluation import explain
 
     assert explain.supported_method(_tiny_vit()) == "gradient_rollout"
     assert (

@@ -13,8 +13,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from eyegazer_keras import calibrate, explain, fundus, signatures
+from eyegazer_keras import fundus
+from eyegazer_keras.evaluation import calibrate, explain
 from eyegazer_keras.models import wrappers
+from eyegazer_keras.serving import signatures
 from tests.test_case import export_tiny
 
 IMAGE_SIZE = 32

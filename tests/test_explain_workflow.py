@@ -7,7 +7,10 @@ import sys
 
 import pytest
 
-from eyegazer_keras import configs, evaluation, export, runs, signatures, train
+from eyegazer_keras import runs
+from eyegazer_keras.configs import settings as configs
+from eyegazer_keras.runs import evaluation, train
+from eyegazer_keras.serving import export, signatures
 from tests.conftest import tiny_train_overrides
 
 

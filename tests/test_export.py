@@ -17,16 +17,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from eyegazer_keras import (
-    GRADE_NAMES,
-    NOT_A_MEDICAL_DEVICE,
-    export,
-    fundus,
-    metrics,
-    model_card,
-    regression,
-    signatures,
-)
+from eyegazer_keras import GRADE_NAMES, NOT_A_MEDICAL_DEVICE, fundus
+from eyegazer_keras.evaluation import metrics, regression
+from eyegazer_keras.serving import export, model_card, signatures
 from tests.test_case import (
     exif_tagged_photo,
     export_tiny,

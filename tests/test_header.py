@@ -130,8 +130,8 @@ def test_one_limit_for_builders_and_serving():
 
 def test_the_cli_help_shows_the_modules_limits():
     """`eyegazer serve/app --help` show the limits without importing TF, kserve or gradio."""
-    from eyegazer_keras import app, serve
-    from eyegazer_keras.commands import exported
+    from eyegazer_keras.cli.commands import exported
+    from eyegazer_keras.serving import app, serve
 
     assert exported.MAX_MEGAPIXELS * 1_000_000 == fundus.MAX_PIXELS
     assert exported.SERVE_MAX_BODY_MB * 1e6 == serve.DEFAULT_MAX_BODY_BYTES

@@ -338,7 +338,7 @@ def test_export_peft_writes_current_naming_and_reimports_exactly(tmp_path):
 
 def _fake_run(tmp_path, backbone, **build):
     """A run folder (config.json + adapter.npz) for a model built from `backbone`."""
-    from eyegazer_keras import configs
+    from eyegazer_keras.configs import settings as configs
 
     build.setdefault("lora_rank", 4)
     model = vit_lora.build_vit_classifier(

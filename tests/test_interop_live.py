@@ -17,8 +17,10 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft_lib = pytest.importorskip("peft")
 
-from eyegazer_keras import configs, runs, train  # noqa: E402
+from eyegazer_keras import runs  # noqa: E402
+from eyegazer_keras.configs import settings as configs  # noqa: E402
 from eyegazer_keras.interop import peft  # noqa: E402
+from eyegazer_keras.runs import train  # noqa: E402
 from tests.conftest import tiny_train_overrides  # noqa: E402
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "hf")

@@ -5,8 +5,8 @@ import re
 import keras_hub
 import pytest
 
-from eyegazer_keras import configs
-from eyegazer_keras.interop import hf_vit
+from eyegazer_keras.configs import settings as configs
+from eyegazer_keras.models import hf_vit
 
 PRESETS = keras_hub.models.ViTBackbone.presets
 PRESET_CONFIGS = [

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from eyegazer_keras import GRADE_NAMES, files, metrics, regression
+from eyegazer_keras import GRADE_NAMES, files
+from eyegazer_keras.evaluation import metrics, regression
 
 # Binary case, threshold 0.5:
 #   y    = 1    1    1    1    0    0    0    0    0    0

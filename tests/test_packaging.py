@@ -45,10 +45,10 @@ def test_wheel_ships_builders_and_builds_dataset(tmp_path):
         "eyegazer_datasets/eyepacs2015/dummy_data/make_dummy_data.py",
         "eyegazer_datasets/fundus_folder/fundus_folder_dataset_builder.py",
         "eyegazer_datasets/fundus_folder/CITATIONS.bib",
-        "eyegazer_keras/cli.py",
-        "eyegazer_keras/commands/prepare.py",
-        "eyegazer_keras/commands/training.py",
-        "eyegazer_keras/named_configs.py",
+        "eyegazer_keras/cli/__init__.py",
+        "eyegazer_keras/cli/commands/prepare.py",
+        "eyegazer_keras/cli/commands/training.py",
+        "eyegazer_keras/configs/named_configs.py",
     ]:
         assert required in names, required
     assert not any(n.startswith("datasets/") for n in names), "no top-level `datasets` package"

@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from eyegazer_keras import GRADE_NAMES, export, predict
+from eyegazer_keras import GRADE_NAMES
+from eyegazer_keras.serving import export, predict
 from tests import bombs
 
 IMAGE_SIZE = 32

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
-from eyegazer_keras import metrics, regression
+from eyegazer_keras.evaluation import metrics, regression
 
 
 def test_fast_qwk_matches_sklearn():

@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from eyegazer_keras import configs
+from eyegazer_keras.configs import settings as configs
 from eyegazer_keras.models import regressor
 
 SHIM_SCRIPT = textwrap.dedent(
@@ -120,7 +120,7 @@ def test_batched_adapt_matches_whole_array_statistics():
 
 def test_uint8_search_path(tmp_path):
     """A 1-trial search on uint8 arrays: inputs stay uint8, model takes uint8, twin takes float."""
-    from eyegazer_keras import search
+    from eyegazer_keras.runs import search
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (48, 16, 16, 3), dtype=np.uint8)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eyegazer_keras import GRADE_NAMES, calibrate, metric_inputs, metrics, plots, regression, report
+from eyegazer_keras import GRADE_NAMES
+from eyegazer_keras.evaluation import calibrate, metric_inputs, metrics, plots, regression, report
 
 REPO = Path(__file__).resolve().parents[1]
 HISTORY = {

@@ -8,7 +8,7 @@ import sys
 IMPORT_CHECK = r"""
 import json, os, sys
 os.environ.pop("TF_XLA_FLAGS", None)
-from eyegazer_keras import runtime
+from eyegazer_keras.training import runtime
 runtime.add_cpu_fusion_flags()
 heavy = sorted(m for m in ("keras", "keras_hub", "matplotlib", "sklearn", "tensorflow")
                if m in sys.modules)
@@ -30,7 +30,7 @@ def test_runtime_imports_without_the_training_stack():
 
 
 def test_fusion_flags_respect_a_user_setting(monkeypatch):
-    from eyegazer_keras import runtime
+    from eyegazer_keras.training import runtime
 
     monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_ops_to_cluster=ALL")
     runtime.add_cpu_fusion_flags()

@@ -14,7 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eyegazer_keras import configs, data, pipeline, search
+from eyegazer_keras.configs import settings as configs
+from eyegazer_keras.data import datasets as data
+from eyegazer_keras.data import pipeline
+from eyegazer_keras.runs import search
 
 TRIAL_DIR = Path(search.SEARCH_DIR) / search.PROJECT_NAME
 
@@ -91,7 +94,7 @@ def test_cutoffs_are_tuned_on_validation_predictions(finished_run):
     """The written cut-offs are `optimize_cutoffs` on the best model's validation grades."""
     import keras
 
-    from eyegazer_keras import regression
+    from eyegazer_keras.evaluation import regression
     from eyegazer_keras.models import regressor  # noqa: F401  (registers autokeras layers)
 
     config, workdir, summary, _ = finished_run
@@ -136,7 +139,8 @@ def test_export_parity_in_fresh_process(finished_run, tmp_path):
     import keras
     import tensorflow as tf
 
-    from eyegazer_keras import fundus, regression
+    from eyegazer_keras import fundus
+    from eyegazer_keras.evaluation import regression
     from eyegazer_keras.models import regressor  # noqa: F401  (registers autokeras layers)
 
     config, workdir, summary, _ = finished_run
@@ -183,7 +187,7 @@ def test_resume_after_kill_keeps_finished_trials(tiny_data_dir, tmp_path):
     argv = [
         sys.executable,
         "-m",
-        "eyegazer_keras.search",
+        "eyegazer_keras.runs.search",
         "--config",
         "search-demo",
         "--workdir",

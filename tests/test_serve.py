@@ -19,8 +19,8 @@ import pytest
 import tensorflow as tf
 from kserve.errors import InvalidInput
 
-from eyegazer_keras import predict, serve, signatures
 from eyegazer_keras.fundus import formats
+from eyegazer_keras.serving import predict, serve, signatures
 from tests import bombs
 from tests.test_case import export_tiny
 from tests.test_export import IMAGE_SIZE, encode, synthetic_fundus, tiny_vit_classifier

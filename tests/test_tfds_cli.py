@@ -1,7 +1,7 @@
-"""`eyegazer_keras.tfds_cli`: the `tfds` command without apache-beam / mlcroissant.
+"""`eyegazer_keras.cli.tfds`: the `tfds` command without apache-beam / mlcroissant.
 
 The build tests run the real command in a subprocess, the way a user runs it:
-`python -m eyegazer_keras.tfds_cli build <folder> --manual_dir ... --data_dir ...`.
+`python -m eyegazer_keras.cli.tfds build <folder> --manual_dir ... --data_dir ...`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from eyegazer_keras import tfds_cli
+from eyegazer_keras.cli import tfds as tfds_cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 APTOS_DUMMY = REPO / "datasets" / "aptos2019" / "dummy_data"
@@ -113,7 +113,7 @@ def _tfds_build(tmp_path: pathlib.Path, dataset: str, *flags: str) -> pathlib.Pa
         The data dir `D`.
     """
     data_dir = tmp_path / "data"
-    command = ["-m", "eyegazer_keras.tfds_cli", "build", str(REPO / "datasets" / dataset)]
+    command = ["-m", "eyegazer_keras.cli.tfds", "build", str(REPO / "datasets" / dataset)]
     result = _run([*command, *flags, "--data_dir", str(data_dir)], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     return data_dir

@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from eyegazer_keras import callbacks, configs, files, fundus, runs, runtime, train
-from eyegazer_keras import trainer as trainer_lib
+from eyegazer_keras import files, fundus, runs
+from eyegazer_keras.configs import settings as configs
 from eyegazer_keras.models import vit_lora
+from eyegazer_keras.runs import train
+from eyegazer_keras.training import callbacks, runtime
+from eyegazer_keras.training import trainer as trainer_lib
 from tests.conftest import TINY_BACKBONE, tiny_train_overrides, train_command
 
 
@@ -209,7 +212,7 @@ def test_from_preset_loads_a_trained_run_and_save_to_preset_writes_one(finished_
 
 
 def test_export_from_workdir_predicts(finished_run, tmp_path):
-    from eyegazer_keras import predict
+    from eyegazer_keras.serving import predict
 
     workdir, _, _ = finished_run
     out = runs.export_run(workdir, str(tmp_path / "exp"))
@@ -250,7 +253,7 @@ def test_collapse_detector_warns_records_and_stops(caplog, tmp_path):
     ds = tf.data.Dataset.from_tensor_slices((x, y, np.ones(16, "float32"))).batch(4)
 
     def evaluate():
-        from eyegazer_keras import metrics
+        from eyegazer_keras.evaluation import metrics
 
         probs = trainer.predict(ds)
         m = metrics.classification_metrics(y, probs, "grade")
@@ -310,7 +313,7 @@ def test_kill_minus_nine_then_resume(tiny_data_dir, tmp_path):
 
 def test_trains_on_the_aptos_builder_output(tmp_path):
     """The same workflow on APTOS 2019 as the builder publishes it (dummy Kaggle zip)."""
-    from eyegazer_keras import data
+    from eyegazer_keras.data import datasets as data
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     manual = os.path.join(repo, "datasets", "aptos2019", "dummy_data", "zip")
@@ -386,8 +389,11 @@ import json, os, sys
 os.environ.pop("TF_XLA_FLAGS", None)
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"  # for "Compiled cluster using XLA!"
 import keras, numpy as np, tensorflow as tf
-from eyegazer_keras import cli, configs, runs, runtime
-from eyegazer_keras import trainer as trainer_lib
+from eyegazer_keras import cli
+from eyegazer_keras.configs import settings as configs
+from eyegazer_keras import runs
+from eyegazer_keras.training import runtime
+from eyegazer_keras.training import trainer as trainer_lib
 if len(sys.argv) > 2:  # as `eyegazer demo`: TensorFlow prepares data before training starts
     assert cli.main(["prepare", "synthetic_fundus", "--config", "tiny", "--data-dir", sys.argv[2]]) == 0
     print("MARK prepared", file=sys.stderr, flush=True)

@@ -12,7 +12,7 @@ from eyegazer_datasets.common import dummy_data, inventory, kaggle_source, testi
 from eyegazer_datasets.fundus_folder import fundus_folder_dataset_builder as folder
 from eyegazer_datasets.fundus_folder.dummy_data import make_dummy_data as dummy
 
-from eyegazer_keras.commands import prepare as prepare_command
+from eyegazer_keras.cli.commands import prepare as prepare_command
 
 _HERE = pathlib.Path(__file__).resolve().parent
 _SPLITS = {"train": 13, "validation": 5}

@@ -9,7 +9,7 @@ international DR scale, with APTOS 2019 grade frequencies. Features and splits m
 Since 1.1.0 every example also carries `lesion_mask`: `uint8 [S, S, 1]`, the fraction (0..255)
 of each stored pixel covered by a lesion the generator drew, in the stored image's frame (the
 photo's crop box, padded to a square and resized exactly as the image). Explanation maps are
-scored against it (`eyegazer_keras.explain`). 1.1.0 images are bit-identical to 1.0.0; 1.2.0
+scored against it (`eyegazer_keras.evaluation.explain`). 1.1.0 images are bit-identical to 1.0.0; 1.2.0
 changes the crop (a circle fitted to the disc) and adds Graham's 90 % clip to Ben Graham.
 """
 

@@ -1,4 +1,5 @@
-"""Hugging Face interop: HF ViT checkpoints in (`hf_vit`), PEFT LoRA adapters in and out (`peft`).
+"""Hugging Face PEFT LoRA adapters in and out (`peft`); HF ViT checkpoints are read by
+`eyegazer_keras.models.hf_vit`.
 
 * `peft.import_peft`: a PEFT adapter (``adapter_config.json`` + ``adapter_model.safetensors``,
   local or ``hf://org/name``) on a ViT base becomes an ordinary `eyegazer train` run folder;

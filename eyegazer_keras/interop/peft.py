@@ -28,7 +28,8 @@ import os
 import numpy as np
 
 from eyegazer_keras import files
-from eyegazer_keras.interop import hf_vit, peft_files, peft_layout
+from eyegazer_keras.interop import peft_files, peft_layout
+from eyegazer_keras.models import hf_vit
 
 logger = logging.getLogger(__name__)
 
@@ -304,7 +305,7 @@ def import_peft(
 
 def _import_config(peft: PeftAdapter, base: str, image_size: int, head: dict, data: dict):
     """The imported run's `configs.TrainConfig` (`data`: dataset, dataset_config, data_dir)."""
-    from eyegazer_keras import configs as configs_lib
+    from eyegazer_keras.configs import settings as configs_lib
 
     num_labels = int(head["weight"].shape[0])
     if num_labels not in (2, 5):
@@ -375,7 +376,7 @@ def _assign(model, peft, head):
 
 
 def _write_run(model, config, workdir, peft, base, base_info, crop):
-    from eyegazer_keras import configs as configs_lib
+    from eyegazer_keras.configs import settings as configs_lib
     from eyegazer_keras.models import vit_lora
 
     workdir = os.path.abspath(os.path.expanduser(os.fspath(workdir)))

@@ -183,7 +183,9 @@ def run_data(config, crop: str) -> dict:
     Returns:
         dict with the `runs.RunData` fields.
     """
-    from eyegazer_keras import GRADE_NAMES, data, fundus, metrics
+    from eyegazer_keras import GRADE_NAMES, fundus
+    from eyegazer_keras.data import datasets as data
+    from eyegazer_keras.evaluation import metrics
 
     spec = fundus.PreprocessingSpec(stored_size=config.image_size, crop=crop)
     binary = config.task == "binary"

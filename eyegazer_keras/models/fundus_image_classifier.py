@@ -309,7 +309,7 @@ class FundusImageClassifier(keras_hub.models.ImageClassifier):
                     f"(got {sorted(kwargs) or ['load_weights=False']})"
                 )
             # A run folder belongs to the runs layer (config.json, dataset.json, adapter).
-            from eyegazer_keras import runs
+            from eyegazer_keras.runs import folder as runs
 
             return runs.load_run(path)[1]
         if _is_task_preset(path, cls):

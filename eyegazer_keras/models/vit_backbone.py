@@ -2,7 +2,7 @@
 
 `load_backbone` returns a `keras_hub.models.ViTBackbone` from a keras-hub preset (name or local
 ``save_to_preset`` directory), an ``hf://org/name`` id or local Hugging Face ViT checkpoint
-(keras-hub's converter, `interop.hf_vit` filling its gaps), or a random ViT from
+(keras-hub's converter, `hf_vit` filling its gaps), or a random ViT from
 ``ViTBackbone`` kwargs; with it, the pixel normalisation the source ships (the preset's image
 converter or HF's ``preprocessor_config.json``). `resize_backbone` adapts it to another input
 size by bicubic interpolation of the position embeddings, as HF's ``interpolate_pos_encoding``.
@@ -77,7 +77,7 @@ def load_backbone(backbone, backbone_config, image_size: int, dtype) -> tuple:
                 f"{backbone}: no config.json. Pass a directory written by "
                 "ViTBackbone.save_to_preset or a Hugging Face ViT checkpoint directory."
             )
-    from eyegazer_keras.interop import hf_vit  # HF checkpoints live in interop (keras-hub only)
+    from eyegazer_keras.models import hf_vit  # HF checkpoint conversion (keras-hub only)
 
     kind, config = _preset_kind(backbone)
     kwargs = {} if dtype is None else {"dtype": dtype}
