@@ -12,7 +12,7 @@ recipe (task, LoRA layout, class weights, monitor, collapse detector) on the tin
 tests, notebooks and checking an install. Ask for it by name:
 
 ```python
-from eyegazer_keras.configs import settings as configs
+from eyegazer_keras import configs
 
 config = configs.get_config("blog-run3:runlocal")
 assert config.dataset_config == "tiny" and config.task == "binary"

@@ -22,7 +22,7 @@ the searched model (uint8 input) into a float32-input twin for export.
 Example:
 
 ```python
-from eyegazer_keras.configs import settings as configs
+from eyegazer_keras import configs
 from eyegazer_keras.models import regressor
 
 config = configs.get_config("search-demo")

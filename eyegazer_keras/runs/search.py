@@ -16,8 +16,7 @@ Files in `workdir`: `config.json`, `metrics_validation.json`, `confusion_matrix_
 Example:
 
 ```python
-from eyegazer_keras.configs import settings as configs
-from eyegazer_keras.data import datasets as data
+from eyegazer_keras import configs, data
 from eyegazer_keras.runs import search
 
 data.prepare("synthetic_fundus", data_dir="tfds", config="tiny")

@@ -7,7 +7,7 @@ before anything starts TensorFlow.
 Example:
 
 ```python
-from eyegazer_keras.configs import settings as configs
+from eyegazer_keras import configs
 from eyegazer_keras.training import runtime
 
 runtime.configure_runtime()  # first thing, before TensorFlow runs an op
