@@ -373,7 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    # force: importing the `runs` package (keras-hub, TF) may already have given the root
+    # logger a WARNING handler (absl's "Failed to load jax profiler"), which would hide INFO.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
     config = configs.apply_overrides(configs.get_config(args.config), args.sets)
     workdir = args.workdir or os.path.join("runs", config.name)
     run_search(config, workdir)
