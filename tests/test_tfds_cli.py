@@ -123,7 +123,7 @@ def _tfds_build(tmp_path: pathlib.Path, dataset: str, *flags: str) -> pathlib.Pa
 def test_aptos2019_tfds_build_from_the_builder_folder(tmp_path):
     manual = ["--manual_dir", str(APTOS_DUMMY / "folder")]
     data_dir = _tfds_build(tmp_path, "aptos2019", *manual, "--config", "256")
-    variant = data_dir / "aptos2019" / "256" / "1.1.0"
+    variant = data_dir / "aptos2019" / "256" / "1.2.0"
     sizes = _split_sizes(variant)
     assert set(sizes) == {"train", "validation", "test"}
     # 12 labelled dummy photos (a conflicting duplicate pair kept), 4 test photos.
@@ -144,5 +144,5 @@ def test_synthetic_fundus_tfds_build_tiny_config(tmp_path):
 def test_eyepacs2015_tfds_build_from_zip_parts(tmp_path):
     manual = ["--manual_dir", str(REPO / "datasets" / "eyepacs2015" / "dummy_data" / "zip_parts")]
     data_dir = _tfds_build(tmp_path, "eyepacs2015", *manual, "--config", "256")
-    sizes = _split_sizes(data_dir / "eyepacs2015" / "256" / "1.0.0")
+    sizes = _split_sizes(data_dir / "eyepacs2015" / "256" / "1.1.0")
     assert sizes == {"train": 12, "validation": 4, "test": 6, "sample": 2}
