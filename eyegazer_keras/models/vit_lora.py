@@ -56,8 +56,8 @@ import keras
 import keras_hub
 import numpy as np
 
+from eyegazer_keras.models import dinov2_backbone, vit_backbone
 from eyegazer_keras.models import fast_layers as fast_layers_lib
-from eyegazer_keras.models import vit_backbone
 from eyegazer_keras.models.vit_layers import PixelNormalization, ViTPooling
 
 logger = logging.getLogger(__name__)
@@ -196,10 +196,10 @@ def _classifier(vit, num_classes, image_size, pooling, head_dropout, scale_offse
     """images -> normalization -> backbone -> pooling -> (dropout) -> predictions (float32)."""
     inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="images")
     x = PixelNormalization(*scale_offset, name="normalization")(inputs)
-    x = vit(x)
+    x = vit({"images": x} if dinov2_backbone.is_dinov2_backbone(vit) else x)
     x = ViTPooling(
         pooling,
-        num_prefix_tokens=1 if vit.use_class_token else 0,
+        num_prefix_tokens=dinov2_backbone.num_prefix_tokens(vit),
         dtype=vit.dtype_policy,
         name="pooling",
     )(x)
