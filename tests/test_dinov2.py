@@ -250,3 +250,19 @@ def test_export_bytes_endpoint_matches_the_model(hf_dir, tmp_path):
     stored = fundus.preprocess_fundus(fundus.decode_image(blob), 64)
     expected = model(fundus.resize_for_model(stored, SIZE)[tf.newaxis]).numpy()[0]
     assert np.abs(served["probabilities"].numpy()[0] - expected).max() <= 1e-5
+
+
+def test_dinov2_lora_recipe(tmp_path, capsys):
+    from eyegazer_keras import cli, configs
+
+    full = configs.get_config("dinov2-lora")
+    assert (full.backbone, full.image_size % 14, full.lora_targets) == (
+        "dinov2_small",
+        0,
+        ("query", "value"),
+    )
+    assert dinov2_backbone.is_dinov2(full.backbone)
+    configs.validate(configs.get_config("dinov2-lora:runlocal"))
+    argv = ["train", "--config", "dinov2-lora", "--workdir", str(tmp_path / "w")]
+    assert cli.main([*argv, "--data-dir", str(tmp_path)]) == 2
+    assert "eyegazer prepare eyepacs2015 --manual-dir" in capsys.readouterr().err
