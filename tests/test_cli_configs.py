@@ -223,7 +223,9 @@ def test_unknown_config_is_one_line(tmp_path, capsys):
 def test_preview_grid(tiny_data_dir, tmp_path):
     from PIL import Image
 
-    path = prepare.preview_grid("synthetic_fundus", tiny_data_dir, "tiny", str(tmp_path / "p.png"), 3)
+    path = prepare.preview_grid(
+        "synthetic_fundus", tiny_data_dir, "tiny", str(tmp_path / "p.png"), 3
+    )
     assert Image.open(path).size[0] > 100
 
 
