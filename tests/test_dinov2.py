@@ -266,3 +266,22 @@ def test_dinov2_lora_recipe(tmp_path, capsys):
     argv = ["train", "--config", "dinov2-lora", "--workdir", str(tmp_path / "w")]
     assert cli.main([*argv, "--data-dir", str(tmp_path)]) == 2
     assert "eyegazer prepare eyepacs2015 --manual-dir" in capsys.readouterr().err
+
+
+def test_explain_maps_follow_the_dinov2_attention(registers_dir):
+    """The block-by-block pass used by the maps reproduces the model; maps are [0, 1]."""
+    from eyegazer_keras import explain
+
+    model = build_vit_classifier(registers_dir, num_classes=5, image_size=SIZE, lora_rank=2)
+    _randomize_lora_b(model)
+    x = _images()
+    logits, prefix, attentions = explain._vit_forward(model, tf.constant(x))
+    assert prefix == 3 and len(attentions) == LAYERS
+    assert tuple(attentions[0].shape) == (2, HEADS, 3 + 4, 3 + 4)
+    np.testing.assert_allclose(
+        tf.nn.softmax(logits).numpy(), keras.ops.convert_to_numpy(model(x)), atol=1e-5
+    )
+    assert explain.patch_grid(model) == SIZE // PATCH
+    for method in (explain.attention_rollout, explain.gradient_rollout):
+        maps = method(model, x).numpy()
+        assert maps.shape == (2, SIZE, SIZE) and maps.min() >= 0 and maps.max() <= 1

@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "IMAGENET_NORMALIZATION",
+    "forward_with_attentions",
     "is_dinov2",
     "is_dinov2_backbone",
     "load_dinov2",
@@ -251,3 +252,31 @@ def num_prefix_tokens(backbone) -> int:
 def is_dinov2_backbone(layer) -> bool:
     """True for a `keras_hub.models.DINOV2Backbone` instance."""
     return isinstance(layer, keras.Model) and isinstance(layer, keras_hub.models.DINOV2Backbone)
+
+
+def forward_with_attentions(backbone, pixels):
+    """The DINOv2 forward pass block by block, keeping every attention matrix (inference mode).
+
+    Same layers and weights as ``backbone({"images": pixels})``; what explanation maps
+    (`explain.attention_rollout`, `explain.gradient_rollout`) read.
+
+    Args:
+        backbone: `keras_hub.models.DINOV2Backbone`.
+        pixels: float tensor ``[B, S, S, 3]``, already normalised (the backbone's input).
+
+    Returns:
+        ``(tokens, attentions)``: ``[B, T, hidden]`` after the final layer norm (as the backbone
+        returns it) and a list of ``[B, heads, T, T]`` attention probabilities, one per block;
+        ``T = num_prefix_tokens + (S / patch)**2``.
+    """
+    x = backbone.embeddings(keras.ops.cast(pixels, backbone.compute_dtype), training=False)
+    attentions = []
+    for block in backbone.encoder.layers:
+        h = block.norm1(x)
+        out, scores = block.attention.attention(
+            h, h, h, return_attention_scores=True, training=False
+        )
+        attentions.append(scores)
+        x = x + block.layer_scale1(out)
+        x = x + block.layer_scale2(block.mlp(block.norm2(x)))
+    return backbone.layernorm(x), attentions
