@@ -285,3 +285,28 @@ def test_explain_maps_follow_the_dinov2_attention(registers_dir):
     for method in (explain.attention_rollout, explain.gradient_rollout):
         maps = method(model, x).numpy()
         assert maps.shape == (2, SIZE, SIZE) and maps.min() >= 0 and maps.max() <= 1
+
+
+def test_adapter_round_trip_and_mirrored_strategy_bf16(hf_dir, tmp_path):
+    """save_adapter/load_adapter restore LoRA + head exactly; the build works in a strategy
+    scope and under mixed bfloat16 (outputs stay float32)."""
+    from eyegazer_keras.models.vit_lora import load_adapter, save_adapter
+
+    model = build_vit_classifier(hf_dir, num_classes=5, image_size=SIZE, lora_rank=2)
+    _randomize_lora_b(model)
+    save_adapter(model, tmp_path / "adapter.npz")
+    fresh = build_vit_classifier(hf_dir, num_classes=5, image_size=SIZE, lora_rank=2)
+    load_adapter(fresh, tmp_path / "adapter.npz")
+    x = _images()
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(fresh(x)), keras.ops.convert_to_numpy(model(x)), atol=1e-6
+    )
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        mixed = build_vit_classifier(
+            hf_dir, num_classes=2, image_size=SIZE, lora_rank=2, dtype="mixed_bfloat16"
+        )
+        mixed.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    history = mixed.fit(_images(4), np.array([0, 1, 0, 1]), batch_size=2, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert keras.backend.standardize_dtype(mixed(x).dtype) == "float32"
