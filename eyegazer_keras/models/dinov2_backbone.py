@@ -15,6 +15,10 @@ from torch's (HF's) a little: 0.05 on the last hidden state of a 224-px ViT-S/14
 518 px). The normalisation is the source's own (keras-hub image converter or HF
 ``preprocessor_config.json``), else ImageNet mean/std, DINOv2's.
 
+Both position tables stay frozen, also with ``lora_rank=0`` (full fine-tuning): keras-hub
+saves a trained table only approximately (interpolated back to the pretrained grid), so a trained
+one would not survive a ``.keras`` round trip.
+
 Prefix tokens (`num_prefix_tokens`): the class token plus any register tokens; ``"gap"`` pooling
 averages the patch tokens after them.
 
@@ -167,6 +171,7 @@ def load_dinov2(backbone, image_size: int, dtype) -> tuple:
     if dtype is not None:
         kwargs["dtype"] = dtype
     model = keras_hub.models.DINOV2Backbone.from_preset(backbone, **kwargs)
+    _freeze_position_table(model)
     logger.info(
         "DINOv2 %s at %d px (position table %s, bicubic)",
         backbone,
@@ -223,6 +228,7 @@ def resize_dinov2(backbone, image_size: int):
         if tuple(old_var.shape) == tuple(new_var.shape):
             new_var.assign(old_var.value)
     embeddings = new.embeddings
+    _freeze_position_table(new)
     embeddings.interpolated_position_embeddings.assign(
         embeddings._interpolate_position_embeddings(
             embeddings.position_embeddings,
@@ -233,6 +239,16 @@ def resize_dinov2(backbone, image_size: int):
         )
     )
     return new
+
+
+def _freeze_position_table(backbone) -> None:
+    """Keeps the interpolated position table out of training, also in full fine-tuning.
+
+    keras-hub saves a DINOv2 by interpolating the table it uses back to the pretrained grid
+    (and only when the signed sum of the change exceeds epsilon), and rebuilds the used table
+    from that on load: a trained table does not survive a ``.keras`` round trip exactly.
+    """
+    backbone.embeddings.interpolated_position_embeddings.trainable = False
 
 
 def num_prefix_tokens(backbone) -> int:
