@@ -155,9 +155,13 @@ def load_dinov2(backbone, image_size: int, dtype) -> tuple:
         backbone = os.fspath(backbone)
     if os.path.isdir(backbone):
         backbone = os.path.abspath(backbone)
-    config = _read_config(backbone)
-    if config is None:
-        raise OSError(f"{backbone}: cannot read its config.json (preset, hf:// id or directory).")
+    from keras_hub.src.utils import preset_utils
+
+    try:
+        config = preset_utils.load_json(backbone, preset_utils.CONFIG_FILE)
+    except (OSError, ValueError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise OSError(f"{backbone}: cannot read its config.json ({reason}).") from err
     if not _config_is_dinov2(config):
         raise ValueError(
             f"{backbone}: config.json describes "
