@@ -90,6 +90,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cache", default="/tmp/dinov2-probe")
     parser.add_argument("--random", action="store_true", help="random weights, same network")
     parser.add_argument("--output", default=None, help="write the metrics as JSON here")
+    parser.add_argument("--c", type=float, default=None, help="fixed C (skips the CV grid)")
     args = parser.parse_args(argv)
 
     from sklearn.linear_model import LogisticRegression
@@ -105,10 +106,14 @@ def main(argv=None) -> int:
     x_val, y_val = features(args, "validation", model)
     probe = GridSearchCV(
         make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced")),
-        {"logisticregression__C": [1e-3, 3e-3, 1e-2, 3e-2, 0.1]},
+        {"logisticregression__C": [args.c] if args.c else [1e-3, 3e-3, 1e-2, 3e-2, 0.1]},
         scoring="neg_log_loss",
         cv=3,
+        refit=True,
     )
+    if args.c:  # no grid: fit once on all of train
+        probe = probe.estimator.set_params(logisticregression__C=args.c)
+        probe.best_params_ = {"logisticregression__C": args.c}
     probe.fit(x_train, y_train)
     probs = probe.predict_proba(x_val)
     full = np.zeros((len(probs), 5), "float64")
