@@ -125,7 +125,7 @@ def test_every_config_has_a_tiny_runlocal_variant(name):
 
 
 def test_config_names_by_kind():
-    assert configs.names("train") == ["demo", "blog-run1", "blog-run2", "blog-run3"]
+    assert configs.names("train") == ["demo", "blog-run1", "blog-run2", "blog-run3", "dinov2-lora"]
     assert configs.names("search") == ["search-demo", "search-aptos"]
     assert configs.names() == list(configs.CONFIGS)
 

@@ -54,6 +54,7 @@ import numpy as np
 import tensorflow as tf
 
 from eyegazer_keras import fundus
+from eyegazer_keras.models import dinov2_backbone
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,8 @@ def supported_method(model: keras.Model) -> str | None:
 
 def _vit_parts(model: keras.Model):
     backbone = model.get_layer("backbone")
+    if dinov2_backbone.is_dinov2_backbone(backbone):
+        return backbone, None, None
     embedding = encoder = None
     for layer in backbone.layers:
         kind = type(layer).__name__
@@ -135,7 +138,9 @@ def patch_grid(model: keras.Model) -> int | None:
     """
     if not is_vit(model):
         return None
-    _, embedding, _ = _vit_parts(model)
+    backbone, embedding, _ = _vit_parts(model)
+    if embedding is None:  # DINOv2
+        return int(backbone.image_shape[0]) // int(backbone.patch_size)
     return int(round(math.sqrt(int(embedding.num_patches))))
 
 
@@ -148,19 +153,23 @@ def _vit_forward(model: keras.Model, images: tf.Tensor):
     """
     backbone, embedding, encoder = _vit_parts(model)
     x = model.get_layer("normalization")(images)
-    x = embedding(tf.cast(x, backbone.compute_dtype))
-    attentions = []
-    for block in encoder.encoder_layers:
-        h = block.layer_norm_1(x)
-        out, scores = block.mha(h, h, return_attention_scores=True, training=False)
-        attentions.append(scores)
-        x = x + out
-        x = x + block.mlp(block.layer_norm_2(x))
-    x = encoder.layer_norm(x)
+    if embedding is None:  # DINOv2: class token, registers, layer scale
+        x, attentions = dinov2_backbone.forward_with_attentions(backbone, x)
+        prefix = dinov2_backbone.num_prefix_tokens(backbone)
+    else:
+        x = embedding(tf.cast(x, backbone.compute_dtype))
+        attentions = []
+        for block in encoder.encoder_layers:
+            h = block.layer_norm_1(x)
+            out, scores = block.mha(h, h, return_attention_scores=True, training=False)
+            attentions.append(scores)
+            x = x + out
+            x = x + block.mlp(block.layer_norm_2(x))
+        x = encoder.layer_norm(x)
+        prefix = 1 if embedding.use_class_token else 0
     pooled = model.get_layer("pooling")(x)
     head = model.get_layer("predictions")
     logits = tf.matmul(tf.cast(pooled, tf.float32), head.kernel) + head.bias
-    prefix = 1 if embedding.use_class_token else 0
     return logits, prefix, attentions
 
 

@@ -50,6 +50,7 @@ from collections.abc import Sequence
 import keras
 import keras_hub
 
+from eyegazer_keras.models import dinov2_backbone
 from eyegazer_keras.models import fast_layers as fast_layers_lib
 from eyegazer_keras.models.fundus_image_classifier_preprocessor import (
     FundusImageClassifierPreprocessor,
@@ -190,7 +191,7 @@ class FundusImageClassifier(keras_hub.models.ImageClassifier):
         self.normalization = PixelNormalization(scale, offset, name="normalization")
         self.pooling_layer = ViTPooling(
             pooling,
-            num_prefix_tokens=1 if backbone.use_class_token else 0,
+            num_prefix_tokens=dinov2_backbone.num_prefix_tokens(backbone),
             dtype=backbone.dtype_policy,
             name="pooling",
         )
@@ -202,7 +203,9 @@ class FundusImageClassifier(keras_hub.models.ImageClassifier):
         )
         # === Functional model ===
         inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="images")
-        x = self.pooling_layer(self.backbone(self.normalization(inputs)))
+        x = self.normalization(inputs)
+        x = self.backbone({"images": x} if dinov2_backbone.is_dinov2_backbone(backbone) else x)
+        x = self.pooling_layer(x)
         if self.head_dropout_layer is not None:
             x = self.head_dropout_layer(x)
         outputs = self.output_dense(x)

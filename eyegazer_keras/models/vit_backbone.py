@@ -45,7 +45,8 @@ def load_backbone(backbone, backbone_config, image_size: int, dtype) -> tuple:
     Args:
         backbone: str, PathLike or None. A keras-hub preset name or directory, ``hf://org/name``
             or a local HF ViT checkpoint directory; None or ``"config"`` builds a random ViT
-            from `backbone_config`.
+            from `backbone_config`. A DINOv2 source (`dinov2_backbone.is_dinov2`) returns a
+            `keras_hub.models.DINOV2Backbone` at `image_size` (`dinov2_backbone.load_dinov2`).
         backbone_config: dict or None. ``ViTBackbone`` kwargs for a random ViT
             (``image_shape`` is set to `image_size`).
         image_size: int. Input side in pixels (used for a random ViT; presets keep theirs).
@@ -70,6 +71,10 @@ def load_backbone(backbone, backbone_config, image_size: int, dtype) -> tuple:
             f"backbone={backbone!r}: pass a preset name, a preset/HF directory, an hf:// id, "
             "or 'config' with backbone_config."
         )
+    from eyegazer_keras.models import dinov2_backbone
+
+    if dinov2_backbone.is_dinov2(backbone):
+        return dinov2_backbone.load_dinov2(backbone, image_size, dtype)
     if os.path.isdir(backbone):
         backbone = os.path.abspath(backbone)
         if not os.path.isfile(os.path.join(backbone, "config.json")):
@@ -180,7 +185,8 @@ def resize_backbone(vit, image_size: int):
     """Rebuilds `vit` for `image_size` pixels, interpolating the position embeddings.
 
     Args:
-        vit: `keras_hub.models.ViTBackbone`.
+        vit: `keras_hub.models.ViTBackbone` (or a `DINOV2Backbone`, handed to
+            `dinov2_backbone.resize_dinov2`).
         image_size: int. New input side in pixels; a multiple of the patch size.
 
     Returns:
@@ -190,6 +196,10 @@ def resize_backbone(vit, image_size: int):
     Raises:
         ValueError: `image_size` is not a multiple of the patch size.
     """
+    from eyegazer_keras.models import dinov2_backbone
+
+    if dinov2_backbone.is_dinov2_backbone(vit):
+        return dinov2_backbone.resize_dinov2(vit, image_size)
     old_h, old_w = vit.image_shape[0], vit.image_shape[1]
     if (old_h, old_w) == (image_size, image_size):
         return vit

@@ -207,13 +207,13 @@ def build_model(
 
 
 def find_backbone(model: keras.Model):
-    """The keras-hub `ViTBackbone` inside a classifier."""
+    """The keras-hub `ViTBackbone` (or `DINOV2Backbone`) inside a classifier."""
     import keras_hub
 
     for layer in model.layers:
-        if isinstance(layer, keras_hub.models.ViTBackbone):
+        if isinstance(layer, keras_hub.models.ViTBackbone | keras_hub.models.DINOV2Backbone):
             return layer
-    raise RunError("no keras_hub ViTBackbone inside the model")
+    raise RunError("no keras_hub ViTBackbone or DINOV2Backbone inside the model")
 
 
 # --------------------------------------------------------------------------------------------
