@@ -9,11 +9,25 @@ from eyegazer_keras.configs import settings as configs
 from eyegazer_keras.models import hf_vit
 
 PRESETS = keras_hub.models.ViTBackbone.presets
+DINOV2_PRESETS = keras_hub.models.DINOV2Backbone.presets
 PRESET_CONFIGS = [
     name
     for name, factory in configs.CONFIGS.items()
     if getattr(factory(), "backbone", None) not in (None, "config")  # None: a random ViT
+    and not str(factory().backbone).startswith("dinov2")
 ]
+DINOV2_CONFIGS = [
+    name
+    for name, factory in configs.CONFIGS.items()
+    if str(getattr(factory(), "backbone", None)).startswith("dinov2")
+]
+
+
+@pytest.mark.parametrize("name", DINOV2_CONFIGS)
+def test_dinov2_config_preset_exists_and_its_docstring_says_dinov2(name):
+    backbone = configs.get_config(name).backbone
+    assert backbone in DINOV2_PRESETS, f"{name}: {backbone} is not a keras-hub DINOv2 preset"
+    assert "DINOv2" in configs.CONFIGS[name].__doc__.splitlines()[0]
 
 
 def test_some_configs_use_presets():

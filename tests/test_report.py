@@ -132,7 +132,7 @@ def test_plot_functions_directly(tmp_path):
 def test_report_leaves_user_backend_alone(tmp_path):
     code = (
         "import sys, matplotlib, numpy as np\n"
-        "from eyegazer_keras import report\n"
+        "from eyegazer_keras.evaluation import report\n"
         "report.write_report(sys.argv[1], [0, 1, 2, 3, 4], np.eye(5) * 0.9 + 0.02, 'grade',\n"
         "                    history={'loss': [1.0, 0.5]})\n"
         "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'\n"
