@@ -201,7 +201,8 @@ def write_model(path, mu, sigma, weights, intercept, threshold, provenance):
         *provenance,
         '"""',
         "",
-        "# score = 1 - sigmoid(INTERCEPT + sum(w * (log(|m| + 1e-3) - mu) / sigma)); name: (mu, sigma, w)",
+        "# score = 1 - sigmoid(INTERCEPT + sum(w * clip((log(|m| + 1e-3) - mu) / sigma, -5, 5)))",
+        "# name: (mu, sigma, w)",
         f"INTERCEPT = {intercept!r}",
         "COEFFICIENTS = {",
         *(
@@ -255,7 +256,7 @@ def main() -> None:
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
         ).stdout.strip()
         provenance = [
-            f"Fitted {datetime.date.today()} at commit {commit or '?'} by",
+            f"Fitted {datetime.date.today()} on the measures of commit {commit or '?'} by",
             f"`python benchmarks/quality_gate.py --data {args.data} --extra "
             f"{' '.join(map(str, args.extra))} --fit {args.fit}`:",
             "logistic regression (sklearn, class_weight='balanced', "

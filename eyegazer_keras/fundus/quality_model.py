@@ -1,13 +1,14 @@
 """The fitted quality score of `fundus.quality_score` (written by benchmarks/quality_gate.py).
 
-Fitted 2026-12-07 at commit a4747e0 by
+Fitted 2026-12-07 on the measures committed in 02998c1 by
 `python benchmarks/quality_gate.py --data ../shared/realdata/eyepacs-raw --extra ../shared/realdata/eyepacs-enhanced-256 --fit eyegazer_keras/fundus/quality_model.py`:
 logistic regression (sklearn, class_weight='balanced', C=0.03) of EyeQ Reject vs Good+Usable on 1422 real EyePACS-2015 photos
 with EyeQ's human labels (H. Fu et al., MICCAI 2019); the threshold refuses 3% of the 135 Good photos of --data.
 Held-out figures (patient-grouped CV): benchmarks/NOTES.md, 'Quality gate'.
 """
 
-# score = 1 - sigmoid(INTERCEPT + sum(w * (log(|m| + 1e-3) - mu) / sigma)); name: (mu, sigma, w)
+# score = 1 - sigmoid(INTERCEPT + sum(w * clip((log(|m| + 1e-3) - mu) / sigma, -5, 5)))
+# name: (mu, sigma, w)
 INTERCEPT = -0.921147160811433
 COEFFICIENTS = {
     "peak": (5.5113403789116635, 0.12003907167055787, -0.1186931577927016),
