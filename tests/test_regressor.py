@@ -148,3 +148,32 @@ def test_bad_choices_name_the_fix(tmp_path):
     config = configs.SearchConfig(block_type="mlp")
     with pytest.raises(ValueError, match="block_type=vanilla"):
         regressor.build_regressor(config, str(tmp_path))
+
+
+def test_keras_tuner_json_state_is_written_atomically(tmp_path, monkeypatch):
+    """keras-tuner's `save_json` opens then writes: a kill in between left an empty
+    oracle.json and the resumed search died (JSONDecodeError). The shim writes a temp file
+    and renames it, so the old state survives a failed write whole."""
+    import json
+
+    from keras_tuner.src import utils as kt_utils
+
+    from eyegazer_keras.models import regressor
+
+    regressor.apply_keras_tuner_json_shim()
+    path = tmp_path / "oracle.json"
+    kt_utils.save_json(str(path), {"trials": 1})
+
+    def dies(*args, **kwargs):
+        raise KeyboardInterrupt  # stands in for a kill during the write
+
+    monkeypatch.setattr(json, "dumps", lambda obj: '{"trials": 2, "half')
+    real_replace = __import__("os").replace
+    monkeypatch.setattr("os.replace", dies)
+    try:
+        kt_utils.save_json(str(path), {"trials": 2})
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.setattr("os.replace", real_replace)
+    assert json.loads(path.read_text()) == {"trials": 1}  # the previous state, whole
+    assert regressor.apply_keras_tuner_json_shim() is False  # idempotent

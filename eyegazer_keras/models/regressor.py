@@ -83,6 +83,46 @@ def apply_autokeras_shim() -> bool:
     return True
 
 
+def apply_keras_tuner_json_shim() -> bool:
+    """Makes keras-tuner 1.4.8 write its JSON state atomically, so a kill cannot empty it.
+
+    Failure fixed: `keras_tuner.src.utils.save_json` opens `oracle.json` / `trial.json` for
+    writing and then writes; a search killed between the two (`kill -9`, an OOM kill, a
+    preempted machine) leaves an empty `oracle.json`, and the resumed search dies in
+    `Oracle.reload` with `json.decoder.JSONDecodeError: Expecting value: line 1 column 1`
+    (seen in tests/test_search.py's resume-after-kill test on a fresh clone, 2026-12-07).
+
+    Fix: the same function writing to `<path>.tmp` then `os.replace` (atomic on one file
+    system) for local paths; other paths (gs://) keep keras-tuner's own write. Remove once
+    keras-tuner writes atomically. Idempotent.
+
+    Returns:
+        True if the shim was applied by this call, False if it was already in place.
+    """
+    import json
+    import os
+
+    from keras_tuner.src import utils as kt_utils
+
+    if getattr(kt_utils.save_json, _SHIM_FLAG, False):
+        return False
+    original = kt_utils.save_json
+
+    def save_json(path, obj):
+        if "://" in str(path):
+            return original(path, obj)
+        text = json.dumps(obj)
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+        return text
+
+    setattr(save_json, _SHIM_FLAG, True)
+    kt_utils.save_json = save_json
+    return True
+
+
 def _batches(array: np.ndarray, batch_size: int = ADAPT_BATCH_SIZE):
     """Yields float32 batches of a (uint8) array; only one batch is ever float."""
     for start in range(0, len(array), batch_size):
@@ -247,6 +287,7 @@ def build_regressor(
     import autokeras as ak
 
     apply_autokeras_shim()
+    apply_keras_tuner_json_shim()
     if config.block_type is not None and config.block_type not in BLOCK_TYPES:
         raise ValueError(
             f"block_type '{config.block_type}' is not one of {', '.join(BLOCK_TYPES)} or none; "
