@@ -16,8 +16,8 @@ from eyegazer_keras import cli
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "eyegazer_keras"
 NOT_RUN = {  # examples that start a server and block until Ctrl-C; their tests start them
-    "eyegazer_keras.serving.app": "starts a Gradio server and blocks (tests/test_app.py serves one)",
-    "eyegazer_keras.serving.serve": "starts a KServe server and blocks (tests/test_serve.py serves one)",
+    "eyegazer_keras.serving.app": "starts a Gradio server and blocks (tests/serving/test_app.py serves one)",
+    "eyegazer_keras.serving.serve": "starts a KServe server and blocks (tests/serving/test_serve.py serves one)",
 }
 # Measured on 2 busy cores: search 1 AutoKeras trial; data 42 s (prepares the tiny set).
 SLOW = {"eyegazer_keras.runs.search", "eyegazer_keras.data.datasets"}

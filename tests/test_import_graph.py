@@ -41,12 +41,7 @@ ROOT_CONSTANTS = {"GRADE_NAMES", "NOT_A_MEDICAL_DEVICE", "__version__"}
 
 # Upward imports that are known and kept, each with its reason. The test fails when one goes
 # away (so the list stays true) or a new one appears.
-UPWARD_EXCEPTIONS = {
-    # `FundusImageClassifier.from_preset(run_dir)` (issue 24 part 1) hands an `eyegazer train`
-    # run folder to the runs layer, which owns its format (config.json, dataset.json, adapter);
-    # a function-level import, run only for a run folder.
-    ("models.fundus_image_classifier", "runs.folder"),
-}
+UPWARD_EXCEPTIONS: set[tuple[str, str]] = set()
 
 MAX_LINES = 500
 # Modules over MAX_LINES, each with its reason; the test fails when one shrinks below it.

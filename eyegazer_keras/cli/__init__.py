@@ -80,12 +80,14 @@ def _expected(err: BaseException) -> bool:
 
 # What TensorFlow/XLA/absl write to the process's stderr (fd 2) at start-up, before and beside
 # any Python logging: absl/glog-format INFO and WARNING lines, CUDA probing errors on machines
-# without a GPU driver, and the CPU-instruction notice. TF_CPP_MIN_LOG_LEVEL does not reach the
+# without a GPU driver, the CPU-instruction notice, and oneDNN's DT_BOOL fallback notice (an
+# "E" line on CPUs TF does not count as AVX-512, e.g. AMD Zen 4: tensorflow 2.21.0 util.cc). TF_CPP_MIN_LOG_LEVEL does not reach the
 # lines logged before absl::InitializeLog (tensorflow/tensorflow#100442).
 NATIVE_NOISE = re.compile(
     r"(WARNING: All log messages before absl::InitializeLog\(\) is called"
     r"|[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] "
     r"|E\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] .*(cuInit|CUDA|cuda|cuFFT|cuDNN|cuBLAS)"
+    r"|E\d{4} \d\d:\d\d:\d+\.\d+ +\d+ util\.cc:\d+\] oneDNN supports DT_BOOL only"
     r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IW] "
     r"|To enable the following instructions: .*rebuild TensorFlow)"
     r".*$"  # to the end of the line (it may follow a progress bar's carriage return)
@@ -98,6 +100,17 @@ def drop_native_noise(line: str) -> str:
     if kept == line.rstrip("\n"):
         return line
     return kept + "\n" if kept.strip() else ""
+
+
+# What the start of a `NATIVE_NOISE` line can look like before its newline has arrived.
+_NOISE_START = re.compile(rb"(W|WA|WAR|WARN|WARNI|WARNIN|WARNING.*|[IWE]\d.*|\d{4}-.*|T|To.*)\Z")
+
+
+def may_begin_native_noise(partial: bytes) -> bool:
+    """True when `partial` (stderr bytes with no newline yet) may be the start of a native log
+    line, whose filtering needs the whole line; a progress bar's redraw is not."""
+    tail = partial.rsplit(b"\r", 1)[-1].rsplit(b"\x1b[A", 1)[-1]
+    return bool(_NOISE_START.match(tail))
 
 
 class _NativeStderrFilter:
@@ -126,16 +139,35 @@ class _NativeStderrFilter:
         atexit.register(self.stop)
 
     def _pump(self, read: int) -> None:
-        with os.fdopen(read, "rb") as source:
-            for line in source:  # keep draining even if writing fails, or writers would block
-                text = line.decode("utf-8", "replace")
-                kept = drop_native_noise(text)
-                if not kept:
-                    continue
-                try:
-                    os.write(self._saved, line if kept is text else kept.encode("utf-8"))
-                except OSError:
-                    pass
+        pending = b""
+        while True:  # keep draining even if writing fails, or writers would block
+            try:
+                chunk = os.read(read, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                self._write(line + b"\n")
+            # A progress bar redraws with "\r" and no newline: pass it on now, not when the
+            # next newline (or the exit) comes, unless it may begin a native log line.
+            if pending and not may_begin_native_noise(pending):
+                self._write(pending)
+                pending = b""
+        os.close(read)
+        if pending:
+            self._write(pending)
+
+    def _write(self, data: bytes) -> None:
+        text = data.decode("utf-8", "replace")
+        kept = drop_native_noise(text)
+        if not kept:
+            return
+        try:
+            os.write(self._saved, data if kept is text else kept.encode("utf-8"))
+        except OSError:
+            pass
 
     def stop(self) -> None:
         if self._saved is None:

@@ -98,7 +98,8 @@ def _blog_run2() -> dict:
     The write-up's run collapsed onto the majority class (accuracy 0.53). Here class weights are on
     and the collapse detector warns, records and (with `stop_on_collapse`) stops.
     Command: `eyegazer train --config blog-run2 --workdir runs/blog-run2`
-    Runtime: hours on one GPU. Expected: no collapse; QWK and AUROC in metrics.json.
+    Runtime: hours on one GPU. Expected: no collapse; QWK and AUROC in
+    metrics_validation.json.
 
     runlocal (`--config blog-run2:runlocal`): the same recipe (class weights, collapse detector
     stopping) on synthetic_fundus/tiny with a random 2-layer ViT, 32 px, 1 epoch. Runtime: as
@@ -122,7 +123,7 @@ def _blog_run3() -> dict:
 
     Command: `eyegazer train --config blog-run3 --workdir runs/blog-run3`
     Runtime: about an hour on one GPU. Expected: accuracy around 0.90 (the write-up), AUROC,
-    sensitivity and specificity in metrics.json.
+    sensitivity and specificity in metrics_validation.json.
 
     runlocal (`--config blog-run3:runlocal`): the binary task, AUROC-monitored, on
     synthetic_fundus/tiny with a random 2-layer ViT, 32 px, 1 epoch. Runtime: as

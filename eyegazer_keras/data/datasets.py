@@ -13,12 +13,13 @@ from eyegazer_keras.data import datasets as data, pipeline
 
 data.prepare("synthetic_fundus", data_dir="tfds", config="tiny")  # 120 generated photos
 split = data.load_split("synthetic_fundus", "train", data_dir="tfds", config="tiny")
-train = pipeline.make_dataset(split, label_mode="grade", image_size=64, batch_size=32, training=True)
+train = pipeline.make_dataset(split, task="grade", image_size=64, batch_size=32, training=True)
 ```
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -111,16 +112,32 @@ def prepare(
         ValueError: bad input (the builders' one-line `DatasetBuildError`s).
     """
     options = {k: v for k, v in builder_options.items() if v is not None}
-    if name in MANUAL_DOWNLOADS:
-        return _prepare_manual(name, data_dir, config, manual_dir, options)
-    if options:
-        raise ValueError(f"{name} takes no build options (got {', '.join(sorted(options))})")
-    builder = get_builder(name, data_dir, config)
-    download_config = tfds.download.DownloadConfig(
-        manual_dir=os.path.expanduser(manual_dir) if manual_dir else None
-    )
-    builder.download_and_prepare(download_config=download_config)
-    return builder
+    with _without_tfds_banner():
+        if name in MANUAL_DOWNLOADS:
+            return _prepare_manual(name, data_dir, config, manual_dir, options)
+        if options:
+            raise ValueError(f"{name} takes no build options (got {', '.join(sorted(options))})")
+        builder = get_builder(name, data_dir, config)
+        download_config = tfds.download.DownloadConfig(
+            manual_dir=os.path.expanduser(manual_dir) if manual_dir else None
+        )
+        builder.download_and_prepare(download_config=download_config)
+        return builder
+
+
+@contextlib.contextmanager
+def _without_tfds_banner():
+    """Drops TFDS 4.9.10's "Downloading and preparing dataset Unknown size" and "... downloaded
+    and prepared" stdout lines (`DatasetBuilder._log_download_bytes` / `_log_download_done`)
+    during `prepare`: nothing is downloaded, and `eyegazer prepare` says what it builds."""
+    from unittest import mock
+
+    cls = tfds.core.DatasetBuilder
+    with (
+        mock.patch.object(cls, "_log_download_bytes"),
+        mock.patch.object(cls, "_log_download_done"),
+    ):
+        yield
 
 
 def _prepare_manual(name, data_dir, config, manual_dir, options) -> tfds.core.DatasetBuilder:

@@ -19,7 +19,7 @@ split = tf.data.Dataset.from_tensor_slices({
     "label": np.array([0, 1, 2, 3, 4, 2]),
     "id_code": np.array([f"photo{i}" for i in range(6)]),
 })
-batches = pipeline.make_dataset(split, label_mode="binary", image_size=32, batch_size=4)
+batches = pipeline.make_dataset(split, task="binary", image_size=32, batch_size=4)
 images, labels = next(iter(batches))  # float32 [4, 32, 32, 3] in 0..255, int32 [4] of 0/1
 assert images.shape == (4, 32, 32, 3) and labels.numpy().tolist() == [0, 1, 1, 1]
 ```
@@ -34,10 +34,10 @@ from eyegazer_keras import fundus
 from eyegazer_keras.data import augment as augment_lib
 from eyegazer_keras.data import datasets as data
 
-LABEL_MODES = ("grade", "binary", "regression")
+TASKS = ("grade", "binary", "regression")
 
 __all__ = [
-    "LABEL_MODES",
+    "TASKS",
     "cached_images",
     "class_weights",
     "load_numpy",
@@ -101,13 +101,13 @@ def _is_uint8_at(spec: tf.TensorSpec, image_size: int) -> bool:
 # --------------------------------------------------------------------------- make_dataset
 
 
-def _balanced(ds: tf.data.Dataset, label_mode: str, num_classes: int, seed: int):
+def _balanced(ds: tf.data.Dataset, task: str, num_classes: int, seed: int):
     """Draws the target classes equally often (seeded); as many examples as ``ds`` has."""
-    if label_mode == "regression":
-        raise ValueError("balanced_sampling needs class targets (grade or binary label_mode)")
+    if task == "regression":
+        raise ValueError("balanced_sampling needs class targets (grade or binary task)")
 
     def _target(ex):
-        return tf.cast(transform_label(tf.cast(ex["label"], tf.int64), label_mode), tf.int64)
+        return tf.cast(transform_label(tf.cast(ex["label"], tf.int64), task), tf.int64)
 
     # Classes are the TARGETS (binary: no DR vs DR), not the raw grades.
     per_class = [
@@ -137,7 +137,7 @@ def _weights_table(class_weight: dict[int, float]) -> tf.lookup.StaticHashTable:
     )
 
 
-def _batch_to_tuple(label_mode: str, augmenter, weights_table, with_ids: bool):
+def _batch_to_tuple(task: str, augmenter, weights_table, with_ids: bool):
     """``(batch index, batch dict) -> (image float32, target[, weight][, id_code])``."""
 
     def to_tuple(index, ex):  # on whole batches: one map call per batch, not per image
@@ -146,10 +146,10 @@ def _batch_to_tuple(label_mode: str, augmenter, weights_table, with_ids: bool):
             image = augmenter(ex["image"], index)
         else:
             image = tf.cast(ex["image"], tf.float32)
-        out = [image, transform_label(label, label_mode)]
+        out = [image, transform_label(label, task)]
         if weights_table is not None:
             # Weights are keyed by the TARGET class (binary: 0 = no DR, 1 = DR).
-            target = tf.cast(transform_label(label, label_mode), tf.int64)
+            target = tf.cast(transform_label(label, task), tf.int64)
             out.append(weights_table.lookup(target))
         if with_ids:
             out.append(ex["id_code"])
@@ -168,7 +168,7 @@ def _deterministic_data_sharded(ds: tf.data.Dataset) -> tf.data.Dataset:
 def make_dataset(
     ds: tf.data.Dataset,
     *,
-    label_mode: str = "grade",
+    task: str = "grade",
     image_size: int = 224,
     batch_size: int = 32,
     training: bool = False,
@@ -188,7 +188,7 @@ def make_dataset(
 
     Args:
         ds: dataset of dicts with `image` (uint8) and `label`.
-        label_mode: str. `grade`, `binary` or `regression`. Defaults to `grade`.
+        task: str. `grade`, `binary` or `regression`. Defaults to `grade`.
         image_size: int. Model input side. Defaults to 224.
         batch_size: int. Global batch size. Defaults to 32.
         training: bool. Shuffle (seeded) and augment. Defaults to False.
@@ -210,20 +210,20 @@ def make_dataset(
         auto-shard policy is `DATA`, for `tf.distribute`.
 
     Raises:
-        ValueError: an unknown `label_mode`, or `balanced_sampling` with `regression`.
+        ValueError: an unknown `task`, or `balanced_sampling` with `regression`.
     """
-    if label_mode not in LABEL_MODES:
-        raise ValueError(f"label_mode '{label_mode}' is not one of {', '.join(LABEL_MODES)}")
+    if task not in TASKS:
+        raise ValueError(f"task '{task}' is not one of {', '.join(TASKS)}")
     if cache:
         ds = cached_images(ds, image_size)
     elif not _is_uint8_at(ds.element_spec["image"], image_size):
         ds = model_sized(ds, image_size)
     if training and balanced_sampling:
-        ds = _balanced(ds, label_mode, num_classes, seed)
+        ds = _balanced(ds, task, num_classes, seed)
     elif training:
         ds = ds.shuffle(4096, seed=seed, reshuffle_each_iteration=False)
     to_tuple = _batch_to_tuple(
-        label_mode,
+        task,
         augment_lib.make_augmenter(seed) if training and augment else None,
         _weights_table(class_weight) if class_weight else None,
         with_ids,
@@ -236,22 +236,22 @@ def make_dataset(
 # --------------------------------------------------------------------------- labels
 
 
-def transform_label(label: tf.Tensor, label_mode: str) -> tf.Tensor:
+def transform_label(label: tf.Tensor, task: str) -> tf.Tensor:
     """grade: int 0-4; binary: 0 (no DR) vs 1 (grades 1-4); regression: float32 grade."""
-    if label_mode == "grade":
+    if task == "grade":
         return tf.cast(label, tf.int32)
-    if label_mode == "binary":
+    if task == "binary":
         return tf.cast(label > 0, tf.int32)
-    if label_mode == "regression":
+    if task == "regression":
         return tf.cast(label, tf.float32)
-    raise ValueError(f"label_mode '{label_mode}' is not one of {', '.join(LABEL_MODES)}")
+    raise ValueError(f"task '{task}' is not one of {', '.join(TASKS)}")
 
 
-def transform_labels_np(labels: np.ndarray, label_mode: str) -> np.ndarray:
+def transform_labels_np(labels: np.ndarray, task: str) -> np.ndarray:
     """NumPy twin of `transform_label` for metrics."""
-    if label_mode == "binary":
+    if task == "binary":
         return (labels > 0).astype(np.int64)
-    if label_mode == "regression":
+    if task == "regression":
         return labels.astype(np.float32)
     return labels.astype(np.int64)
 

@@ -15,7 +15,7 @@ Three maps, each a ``float32 [B, S, S]`` array in ``[0, 1]``:
 
 **Frame.** A map's pixel ``(y, x)`` is the model input's pixel ``(y, x)``: the photo after
 ``fundus.preprocess_fundus`` (crop box of the fundus, padded to a centred square, resized to the
-stored side) and ``fundus.resize_for_model`` (resized to ``S``). To go back to the photo, scale
+stored side) and ``fundus.to_model_input`` (resized to ``S``). To go back to the photo, scale
 by ``side / S`` (``side = max(crop height, crop width)``), subtract the padding
 ``((side - h) // 2, (side - w) // 2)`` and add the crop box's ``(top, left)``. ViT maps are
 computed on the patch grid (``S / patch`` cells a side: 8 x 8 for the demo's patch 8 at 64 px)

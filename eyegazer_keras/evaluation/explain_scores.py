@@ -272,7 +272,7 @@ def _masked_batches(ds: tf.data.Dataset, image_size: int, min_grade: int, batch_
         )
 
     def prepare(ex):
-        image = fundus.resize_for_model(ex["image"], image_size)
+        image = fundus.to_model_input(ex["image"], image_size)
         mask = tf.image.resize(
             tf.cast(ex["lesion_mask"], tf.float32), [image_size, image_size], method="area"
         )

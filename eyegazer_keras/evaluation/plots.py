@@ -266,7 +266,9 @@ def plot_explanations(examples: Mapping, path: str | os.PathLike, title: str | N
     return _save_figure(fig, path)
 
 
-def plot_training_curves(history: Mapping[str, Sequence[float]], path: str | os.PathLike) -> Path:
+def plot_training_curves(
+    history: Mapping[str, Sequence[float]], path: str | os.PathLike, title: str | None = None
+) -> Path:
     """Draws one panel per metric family (``loss``, ``accuracy``, ...): train vs ``val_``.
 
     Args:
@@ -274,6 +276,8 @@ def plot_training_curves(history: Mapping[str, Sequence[float]], path: str | os.
             (a ``History`` object is accepted too). ``val_<name>`` joins the ``<name>`` panel;
             ``None``/NaN values leave gaps.
         path: str or PathLike. PNG to write.
+        title: str or None. The figure's title, e.g. which stage of a run it shows. Defaults to
+            None (``"Training curves (N epochs)"``).
 
     Returns:
         The path written.
@@ -309,6 +313,8 @@ def plot_training_curves(history: Mapping[str, Sequence[float]], path: str | os.
         ax.legend(fontsize=8)
     for ax in axes[len(families) :]:
         ax.set_visible(False)
+    epochs = max(len(v) for v in series.values())
+    fig.suptitle(title or f"Training curves ({epochs} epochs)", fontsize=10)
     return _save_figure(fig, path)
 
 

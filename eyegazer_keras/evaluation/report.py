@@ -70,6 +70,7 @@ def write_report(
     history: Mapping[str, Sequence[float]] | None = None,
     split: str = "validation",
     calibration: Mapping | None = None,
+    curves_title: str | None = None,
     **metric_kwargs,
 ) -> dict:
     """Computes classification metrics on one split and writes them with their plots.
@@ -91,6 +92,8 @@ def write_report(
             metrics gain ``calibrated`` (the same split's figures with the temperature applied
             and the operating threshold) and the reliability diagram draws both. Defaults to
             ``None``.
+        curves_title: str or None. Title of ``training_curves.png`` (`plots.plot_training_curves`).
+            Defaults to ``None``.
         **metric_kwargs: passed to ``metrics.classification_metrics`` (``threshold``,
             ``referable_threshold``, ``majority_class``, ``collapse_threshold``).
 
@@ -110,7 +113,7 @@ def write_report(
         curves["temperature-scaled"] = calibrated
     _plot_split(out, y_true, probs, curves, result, task, split)
     if history:
-        plots.plot_training_curves(history, out / "training_curves.png")
+        plots.plot_training_curves(history, out / "training_curves.png", curves_title)
     path = write_metrics_json(out / f"metrics_{split}.json", result)
     logger.info("Wrote %s (accuracy=%s, qwk=%s)", path, result["accuracy"], result["qwk"])
     return result

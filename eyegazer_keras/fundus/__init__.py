@@ -91,7 +91,6 @@ from eyegazer_keras.fundus.spec import (
     PreprocessingSpec,
     photo_to_model_input,
     preprocess_photo,
-    resize_for_model,
     serving_transform,
     to_model_input,
 )
@@ -143,7 +142,6 @@ __all__ = [
     "preprocess_photo",
     "quality_measures",
     "quality_score",
-    "resize_for_model",
     "resize_uint8",
     "serving_transform",
     "to_model_input",

@@ -66,7 +66,7 @@ SYSTEM_FILE_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini", "ehthumb
 SYSTEM_FOLDERS = frozenset({"__MACOSX"})
 SEND_JPEG_OR_PNG = "send JPEG or PNG (or GIF, BMP, WebP)"
 # The one pixel limit (`fundus.MAX_PIXELS`, repeated here so this module needs no TensorFlow;
-# tests/test_header.py checks they agree): TIFF / DICOM headers over it are refused undecoded.
+# tests/fundus/test_header.py checks they agree): TIFF / DICOM headers over it are refused undecoded.
 DEFAULT_MAX_PIXELS = 50_000_000
 # DICOM transfer syntaxes whose single frame is a plain JPEG file TF decodes as is.
 _JPEG_SYNTAXES = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")

@@ -174,10 +174,6 @@ def to_model_input(
     return out
 
 
-# The name used before the PreprocessingSpec existed.
-resize_for_model = to_model_input
-
-
 def photo_to_model_input(image: tf.Tensor, image_size: int, spec: PreprocessingSpec) -> tf.Tensor:
     """A decoded photo -> model input: `preprocess_photo` then `to_model_input`.
 

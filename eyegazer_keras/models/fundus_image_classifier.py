@@ -50,7 +50,7 @@ from collections.abc import Sequence
 import keras
 import keras_hub
 
-from eyegazer_keras.models import dinov2_backbone
+from eyegazer_keras.models import dinov2_backbone, run_model
 from eyegazer_keras.models import fast_layers as fast_layers_lib
 from eyegazer_keras.models.fundus_image_classifier_preprocessor import (
     FundusImageClassifierPreprocessor,
@@ -287,10 +287,11 @@ class FundusImageClassifier(keras_hub.models.ImageClassifier):
 
         Args:
             preset: str or PathLike. One of: a run folder written by ``eyegazer train`` (the
-                best epoch's adapter on its backbone; `runs.load_run`); a directory written by
-                `save_to_preset`; a keras-hub ViT preset name or directory, ``hf://org/name`` or
-                a local Hugging Face ViT checkpoint (then ``num_classes`` and ``image_size`` are
-                required, see `vit_lora.build_vit_classifier` for the other arguments).
+                best epoch's adapter on its backbone; `run_model.load_run_model`); a directory
+                written by `save_to_preset`; a keras-hub ViT or DINOv2 preset name or directory,
+                ``hf://org/name`` or a local Hugging Face checkpoint (then ``num_classes`` and
+                ``image_size`` are required, see `vit_lora.build_vit_classifier` for the other
+                arguments).
             load_weights: bool. Load the saved weights (a `save_to_preset` directory only).
                 Defaults to True.
             **kwargs: build arguments for a backbone source; ``dtype`` for a saved preset; none
@@ -302,19 +303,16 @@ class FundusImageClassifier(keras_hub.models.ImageClassifier):
         Raises:
             ValueError: arguments a run folder does not take; a backbone source without
                 ``num_classes``/``image_size``; bad build arguments.
-            RuntimeError (`runs.RunError`): a run folder that has no finished epoch.
+            FileNotFoundError: a run folder that has no finished epoch.
         """
         path = os.fspath(preset)
-        if _is_run_folder(path):
+        if run_model.is_run_folder(path):
             if kwargs or not load_weights:
                 raise ValueError(
                     f"{path} is an `eyegazer train` run folder: it takes no build arguments "
                     f"(got {sorted(kwargs) or ['load_weights=False']})"
                 )
-            # A run folder belongs to the runs layer (config.json, dataset.json, adapter).
-            from eyegazer_keras.runs import folder as runs
-
-            return runs.load_run(path)[1]
+            return run_model.load_run_model(path)
         if _is_task_preset(path, cls):
             from keras_hub.src.utils.preset_utils import get_preset_loader
 
@@ -329,19 +327,6 @@ class FundusImageClassifier(keras_hub.models.ImageClassifier):
                 "(and the LoRA settings) to build a new classifier on it"
             )
         return vit_lora.build_vit_classifier(path, **kwargs)
-
-
-def _is_run_folder(path: str) -> bool:
-    """A folder holding an `eyegazer train` config.json (not a keras-hub or HF config)."""
-    config = os.path.join(path, "config.json")
-    if not os.path.isfile(config):
-        return False
-    with open(config) as f:
-        try:
-            content = json.load(f)
-        except json.JSONDecodeError:
-            return False
-    return isinstance(content, dict) and "lora_rank" in content and "registered_name" not in content
 
 
 def _is_task_preset(path: str, cls) -> bool:

@@ -90,7 +90,7 @@ def apply_keras_tuner_json_shim() -> bool:
     writing and then writes; a search killed between the two (`kill -9`, an OOM kill, a
     preempted machine) leaves an empty `oracle.json`, and the resumed search dies in
     `Oracle.reload` with `json.decoder.JSONDecodeError: Expecting value: line 1 column 1`
-    (seen in tests/test_search.py's resume-after-kill test on a fresh clone, 2026-12-07).
+    (seen in tests/runs/test_search.py's resume-after-kill test on a fresh clone, 2026-12-07).
 
     Fix: the same function writing to `<path>.tmp` then `os.replace` (atomic on one file
     system) for local paths; other paths (gs://) keep keras-tuner's own write. Remove once

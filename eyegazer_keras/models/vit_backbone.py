@@ -100,7 +100,7 @@ def _config_backbone(backbone_config, image_size, dtype):
     """A random `ViTBackbone` from its kwargs, at `image_size`."""
     if not backbone_config:
         raise ValueError(
-            "backbone='config' needs backbone_config={'patch_size':..., 'num_layers':..., "
+            "backbone=None (a random ViT) needs backbone_config={'patch_size':..., 'num_layers':..., "
             "'num_heads':..., 'hidden_dim':..., 'mlp_dim':...}."
         )
     config = dict(backbone_config)

@@ -121,7 +121,8 @@ def build_vit_classifier(
         lora_layout: str. ``"peft"`` (rank-r, as PEFT) or ``"keras"`` (Keras core's per-head
             ``A``); see the module docstring. Defaults to ``"peft"``.
         head_dropout: float. Dropout before the head. Defaults to 0.
-        backbone_config: dict or None. ``ViTBackbone`` kwargs for ``backbone="config"``.
+        backbone_config: dict or None. ``ViTBackbone`` kwargs for ``backbone=None`` (a
+            randomly initialised ViT).
         normalization: dict or None. ``{"scale", "offset"}`` on 0..255 or ``{"mean", "std"}``
             on 0..1 pixels. Defaults to the source's own, else mean = std = 0.5.
         dtype: dtype or `keras.DTypePolicy` of the backbone (e.g. ``"mixed_bfloat16"``); the

@@ -247,6 +247,17 @@ def tta_card(tta: str, calibration: dict | None, val_metrics: dict):
     return section
 
 
+def _curves_title(config: TrainConfig, history: dict | None) -> str | None:
+    """Says which stage `training_curves.png` draws: a two-stage run's history is stage 2's."""
+    if not history or not config.pretrain_epochs:
+        return None
+    epochs = max(len(v) for v in history.values())
+    return (
+        f"LoRA stage (2 of 2, {epochs} epochs); stage 1, {config.pretrain_epochs} epochs of "
+        "backbone pretraining, is not drawn"
+    )
+
+
 def write_split_metrics(
     workdir: str,
     split: str,
@@ -291,6 +302,7 @@ def write_split_metrics(
         history=history,
         split=split,
         calibration=calibration,
+        curves_title=_curves_title(config, history),
         majority_class=run_data.majority_class,
         collapse_threshold=config.collapse_threshold,
     )

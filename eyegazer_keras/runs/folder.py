@@ -23,7 +23,7 @@ from eyegazer_keras.configs import settings as configs_lib
 from eyegazer_keras.data import datasets as data
 from eyegazer_keras.data import pipeline
 from eyegazer_keras.evaluation import metrics
-from eyegazer_keras.models import vit_lora
+from eyegazer_keras.models import run_model, vit_lora
 from eyegazer_keras.models.fundus_image_classifier import FundusImageClassifier
 from eyegazer_keras.runs import evaluation
 from eyegazer_keras.training.runtime import resolve_auto, xla_fusion
@@ -45,9 +45,10 @@ __all__ = [
     "split_dataset",
 ]
 
-BEST_ADAPTER = os.path.join("checkpoints", "best_adapter.npz")
-PRETRAINED_DIR = "pretrained_backbone"
-RUN_DATA = "dataset.json"
+# The files that rebuild the model belong to the models layer (`models.run_model`).
+BEST_ADAPTER = run_model.BEST_ADAPTER
+PRETRAINED_DIR = run_model.PRETRAINED_DIR
+RUN_DATA = run_model.RUN_DATA
 
 
 class RunError(RuntimeError):
@@ -190,11 +191,8 @@ def build_model(
             unknown name); the message says how to pass a local directory.
     """
     source = backbone or config.backbone
-    dtype = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}.get(
-        config.mixed_precision or "", None
-    )
     try:
-        return vit_lora.build_from_config(config, source, dtype, spec=spec)
+        return vit_lora.build_from_config(config, source, run_model.dtype_policy(config), spec=spec)
     except (OSError, ValueError) as err:  # requests' ConnectionError is an OSError
         if source in (None, "config") or os.path.isdir(os.path.expanduser(str(source))):
             raise
@@ -233,7 +231,7 @@ def split_dataset(config: configs_lib.TrainConfig, split: str) -> tf.data.Datase
         )
     return pipeline.make_dataset(
         data.load_split(*split_args(config, split)),
-        label_mode=config.task,
+        task=config.task,
         image_size=config.image_size,
         batch_size=config.batch_size,
         cache=False,
@@ -256,11 +254,10 @@ def predict_split(
 # A finished run: reload, evaluate, export
 # --------------------------------------------------------------------------------------------
 def _read_config(workdir: str) -> configs_lib.TrainConfig:
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(config_path):
-        raise RunError(f"{config_path} not found: is {workdir} an `eyegazer train` workdir?")
-    with open(config_path) as f:
-        return configs_lib.from_dict(json.load(f))
+    try:
+        return run_model.read_run_config(workdir)
+    except FileNotFoundError as err:
+        raise RunError(str(err)) from None
 
 
 def load_run(workdir: str, strategy=None):
@@ -289,17 +286,10 @@ def load_run(workdir: str, strategy=None):
     best = os.path.join(workdir, BEST_ADAPTER)
     if not os.path.exists(best):
         raise RunError(f"{best} not found: the run has not finished an epoch yet")
-    backbone = config.backbone
-    if config.pretrain_epochs:
-        backbone = os.path.join(workdir, PRETRAINED_DIR)
-    strategy = strategy or tf.distribute.get_strategy()
     resolve_auto(config)
-    run_data = os.path.join(workdir, RUN_DATA)
-    spec = RunData.of_run(workdir, config).spec() if os.path.exists(run_data) else None
-    with strategy.scope():
-        keras.utils.set_random_seed(config.seed)  # as in `_build_in_scope`
-        model = build_model(config, backbone, spec)
-    vit_lora.load_adapter(model, best)
+    has_data = os.path.exists(os.path.join(workdir, RUN_DATA))
+    spec = RunData.of_run(workdir, config).spec() if has_data else None
+    model = run_model.load_run_model(workdir, config, spec, strategy, build=build_model)
     return config, model
 
 

@@ -88,7 +88,7 @@ def _build_in_scope(stage: _Stage, model_fn, steps: int):
     config = stage.config
     with stage.strategy.scope():
         # Seeded right before the build: `load_run` rebuilds the same frozen initial weights
-        # for a `backbone="config"` run, which the adapter's base fingerprint checks.
+        # for a run on a random ViT (`backbone` None), which the adapter's base fingerprint checks.
         keras.utils.set_random_seed(config.seed)
         model = model_fn()
         optimizer = make_optimizer(config, total_steps=steps * stage.epochs)
@@ -109,7 +109,7 @@ def _datasets(stage: _Stage):
     split_train = data.load_split(*_split_args(config, "train"))
     split_val = data.load_split(*_split_args(config, "validation"))
     cached_train = pipeline.cached_images(split_train, config.image_size)
-    common = dict(label_mode=config.task, image_size=config.image_size)
+    common = dict(task=config.task, image_size=config.image_size)
 
     def train_fn(epoch: int):
         return pipeline.make_dataset(

@@ -16,7 +16,7 @@ graph, as pure TF ops (TF Serving, which has no Python, runs the same steps):
 
 An ungradable photo gets no grade: its float outputs are NaN, its class ids -1, its
 `class_name` `"ungradable"` (and `referable` false for regression). The tables here are the
-ones `docs/serving.md` shows and `tests/test_export.py` checks.
+ones `docs/serving.md` shows and `tests/serving/test_export.py` checks.
 
 Example:
 

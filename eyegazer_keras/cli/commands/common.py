@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 from collections.abc import Callable
 
@@ -90,8 +89,53 @@ def say_paths(**paths: str | None) -> None:
 
 
 def headline(metrics: dict, keys=HEADLINE) -> str:
-    """`metrics` restricted to `keys`, as one JSON line (missing keys are null)."""
-    return json.dumps({k: metrics.get(k) for k in keys}, default=str)
+    """The figures a verb prints after a run, rounded to 3 decimals, on one line.
+
+    Args:
+        metrics: dict. A split's metrics (`metrics_<split>.json`).
+        keys: the overall figures to show, in order. Defaults to `HEADLINE`.
+
+    Returns:
+        str, e.g. ``accuracy 0.660 (majority 0.497) | QWK 0.775 | AUROC 0.855 | referable DR
+        (grade >= 2): AUROC 0.945, sensitivity 0.900 / specificity 0.831 at the exported
+        threshold 0.098``. The referable part is there when the metrics have it: at the
+        calibration's operating threshold, measured on the half of validation that did not fit
+        it (else at the metrics' own threshold). A missing figure prints as ``n/a``.
+    """
+    names = {"qwk": "QWK", "auroc": "AUROC", "n": "photos", "majority_baseline": "majority"}
+    parts = []
+    for key in keys:
+        text = f"{names.get(key, key)} {_figure(metrics.get(key))}"
+        if key == "majority_baseline" and parts:
+            parts[-1] += f" ({text})"
+        else:
+            parts.append(text)
+    referable = metrics.get("referable")
+    if isinstance(referable, dict):
+        point = (metrics.get("temperature_scaling") or {}).get("report_half", {})
+        point = point.get("operating_point") or {}
+        where = "the exported threshold"
+        if not point:
+            point, where = referable, "p >="
+        parts.append(
+            f"referable DR ({referable.get('definition', 'grade >= 2')}): AUROC "
+            f"{_figure(referable.get('auroc'))}, sensitivity {_figure(point.get('sensitivity'))} "
+            f"/ specificity {_figure(point.get('specificity'))} at {where} "
+            f"{_figure(point.get('threshold'))}"
+        )
+    return " | ".join(parts)
+
+
+def _figure(value) -> str:
+    """A metric for a person: ints as they are, floats to 3 decimals, None as ``n/a``."""
+    if isinstance(value, bool) or value is None:
+        return "n/a" if value is None else str(value)
+    if isinstance(value, int):
+        return str(value)
+    try:
+        return f"{float(value):.3f}"
+    except (TypeError, ValueError):
+        return str(value)
 
 
 # --------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 @verb("evaluate", arguments=_evaluate_arguments)
 def _evaluate(args) -> int:
-    """metrics.json + plots for a trained run."""
+    """metrics_<split>.json + plots for a trained run."""
     say_paths(workdir=args.workdir)
     from eyegazer_keras import runs
 

@@ -28,7 +28,7 @@ from tests.test_case import (
 
 IMAGE_SIZE = 32
 SOURCE_SIZE = 64
-DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "serving.md"
+DOCS = pathlib.Path(__file__).resolve().parents[2] / "docs" / "serving.md"
 
 
 def synthetic_fundus(height: int = 480, width: int = 640, seed: int = 0) -> np.ndarray:
@@ -58,9 +58,9 @@ def encode(image: np.ndarray, fmt: str) -> bytes:
 
 
 def training_pipeline_inputs(image_bytes: bytes) -> tf.Tensor:
-    """What training feeds the model: decode -> preprocess_fundus (builder) -> resize_for_model."""
+    """What training feeds the model: decode -> preprocess_fundus (builder) -> to_model_input."""
     stored = fundus.preprocess_fundus(fundus.decode_image(image_bytes), SOURCE_SIZE)
-    return fundus.resize_for_model(stored, IMAGE_SIZE)
+    return fundus.to_model_input(stored, IMAGE_SIZE)
 
 
 def training_pipeline_probs(model, image_bytes: bytes) -> np.ndarray:

@@ -251,12 +251,12 @@ def test_export_bytes_endpoint_matches_the_model(hf_dir, tmp_path):
     _randomize_lora_b(model)
     path = export_tiny(model, tmp_path / "export", image_size=SIZE)
     loaded = tf.saved_model.load(path)
-    from tests.test_export import encode, synthetic_fundus
+    from tests.serving.test_export import encode, synthetic_fundus
 
     blob = encode(synthetic_fundus(seed=3), "PNG")
     served = loaded.signatures["serving_default"](image_bytes=tf.constant([blob]))
     stored = fundus.preprocess_fundus(fundus.decode_image(blob), 64)
-    expected = model(fundus.resize_for_model(stored, SIZE)[tf.newaxis]).numpy()[0]
+    expected = model(fundus.to_model_input(stored, SIZE)[tf.newaxis]).numpy()[0]
     assert np.abs(served["probabilities"].numpy()[0] - expected).max() <= 1e-5
 
 

@@ -14,7 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-_FOLDER = pathlib.Path(__file__).resolve().parents[1] / "datasets" / "aptos2019"
+_FOLDER = pathlib.Path(__file__).resolve().parents[2] / "datasets" / "aptos2019"
 
 
 # Same module names as the installed package, so TFDS registers `aptos2019` exactly once.

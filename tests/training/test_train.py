@@ -315,7 +315,7 @@ def test_trains_on_the_aptos_builder_output(tmp_path):
     """The same workflow on APTOS 2019 as the builder publishes it (dummy Kaggle zip)."""
     from eyegazer_keras.data import datasets as data
 
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     manual = os.path.join(repo, "datasets", "aptos2019", "dummy_data", "zip")
     data_dir = str(tmp_path / "tfds")
     data.prepare("aptos2019", data_dir=data_dir, config="256", manual_dir=manual)

@@ -21,7 +21,7 @@ from eyegazer_keras.models.fundus_image_classifier_preprocessor import (
 from eyegazer_keras.models.fundus_image_converter import FundusImageConverter
 from tests.test_case import TINY_IMAGE_SIZE, TestCase, random_images, tiny_vit
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SPEC = fundus.PreprocessingSpec(stored_size=64, ben_graham=True)
 
 

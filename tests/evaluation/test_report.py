@@ -13,7 +13,7 @@ from PIL import Image
 from eyegazer_keras import GRADE_NAMES
 from eyegazer_keras.evaluation import calibrate, metric_inputs, metrics, plots, regression, report
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HISTORY = {
     "loss": [1.2, 0.9, 0.7],
     "val_loss": [1.3, 1.0, 0.95],

@@ -22,15 +22,15 @@ from eyegazer_keras import GRADE_NAMES, NOT_A_MEDICAL_DEVICE  # noqa: E402
 from eyegazer_keras.evaluation import explain  # noqa: E402
 from eyegazer_keras.serving import app, export, predict, signatures  # noqa: E402
 from tests import bombs  # noqa: E402
-from tests.test_case import export_tiny  # noqa: E402
-from tests.test_export import (  # noqa: E402
+from tests.serving.test_export import (  # noqa: E402
     IMAGE_SIZE,
     SOURCE_SIZE,
     encode,
     synthetic_fundus,
     tiny_vit_classifier,
 )
-from tests.test_serve import free_port  # noqa: E402
+from tests.serving.test_serve import free_port  # noqa: E402
+from tests.test_case import export_tiny  # noqa: E402
 
 CHROMEDRIVER = "/usr/bin/chromedriver"  # Debian's chromium-driver (.ci/run installs it)
 CHROMIUM = "/usr/bin/chromium"

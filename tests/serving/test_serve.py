@@ -22,8 +22,8 @@ from kserve.errors import InvalidInput
 from eyegazer_keras.fundus import formats
 from eyegazer_keras.serving import predict, serve, signatures
 from tests import bombs
+from tests.serving.test_export import IMAGE_SIZE, encode, synthetic_fundus, tiny_vit_classifier
 from tests.test_case import export_tiny
-from tests.test_export import IMAGE_SIZE, encode, synthetic_fundus, tiny_vit_classifier
 
 NAME = "eyegazer"
 STARTUP_S = 240

@@ -5,7 +5,7 @@ With `DATA_DIR WORKDIR` arguments it instead runs a one-epoch `run_training` wit
 collides on collective instance keys).
 
 Prints one JSON line. Logical devices must be configured before TensorFlow starts, hence a
-separate process (see tests/test_distribute.py).
+separate process (see tests/training/test_distribute.py).
 """
 
 import json

@@ -18,7 +18,7 @@ from eyegazer_keras import runs
 from eyegazer_keras.interop import peft
 from eyegazer_keras.models import vit_lora
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "hf")
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "hf")
 EXPECTED = np.load(os.path.join(FIXTURES, "expected.npz"))
 TOL = 1e-4
 # (base, adapter): both key namings on both base kinds, and a head taken from the base.

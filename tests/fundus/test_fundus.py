@@ -103,7 +103,7 @@ def test_garbage_bytes_raise_invalid_argument():
         fundus.decode_image(b"definitely not an image")
 
 
-def test_resize_for_model_is_identity_at_same_size():
+def test_to_model_input_is_identity_at_same_size():
     img = np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(fundus.resize_for_model(img, 8).numpy(), img.astype(np.float32))
-    assert fundus.resize_for_model(img, 4).shape == (4, 4, 3)
+    np.testing.assert_array_equal(fundus.to_model_input(img, 8).numpy(), img.astype(np.float32))
+    assert fundus.to_model_input(img, 4).shape == (4, 4, 3)

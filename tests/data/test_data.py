@@ -40,7 +40,7 @@ def test_not_prepared_names_the_command(tmp_path):
 def test_label_modes(tiny_data_dir, mode, dtype, values):
     split = data.load_split("synthetic_fundus", "validation", tiny_data_dir, "tiny")
     raw = data.split_labels("synthetic_fundus", "validation", tiny_data_dir, "tiny")
-    ds = pipeline.make_dataset(split, label_mode=mode, image_size=32, batch_size=8)
+    ds = pipeline.make_dataset(split, task=mode, image_size=32, batch_size=8)
     images, labels = [], []
     for x, y in ds:
         assert x.dtype == tf.float32 and x.shape[1:] == (32, 32, 3)
@@ -171,11 +171,11 @@ def test_binary_weights_and_balanced_sampling_use_targets(tiny_data_dir):
     targets = pipeline.transform_labels_np(raw, "binary")
     weights = pipeline.class_weights(targets, 2)
     ds = pipeline.make_dataset(
-        split, label_mode="binary", image_size=16, batch_size=80, class_weight=weights
+        split, task="binary", image_size=16, batch_size=80, class_weight=weights
     )
     _, y, w = next(iter(ds))
     np.testing.assert_allclose(w.numpy(), [weights[int(k)] for k in y.numpy()])
-    labels = _balanced_labels(split, label_mode="binary", num_classes=2)
+    labels = _balanced_labels(split, task="binary", num_classes=2)
     assert abs(labels.mean() - 0.5) < 0.15  # no DR vs DR drawn equally, not by raw grade
 
 
@@ -201,7 +201,7 @@ def test_prepare_help_explains_the_layout(dataset, expected, capsys):
 def test_prepare_eyepacs_and_fundus_folder_from_the_cli(tmp_path, capsys):
     from eyegazer_keras import cli
 
-    repo = pathlib.Path(__file__).resolve().parents[1] / "datasets"
+    repo = pathlib.Path(__file__).resolve().parents[2] / "datasets"
     data_dir = str(tmp_path / "tfds")
     argv = [
         "prepare",
@@ -230,7 +230,7 @@ def two_real_layouts(tmp_path_factory):
     from eyegazer_datasets.aptos2019 import aptos2019_dataset_builder as aptos
     from eyegazer_datasets.eyepacs2015 import eyepacs2015_dataset_builder as eyepacs
 
-    repo = pathlib.Path(__file__).resolve().parents[1] / "datasets"
+    repo = pathlib.Path(__file__).resolve().parents[2] / "datasets"
     data_dir = tmp_path_factory.mktemp("two")
     aptos.prepare(repo / "aptos2019" / "dummy_data" / "folder", data_dir, "256")
     eyepacs.prepare(repo / "eyepacs2015" / "dummy_data" / "folder", data_dir, "256")

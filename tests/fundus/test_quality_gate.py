@@ -174,7 +174,7 @@ def test_score_is_the_fitted_model():
     """The TF score applies the committed coefficients exactly as the fitting script does."""
     import sys
 
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "benchmarks"))
     import quality_gate  # noqa: E402  (benchmarks/quality_gate.py)
 
     from eyegazer_keras.fundus import quality_model

@@ -14,7 +14,7 @@ import pytest
 from eyegazer_keras import cli
 from tests.conftest import train_command
 
-DATASETS = pathlib.Path(__file__).resolve().parents[1] / "datasets"
+DATASETS = pathlib.Path(__file__).resolve().parents[2] / "datasets"
 
 
 @pytest.fixture(scope="module")

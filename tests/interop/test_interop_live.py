@@ -23,7 +23,7 @@ from eyegazer_keras.interop import peft  # noqa: E402
 from eyegazer_keras.runs import train  # noqa: E402
 from tests.conftest import tiny_train_overrides  # noqa: E402
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "hf")
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "hf")
 VITMODEL = os.path.join(FIXTURES, "vitmodel")
 IMAGES = np.load(os.path.join(FIXTURES, "expected.npz"))["images"]
 TOL = 1e-4

@@ -88,7 +88,7 @@ def test_bad_overrides_name_the_fix():
 
 
 def test_task_replaces_label_mode_and_old_run_configs_still_load():
-    cfg = configs.apply_overrides(configs.get_config("demo"), ["label_mode=binary"])
+    cfg = configs.apply_overrides(configs.get_config("demo"), ["task=binary"])
     assert cfg.task == "binary" and cfg.num_classes == 2
     assert "label_mode" not in configs.to_dict(cfg) and "requires_real_data" not in configs.to_dict(
         cfg
@@ -235,7 +235,7 @@ def test_preview_grid(tiny_data_dir, tmp_path):
     "override,expected",
     [
         ("batch_size=0", "must be > 0"),
-        ("label_mode=regression", "choose one of grade, binary"),
+        ("task=regression", "choose one of grade, binary"),
         ("backbone_config=foo", "JSON object"),
     ],
 )
@@ -331,6 +331,9 @@ def test_drop_native_noise():
         "INTERNAL: CUDA error\n",
         "To enable the following instructions: AVX2 FMA, in other operations, rebuild "
         "TensorFlow with the appropriate compiler flags.\n",
+        "E0000 00:00:1796632130.728217    7661 util.cc:131] oneDNN supports DT_BOOL only on "
+        "platforms with AVX-512. Falling back to the default Eigen-based implementation if "
+        "present.\n",
     ]
     for line in noise:
         assert cli.drop_native_noise(line) == "", line
@@ -358,7 +361,59 @@ def test_prepare_prints_no_tensorflow_start_up_lines(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout + out.stderr
-    for word in ("cuda", "cuinit", "absl::initializelog", "cpu_feature_guard"):
+    for word in ("cuda", "cuinit", "absl::initializelog", "cpu_feature_guard", "dt_bool"):
         assert word not in text.lower(), word
+    # TFDS's banner for a download that does not happen, and its "downloaded and prepared".
+    assert "Downloading and preparing" not in text and "Subsequent calls" not in text
     assert f"data dir: {tmp_path / 'tfds'}" in out.stdout.splitlines()
     assert "train: 80 examples" in out.stdout
+
+
+def test_headline_rounds_and_gives_the_referable_figures():
+    metrics = {
+        "accuracy": 0.66,
+        "majority_baseline": 0.4975,
+        "qwk": 0.7747035573122529,
+        "auroc": 0.8550610227628361,
+        "referable": {
+            "definition": "grade >= 2",
+            "auroc": 0.9445481896462288,
+            "sensitivity": 0.679,
+            "specificity": 0.979,
+            "threshold": 0.5,
+        },
+        "temperature_scaling": {
+            "report_half": {
+                "operating_point": {
+                    "sensitivity": 0.9,
+                    "specificity": 0.8305084745762712,
+                    "threshold": 0.0984234,
+                }
+            }
+        },
+    }
+    line = common.headline(metrics)
+    assert line == (
+        "accuracy 0.660 (majority 0.497) | QWK 0.775 | AUROC 0.855 | referable DR (grade >= 2): "
+        "AUROC 0.945, sensitivity 0.900 / specificity 0.831 at the exported threshold 0.098"
+    )
+    del metrics["temperature_scaling"]  # no calibration: the metrics' own threshold
+    assert common.headline(metrics).endswith("sensitivity 0.679 / specificity 0.979 at p >= 0.500")
+    assert common.headline({"qwk": None}, ("qwk",)) == "QWK n/a"
+
+
+def test_a_progress_bar_is_passed_on_before_its_newline_but_a_log_line_waits():
+    """The stderr filter forwards a bar's redraw at once (a leave=False bar's clearing used to
+    surface after the demo's last line, at exit); a possible native log line waits for its
+    newline so that `drop_native_noise` sees it whole."""
+    for partial in (b"Generating train examples...: 10%|#   | 1/10\r", b"\r    \x1b[A", b""):
+        assert not cli.may_begin_native_noise(partial), partial
+    for partial in (
+        b"E0000 00:00:1796632130.7",
+        b"W",
+        b"WARNING: All log",
+        b"bar\rI0000 1",
+        b"2026-12-07 08:28:35.1",
+        b"To enable the following",
+    ):
+        assert cli.may_begin_native_noise(partial), partial

@@ -17,7 +17,7 @@ import pytest
 
 from eyegazer_keras.cli import tfds as tfds_cli
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 APTOS_DUMMY = REPO / "datasets" / "aptos2019" / "dummy_data"
 BEAM_INSTALLED = importlib.util.find_spec("apache_beam") is not None
 CROISSANT_INSTALLED = importlib.util.find_spec("mlcroissant") is not None

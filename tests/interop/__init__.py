@@ -1,0 +1,1 @@
+"""Tests of `eyegazer_keras.interop`: Hugging Face / PEFT both ways."""

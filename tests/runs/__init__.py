@@ -1,0 +1,1 @@
+"""Tests of `eyegazer_keras.runs`: run-folder workflows: search, explain."""

@@ -1,0 +1,1 @@
+"""Tests of `eyegazer_keras.serving`: export, signatures, predict, serve, app."""

@@ -1,0 +1,1 @@
+"""Tests of `eyegazer_keras.training`: the trainer, tf.distribute, the runtime."""
