@@ -128,8 +128,9 @@ class FundusImageClassifier(keras_hub.models.ImageClassifier):
         num_classes: int. 2 (binary: no DR / DR) or 5 (grades 0-4).
         preprocessor: `FundusImageClassifierPreprocessor` or None. None: a converter that only
             resizes to the backbone's input (no spec). Defaults to None.
-        pooling: str. ``"token"`` (class token) or ``"gap"`` (mean of patch tokens). Defaults
-            to ``"token"``.
+        pooling: str. ``"token"`` (class token), ``"gap"`` (mean of patch tokens) or
+            ``"token_gap"`` (both concatenated, as HF ``Dinov2ForImageClassification``).
+            Defaults to ``"token"``.
         head_dropout: float. Dropout before the head. Defaults to 0.
         normalization: dict or None. ``{"scale", "offset"}`` on 0..255 or ``{"mean", "std"}`` on
             0..1 pixels, applied inside the model. Defaults to None (mean = std = 0.5, the
