@@ -20,8 +20,9 @@ run's ``dataset.json``) `peft_files`.
 
 A DINOv2 whose input differs from the size of its position table (``image_size`` in its
 ``config.json``; e.g. 224 px on facebook/dinov2-*'s 518 px table) is interpolated by keras-hub
-with TF's bicubic, by transformers with torch's: the logits then differ from HF's (0.007 on the
-tiny test model at 28 px from a 42 px table); at the table's own size they agree to 1e-6.
+with TF's bicubic, by transformers with torch's: the logits then differ from HF's (by up to
+0.012 on the tiny test model at 28 px from a 42 px table); at the table's own size they agree to
+1e-6.
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ def _warn_other_base(peft, base):
     given = hf_vit.hf_origin(given) or given
     if named and os.path.basename(named.rstrip("/")) != os.path.basename(given.rstrip("/")):
         logger.warning(
-            "%s was trained on %s, not %s: shapes match, but check that it is the same ViT",
+            "%s was trained on %s, not %s: shapes match, but check that it is the same model",
             peft.source,
             named,
             base,
