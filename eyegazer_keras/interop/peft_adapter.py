@@ -11,13 +11,24 @@ weights, a config whose ``target_modules`` disagree with the weights.
 Example:
 
 ```python
-import os
+import json, os, tempfile
+import numpy as np
+from safetensors.numpy import save_file
 from eyegazer_keras.interop import peft_adapter
 
-folder = os.path.join("tests", "fixtures", "hf_dinov2", "current_dinov2cls")
-if os.path.isdir(folder):  # a source checkout
-    adapter = peft_adapter.read_peft_adapter(folder)
-    print(adapter.family, adapter.rank, adapter.targets)  # dinov2 4 ('query', 'value')
+folder = tempfile.mkdtemp()  # what PeftModel.save_pretrained writes for r=4 on a 2-block DINOv2
+key = "base_model.model.dinov2.encoder.layer.{}.attention.{}.lora_{}.weight"
+shapes = {"A": (4, 24), "B": (24, 4)}  # lora_A (r, in), lora_B (out, r); hidden 24
+tensors = {
+    key.format(i, proj, w): np.zeros(shapes[w], "float32")
+    for i in range(2) for proj in ("q_proj", "v_proj") for w in "AB"
+}
+save_file(tensors, os.path.join(folder, peft_adapter.ADAPTER_WEIGHTS))
+config = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+with open(os.path.join(folder, peft_adapter.ADAPTER_CONFIG), "w") as f:
+    json.dump(config, f)
+adapter = peft_adapter.read_peft_adapter(folder)
+print(adapter.family, adapter.naming, adapter.rank, adapter.targets)  # dinov2 current 4 (...)
 ```
 """
 
