@@ -276,3 +276,57 @@ def test_cli_import_and_export(tmp_path, capsys):
     assert cli.main([*bad, "--workdir", str(tmp_path / "run2")]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("eyegazer import-peft: error:") and "no config.json" in last, last
+
+
+def test_import_onto_a_local_keras_preset_dir(tmp_path):
+    """The same DINOv2 saved as a keras-hub preset (`save_to_preset`) is a base too; it has no
+    HF original to export onto."""
+    model = vit_lora.build_vit_classifier(
+        fixture("dinov2cls"), num_classes=2, image_size=SIZE, lora_rank=0
+    )
+    model.get_layer("backbone").save_to_preset(str(tmp_path / "preset"))
+    record = import_case(tmp_path / "preset", fixture("current_dinov2cls"), tmp_path / "run")
+    assert (record["base_kind"], record["base_family"]) == ("keras_preset", "dinov2")
+    _, imported = runs.load_run(str(tmp_path / "run"))
+    diff = np.abs(peft.classifier_logits(imported, images()) - EXPECTED["logits_current_dinov2cls"])
+    assert diff.max() <= TOL, diff.max()
+    with pytest.raises(peft.PeftFormatError, match="has no Hugging Face original"):
+        peft.export_peft(tmp_path / "run", tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_hf_ids_through_an_offline_cache(tmp_path):
+    """`hf://` base and adapter from a local Hugging Face cache (HF_HUB_OFFLINE=1), in a fresh
+    process: import, then export names the HF id and the registers class."""
+    from tests.test_interop import hf_cache, run_python
+
+    env = hf_cache(
+        tmp_path / "hf",
+        {
+            "facebook/dinov2-tiny-registers": fixture("dinov2reg"),
+            "someone/dinov2-tiny-lora": fixture("current_dinov2reg"),
+        },
+    )
+    run, out = tmp_path / "run", tmp_path / "out"
+    cli_args = ["-m", "eyegazer_keras.cli"]
+    result = run_python(
+        cli_args
+        + ["import-peft", "--base", "hf://facebook/dinov2-tiny-registers"]
+        + ["--adapter", "hf://someone/dinov2-tiny-lora", "--workdir", str(run)]
+        + ["--dataset", "synthetic_fundus"],
+        env,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_python(
+        cli_args + ["export-peft", "--workdir", str(run), "--output", str(out)], env
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(out / peft.ADAPTER_CONFIG) as f:
+        config = json.load(f)
+    assert config["base_model_name_or_path"] == "facebook/dinov2-tiny-registers"
+    assert config["auto_mapping"]["base_model_class"] == "Dinov2WithRegistersForImageClassification"
+    exported = load_file(str(out / peft.ADAPTER_WEIGHTS))
+    original = load_file(fixture(f"current_dinov2reg/{peft.ADAPTER_WEIGHTS}"))
+    assert sorted(exported) == sorted(original)
+    for key, value in original.items():
+        np.testing.assert_array_equal(exported[key], value)

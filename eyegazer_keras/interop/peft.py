@@ -206,26 +206,30 @@ def _assign(model, peft, head, family):
             f"{peft.source}: LoRA on {peft.num_layers} blocks but the base has "
             f"{backbone.num_layers}"
         )
-    variables = {v.path: v for v in model.trainable_weights}
+    # By (block, projection, a|b): a DINOv2's variable paths carry its constructor name.
+    variables = {peft_layout.parse_keras_path(v.path) or v.path: v for v in model.trainable_weights}
     values = {}
     for (i, target), (a, b) in peft.lora.items():
         ka, kb = peft_layout.keras_lora(a, b, target, backbone.num_heads)
-        values[peft_layout.keras_lora_path(i, target, "a", family)] = ka
-        values[peft_layout.keras_lora_path(i, target, "b", family)] = kb
+        values[(i, target, "a")], values[(i, target, "b")] = ka, kb
     values["predictions/kernel"] = head["weight"].T
     values["predictions/bias"] = head["bias"]
+
+    def name(key):
+        return key if isinstance(key, str) else peft_layout.keras_lora_path(*key, family)
+
     if set(values) != set(variables):
         raise PeftFormatError(
-            f"{peft.source}: adapter covers {sorted(set(values) - set(variables))[:3]} but the "
-            f"model trains {sorted(set(variables) - set(values))[:3]}"
+            f"{peft.source}: adapter covers {sorted(map(name, set(values) - set(variables)))[:3]}"
+            f" but the model trains {sorted(map(name, set(variables) - set(values)))[:3]}"
         )
-    for path, value in values.items():
-        if tuple(value.shape) != tuple(variables[path].shape):
+    for key, value in values.items():
+        if tuple(value.shape) != tuple(variables[key].shape):
             raise PeftFormatError(
-                f"{peft.source}: {path} has shape {value.shape} from the adapter but "
-                f"{tuple(variables[path].shape)} in the base (wrong base for this adapter?)"
+                f"{peft.source}: {name(key)} has shape {value.shape} from the adapter but "
+                f"{tuple(variables[key].shape)} in the base (wrong base for this adapter?)"
             )
-        variables[path].assign(value)
+        variables[key].assign(value)
 
 
 def _write_run(model, config, workdir, peft, base, base_info, crop):

@@ -93,7 +93,9 @@ _KERAS_PATHS = {
         "vit_encoder/transformer_block_{block}/mha/{target}/lora_kernel_{which}",
     ),
     "dinov2": (
-        re.compile(r"^encoder/layers_(\d+)/attention/attention/(\w+)/lora_kernel_([ab])$"),
+        # keras-hub prefixes the DINOv2's sublayers with the backbone's name, when it has one
+        # at construction (a saved preset's): "backbone_encoder/...".
+        re.compile(r"^(?:\w+_)?encoder/layers_(\d+)/attention/attention/(\w+)/lora_kernel_([ab])$"),
         0,
         "encoder/layers_{block}/attention/attention/{target}/lora_kernel_{which}",
     ),
@@ -180,7 +182,9 @@ def keras_lora_path(hf_layer: int, keras_target: str, which: str, family: str = 
 def parse_keras_path(path: str) -> tuple[int, str, str] | None:
     """``(hf_layer, keras_target, "a" | "b")`` of a ViT or DINOv2 LoRA variable path, or None.
 
-    None also for LoRA on a layer that is not an attention projection PEFT can name.
+    Takes `keras_lora_path`'s paths, also with a DINOv2 backbone-name prefix
+    (``backbone_encoder/layers_0/...``). None also for LoRA on a layer that is not an attention
+    projection PEFT can name.
     """
     for pattern, first, _ in _KERAS_PATHS.values():
         m = pattern.match(path)
