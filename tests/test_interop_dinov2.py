@@ -330,3 +330,22 @@ def test_hf_ids_through_an_offline_cache(tmp_path):
     assert sorted(exported) == sorted(original)
     for key, value in original.items():
         np.testing.assert_array_equal(exported[key], value)
+
+
+def test_explain_maps_read_both_halves_of_token_gap():
+    """Attention rollout on a token_gap model: the average of the class-token row and the mean
+    of the patch rows, a [0, 1] map per image."""
+    import tensorflow as tf
+
+    from eyegazer_keras.evaluation import explain
+
+    matrix = tf.constant(np.random.default_rng(0).uniform(size=(2, 12, 12)), tf.float32)
+    both = explain._pooled_rows(matrix, 3, "token_gap").numpy()
+    token = explain._pooled_rows(matrix, 3, "token").numpy()
+    gap = explain._pooled_rows(matrix, 3, "gap").numpy()
+    np.testing.assert_allclose(both, 0.5 * (token + gap), rtol=1e-6)
+    model = vit_lora.build_vit_classifier(
+        fixture("dinov2reg"), num_classes=5, image_size=SIZE, lora_rank=2, pooling="token_gap"
+    )
+    maps = explain.attention_rollout(model, images()).numpy()
+    assert maps.shape == (2, SIZE, SIZE) and maps.min() >= 0 and maps.max() <= 1

@@ -6,8 +6,9 @@ project adds on top, all of it in ``get_config``, so ``model.save("m.keras")`` /
 
 * input ``float32 [B, S, S, 3]`` RGB pixels in 0..255; the pixel normalisation is a layer
   (``"normalization"``) inside the model, so serving needs no extra step;
-* ``"pooling"`` (class token or mean of patch tokens), optional ``"head_dropout"``, a float32
-  softmax head ``"predictions"`` (``[B, num_classes]``, float32 also under mixed precision);
+* ``"pooling"`` (class token, mean of patch tokens, or both concatenated), optional
+  ``"head_dropout"``, a float32 softmax head ``"predictions"`` (``[B, num_classes]``, float32
+  also under mixed precision);
 * LoRA on the layers named in ``lora_targets`` (rank, alpha, targets and layout are config
   fields; the layers save ``A``/``B`` unmerged, see `fast_layers`): everything in the backbone is
   frozen but ``A``/``B`` (also the q/v biases, PEFT's ``bias="none"``), the head trains;
