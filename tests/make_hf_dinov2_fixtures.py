@@ -1,7 +1,11 @@
 """Regenerates `tests/fixtures/hf_dinov2/` with the real Hugging Face libraries (no network).
 
-    # transformers 5 + peft 0.21 (`pip install -e ".[hf]"`; torch CPU)
+    # current naming: transformers 5 + peft 0.21 (`pip install -e ".[hf]"`; torch CPU)
     python tests/make_hf_dinov2_fixtures.py
+    # legacy naming: transformers 4.57 + peft 0.17, after the current run
+    python3.11 -m venv /tmp/hf-legacy && /tmp/hf-legacy/bin/pip install torch==2.13.0 \
+        transformers==4.57.6 peft==0.17.1 numpy safetensors pillow
+    /tmp/hf-legacy/bin/python tests/make_hf_dinov2_fixtures.py
 
 From fixed seeds it writes tiny DINOv2s (42 px, patch 14: a 3x3 position grid; hidden 24,
 2 heads, 2 layers, MLP ratio 2), their weights moved off HF's near-zero init so that the logits
@@ -22,6 +26,11 @@ tell models apart:
   (`uint8 [2, 28, 28, 3]`) and `logits_current_dinov2cls_28`: HF at 28 px, where torch's bicubic
   interpolates the 3x3 position grid to 2x2 (keras-hub uses TF's bicubic: not bit-equal).
 
+The legacy run re-creates `current_dinov2cls`'s LoRA weights under transformers 4's module names
+(``dinov2.encoder.layer.{i}.attention.attention.{query,value}``), saves them with PEFT 0.17 into
+`legacy_dinov2cls/` and adds that adapter's logits, computed by the old libraries, to
+`expected.npz` as `logits_legacy_dinov2cls`.
+
 The images go in as `BitImageProcessor` would normalise them after its resize/crop (already at
 size): ``(x / 255 - mean) / std`` with ImageNet mean/std.
 """
@@ -31,18 +40,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 
 import numpy as np
 import torch
 import transformers
 from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.numpy import load_file
 from transformers import (
     BitImageProcessor,
     Dinov2Config,
     Dinov2ForImageClassification,
     Dinov2Model,
-    Dinov2WithRegistersConfig,
-    Dinov2WithRegistersForImageClassification,
 )
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "hf_dinov2")
@@ -59,7 +68,8 @@ DINOV2 = dict(
     drop_path_rate=0.0,
 )
 RANK, ALPHA = 4, 8
-TARGETS = ["q_proj", "v_proj"]
+CURRENT = int(transformers.__version__.split(".")[0]) >= 5
+TARGETS = ["q_proj", "v_proj"] if CURRENT else ["query", "value"]
 MEAN = np.array([0.485, 0.456, 0.406], "float32")
 STD = np.array([0.229, 0.224, 0.225], "float32")
 
@@ -127,6 +137,8 @@ def _save_base(model, name):
 def _load_base(name, num_labels):
     """The model `PeftModel.from_pretrained` goes onto (a seeded head for a headless base)."""
     if name == "dinov2reg":
+        from transformers import Dinov2WithRegistersForImageClassification
+
         return Dinov2WithRegistersForImageClassification.from_pretrained(_path(name))
     torch.manual_seed(123)
     return Dinov2ForImageClassification.from_pretrained(_path(name), num_labels=num_labels)
@@ -189,6 +201,8 @@ def make():
     _save_base(cls, "dinov2cls")
     expected["dinov2cls_base_logits"] = _logits(cls, images)
 
+    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersForImageClassification
+
     torch.manual_seed(2)
     reg = Dinov2WithRegistersForImageClassification(
         Dinov2WithRegistersConfig(**DINOV2, num_register_tokens=2, num_labels=5)
@@ -211,19 +225,75 @@ def make():
         _path("current_dinov2cls"), "dinov2cls", 2, images_28
     )
     np.savez(_path("expected.npz"), **expected)
+    _write_versions("current")
+
+
+def _legacy_key(key):
+    """Current adapter key -> the same parameter under transformers 4's module names."""
+    key = key.replace(".attention.q_proj.", ".attention.attention.query.")
+    return key.replace(".attention.v_proj.", ".attention.attention.value.")
+
+
+def make_legacy():
+    expected = dict(np.load(_path("expected.npz")))
+    current = load_file(_path("current_dinov2cls", "adapter_model.safetensors"))
+    by_legacy = {_legacy_key(k): v for k, v in current.items()}
+    model = get_peft_model(
+        _load_base("dinov2cls", 2),
+        LoraConfig(
+            r=RANK,
+            lora_alpha=ALPHA,
+            target_modules=TARGETS,
+            modules_to_save=["classifier"],
+            bias="none",
+        ),
+    )
+    with torch.no_grad():
+        for pname, param in model.named_parameters():
+            if ".lora_A." in pname or ".lora_B." in pname:
+                value = by_legacy[pname.replace(".default.weight", ".weight")]
+            elif "classifier" in pname and "modules_to_save" in pname:
+                value = by_legacy["base_model.model.classifier." + pname.rsplit(".", 1)[-1]]
+            else:
+                continue
+            assert tuple(value.shape) == tuple(param.shape), (pname, value.shape)
+            param.copy_(torch.from_numpy(value))
+    out = _fresh_dir("legacy_dinov2cls")
+    model.save_pretrained(out)
+    with open(os.path.join(out, "adapter_config.json")) as f:
+        config = json.load(f)
+    config["base_model_name_or_path"] = "dinov2cls"
+    with open(os.path.join(out, "adapter_config.json"), "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+    if os.path.exists(os.path.join(out, "README.md")):
+        os.remove(os.path.join(out, "README.md"))
+    saved = load_file(os.path.join(out, "adapter_model.safetensors"))
+    if sorted(saved) != sorted(by_legacy):
+        sys.exit(f"legacy keys differ from the renamed current keys: {sorted(saved)}")
+    expected["logits_legacy_dinov2cls"] = _peft_logits(out, "dinov2cls", 2, expected["images"])
+    np.savez(_path("expected.npz"), **expected)
+    _write_versions("legacy")
+
+
+def _write_versions(kind):
     import peft
 
-    versions = {
+    path = _path("versions.json")
+    versions = {}
+    if os.path.exists(path) and kind != "current":
+        with open(path) as f:
+            versions = json.load(f)
+    versions[kind] = {
         "transformers": transformers.__version__,
         "peft": peft.__version__,
         "torch": torch.__version__.split("+")[0],
     }
-    with open(_path("versions.json"), "w") as f:
+    with open(path, "w") as f:
         json.dump(versions, f, indent=2, sort_keys=True)
         f.write("\n")
 
 
 if __name__ == "__main__":
-    make()
+    make() if CURRENT else make_legacy()
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(HERE) for f in files)
     print(f"fixtures in {HERE}: {total / 1024:.0f} KiB")

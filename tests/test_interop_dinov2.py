@@ -1,10 +1,11 @@
 """PEFT adapters on DINOv2 bases, both ways, against fixtures made by the real libraries.
 
 `tests/fixtures/hf_dinov2/` comes from `tests/make_hf_dinov2_fixtures.py` (transformers 5.24 +
-peft 0.21.2, torch CPU): tiny `Dinov2Model`, `Dinov2ForImageClassification` and
-`Dinov2WithRegistersForImageClassification` checkpoints (42 px, patch 14), LoRA adapters on
-q_proj/v_proj saved by `PeftModel.save_pretrained`, and HF's logits. These tests need neither
-library; `test_interop_live.py` runs the round trips through them where they are installed.
+peft 0.21.2, torch CPU; transformers 4.57.6 + peft 0.17.1 for the legacy key names): tiny
+`Dinov2Model`, `Dinov2ForImageClassification` and `Dinov2WithRegistersForImageClassification`
+checkpoints (42 px, patch 14), LoRA adapters on q_proj/v_proj (query/value in transformers 4)
+saved by `PeftModel.save_pretrained`, and HF's logits. These tests need neither library;
+`test_interop_dinov2_live.py` runs the round trips through them where they are installed.
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ TOL = 1e-4
 SIZE, HIDDEN = 42, 24
 TARGETS = ["q_proj", "v_proj"]
 # (base, adapter, labels): a headless base (head from the adapter), a classifier base with and
-# without a saved head, and the registers variant (5 labels).
+# without a saved head, the registers variant (5 labels), and transformers 4's key names.
 CASES = [
     ("dinov2model", "current_dinov2model", 2),
     ("dinov2cls", "current_dinov2cls", 2),
     ("dinov2cls", "current_dinov2cls_nohead", 2),
     ("dinov2reg", "current_dinov2reg", 5),
+    ("dinov2cls", "legacy_dinov2cls", 2),
 ]
 
 
@@ -94,7 +96,7 @@ def test_token_gap_pooling_survives_the_keras_file(tmp_path):
 @pytest.mark.parametrize(("base", "adapter", "labels"), CASES)
 def test_import_matches_peft_logits(base, adapter, labels, tmp_path):
     record = import_case(fixture(base), fixture(adapter), tmp_path / "run")
-    assert record["naming"] == "current" and record["base_family"] == "dinov2"
+    assert record["naming"] == adapter.split("_")[0] and record["base_family"] == "dinov2"
     assert record["head_from"] == ("base" if adapter.endswith("nohead") else "adapter")
     assert (record["rank"], record["lora_alpha"], record["targets"]) == (4, 8.0, ["query", "value"])
     pre = record["trained_preprocessing"]
@@ -103,34 +105,6 @@ def test_import_matches_peft_logits(base, adapter, labels, tmp_path):
     assert (config.pooling, config.image_size, config.num_classes) == ("token_gap", SIZE, labels)
     diff = np.abs(peft.classifier_logits(model, images()) - EXPECTED[f"logits_{adapter}"])
     assert diff.max() <= TOL, (adapter, diff.max())
-
-
-def _legacy(tmp_path, source="current_dinov2cls"):
-    """The fixture adapter under transformers 4's module names (renamed here, the values kept:
-    what peft 0.17 on transformers 4.57 writes for the same LoRA)."""
-    out = tmp_path / "legacy"
-    shutil.copytree(fixture(source), out)
-    tensors = load_file(str(out / peft.ADAPTER_WEIGHTS))
-    renamed = {
-        k.replace(".attention.q_proj.", ".attention.attention.query.").replace(
-            ".attention.v_proj.", ".attention.attention.value."
-        ): v
-        for k, v in tensors.items()
-    }
-    save_file(renamed, str(out / peft.ADAPTER_WEIGHTS))
-    with open(out / peft.ADAPTER_CONFIG) as f:
-        config = json.load(f)
-    config["target_modules"] = ["query", "value"]
-    (out / peft.ADAPTER_CONFIG).write_text(json.dumps(config))
-    return out
-
-
-def test_legacy_key_names_import_to_the_same_logits(tmp_path):
-    record = import_case(fixture("dinov2cls"), _legacy(tmp_path), tmp_path / "run")
-    assert record["naming"] == "legacy"
-    _, model = runs.load_run(str(tmp_path / "run"))
-    diff = np.abs(peft.classifier_logits(model, images()) - EXPECTED["logits_current_dinov2cls"])
-    assert diff.max() <= TOL, diff.max()
 
 
 @pytest.mark.parametrize(("base", "adapter", "labels"), [CASES[1], CASES[3]])
