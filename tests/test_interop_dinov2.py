@@ -323,3 +323,26 @@ def test_explain_maps_read_both_halves_of_token_gap():
     )
     maps = explain.attention_rollout(model, images()).numpy()
     assert maps.shape == (2, SIZE, SIZE) and maps.min() >= 0 and maps.max() <= 1
+
+
+def test_keras_dinov2_preset_names_export_with_their_hf_origin(tmp_path):
+    """A run on `dinov2_with_registers_small` names facebook/dinov2-with-registers-small and
+    writes the registers model's keys (keras-hub's conversion map; no download here)."""
+    import_case(fixture("dinov2reg"), fixture("current_dinov2reg"), tmp_path / "run")
+    path = tmp_path / "run" / "adapter.npz"
+    with np.load(path) as data:
+        arrays = dict(data)
+    metadata = json.loads(str(arrays.pop("__metadata__")))
+    metadata["build"]["backbone"] = {
+        "type": "keras_preset",
+        "preset": "dinov2_with_registers_small",
+        "architecture": "dinov2",
+    }
+    arrays["__metadata__"] = np.array(json.dumps(metadata))
+    np.savez(path, **arrays)
+    record = peft.export_peft(tmp_path / "run", tmp_path / "out")
+    assert record["base_model_name_or_path"] == "facebook/dinov2-with-registers-small"
+    assert record["base_model_class"] == "Dinov2WithRegistersForImageClassification"
+    exported = load_file(str(tmp_path / "out" / peft.ADAPTER_WEIGHTS))
+    original = load_file(fixture(f"current_dinov2reg/{peft.ADAPTER_WEIGHTS}"))
+    assert sorted(exported) == sorted(original)
