@@ -1,5 +1,7 @@
 """Regenerates `tests/fixtures/hf/` with the real Hugging Face libraries (no network).
 
+(The DINOv2 fixtures, `tests/fixtures/hf_dinov2/`, come from `tests/make_hf_dinov2_fixtures.py`.)
+
 Two runs, one per key naming, each in an environment with that naming's libraries:
 
     # current naming: transformers 5 + peft 0.21 (`pip install -e ".[hf]"`)

@@ -104,7 +104,7 @@ class TrainConfig:
     backbone: str | None = None  # preset name | local preset dir | hf://id | HF dir | None
     backbone_config: dict = dataclasses.field(default_factory=lambda: dict(DEMO_VIT))
     pretrain_epochs: int = 0  # >0: full fine-tune a self-made backbone first, save it as a preset
-    pooling: str = "token"
+    pooling: str = "token"  # token | gap | token_gap (class token + patch mean, HF DINOv2's head)
     lora_rank: int = 8
     lora_alpha: float | None = None
     lora_targets: tuple[str, ...] = ("query", "value")
@@ -277,7 +277,7 @@ def names(kind: str | None = None) -> list[str]:
 CHOICES = {
     "task": ("grade", "binary"),
     "class_weight": ("balanced", None),
-    "pooling": ("token", "gap"),
+    "pooling": ("token", "gap", "token_gap"),
     "lora_layout": ("peft", "keras"),
     "mixed_precision": ("auto", "bfloat16", "float16", None),
     "jit_compile": ("auto", True, False, "fusible"),

@@ -177,7 +177,10 @@ def _pooled_rows(matrix: tf.Tensor, prefix: int, pooling: str) -> tf.Tensor:
     """The relevance of each patch for the pooled output: ``[B, num_patches]``."""
     if pooling == "token":
         return matrix[:, 0, prefix:]
-    return tf.reduce_mean(matrix[:, prefix:, prefix:], axis=1)
+    mean = tf.reduce_mean(matrix[:, prefix:, prefix:], axis=1)
+    if pooling == "token_gap":  # the head reads both halves: their average
+        return 0.5 * (matrix[:, 0, prefix:] + mean)
+    return mean
 
 
 def _grid_to_image(grid: tf.Tensor, images: tf.Tensor) -> tf.Tensor:
@@ -207,7 +210,7 @@ def attention_rollout(model: keras.Model, images) -> tf.Tensor:
 
     ``A_l = 0.5 * mean_heads(attention_l) + 0.5 * I`` (rows renormalised); ``R = A_L ... A_1``;
     the map is the pooled tokens' row of ``R`` over the patches (class token: row 0; mean
-    pooling: the mean of the patch rows). Class-agnostic.
+    pooling: the mean of the patch rows; ``token_gap``: the average of the two). Class-agnostic.
 
     Args:
         model: keras.Model. A `vit_lora.build_vit_classifier` model.

@@ -1,27 +1,32 @@
 """PEFT LoRA adapters in and out: Hugging Face ``peft`` <-> `eyegazer train` run folders.
 
-A PEFT LoRA adapter (``PeftModel.save_pretrained``) is a folder with ``adapter_config.json``
-(``r``, ``lora_alpha``, ``target_modules``, ``modules_to_save``, ...) and
-``adapter_model.safetensors``. On a ViT image classifier its keys read, per transformers version:
+Bases: ViT (``ViTModel``, ``ViTForImageClassification``) and DINOv2 (``Dinov2Model``,
+``Dinov2ForImageClassification`` and their ``Dinov2WithRegisters`` forms), as a local HF
+checkpoint directory, ``hf://org/name`` or a keras-hub preset converted from one.
 
-* transformers >= 5 ("current"): ``base_model.model.vit.layers.{i}.attention.{q_proj,v_proj}
-  .lora_{A,B}.weight``;
-* transformers 4 ("legacy", e.g. the published ``monsoon-nlp/eyegazer-vit-binary``):
-  ``base_model.model.vit.encoder.layer.{i}.attention.attention.{query,value}.lora_{A,B}.weight``;
+* `import_peft` (``eyegazer import-peft``): a PEFT LoRA adapter (`peft_adapter.read_peft_adapter`;
+  ``adapter_config.json`` + ``adapter_model.safetensors``) on its base -> an ordinary run folder;
+* `export_peft` (``eyegazer export-peft``): a run's LoRA + head -> an adapter folder that
+  ``PeftModel.from_pretrained`` loads onto the HF base, in the current (transformers 5) naming.
 
-plus ``base_model.model.classifier.{weight,bias}`` when ``modules_to_save=["classifier"]``.
-How those keys and shapes map onto `vit_lora.build_vit_classifier` (``lora_layout="peft"``) is
-`peft_layout`; the files besides the weights (adapter config, README, the run's
-``dataset.json``) are `peft_files`.
+A DINOv2's HF classifier reads concat(class token, mean of the patch tokens), ``2 * hidden``
+features (registers left out of the mean): imported DINOv2 runs pool with ``"token_gap"``;
+export writes a DINOv2 run pooled with ``"token"`` or ``"gap"`` as that head with zeros on the
+half it does not read (the same logits). A ViT's classifier reads the class token only.
 
-What a keras-hub LoRA ViT cannot hold is refused with one line (`PeftFormatError`): DoRA,
-rsLoRA, ``bias != "none"``, LoRA on anything but the attention projections, per-layer ranks or
-alphas, LoRA on only some layers, a rank that disagrees with the weights.
+The key names and LoRA layouts are `peft_layout`, reading and its one-line refusals
+(`PeftFormatError`) `peft_adapter`, the files besides the weights (adapter config, README, the
+run's ``dataset.json``) `peft_files`.
+
+A DINOv2 whose input differs from the size of its position table (``image_size`` in its
+``config.json``; e.g. 224 px on facebook/dinov2-*'s 518 px table) is interpolated by keras-hub
+with TF's bicubic, by transformers with torch's: the logits then differ from HF's (by up to
+0.012 on the tiny test model at 28 px from a 42 px table); at the table's own size they agree to
+1e-6.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 
@@ -29,11 +34,20 @@ import numpy as np
 
 from eyegazer_keras import files
 from eyegazer_keras.interop import peft_files, peft_layout
+from eyegazer_keras.interop.peft_adapter import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    PeftAdapter,
+    PeftFormatError,
+    read_peft_adapter,
+)
 from eyegazer_keras.models import hf_vit
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ADAPTER_CONFIG",
+    "ADAPTER_WEIGHTS",
     "PeftAdapter",
     "PeftFormatError",
     "classifier_logits",
@@ -42,203 +56,11 @@ __all__ = [
     "read_peft_adapter",
 ]
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 IMPORT_RECORD = "peft_import.json"
 RUN_DATA = "dataset.json"  # the run's dataset facts + preprocessing spec (runs.RunData)
 EXPORT_RECORD = "eyegazer_export.json"
 _CLASSIFIER_BIAS = peft_layout.PEFT_PREFIX + "classifier.bias"
-
-
-class PeftFormatError(ValueError):
-    """An adapter (or a run, for export) that this project cannot represent; says why."""
-
-
-@dataclasses.dataclass
-class PeftAdapter:
-    """A PEFT LoRA adapter read into numpy, in HF's layout.
-
-    Attributes:
-        source: str. Where it was read from (directory or ``hf://org/name``).
-        naming: str. ``"current"`` (transformers >= 5) or ``"legacy"`` (transformers 4).
-        rank: int. ``r``.
-        alpha: float. ``lora_alpha``.
-        targets: tuple of str. keras-hub layer names (``"query"``, ``"value"``, ...).
-        num_layers: int. Transformer blocks with LoRA (all of them, from 0).
-        lora: dict. ``(layer, keras_target) -> (A (r, in), B (out, r))`` float32 arrays.
-        head: dict or None. ``{"weight": (num_labels, hidden), "bias": (num_labels,)}``.
-        config: dict. The ``adapter_config.json`` as read.
-    """
-
-    source: str
-    naming: str
-    rank: int
-    alpha: float
-    targets: tuple
-    num_layers: int
-    lora: dict
-    head: dict | None
-    config: dict
-
-
-# --------------------------------------------------------------------------------------------
-# Reading
-# --------------------------------------------------------------------------------------------
-def read_peft_adapter(source) -> PeftAdapter:
-    """Reads and checks a PEFT LoRA adapter folder (local or ``hf://org/name``).
-
-    Args:
-        source: str or PathLike. A folder with ``adapter_config.json`` and
-            ``adapter_model.safetensors``, or ``hf://org/name``.
-
-    Returns:
-        A `PeftAdapter`.
-
-    Raises:
-        FileNotFoundError: a file is missing.
-        PeftFormatError: the adapter uses something a keras-hub LoRA ViT cannot hold (DoRA,
-            rsLoRA, biases, non-attention targets, per-layer ranks, a rank mismatch, ...).
-    """
-    from safetensors.numpy import load_file
-
-    source = os.fspath(source)
-    if not source.startswith(hf_vit.HF_SCHEME):
-        source = os.path.abspath(os.path.expanduser(source))
-    config = hf_vit.read_json(source, ADAPTER_CONFIG)
-    _check_config(source, config)
-    try:
-        weights_path = hf_vit.resolve_file(source, ADAPTER_WEIGHTS)
-    except FileNotFoundError:
-        hf_vit.resolve_file(source, "adapter_model.bin")  # FileNotFoundError if neither exists
-        raise PeftFormatError(
-            f"{source}: adapter_model.bin (a pickle) is not read; re-save the adapter with "
-            "PeftModel.save_pretrained(..., safe_serialization=True)"
-        ) from None
-    tensors = load_file(weights_path)
-    lora, head, naming = _split_tensors(source, tensors, config)
-    return _check_lora(source, config, lora, head, naming)
-
-
-def _check_config(source, config):
-    def refuse(what):
-        raise PeftFormatError(f"{source}/{ADAPTER_CONFIG}: {what}")
-
-    if config.get("peft_type", "LORA") != "LORA":
-        refuse(f"peft_type={config.get('peft_type')!r}: only LoRA adapters can be imported")
-    if config.get("use_dora"):
-        refuse("use_dora=true: DoRA (magnitude-scaled LoRA) has no keras-hub equivalent")
-    if config.get("use_rslora"):
-        refuse("use_rslora=true: rsLoRA scales by alpha/sqrt(r); eyegazer LoRA uses alpha/r")
-    if config.get("bias", "none") != "none" or config.get("lora_bias"):
-        refuse(f"bias={config.get('bias')!r}: only bias='none' (frozen biases) is supported")
-    for key in ("rank_pattern", "alpha_pattern"):
-        if config.get(key):
-            refuse(f"{key}={config[key]}: per-layer ranks/alphas are not supported")
-    if config.get("layers_to_transform") is not None:
-        refuse("layers_to_transform is set: eyegazer LoRA covers every transformer block")
-    targets = config.get("target_modules") or []
-    if isinstance(targets, str):
-        refuse(f"target_modules={targets!r} is a regex: list the modules (e.g. [query, value])")
-    known = set(peft_layout.HF_TO_KERAS) | {
-        "dense"
-    }  # legacy o-proj is "dense"; the keys decide which
-    bad = sorted(t for t in targets if t not in known and t.rsplit(".", 1)[-1] not in known)
-    if bad:
-        refuse(
-            f"target_modules {bad}: only attention projections (query/key/value, q_proj/k_proj/"
-            "v_proj/o_proj) can be imported"
-        )
-    extra = sorted(set(config.get("modules_to_save") or []) - {"classifier"})
-    if extra:
-        refuse(f"modules_to_save {extra}: only the classifier head can be imported")
-
-
-def _split_tensors(source, tensors, config):
-    lora, head, namings = {}, {}, set()
-    for key, value in tensors.items():
-        name = peft_layout.strip_prefix(key)
-        if which := peft_layout.parse_head_key(name):
-            head[which] = value.astype("float32")
-            continue
-        parsed = peft_layout.parse_lora_key(name)
-        if parsed is None:
-            what = "LoRA on a non-attention module" if ".lora_" in name else "an unknown tensor"
-            raise PeftFormatError(
-                f"{source}/{ADAPTER_WEIGHTS}: {key} is {what}; only LoRA on the attention "
-                "projections and the classifier head can be imported"
-            )
-        layer, target, which, naming = parsed
-        namings.add(naming)
-        lora.setdefault((layer, target), {})[which] = value.astype("float32")
-    if len(namings) > 1:
-        raise PeftFormatError(f"{source}: mixes current and legacy transformers key names")
-    if not lora:
-        raise PeftFormatError(f"{source}/{ADAPTER_WEIGHTS}: no LoRA weights found")
-    if head and set(head) != {"weight", "bias"}:
-        raise PeftFormatError(f"{source}: classifier has {sorted(head)}; expected weight + bias")
-    if "classifier" in (config.get("modules_to_save") or []) and not head:
-        raise PeftFormatError(f"{source}: modules_to_save names classifier but no weights for it")
-    return lora, head or None, namings.pop()
-
-
-def _check_lora(source, config, lora, head, naming):
-    rank = int(config.get("r", 8))
-    alpha = float(config.get("lora_alpha", 8))
-    layers = sorted({i for i, _ in lora})
-    targets = tuple(t for t in peft_layout.PROJECTIONS if any(t == k for _, k in lora))
-    _check_targets(source, config, targets)
-    out = {}
-    for i in range(max(layers) + 1):
-        for t in targets:
-            pair = lora.get((i, t), {})
-            if set(pair) != {"A", "B"}:
-                raise PeftFormatError(
-                    f"{source}: layer {i} {t} has LoRA {sorted(pair) or 'missing'}; eyegazer "
-                    "LoRA needs A and B on every transformer block for each target"
-                )
-            a, b = pair["A"], pair["B"]
-            if a.ndim != 2 or b.ndim != 2 or a.shape[0] != rank or b.shape[1] != rank:
-                raise PeftFormatError(
-                    f"{source}: layer {i} {t} lora_A {a.shape} / lora_B {b.shape} disagree with "
-                    f"r={rank} in {ADAPTER_CONFIG} (rank mismatch)"
-                )
-            out[(i, t)] = (a, b)
-    return PeftAdapter(source, naming, rank, alpha, targets, len(layers), out, head, config)
-
-
-def _check_targets(source, config, targets: tuple[str, ...]) -> None:
-    """Refuses an adapter whose weights cover other modules than its `target_modules` say.
-
-    PEFT applies LoRA only to `target_modules`; weights for other modules in the file are a
-    config and weights that disagree (an edited config, or files from two runs). Importing
-    them would give logits PEFT never computes (issue 23: up to 2.9 apart).
-    """
-    declared = config.get("target_modules") or []
-    if not declared:
-        return
-    wanted = {
-        peft_layout.HF_TO_KERAS.get(t.rsplit(".", 1)[-1], "attention_output") for t in declared
-    }
-    if wanted == set(targets):
-        return
-    names = {k: v[0] for k, v in peft_layout.PROJECTIONS.items()}
-    held = [names[t] for t in targets]
-    extra = [names[t] for t in targets if t not in wanted]
-    missing = [names[t] for t in peft_layout.PROJECTIONS if t in wanted and t not in targets]
-    detail = "; ".join(
-        part
-        for part in (
-            f"weights for {extra} that PEFT would not apply" if extra else "",
-            f"no weights for {missing}" if missing else "",
-        )
-        if part
-    )
-    raise PeftFormatError(
-        f"{source}: {ADAPTER_CONFIG} says target_modules {sorted(declared)} but "
-        f"{ADAPTER_WEIGHTS} holds LoRA on {held} ({detail}); the config and weights come from "
-        "different runs. Fix target_modules or re-save the adapter with "
-        "PeftModel.save_pretrained."
-    )
+_NAMES = {"vit": "ViT", "dinov2": "DINOv2"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -254,32 +76,38 @@ def import_peft(
     data_dir: str | None = None,
     crop: str = "none",
 ) -> dict:
-    """`eyegazer import-peft`: a PEFT adapter on a ViT base -> an `eyegazer train` run folder.
+    """`eyegazer import-peft`: a PEFT adapter on a ViT or DINOv2 base -> a run folder.
 
     The folder holds ``config.json`` (a `configs.TrainConfig`: backbone = `base`, LoRA rank,
-    alpha and targets from the adapter, token pooling), ``adapter.npz`` and
+    alpha and targets from the adapter, the pooling HF's classifier reads: ``"token"`` for a
+    ViT, ``"token_gap"`` for a DINOv2; the input size the base's processor feeds: a ViT's
+    ``image_size``, a DINOv2's ``crop_size``), ``adapter.npz`` and
     ``checkpoints/best_adapter.npz`` (`vit_lora.save_adapter`), and ``peft_import.json`` (the
     adapter's config, naming and the preprocessing it was trained with), so that `eyegazer
     evaluate`, `eyegazer export` and `eyegazer predict` work on it unchanged.
 
     Args:
-        base: str or PathLike. The ViT the adapter was trained on: a keras-hub preset name, a
-            local preset directory, a local HF ViT checkpoint directory or ``hf://org/name``.
+        base: str or PathLike. The model the adapter was trained on: a keras-hub ViT or DINOv2
+            preset name, a local preset directory, a local HF ViT / DINOv2 checkpoint directory
+            or ``hf://org/name``.
         adapter: str or PathLike. A PEFT adapter directory or ``hf://org/name``.
         workdir: str or PathLike. The run folder to write (created; files inside replaced).
         dataset: str. Dataset `eyegazer evaluate` uses by default. Defaults to ``"aptos2019"``.
         dataset_config: str or None. Its builder config. Defaults to None.
         data_dir: str or None. Where it is prepared. Defaults to None (TFDS default).
-        crop: str. Preprocessing the run's export applies: ``"none"`` (as HF's
-            ``ViTImageProcessor``: plain resize, the adapter's training input) or ``"fundus"``
-            (this project's border crop). Defaults to ``"none"``.
+        crop: str. Preprocessing the run's export applies: ``"none"`` (a plain resize, as HF's
+            ``ViTImageProcessor``; a DINOv2's ``BitImageProcessor`` also center-crops, which
+            the record notes) or ``"fundus"`` (this project's border crop). Defaults to
+            ``"none"``.
 
     Returns:
         dict. The import record (also written to ``peft_import.json``).
 
     Raises:
-        ValueError: `crop` is neither "none" nor "fundus", or the base is not a ViT.
-        PeftFormatError: the adapter cannot be represented, or does not fit the base.
+        ValueError: `crop` is neither "none" nor "fundus", or the base is neither a ViT nor a
+            DINOv2.
+        PeftFormatError: the adapter cannot be represented, or does not fit the base (another
+            model family, block count or width).
         FileNotFoundError: a file is missing.
     """
     from eyegazer_keras.models import vit_lora
@@ -289,21 +117,30 @@ def import_peft(
     base = hf_vit.normalise_source(base)
     peft = read_peft_adapter(adapter)
     base_info = hf_vit.describe_base(base)
+    family = base_info["family"]
+    if peft.family not in (None, family):
+        raise PeftFormatError(
+            f"{peft.source}: its keys are LoRA on a {_NAMES[peft.family]} but the base {base} "
+            f"is a {_NAMES[family]}: pass the base the adapter was trained on"
+        )
     head = peft.head or hf_vit.classifier_head(base, base_info)
     if head is None:
+        model_type = base_info.get("model_type", family)
         raise PeftFormatError(
             f"the adapter has no classifier (modules_to_save) and the base {base} has none "
-            "either: pass the ViTForImageClassification checkpoint it was trained on"
+            f"either: pass the {peft_files.HF_CLASSES[model_type][0]} checkpoint it was "
+            "trained on"
         )
     data = {"dataset": dataset, "dataset_config": dataset_config, "data_dir": data_dir}
-    config = _import_config(peft, base, base_info["image_size"], head, data)
+    config = _import_config(peft, base, base_info, head, data)
     model = vit_lora.build_from_config(config)
-    _assign(model, peft, head)
+    _assign(model, peft, head, family)
     _warn_other_base(peft, base)
+    _warn_interpolation(base, base_info)
     return _write_run(model, config, workdir, peft, base, base_info, crop)
 
 
-def _import_config(peft: PeftAdapter, base: str, image_size: int, head: dict, data: dict):
+def _import_config(peft: PeftAdapter, base: str, base_info: dict, head: dict, data: dict):
     """The imported run's `configs.TrainConfig` (`data`: dataset, dataset_config, data_dir)."""
     from eyegazer_keras.configs import settings as configs_lib
 
@@ -317,10 +154,12 @@ def _import_config(peft: PeftAdapter, base: str, image_size: int, head: dict, da
         name="import-peft",
         **data,
         task="binary" if num_labels == 2 else "grade",
-        image_size=image_size,
+        image_size=base_info["image_size"],
         backbone=base,
         backbone_config={},
-        pooling="token",  # ViTForImageClassification classifies the class token
+        # ViTForImageClassification classifies the class token; Dinov2ForImageClassification
+        # concat(class token, mean of the patch tokens).
+        pooling="token_gap" if base_info["family"] == "dinov2" else "token",
         lora_rank=peft.rank,
         lora_alpha=peft.alpha,
         lora_targets=peft.targets,
@@ -339,40 +178,58 @@ def _warn_other_base(peft, base):
     given = hf_vit.hf_origin(given) or given
     if named and os.path.basename(named.rstrip("/")) != os.path.basename(given.rstrip("/")):
         logger.warning(
-            "%s was trained on %s, not %s: shapes match, but check that it is the same ViT",
+            "%s was trained on %s, not %s: shapes match, but check that it is the same model",
             peft.source,
             named,
             base,
         )
 
 
-def _assign(model, peft, head):
-    """Sets the model's LoRA and head variables from the adapter; refuses any mismatch."""
-    vit = model.get_layer("backbone")
-    if peft.num_layers != vit.num_layers:
-        raise PeftFormatError(
-            f"{peft.source}: LoRA on {peft.num_layers} blocks but the base has {vit.num_layers}"
+def _warn_interpolation(base, base_info):
+    """Logs when a DINOv2 runs at another size than its position table (TF vs torch bicubic)."""
+    grid, size = base_info.get("grid_size"), base_info["image_size"]
+    if base_info["family"] == "dinov2" and grid and grid != size:
+        logger.warning(
+            "%s runs at %d px but its position table is for %d px: keras-hub interpolates it "
+            "with TF's bicubic, transformers with torch's, so the logits differ a little from HF's",
+            base,
+            size,
+            grid,
         )
-    variables = {v.path: v for v in model.trainable_weights}
+
+
+def _assign(model, peft, head, family):
+    """Sets the model's LoRA and head variables from the adapter; refuses any mismatch."""
+    backbone = model.get_layer("backbone")
+    if peft.num_layers != backbone.num_layers:
+        raise PeftFormatError(
+            f"{peft.source}: LoRA on {peft.num_layers} blocks but the base has "
+            f"{backbone.num_layers}"
+        )
+    # By (block, projection, a|b): a DINOv2's variable paths carry its constructor name.
+    variables = {peft_layout.parse_keras_path(v.path) or v.path: v for v in model.trainable_weights}
     values = {}
     for (i, target), (a, b) in peft.lora.items():
-        ka, kb = peft_layout.keras_lora(a, b, target, vit.num_heads)
-        values[peft_layout.keras_lora_path(i, target, "a")] = ka
-        values[peft_layout.keras_lora_path(i, target, "b")] = kb
+        ka, kb = peft_layout.keras_lora(a, b, target, backbone.num_heads)
+        values[(i, target, "a")], values[(i, target, "b")] = ka, kb
     values["predictions/kernel"] = head["weight"].T
     values["predictions/bias"] = head["bias"]
+
+    def name(key):
+        return key if isinstance(key, str) else peft_layout.keras_lora_path(*key, family)
+
     if set(values) != set(variables):
         raise PeftFormatError(
-            f"{peft.source}: adapter covers {sorted(set(values) - set(variables))[:3]} but the "
-            f"model trains {sorted(set(variables) - set(values))[:3]}"
+            f"{peft.source}: adapter covers {sorted(map(name, set(values) - set(variables)))[:3]}"
+            f" but the model trains {sorted(map(name, set(variables) - set(values)))[:3]}"
         )
-    for path, value in values.items():
-        if tuple(value.shape) != tuple(variables[path].shape):
+    for key, value in values.items():
+        if tuple(value.shape) != tuple(variables[key].shape):
             raise PeftFormatError(
-                f"{peft.source}: {path} has shape {value.shape} from the adapter but "
-                f"{tuple(variables[path].shape)} in the base (wrong base for this adapter?)"
+                f"{peft.source}: {name(key)} has shape {value.shape} from the adapter but "
+                f"{tuple(variables[key].shape)} in the base (wrong base for this adapter?)"
             )
-        variables[path].assign(value)
+        variables[key].assign(value)
 
 
 def _write_run(model, config, workdir, peft, base, base_info, crop):
@@ -421,13 +278,17 @@ def export_peft(workdir, output) -> dict:
 
     Reads the run's ``config.json`` and ``adapter.npz`` (else ``checkpoints/best_adapter.npz``)
     without building the model, and writes ``adapter_model.safetensors`` (keys
-    ``base_model.model.vit.layers.{i}.attention.{q_proj,...}.lora_{A,B}.weight`` and
+    ``base_model.model.vit.layers.{i}.attention.{q_proj,...}.lora_{A,B}.weight`` on a ViT,
+    ``base_model.model.dinov2.encoder.layer.{i}.attention.{q_proj,...}.lora_{A,B}.weight`` on a
+    DINOv2 (``dinov2_with_registers.`` with registers), and
     ``base_model.model.classifier.{weight,bias}``), ``adapter_config.json`` (with
     ``base_model_name_or_path``), ``eyegazer_export.json`` and a ``README.md`` saying how to load
     it and which preprocessing the model was trained with.
 
     The Keras-core layout (``lora_layout="keras"``: ``A`` per head) is written exactly as a
-    rank ``heads * r`` PEFT LoRA with ``lora_alpha = heads * alpha`` (block-diagonal ``B``).
+    rank ``heads * r`` PEFT LoRA with ``lora_alpha = heads * alpha`` (block-diagonal ``B``). A
+    DINOv2 head on ``"token"`` or ``"gap"`` features is written as HF's ``2 * hidden`` head with
+    zeros on the other half.
 
     Args:
         workdir: str or PathLike. A finished `eyegazer train` (or `import-peft`) run folder.
@@ -437,34 +298,37 @@ def export_peft(workdir, output) -> dict:
         dict. What was written (also in ``eyegazer_export.json``).
 
     Raises:
-        PeftFormatError: the run's backbone has no HF ViT checkpoint, or its adapter is not LoRA
-            on attention projections with a token-pooled head.
+        PeftFormatError: the run's backbone has no HF ViT/DINOv2 checkpoint, or its adapter is
+            not LoRA on attention projections with a head HF's classifier can hold (a ViT's
+            must pool the class token).
         FileNotFoundError: the run folder lacks its config or adapter.
     """
     from safetensors.numpy import save_file
 
     workdir = os.path.abspath(os.path.expanduser(os.fspath(workdir)))
     config, arrays, metadata = peft_files.read_run(workdir)
-    base = _hf_base_for(config, metadata)
+    base, model_type = _hf_base_for(config, metadata)
     build = metadata.get("build", {})
     rank, alpha = int(build["lora_rank"]), float(build.get("lora_alpha") or build["lora_rank"])
-    tensors, rank, alpha, targets = _peft_tensors(workdir, arrays, build, rank, alpha)
+    tensors, rank, alpha, targets = _peft_tensors(workdir, arrays, build, rank, alpha, model_type)
     output = os.path.abspath(os.path.expanduser(os.fspath(output)))
     os.makedirs(output, exist_ok=True)
     save_file(tensors, os.path.join(output, ADAPTER_WEIGHTS), metadata={"format": "pt"})
-    adapter_config = peft_files.adapter_config(base, rank, alpha, targets)
+    adapter_config = peft_files.adapter_config(base, rank, alpha, targets, model_type)
     files.write_json_atomic(os.path.join(output, ADAPTER_CONFIG), adapter_config)
     record = {
         "run": workdir,
         "base_model_name_or_path": base,
+        "base_model_class": peft_files.HF_CLASSES[model_type][0],
         "num_labels": int(tensors[_CLASSIFIER_BIAS].shape[0]),
         "rank": rank,
         "lora_alpha": alpha,
         "target_modules": targets,
         "source_lora_layout": build.get("lora_layout"),
+        "source_pooling": build.get("pooling", "token"),
         "image_size": config.get("image_size"),
         "trained_preprocessing": peft_files.run_preprocessing(
-            os.path.join(workdir, IMPORT_RECORD), config
+            os.path.join(workdir, IMPORT_RECORD), config, build.get("normalization")
         ),
     }
     files.write_json_atomic(os.path.join(output, EXPORT_RECORD), record)
@@ -473,16 +337,20 @@ def export_peft(workdir, output) -> dict:
     return record
 
 
-def _hf_base_for(config, metadata) -> str:
-    """The HF checkpoint a run's backbone came from; refuses backbones that have none."""
+def _hf_base_for(config, metadata) -> tuple[str, str]:
+    """``(HF checkpoint, its model_type)`` a run's backbone came from; refuses other backbones."""
     source = metadata.get("build", {}).get("backbone") or {}
     kind, preset = source.get("type"), source.get("preset")
+    dinov2 = source.get("architecture") == "dinov2"
     if config.get("pretrain_epochs"):
         kind = "pretrained here"
     if kind == "hf_checkpoint":
-        return preset[len(hf_vit.HF_SCHEME) :] if preset.startswith(hf_vit.HF_SCHEME) else preset
+        base = preset[len(hf_vit.HF_SCHEME) :] if preset.startswith(hf_vit.HF_SCHEME) else preset
+        return base, _dinov2_model_type(preset) if dinov2 else "vit"
     if kind == "keras_preset" and (origin := hf_vit.hf_origin(preset)):
-        return origin
+        if not dinov2:
+            return origin, "vit"
+        return origin, "dinov2_with_registers" if "with-registers" in origin else "dinov2"
     what = {
         "config": "a randomly initialised ViT (backbone=config)",
         "pretrained here": "a backbone pretrained in this run (pretrain_epochs)",
@@ -490,33 +358,58 @@ def _hf_base_for(config, metadata) -> str:
     }.get(kind, f"an unknown source {source}")
     raise PeftFormatError(
         f"the run's backbone is {what}; PEFT adapters load onto Hugging Face checkpoints: train "
-        "from hf://org/name, a local HF ViT directory or a keras-hub preset converted from one "
-        f"({', '.join(sorted(hf_vit.HF_ORIGINS))})"
+        "from hf://org/name, a local HF ViT or DINOv2 directory or a keras-hub preset converted "
+        f"from one ({', '.join(sorted(hf_vit.HF_ORIGINS))})"
     )
 
 
-def _peft_tensors(workdir, arrays, build, rank, alpha):
-    """Run adapter arrays -> PEFT tensors (current naming), rank, alpha, target_modules."""
-    if build.get("pooling", "token") != "token":
+def _dinov2_model_type(preset: str) -> str:
+    """``"dinov2"`` or ``"dinov2_with_registers"``, from the checkpoint's ``config.json``."""
+    try:
+        return hf_vit.describe_base(preset)["model_type"]
+    except (OSError, ValueError) as err:
         raise PeftFormatError(
-            f"{workdir}: pooling={build.get('pooling')!r}; ViTForImageClassification "
-            "classifies the class token (pooling='token')"
-        )
+            f"{preset}: cannot read its config.json to name the DINOv2 class ({err})"
+        ) from None
+
+
+def _hf_head(workdir, kernel: np.ndarray, pooling: str, model_type: str) -> np.ndarray:
+    """The run's head kernel ``(features, labels)`` -> HF's classifier ``weight``."""
+    if model_type == "vit":
+        if pooling != "token":
+            raise PeftFormatError(
+                f"{workdir}: pooling={pooling!r}; ViTForImageClassification classifies the class "
+                "token (pooling='token')"
+            )
+        return kernel.T
+    # Dinov2ForImageClassification reads [class token, mean of patch tokens].
+    if pooling == "token_gap":
+        return kernel.T
+    zeros = np.zeros_like(kernel.T)
+    return np.concatenate([kernel.T, zeros] if pooling == "token" else [zeros, kernel.T], axis=1)
+
+
+def _peft_tensors(workdir, arrays, build, rank, alpha, model_type):
+    """Run adapter arrays -> PEFT tensors (current naming), rank, alpha, target_modules."""
     if not rank:
         raise PeftFormatError(f"{workdir}: lora_rank=0 is full fine-tuning, not an adapter")
     layout = build.get("lora_layout") or "keras"
+    pooling = build.get("pooling", "token")
     tensors, targets, pairs = {}, set(), {}
     for path, value in arrays.items():
         if path.startswith("predictions/"):
-            name = {"kernel": "weight", "bias": "bias"}[path.split("/")[-1]]
-            key = peft_layout.PEFT_PREFIX + f"classifier.{name}"
-            tensors[key] = (value.T if name == "weight" else value).copy()
+            which = path.split("/")[-1]
+            value = _hf_head(workdir, value, pooling, model_type) if which == "kernel" else value
+            name = {"kernel": "weight", "bias": "bias"}[which]
+            tensors[peft_layout.PEFT_PREFIX + f"classifier.{name}"] = np.ascontiguousarray(
+                value, "float32"
+            )
             continue
         parsed = peft_layout.parse_keras_path(path)
         if parsed is None:
             raise PeftFormatError(
                 f"{workdir}: trainable variable {path} is not LoRA on an attention projection "
-                "or the head; PEFT's LoRA on ViT attention cannot hold it"
+                "or the head; PEFT's LoRA on the attention projections cannot hold it"
             )
         layer, target, which = parsed
         pairs.setdefault((layer, target), {})[which] = value
@@ -524,8 +417,9 @@ def _peft_tensors(workdir, arrays, build, rank, alpha):
     for (i, target), ab in sorted(pairs.items()):
         a, b, heads = peft_layout.hf_lora(ab["a"], ab["b"], target, layout)
         targets.add(peft_layout.PROJECTIONS[target][0])
-        tensors[peft_layout.hf_lora_key(i, target, "A")] = np.ascontiguousarray(a, "float32")
-        tensors[peft_layout.hf_lora_key(i, target, "B")] = np.ascontiguousarray(b, "float32")
+        for which, value in (("A", a), ("B", b)):
+            key = peft_layout.hf_lora_key(i, target, which, model_type)
+            tensors[key] = np.ascontiguousarray(value, "float32")
     if layout == "keras" and heads:  # rank heads*r, same alpha/r scale
         rank, alpha = rank * heads, alpha * heads
     return tensors, rank, alpha, sorted(targets)

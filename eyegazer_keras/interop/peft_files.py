@@ -4,7 +4,10 @@
   `adapter_config` (PEFT's ``adapter_config.json``), `run_preprocessing` and `readme` (how to
   load the adapter and what input it was trained on);
 * into a run (`import_peft`): `import_record` (``peft_import.json``), `hf_preprocessing`
-  (what an HF-trained adapter saw) and `run_data` (the run's ``dataset.json``).
+  (what an HF-trained adapter saw; `describe_preprocessing` says it in words) and `run_data`
+  (the run's ``dataset.json``).
+
+`HF_CLASSES` names the HF classifier class (and its module) of each base ``model_type``.
 
 Every function returns plain dicts/strings; `eyegazer_keras.interop.peft` writes them.
 
@@ -27,7 +30,9 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "HF_CLASSES",
     "adapter_config",
+    "describe_preprocessing",
     "hf_preprocessing",
     "import_record",
     "read_run",
@@ -37,6 +42,25 @@ __all__ = [
 ]
 
 _ADAPTER_FILES = ("adapter.npz", os.path.join("checkpoints", "best_adapter.npz"))
+# HF model_type -> (the classifier class a PEFT adapter is loaded onto, its module).
+HF_CLASSES = {
+    "vit": ("ViTForImageClassification", "transformers.models.vit.modeling_vit"),
+    "dinov2": ("Dinov2ForImageClassification", "transformers.models.dinov2.modeling_dinov2"),
+    "dinov2_with_registers": (
+        "Dinov2WithRegistersForImageClassification",
+        "transformers.models.dinov2_with_registers.modeling_dinov2_with_registers",
+    ),
+}
+# The processors' defaults when a base ships no preprocessor_config.json.
+_VIT_PROCESSOR = {"size": {"height": None, "width": None}, "resample": 2, "image_mean": [0.5] * 3}
+_DINOV2_PROCESSOR = {  # BitImageProcessor as facebook/dinov2-* ship it
+    "size": {"shortest_edge": 256},
+    "crop_size": {"height": 224, "width": 224},
+    "do_center_crop": True,
+    "resample": 3,
+    "image_mean": [0.485, 0.456, 0.406],
+    "image_std": [0.229, 0.224, 0.225],
+}
 
 
 def read_run(workdir: str) -> tuple[dict, dict, dict]:
@@ -70,18 +94,23 @@ def read_run(workdir: str) -> tuple[dict, dict, dict]:
     return config, arrays, metadata
 
 
-def adapter_config(base: str, rank: int, alpha: float, targets: list) -> dict[str, Any]:
-    """PEFT 0.21's ``adapter_config.json`` for a LoRA on a ``ViTForImageClassification``.
+def adapter_config(
+    base: str, rank: int, alpha: float, targets: list, model_type: str = "vit"
+) -> dict[str, Any]:
+    """PEFT 0.21's ``adapter_config.json`` for a LoRA on an HF image classifier.
 
     Args:
         base: str. ``base_model_name_or_path`` (an HF id or directory).
         rank: int. ``r``.
         alpha: float. ``lora_alpha`` (written as an int when whole).
         targets: list of str. ``target_modules`` (``q_proj``, ``v_proj``, ...).
+        model_type: str. The base's HF ``model_type`` (a key of `HF_CLASSES`): names the
+            classifier class in ``auto_mapping``. Defaults to ``"vit"``.
 
     Returns:
         The JSON dict (``modules_to_save=["classifier"]``, ``bias="none"``, no DoRA/rsLoRA).
     """
+    base_class, library = HF_CLASSES[model_type]
     return {
         "peft_type": "LORA",
         "task_type": None,
@@ -102,36 +131,62 @@ def adapter_config(base: str, rank: int, alpha: float, targets: list) -> dict[st
         "layers_pattern": None,
         "rank_pattern": {},
         "alpha_pattern": {},
-        "auto_mapping": {
-            "base_model_class": "ViTForImageClassification",
-            "parent_library": "transformers.models.vit.modeling_vit",
-        },
+        "auto_mapping": {"base_model_class": base_class, "parent_library": library},
     }
 
 
 def hf_preprocessing(base_info: dict, image_size: int) -> dict:
-    """The preprocessing an HF-trained adapter saw (``ViTImageProcessor`` defaults if unknown).
+    """The preprocessing an HF-trained adapter saw (the processor's defaults if unknown).
 
     Args:
-        base_info: dict. What `peft` read of the base; its ``preprocessor`` entry is the
-            base's ``preprocessor_config.json`` (or None).
+        base_info: dict. What `peft` read of the base (`hf_vit.describe_base`); its
+            ``preprocessor`` entry is the base's ``preprocessor_config.json`` (or None), its
+            ``family`` ``"vit"`` (``ViTImageProcessor``) or ``"dinov2"`` (``BitImageProcessor``).
         image_size: int. The model input side in pixels.
 
     Returns:
-        dict with ``crop`` ("none"), ``resize`` ([h, w] px), ``resample``, ``rescale_factor``,
-        ``image_mean``, ``image_std`` and ``source``.
+        dict with ``crop`` ("none": no fundus crop), ``resize`` ([h, w] px, or None when the
+        processor resizes the shortest edge), ``resize_shortest_edge`` (px or None),
+        ``center_crop`` ([h, w] px or None), ``resample``, ``rescale_factor``, ``image_mean``,
+        ``image_std`` and ``source``.
     """
-    p = base_info.get("preprocessor") or {}
+    shipped = base_info.get("preprocessor") or {}
+    dinov2 = base_info.get("family") == "dinov2"
+    p = shipped or (_DINOV2_PROCESSOR if dinov2 else _VIT_PROCESSOR)
     size = p.get("size") or {}
+    shortest = size.get("shortest_edge")
+    crop = p.get("crop_size") or {}
+    center_crop = None
+    if p.get("do_center_crop", dinov2) and crop.get("height"):
+        center_crop = [int(crop["height"]), int(crop.get("width", crop["height"]))]
+    resize = None
+    if shortest is None:
+        resize = [int(size.get("height") or image_size), int(size.get("width") or image_size)]
+    default_std = [0.5] * 3 if not dinov2 else _DINOV2_PROCESSOR["image_std"]
+    default = "BitImageProcessor defaults" if dinov2 else "ViTImageProcessor defaults"
     return {
         "crop": "none",
-        "resize": [int(size.get("height", image_size)), int(size.get("width", image_size))],
+        "resize": resize,
+        "resize_shortest_edge": None if shortest is None else int(shortest),
+        "center_crop": center_crop,
         "resample": {2: "bilinear", 3: "bicubic"}.get(p.get("resample", 2), "bilinear"),
         "rescale_factor": p.get("rescale_factor", 1 / 255),
         "image_mean": p.get("image_mean", [0.5, 0.5, 0.5]),
-        "image_std": p.get("image_std", [0.5, 0.5, 0.5]),
-        "source": "preprocessor_config.json" if p else "ViTImageProcessor defaults",
+        "image_std": p.get("image_std", default_std),
+        "source": "preprocessor_config.json" if shipped else default,
     }
+
+
+def describe_preprocessing(pre: dict) -> str:
+    """`hf_preprocessing`'s dict in words, e.g. ``"resize to [224, 224] (no fundus crop), mean
+    [0.5, 0.5, 0.5], std [0.5, 0.5, 0.5]"``."""
+    if pre.get("resize_shortest_edge"):
+        how = f"resize the shortest edge to {pre['resize_shortest_edge']}"
+    else:
+        how = f"resize to {pre.get('resize')}"
+    if pre.get("center_crop"):
+        how += f", center crop {pre['center_crop']}"
+    return f"{how} (no fundus crop), mean {pre.get('image_mean')}, std {pre.get('image_std')}"
 
 
 def import_record(
@@ -148,12 +203,17 @@ def import_record(
         crop: str. The preprocessing the run's export applies (``"none"`` or ``"fundus"``).
 
     Returns:
-        dict: base, adapter, naming, rank, alpha, targets, head origin, the adapter's config and
-        the preprocessing it was trained with (`hf_preprocessing`).
+        dict: base (kind, family, HF model type, position-grid size), adapter, naming, rank,
+        alpha, targets, head origin, the adapter's config and the preprocessing it was trained
+        with (`hf_preprocessing`).
     """
     return {
         "base": base,
         "base_kind": base_info["kind"],
+        "base_family": base_info.get("family", "vit"),
+        "base_model_type": base_info.get("model_type", "vit"),
+        "base_grid_size": base_info.get("grid_size"),
+        "image_size": image_size,
         "adapter": adapter.source,
         "naming": adapter.naming,
         "rank": adapter.rank,
@@ -202,12 +262,14 @@ def run_data(config, crop: str) -> dict:
     }
 
 
-def run_preprocessing(import_record: str, config: dict) -> dict:
+def run_preprocessing(import_record: str, config: dict, normalization: dict | None = None) -> dict:
     """What a run's model was trained on: an imported adapter's HF pipeline, else fundus.
 
     Args:
         import_record: str. The run's ``peft_import.json`` path (absent for trained runs).
         config: dict. The run's ``config.json``.
+        normalization: dict or None. The model's ``{"scale", "offset"}`` on 0..255 pixels (its
+            adapter metadata); None: mean = std = 0.5. Defaults to None.
 
     Returns:
         The import record's ``trained_preprocessing``, or ``{"crop": "fundus",
@@ -216,12 +278,19 @@ def run_preprocessing(import_record: str, config: dict) -> dict:
     if os.path.exists(import_record):
         with open(import_record) as f:
             return json.load(f)["trained_preprocessing"]
+    norm = "0..255 mapped to -1..1 (mean = std = 0.5)"
+    if normalization and normalization.get("scale") is not None:
+        std = 1.0 / (255.0 * np.asarray(normalization["scale"], "float64"))
+        mean = -np.asarray(normalization.get("offset", 0.0), "float64") * std
+        if not (np.allclose(mean, 0.5) and np.allclose(std, 0.5)):
+            norm = f"0..1 pixels normalised with mean {np.round(mean, 4).tolist()}, std "
+            norm += f"{np.round(std, 4).tolist()}"
     return {
         "crop": "fundus",
         "description": (
             "eyegazer_keras.fundus.preprocess_fundus (crop the black border, pad to square, "
             f"resize; dataset {config.get('dataset')}/{config.get('dataset_config')}) then "
-            f"resize to {config.get('image_size')} px; 0..255 mapped to -1..1 (mean = std = 0.5)"
+            f"resize to {config.get('image_size')} px; {norm}"
         ),
     }
 
@@ -231,7 +300,8 @@ def readme(record: dict) -> str:
 
     Args:
         record: dict. The export record (`peft.export_peft`): ``num_labels``, ``rank``,
-            ``lora_alpha``, ``target_modules``, ``base_model_name_or_path``, ``image_size``,
+            ``lora_alpha``, ``target_modules``, ``base_model_name_or_path``,
+            ``base_model_class`` (default ``ViTForImageClassification``), ``image_size``,
             ``trained_preprocessing``.
 
     Returns:
@@ -240,11 +310,12 @@ def readme(record: dict) -> str:
     labels = record["num_labels"]
     classes = "no_dr, dr" if labels == 2 else "grades 0-4"
     pre = record["trained_preprocessing"]
+    base_class = record.get("base_model_class", HF_CLASSES["vit"][0])
+    processor = "ViTImageProcessor" if base_class.startswith("ViT") else "BitImageProcessor"
     how = (
         "this project's fundus crop: " + pre.get("description", "")
         if pre.get("crop") == "fundus"
-        else f"ViTImageProcessor (plain resize to {pre.get('resize')}, mean "
-        f"{pre.get('image_mean')}, std {pre.get('image_std')})"
+        else f"{processor} ({describe_preprocessing(pre)})"
     )
     return f"""---
 library_name: peft
@@ -257,10 +328,10 @@ LoRA r={record["rank"]}, alpha={record["lora_alpha"]} on {record["target_modules
 as `modules_to_save=["classifier"]`.
 
 ```python
-from transformers import ViTForImageClassification
+from transformers import {base_class}
 from peft import PeftModel
 
-base = ViTForImageClassification.from_pretrained("{record["base_model_name_or_path"]}", num_labels={labels})
+base = {base_class}.from_pretrained("{record["base_model_name_or_path"]}", num_labels={labels})
 model = PeftModel.from_pretrained(base, "path/to/this/folder").eval()
 ```
 

@@ -1,21 +1,25 @@
 """PEFT LoRA tensors <-> keras-hub LoRA variables: the key names and the weight layouts.
 
 Pure functions on names and numpy arrays (no files, no checks: `peft` refuses what does not
-fit). A PEFT adapter on a Hugging Face ViT names its tensors, per transformers version:
+fit). A PEFT adapter names its tensors after the Hugging Face model it was made on, per
+transformers version ("current" = transformers >= 5, "legacy" = transformers 4):
 
-* transformers >= 5 ("current"): ``base_model.model.vit.layers.{i}.attention.{q_proj,k_proj,
-  v_proj,o_proj}.lora_{A,B}.weight``;
-* transformers 4 ("legacy"): ``base_model.model.vit.encoder.layer.{i}.attention.attention.
-  {query,key,value}`` / ``...attention.output.dense`` ``.lora_{A,B}.weight``;
+* ViT (``ViTForImageClassification``), current: ``base_model.model.vit.layers.{i}.attention.
+  {q_proj,k_proj,v_proj,o_proj}.lora_{A,B}.weight``; legacy: ``base_model.model.vit.encoder.
+  layer.{i}.attention.attention.{query,key,value}`` / ``...attention.output.dense``;
+* DINOv2 (``Dinov2ForImageClassification``; ``Dinov2WithRegistersForImageClassification``
+  writes ``dinov2_with_registers.`` for ``dinov2.``), current: ``base_model.model.dinov2.
+  encoder.layer.{i}.attention.{q_proj,...,o_proj}.lora_{A,B}.weight``; legacy: as the ViT's
+  with ``dinov2.`` for ``vit.``;
 
 plus ``base_model.model.classifier.{weight,bias}``. ``lora_A`` is ``(r, in)``, ``lora_B``
 ``(out, r)``; the update is ``(alpha / r) * B @ A`` (Hu et al., "LoRA", ICLR 2022).
 
-keras-hub's ViT (`vit_lora.build_vit_classifier`) holds HF layer ``i`` as
-``vit_encoder/transformer_block_{i+1}/mha/{query,key,value,attention_output}`` with variables
-``lora_kernel_a`` / ``lora_kernel_b``: with ``lora_layout="peft"``, ``A.T`` and ``B.T``
+keras-hub holds HF layer ``i`` of a ViT as ``vit_encoder/transformer_block_{i+1}/mha/{query,key,
+value,attention_output}``, of a DINOv2 as ``encoder/layers_{i}/attention/attention/{...}``, with
+variables ``lora_kernel_a`` / ``lora_kernel_b``: with ``lora_layout="peft"``, ``A.T`` and ``B.T``
 reshaped to ``(r, heads, head_dim)`` (query/key/value) or ``A.T`` reshaped to
-``(heads, head_dim, r)`` and ``B.T`` (attention output).
+``(heads, head_dim, r)`` and ``B.T`` (attention output). Both families share those shapes.
 
 Example:
 
@@ -23,8 +27,9 @@ Example:
 import numpy as np
 from eyegazer_keras.interop import peft_layout
 
-key = "base_model.model.vit.layers.0.attention.q_proj.lora_A.weight"
-print(peft_layout.parse_lora_key(key))  # (0, 'query', 'A', 'current')
+key = "base_model.model.dinov2.encoder.layer.0.attention.q_proj.lora_A.weight"
+print(peft_layout.parse_lora_key(key))  # LoraKey(layer=0, target='query', ..., family='dinov2')
+print(peft_layout.keras_lora_path(0, "query", "a", "dinov2"))
 a, b = np.ones((2, 8), "float32"), np.ones((8, 2), "float32")  # r=2, hidden 8
 ka, kb = peft_layout.keras_lora(a, b, "query", heads=2)  # (8, 2), (2, 2, 4)
 a2, b2, heads = peft_layout.hf_lora(ka, kb, "query", "peft")
@@ -35,13 +40,16 @@ assert np.array_equal(a2, a) and np.array_equal(b2, b) and heads == 2
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 import numpy as np
 
 __all__ = [
+    "FAMILIES",
     "HF_TO_KERAS",
     "PEFT_PREFIX",
     "PROJECTIONS",
+    "LoraKey",
     "hf_lora",
     "hf_lora_key",
     "keras_lora",
@@ -62,15 +70,48 @@ PROJECTIONS = {
 }
 HF_TO_KERAS = {hf: k for k, names in PROJECTIONS.items() for hf in names}
 _HF_NAME = {k: names[0] for k, names in PROJECTIONS.items()}  # current naming, for export
-_CURRENT_KEY = re.compile(
-    r"^(?:vit\.)?layers\.(\d+)\.attention\.(q_proj|k_proj|v_proj|o_proj)\.lora_([AB])\.weight$"
+# Backbone family (keras-hub class) <- the HF model types (module prefixes) that map onto it.
+FAMILIES = {"vit": ("vit",), "dinov2": ("dinov2", "dinov2_with_registers")}
+_FAMILY_OF = {model_type: f for f, types in FAMILIES.items() for model_type in types}
+_QKVO = r"(q_proj|k_proj|v_proj|o_proj)"
+_CURRENT_VIT_KEY = re.compile(
+    rf"^(?:vit\.)?layers\.(\d+)\.attention\.{_QKVO}\.lora_([AB])\.weight$"
+)
+_CURRENT_DINOV2_KEY = re.compile(
+    rf"^(?:(?:dinov2|dinov2_with_registers)\.)?encoder\.layer\.(\d+)\.attention\.{_QKVO}"
+    r"\.lora_([AB])\.weight$"
 )
 _LEGACY_KEY = re.compile(
-    r"^(?:vit\.)?encoder\.layer\.(\d+)\.attention\."
+    r"^(?:(vit|dinov2|dinov2_with_registers)\.)?encoder\.layer\.(\d+)\.attention\."
     r"(attention\.query|attention\.key|attention\.value|output\.dense)\.lora_([AB])\.weight$"
 )
 _HEAD_KEY = re.compile(r"^classifier\.(?:modules_to_save\.default\.)?(weight|bias)$")
-_KERAS_PATH = re.compile(r"^vit_encoder/transformer_block_(\d+)/mha/(\w+)/lora_kernel_([ab])$")
+_KERAS_PATHS = {
+    "vit": (
+        re.compile(r"^vit_encoder/transformer_block_(\d+)/mha/(\w+)/lora_kernel_([ab])$"),
+        1,
+        "vit_encoder/transformer_block_{block}/mha/{target}/lora_kernel_{which}",
+    ),
+    "dinov2": (
+        # keras-hub prefixes the DINOv2's sublayers with the backbone's name, when it has one
+        # at construction (a saved preset's): "backbone_encoder/...".
+        re.compile(r"^(?:\w+_)?encoder/layers_(\d+)/attention/attention/(\w+)/lora_kernel_([ab])$"),
+        0,
+        "encoder/layers_{block}/attention/attention/{target}/lora_kernel_{which}",
+    ),
+}
+
+
+class LoraKey(NamedTuple):
+    """A parsed PEFT LoRA key: HF block, keras-hub projection, ``"A"``/``"B"``, naming and
+    family (``"vit"``, ``"dinov2"``, or None when the key names no model: legacy keys of an
+    adapter made on a headless ``ViTModel``/``Dinov2Model``)."""
+
+    layer: int
+    target: str
+    which: str
+    naming: str
+    family: str | None
 
 
 def strip_prefix(key: str) -> str:
@@ -84,45 +125,74 @@ def parse_head_key(name: str) -> str | None:
     return m.group(1) if m else None
 
 
-def parse_lora_key(key: str) -> tuple[int, str, str, str] | None:
-    """Reads a LoRA tensor key of either naming.
+def parse_lora_key(key: str) -> LoraKey | None:
+    """Reads a LoRA tensor key of either naming, on a ViT or a DINOv2.
 
     Args:
         key: str. An adapter tensor key, with or without ``base_model.model.``.
 
     Returns:
-        ``(hf_layer, keras_target, "A" | "B", "current" | "legacy")``, or None when the key is
-        not LoRA on an attention projection.
+        A `LoraKey` ``(hf_layer, keras_target, "A" | "B", "current" | "legacy", family)``, or
+        None when the key is not LoRA on an attention projection.
     """
     name = strip_prefix(key)
-    current, legacy = _CURRENT_KEY.match(name), _LEGACY_KEY.match(name)
-    m = current or legacy
-    if m is None:
-        return None
-    target = HF_TO_KERAS[m.group(2).removeprefix("attention.")]
-    return int(m.group(1)), target, m.group(3), "current" if current else "legacy"
+    if m := _CURRENT_VIT_KEY.match(name):
+        return LoraKey(int(m.group(1)), HF_TO_KERAS[m.group(2)], m.group(3), "current", "vit")
+    if m := _CURRENT_DINOV2_KEY.match(name):
+        target = HF_TO_KERAS[m.group(2)]
+        return LoraKey(int(m.group(1)), target, m.group(3), "current", "dinov2")
+    if m := _LEGACY_KEY.match(name):
+        target = HF_TO_KERAS[m.group(3).removeprefix("attention.")]
+        family = _FAMILY_OF.get(m.group(1)) if m.group(1) else None
+        return LoraKey(int(m.group(2)), target, m.group(4), "legacy", family)
+    return None
 
 
-def hf_lora_key(hf_layer: int, keras_target: str, which: str) -> str:
-    """The current-naming PEFT key of ``lora_A``/``lora_B`` (``which`` = "A"/"B")."""
+def hf_lora_key(hf_layer: int, keras_target: str, which: str, model_type: str = "vit") -> str:
+    """The current-naming PEFT key of ``lora_A``/``lora_B`` (``which`` = "A"/"B").
+
+    Args:
+        hf_layer: int. HF block index, from 0.
+        keras_target: str. The keras-hub projection (``"query"``, ...).
+        which: str. ``"A"`` or ``"B"``.
+        model_type: str. HF ``model_type`` of the base: ``"vit"``, ``"dinov2"`` or
+            ``"dinov2_with_registers"`` (its module prefix). Defaults to ``"vit"``.
+    """
     hf = _HF_NAME[keras_target]
-    return PEFT_PREFIX + f"vit.layers.{hf_layer}.attention.{hf}.lora_{which}.weight"
+    if model_type == "vit":
+        return PEFT_PREFIX + f"vit.layers.{hf_layer}.attention.{hf}.lora_{which}.weight"
+    if model_type not in _FAMILY_OF:
+        raise ValueError(f"model_type={model_type!r}: use one of {sorted(_FAMILY_OF)}")
+    return PEFT_PREFIX + f"{model_type}.encoder.layer.{hf_layer}.attention.{hf}.lora_{which}.weight"
 
 
-def keras_lora_path(hf_layer: int, keras_target: str, which: str) -> str:
-    """The keras-hub variable path of ``lora_kernel_a``/``_b`` (``which`` = "a"/"b")."""
-    return f"vit_encoder/transformer_block_{hf_layer + 1}/mha/{keras_target}/lora_kernel_{which}"
+def keras_lora_path(hf_layer: int, keras_target: str, which: str, family: str = "vit") -> str:
+    """The keras-hub variable path of ``lora_kernel_a``/``_b`` (``which`` = "a"/"b").
+
+    Args:
+        hf_layer: int. HF block index, from 0.
+        keras_target: str. The keras-hub projection.
+        which: str. ``"a"`` or ``"b"``.
+        family: str. ``"vit"`` or ``"dinov2"`` (`FAMILIES`). Defaults to ``"vit"``.
+    """
+    _, first, template = _KERAS_PATHS[family]
+    return template.format(block=hf_layer + first, target=keras_target, which=which)
 
 
 def parse_keras_path(path: str) -> tuple[int, str, str] | None:
-    """``(hf_layer, keras_target, "a" | "b")`` of a LoRA variable path, or None.
+    """``(hf_layer, keras_target, "a" | "b")`` of a ViT or DINOv2 LoRA variable path, or None.
 
-    None also for LoRA on a layer that is not an attention projection PEFT can name.
+    Takes `keras_lora_path`'s paths, also with a DINOv2 backbone-name prefix
+    (``backbone_encoder/layers_0/...``). None also for LoRA on a layer that is not an attention
+    projection PEFT can name.
     """
-    m = _KERAS_PATH.match(path)
-    if m is None or m.group(2) not in _HF_NAME:
-        return None
-    return int(m.group(1)) - 1, m.group(2), m.group(3)
+    for pattern, first, _ in _KERAS_PATHS.values():
+        m = pattern.match(path)
+        if m is not None:
+            if m.group(2) not in _HF_NAME:
+                return None
+            return int(m.group(1)) - first, m.group(2), m.group(3)
+    return None
 
 
 def keras_lora(a: np.ndarray, b: np.ndarray, target: str, heads: int) -> tuple:

@@ -6,8 +6,9 @@ project adds on top, all of it in ``get_config``, so ``model.save("m.keras")`` /
 
 * input ``float32 [B, S, S, 3]`` RGB pixels in 0..255; the pixel normalisation is a layer
   (``"normalization"``) inside the model, so serving needs no extra step;
-* ``"pooling"`` (class token or mean of patch tokens), optional ``"head_dropout"``, a float32
-  softmax head ``"predictions"`` (``[B, num_classes]``, float32 also under mixed precision);
+* ``"pooling"`` (class token, mean of patch tokens, or both concatenated), optional
+  ``"head_dropout"``, a float32 softmax head ``"predictions"`` (``[B, num_classes]``, float32
+  also under mixed precision);
 * LoRA on the layers named in ``lora_targets`` (rank, alpha, targets and layout are config
   fields; the layers save ``A``/``B`` unmerged, see `fast_layers`): everything in the backbone is
   frozen but ``A``/``B`` (also the q/v biases, PEFT's ``bias="none"``), the head trains;
@@ -128,8 +129,9 @@ class FundusImageClassifier(keras_hub.models.ImageClassifier):
         num_classes: int. 2 (binary: no DR / DR) or 5 (grades 0-4).
         preprocessor: `FundusImageClassifierPreprocessor` or None. None: a converter that only
             resizes to the backbone's input (no spec). Defaults to None.
-        pooling: str. ``"token"`` (class token) or ``"gap"`` (mean of patch tokens). Defaults
-            to ``"token"``.
+        pooling: str. ``"token"`` (class token), ``"gap"`` (mean of patch tokens) or
+            ``"token_gap"`` (both concatenated, as HF ``Dinov2ForImageClassification``).
+            Defaults to ``"token"``.
         head_dropout: float. Dropout before the head. Defaults to 0.
         normalization: dict or None. ``{"scale", "offset"}`` on 0..255 or ``{"mean", "std"}`` on
             0..1 pixels, applied inside the model. Defaults to None (mean = std = 0.5, the

@@ -12,7 +12,12 @@ handled here:
 
 `HF_ORIGINS` maps each keras-hub ViT preset to the HF checkpoint keras-hub converted it from
 (``tools/checkpoint_conversion/convert_vit_checkpoints.py`` in keras-hub): the ``*_imagenet``
-presets are ImageNet-1k fine-tuned, the ``*_imagenet21k`` ones the in21k backbones.
+presets are ImageNet-1k fine-tuned, the ``*_imagenet21k`` ones the in21k backbones; the
+DINOv2 presets come from ``facebook/dinov2-*`` (their keras-hub descriptions).
+
+`describe_base` and `classifier_head` read what PEFT adapters need of a base (kind, input
+size, classifier) from ViT and DINOv2 checkpoints (``model_type`` in `HF_MODEL_TYPES`); the
+DINOv2 weights themselves load through `dinov2_backbone`.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import os
 import re
 
 __all__ = [
+    "HF_MODEL_TYPES",
     "HF_ORIGINS",
     "classifier_head",
     "describe_base",
@@ -47,16 +53,23 @@ HF_ORIGINS = {
     "vit_large_patch16_224_imagenet21k": "google/vit-large-patch16-224-in21k",
     "vit_large_patch32_224_imagenet21k": "google/vit-large-patch32-224-in21k",
     "vit_huge_patch14_224_imagenet21k": "google/vit-huge-patch14-224-in21k",
+    **{
+        f"dinov2_{registers}{size}": f"facebook/dinov2-{registers.replace('_', '-')}{size}"
+        for registers in ("", "with_registers_")
+        for size in ("small", "base", "large", "giant")
+    },
 }
-_KAGGLE = re.compile(r"^kaggle://keras/vit/keras/([a-z0-9_]+)(?:/\d+)?$")
+_KAGGLE = re.compile(r"^kaggle://keras/(?:vit|dinov2)/keras/([a-z0-9_]+)(?:/\d+)?$")
+# HF ``model_type`` -> the backbone family (keras-hub class) a PEFT adapter on it maps onto.
+HF_MODEL_TYPES = {"vit": "vit", "dinov2": "dinov2", "dinov2_with_registers": "dinov2"}
 
 
 def hf_origin(preset: str) -> str | None:
-    """The HF checkpoint id a keras-hub ViT preset was converted from, or None.
+    """The HF checkpoint id a keras-hub ViT or DINOv2 preset was converted from, or None.
 
     Args:
-        preset: str. A preset name (``"vit_large_patch16_224_imagenet21k"``) or its Kaggle
-            handle (``"kaggle://keras/vit/keras/vit_large_patch16_224_imagenet21k/3"``).
+        preset: str. A preset name (``"vit_large_patch16_224_imagenet21k"``, ``"dinov2_small"``)
+            or its Kaggle handle (``"kaggle://keras/vit/keras/vit_large_patch16_224_imagenet21k/3"``).
     """
     match = _KAGGLE.match(preset)
     return HF_ORIGINS.get(match.group(1) if match else preset)
@@ -159,19 +172,24 @@ def normalise_source(source) -> str:
 
 
 def describe_base(base: str) -> dict:
-    """What a ViT base is, read from its config files (no weights loaded).
+    """What a ViT or DINOv2 base is, read from its config files (no weights loaded).
 
     Args:
         base: str. A `normalise_source` result: keras-hub preset name or directory, local HF
             checkpoint directory or ``hf://org/name``.
 
     Returns:
-        dict: ``kind`` (``"keras_preset"`` or ``"hf_checkpoint"``), ``image_size`` (px) and
-        ``preprocessor`` (the HF ``preprocessor_config.json`` or None); HF checkpoints also
-        ``architecture`` (e.g. ``"ViTForImageClassification"``) and ``num_labels`` (or None).
+        dict: ``kind`` (``"keras_preset"`` or ``"hf_checkpoint"``), ``family`` (``"vit"`` or
+        ``"dinov2"``), ``model_type`` (HF's: ``"vit"``, ``"dinov2"``,
+        ``"dinov2_with_registers"``), ``image_size`` (px: a ViT's ``image_size``; a DINOv2's
+        ``crop_size`` from its ``preprocessor_config.json``, what its processor feeds, else its
+        position grid's ``image_size``) and ``preprocessor`` (the HF
+        ``preprocessor_config.json`` or None); HF checkpoints also ``architecture`` (e.g.
+        ``"ViTForImageClassification"``), ``num_labels`` (or None) and ``grid_size`` (the
+        side the position table was trained for, px).
 
     Raises:
-        ValueError: an HF ``config.json`` that does not describe a ViT.
+        ValueError: an HF ``config.json`` that is neither a ViT nor a DINOv2.
         FileNotFoundError: a config file is missing.
     """
     hf_like = base.startswith(HF_SCHEME) or os.path.isdir(base)
@@ -179,17 +197,40 @@ def describe_base(base: str) -> dict:
     if config is None or "registered_name" in config:  # keras-hub preset (name or dir)
         backbone_config = (config or {}).get("config") or _keras_preset_config(base)
         size = int(backbone_config["image_shape"][0])
-        return {"kind": "keras_preset", "image_size": size, "preprocessor": None}
-    if config.get("model_type") != "vit":
-        raise ValueError(f"{base}: config.json is not a ViT ({config.get('model_type')})")
+        dinov2 = "num_register_tokens" in backbone_config
+        model_type = "dinov2" if dinov2 else "vit"
+        if dinov2 and backbone_config.get("num_register_tokens"):
+            model_type = "dinov2_with_registers"
+        return {
+            "kind": "keras_preset",
+            "family": HF_MODEL_TYPES[model_type],
+            "model_type": model_type,
+            "image_size": size,
+            "preprocessor": None,
+        }
+    model_type = config.get("model_type")
+    if model_type not in HF_MODEL_TYPES:
+        raise ValueError(
+            f"{base}: config.json describes {model_type!r}, not a ViT or DINOv2 "
+            f"(model_type {', '.join(HF_MODEL_TYPES)})"
+        )
     try:
         preprocessor = read_json(base, "preprocessor_config.json")
     except FileNotFoundError:
         preprocessor = None
+    grid = int(config.get("image_size", 224))
+    size = grid
+    crop = (preprocessor or {}).get("crop_size") or {}
+    if HF_MODEL_TYPES[model_type] == "dinov2" and crop.get("height"):
+        size = int(crop["height"])
+    default = {"vit": "ViTModel", "dinov2": "Dinov2Model"}[HF_MODEL_TYPES[model_type]]
     return {
         "kind": "hf_checkpoint",
-        "image_size": int(config.get("image_size", 224)),
-        "architecture": (config.get("architectures") or ["ViTModel"])[0],
+        "family": HF_MODEL_TYPES[model_type],
+        "model_type": model_type,
+        "image_size": size,
+        "grid_size": grid,
+        "architecture": (config.get("architectures") or [default])[0],
         "num_labels": len(config["id2label"]) if config.get("id2label") else None,
         "preprocessor": preprocessor,
     }
@@ -202,20 +243,21 @@ def _keras_preset_config(base):
 
 
 def classifier_head(base: str, info: dict) -> dict | None:
-    """The classifier of a ``ViTForImageClassification`` checkpoint, or None for other bases.
+    """The classifier of an HF ``*ForImageClassification`` checkpoint, or None for other bases.
 
     Args:
         base: str. The checkpoint (directory or ``hf://org/name``).
         info: dict. `describe_base(base)`.
 
     Returns:
-        ``{"weight": float32 (num_labels, hidden), "bias": float32 (num_labels,)}`` from its
-        ``model.safetensors``, or None when the base has no classifier.
+        ``{"weight": float32 (num_labels, features), "bias": float32 (num_labels,)}`` from its
+        ``model.safetensors`` (features: hidden for a ViT, 2 * hidden for a DINOv2, whose head
+        reads the class token and the patch mean), or None when the base has no classifier.
 
     Raises:
         FileNotFoundError: the checkpoint has no ``model.safetensors``.
     """
-    if info.get("architecture") != "ViTForImageClassification":
+    if not str(info.get("architecture", "")).endswith("ForImageClassification"):
         return None
     from safetensors import safe_open
 

@@ -23,7 +23,10 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-__all__ = ["PixelNormalization", "ViTPooling", "as_float_list", "serializable"]
+__all__ = ["POOLING_MODES", "PixelNormalization", "ViTPooling", "as_float_list", "serializable"]
+
+# Class token, mean of the patch tokens, or both concatenated (HF Dinov2ForImageClassification).
+POOLING_MODES = ("token", "gap", "token_gap")
 
 
 def serializable(obj):
@@ -76,11 +79,13 @@ class PixelNormalization(keras.layers.Layer):
 
 @serializable
 class ViTPooling(keras.layers.Layer):
-    """Turns ViT token sequences ``[batch, tokens, hidden]`` into ``[batch, hidden]``.
+    """Turns ViT token sequences ``[batch, tokens, hidden]`` into ``[batch, features]``.
 
     Args:
         mode: str. ``"token"`` takes the class token (position 0); ``"gap"`` averages the patch
-            tokens, leaving out the ``num_prefix_tokens`` leading ones (as timm's ``avg`` pool).
+            tokens, leaving out the ``num_prefix_tokens`` leading ones (as timm's ``avg`` pool);
+            ``"token_gap"`` concatenates the two, ``[batch, 2 * hidden]``: what Hugging Face's
+            ``Dinov2ForImageClassification`` (and its ``WithRegisters`` form) classifies.
         num_prefix_tokens: int. Leading non-patch tokens (1 with a class token, else 0).
             Defaults to 1.
         **kwargs: passed to `keras.layers.Layer`.
@@ -88,11 +93,13 @@ class ViTPooling(keras.layers.Layer):
 
     def __init__(self, mode="token", num_prefix_tokens=1, **kwargs):
         super().__init__(**kwargs)
-        if mode not in ("token", "gap"):
-            raise ValueError(f"pooling={mode!r} is not supported: use 'token' or 'gap'.")
-        if mode == "token" and num_prefix_tokens < 1:
+        if mode not in POOLING_MODES:
             raise ValueError(
-                "pooling='token' needs a class token; this backbone has use_class_token=False: "
+                f"pooling={mode!r} is not supported: use one of {', '.join(POOLING_MODES)}."
+            )
+        if mode != "gap" and num_prefix_tokens < 1:
+            raise ValueError(
+                f"pooling={mode!r} needs a class token; this backbone has use_class_token=False: "
                 "use pooling='gap'."
             )
         self.mode = mode
@@ -101,10 +108,16 @@ class ViTPooling(keras.layers.Layer):
     def call(self, inputs):
         if self.mode == "token":
             return inputs[:, 0, :]
-        return keras.ops.mean(inputs[:, self.num_prefix_tokens :, :], axis=1)
+        mean = keras.ops.mean(inputs[:, self.num_prefix_tokens :, :], axis=1)
+        if self.mode == "token_gap":
+            return keras.ops.concatenate([inputs[:, 0, :], mean], axis=-1)
+        return mean
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0], input_shape[-1])
+        features = input_shape[-1]
+        if self.mode == "token_gap" and features is not None:
+            features = 2 * features
+        return (input_shape[0], features)
 
     def get_config(self):
         config = super().get_config()

@@ -114,7 +114,8 @@ def build_vit_classifier(
         num_classes: int. 2 (binary: no DR / DR) or 5 (grades 0-4).
         image_size: int. Input side in pixels, a multiple of the patch size; position
             embeddings are resized bicubically when it differs from the backbone's.
-        pooling: str. ``"token"`` (class token) or ``"gap"`` (mean of patch tokens).
+        pooling: str. ``"token"`` (class token), ``"gap"`` (mean of patch tokens) or
+            ``"token_gap"`` (both concatenated, as HF ``Dinov2ForImageClassification``).
         lora_rank: int. LoRA rank; 0 means full fine-tuning. Defaults to 8.
         lora_alpha: float or None. Scale alpha/rank of the update. Defaults to ``lora_rank``.
         lora_targets: sequence of str. Dense/EinsumDense layer names that get LoRA.

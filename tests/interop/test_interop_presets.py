@@ -56,9 +56,16 @@ def test_the_write_up_runs_start_from_in21k_backbones():
     )
 
 
-def test_every_vit_preset_has_its_hf_origin():
-    assert set(hf_vit.HF_ORIGINS) == set(PRESETS)
+def test_every_vit_and_dinov2_preset_has_its_hf_origin():
+    assert set(hf_vit.HF_ORIGINS) == set(PRESETS) | set(DINOV2_PRESETS)
     for preset, origin in hf_vit.HF_ORIGINS.items():
-        assert origin.endswith("-in21k") == preset.endswith("_imagenet21k"), preset
-        handle = PRESETS[preset]["kaggle_handle"]
+        if preset in DINOV2_PRESETS:
+            # keras-hub's tools/checkpoint_conversion/convert_dinov2_checkpoints.py PRESET_MAP
+            size = preset.rsplit("_", 1)[-1]
+            registers = "with-registers-" if "with_registers" in preset else ""
+            assert origin == f"facebook/dinov2-{registers}{size}", preset
+            handle = DINOV2_PRESETS[preset]["kaggle_handle"]
+        else:
+            assert origin.endswith("-in21k") == preset.endswith("_imagenet21k"), preset
+            handle = PRESETS[preset]["kaggle_handle"]
         assert hf_vit.hf_origin(handle) == origin, handle

@@ -93,7 +93,8 @@ def _import_peft_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--base",
         required=True,
-        help="the ViT it was trained on: keras-hub preset name, preset dir, HF ViT dir or hf://org/name",
+        help="the ViT or DINOv2 it was trained on: keras-hub preset name, preset dir, HF ViT or "
+        "DINOv2 dir or hf://org/name",
     )
     p.add_argument("--adapter", required=True, help="PEFT adapter dir or hf://org/name")
     p.add_argument("--workdir", required=True, help="run folder to write")
@@ -113,7 +114,7 @@ def _import_peft_arguments(p: argparse.ArgumentParser) -> None:
 def _import_peft(args) -> int:
     """a Hugging Face PEFT LoRA adapter -> an eyegazer run folder."""
     say_paths(workdir=args.workdir, data_dir=args.data_dir)
-    from eyegazer_keras.interop import peft
+    from eyegazer_keras.interop import peft, peft_files
 
     keywords = options(args, "dataset", "dataset_config", "data_dir", "crop")
     record = peft.import_peft(args.base, args.adapter, args.workdir, **keywords)
@@ -124,8 +125,8 @@ def _import_peft(args) -> int:
     )
     pre = record["trained_preprocessing"]
     say(
-        f"trained on: resize to {pre['resize']} (no fundus crop), mean {pre['image_mean']}, "
-        f"std {pre['image_std']} ({pre['source']}); recorded for export: crop={record['export_crop']} (dataset.json)"
+        f"trained on: {peft_files.describe_preprocessing(pre)} ({pre['source']}); recorded for "
+        f"export: crop={record['export_crop']} (dataset.json)"
     )
     say(f"run written to {os.path.abspath(args.workdir)}")
     return 0
