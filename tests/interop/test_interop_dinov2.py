@@ -23,8 +23,8 @@ from eyegazer_keras import cli, runs
 from eyegazer_keras.interop import peft, peft_layout
 from eyegazer_keras.models import vit_lora
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "hf_dinov2")
-VIT_FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "hf")
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "hf_dinov2")
+VIT_FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "hf")
 EXPECTED = np.load(os.path.join(FIXTURES, "expected.npz"))
 TOL = 1e-4
 SIZE, HIDDEN = 42, 24
@@ -272,7 +272,7 @@ def test_import_onto_a_local_keras_preset_dir(tmp_path):
 def test_hf_ids_through_an_offline_cache(tmp_path):
     """`hf://` base and adapter from a local Hugging Face cache (HF_HUB_OFFLINE=1), in a fresh
     process: import, then export names the HF id and the registers class."""
-    from tests.test_interop import hf_cache, run_python
+    from tests.interop.test_interop import hf_cache, run_python
 
     env = hf_cache(
         tmp_path / "hf",

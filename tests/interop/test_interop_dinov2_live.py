@@ -25,7 +25,7 @@ from eyegazer_keras.interop import peft  # noqa: E402
 from eyegazer_keras.runs import train  # noqa: E402
 from tests.conftest import tiny_train_overrides  # noqa: E402
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "hf_dinov2")
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "hf_dinov2")
 DINOV2MODEL = os.path.join(FIXTURES, "dinov2model")
 DINOV2REG = os.path.join(FIXTURES, "dinov2reg")
 IMAGES = np.load(os.path.join(FIXTURES, "expected.npz"))["images"]
