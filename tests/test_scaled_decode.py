@@ -99,7 +99,7 @@ def _process(data: bytes, size: int, tmp_path) -> tuple[images.Processed, np.nda
 
 def test_process_image_decodes_a_large_jpeg_at_dct_scale(tmp_path):
     data = _jpeg(2400, 1600)
-    # 512 stored: decoded at 1/2 (1200x800); gate and hash on the 1/4 copy (600x400).
+    # 512 stored: decoded at 1/2 (1200x800), the copy the gate and the hash look at too.
     result, stored = _process(data, 512, tmp_path)
     assert result.ok and (result.height, result.width) == (1600, 2400)
     full = fundus.decode_image(data)
@@ -113,7 +113,7 @@ def test_process_image_decodes_a_large_jpeg_at_dct_scale(tmp_path):
 
 def test_the_gate_on_the_dct_scaled_copy_agrees_on_a_real_retina(tmp_path):
     # skimage's retina (a real fundus photograph, 1411x1411) as a camera JPEG: the gate looks
-    # at the 1/4 copy (353 px) instead of the full decode's stride-3 copy (471 px).
+    # at the 1/2 copy (706 px, strided to 353) instead of the full decode strided to 471 px.
     data = dummy_data.encode(skimage.data.retina(), "JPEG", quality=95)
     result, _ = _process(data, 256, tmp_path)
     gate_full = build.quality_gate(fundus.decode_image(data).numpy())
@@ -123,8 +123,8 @@ def test_the_gate_on_the_dct_scaled_copy_agrees_on_a_real_retina(tmp_path):
 
 def test_process_image_hash_and_gate_do_not_depend_on_the_config(tmp_path):
     data = _jpeg(2400, 1600)
-    small, _ = _process(data, 128, tmp_path / "a")  # stored from the 1/8 copy
-    large, _ = _process(data, 512, tmp_path / "b")  # stored from the 1/2 copy
+    small, _ = _process(data, 128, tmp_path / "a")  # stored from the 1/8 copy, looked at 1/2
+    large, _ = _process(data, 512, tmp_path / "b")  # stored from and looked at the 1/2 copy
     assert small.phash == large.phash and np.array_equal(small.thumb, large.thumb)
     assert small.quality_score == large.quality_score
 
