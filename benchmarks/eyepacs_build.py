@@ -182,7 +182,7 @@ def main() -> None:
     phase = report["timing"]
     print(
         f"ours decode phase (build report): {phase['images_per_second']:.2f} img/s, "
-        f"{1000 * phase['cpu_seconds'] / phase['images']:.1f} CPU-ms/photo; "
+        f"{1000 * phase.get('cpu_seconds', float('nan')) / phase['images']:.1f} CPU-ms/photo; "
         f"gate: {report['quality']['gradable']} of {report['quality']['judged']} gradable"
     )
     print(
