@@ -54,7 +54,9 @@ def main() -> None:
         image, _ = stage(f"decode 1/{store}", lambda: images.decode_to_rgb(data, MAX_PIXELS, store))
         seen = image
         if look != store:
-            seen, _ = stage(f"decode 1/{look}", lambda: images.decode_to_rgb(data, MAX_PIXELS, look))
+            seen, _ = stage(
+                f"decode 1/{look}", lambda: images.decode_to_rgb(data, MAX_PIXELS, look)
+            )
         stage("quality gate", lambda: build.quality_gate(seen))
         stage("pHash", lambda: images.hash_image(seen))
         stage(f"stored PNG {args.size}", lambda: images.stored_png(image, args.size))
@@ -62,7 +64,9 @@ def main() -> None:
     def peers(data):
         c = tf.constant(data)
         stage("peer: tf.io.decode_jpeg full", lambda: tf.io.decode_jpeg(c, channels=3))
-        stage("peer: PIL decode full", lambda: np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+        stage(
+            "peer: PIL decode full", lambda: np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        )
 
         def draft():
             im = Image.open(io.BytesIO(data))
@@ -86,7 +90,9 @@ def main() -> None:
             peers(data)
     for name, seconds in total.items():
         print(f"{name:32s} {1000 * seconds / (repeats * len(datas)):8.1f} ms")
-    print(f"builder stages: {1000 * cpu:.1f} CPU-ms per photo; load average {timing.load_average()}")
+    print(
+        f"builder stages: {1000 * cpu:.1f} CPU-ms per photo; load average {timing.load_average()}"
+    )
 
 
 if __name__ == "__main__":

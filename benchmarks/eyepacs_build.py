@@ -102,7 +102,9 @@ def _generate(tmp: pathlib.Path, count: int) -> tuple[pathlib.Path, list[pathlib
 def _subset(data: pathlib.Path, tmp: pathlib.Path, limit: int) -> tuple[pathlib.Path, list]:
     """The first `limit` rows of a Kaggle-layout folder, linked (not copied) into `tmp`."""
     with open(data / "trainLabels.csv", newline="") as handle:
-        rows = [r for r in csv.DictReader(handle) if (data / "train" / f"{r['image']}.jpeg").exists()]
+        rows = [
+            r for r in csv.DictReader(handle) if (data / "train" / f"{r['image']}.jpeg").exists()
+        ]
     rows = rows[:limit] if limit else rows
     manual = tmp / "kaggle"
     (manual / "train").mkdir(parents=True)

@@ -6,10 +6,10 @@ import io
 import numpy as np
 import pytest
 import skimage.data
+from etils import epath
 from eyegazer_datasets.common import build, dummy_data, images
 from eyegazer_datasets.eyepacs2015 import eyepacs2015_dataset_builder as eyepacs
 from eyegazer_datasets.fundus_folder import fundus_folder_dataset_builder as folder
-from etils import epath
 from PIL import Image
 
 from eyegazer_keras import fundus

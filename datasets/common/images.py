@@ -2,9 +2,11 @@
 
 Each listed photo is read from the source (TIFF and DICOM converted to PNG bytes by
 `eyegazer_keras.fundus.formats`, as `predict` and the app do), refused undecoded when its header is too large,
-decoded once (TensorFlow first, the decoder serving uses; PIL for what TF refuses), passed
+decoded (TensorFlow first, the decoder serving uses; PIL for what TF refuses; a JPEG much
+larger than needed at 1/2, 1/4 or 1/8 scale in the DCT domain, `fundus.jpeg_ratio`), passed
 through the fundus quality gate, cropped and resized by `eyegazer_keras.fundus.preprocess_fundus`
-(the code serving runs), perceptually hashed, and written as a lossless PNG to a scratch folder.
+(the code serving runs, here as one traced graph), perceptually hashed, and written as a
+lossless PNG to a scratch folder.
 Photos are processed in parallel threads with a TFDS progress bar (`tfds.disable_progress_bar()`
 turns it off). Bad files are not errors here: they come back as results with a reason, and the
 builder counts them.
@@ -140,7 +142,7 @@ _hash_source = tf.function(
 )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _stored_png(size: int, ben_graham: bool):
     """`uint8 [H, W, 3] -> PNG bytes` of `fundus.preprocess_fundus`, one graph per config."""
 

@@ -232,9 +232,7 @@ def decode_image(image_bytes: tf.Tensor, ratio: int = 1) -> tf.Tensor:
     image_bytes = check_pixel_limit(tf.convert_to_tensor(image_bytes, tf.string))
 
     def full():
-        return tf.io.decode_image(
-            image_bytes, channels=0, dtype=tf.uint8, expand_animations=False
-        )
+        return tf.io.decode_image(image_bytes, channels=0, dtype=tf.uint8, expand_animations=False)
 
     if ratio == 1:
         image = full()
