@@ -133,7 +133,9 @@ class FundusConfig(tfds.core.BuilderConfig):
 
 
 _GATE = tf.function(
-    fundus.assess_quality, input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)]
+    fundus.assess_quality,
+    input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)],
+    autograph=False,  # explicit tf.cond only: autograph's conversion was most of the trace
 )
 
 

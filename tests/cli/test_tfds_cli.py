@@ -144,5 +144,5 @@ def test_synthetic_fundus_tfds_build_tiny_config(tmp_path):
 def test_eyepacs2015_tfds_build_from_zip_parts(tmp_path):
     manual = ["--manual_dir", str(REPO / "datasets" / "eyepacs2015" / "dummy_data" / "zip_parts")]
     data_dir = _tfds_build(tmp_path, "eyepacs2015", *manual, "--config", "256")
-    sizes = _split_sizes(data_dir / "eyepacs2015" / "256" / "1.1.0")
+    sizes = _split_sizes(data_dir / "eyepacs2015" / "256" / "1.2.0")
     assert sizes == {"train": 12, "validation": 4, "test": 6, "sample": 2}

@@ -219,7 +219,7 @@ def test_prepare_eyepacs_and_fundus_folder_from_the_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "prepared fundus_folder/256" in out and '"validation":' in out
     report = json.loads(
-        (tmp_path / "tfds" / "fundus_folder" / "256" / "1.1.0" / "build_report.json").read_text()
+        (tmp_path / "tfds" / "fundus_folder" / "256" / "1.2.0" / "build_report.json").read_text()
     )
     assert report["patients_in_two_splits"] == [] and sum(report["patients"].values()) == 9
 
