@@ -15,8 +15,9 @@ resized as Hugging Face transformers does (torch's bicubic, re-implemented in nu
 `dinov2_position.TorchBicubicDINOV2Backbone`), so a DINOv2 matches transformers at every size.
 
 Changed numerics: DINOv2 backbones built before this (the keras-hub class itself) resized with
-TF's bicubic, 0.006 off on the table and up to 0.06 on the last hidden state of a 224-px
-ViT-S/14 (identical at the table's own size, 518 px). A ``.keras`` file of such a model still
+TF's bicubic, 0.006 off on the table and 0.05 on the last hidden state of a 224-px ViT-S/14
+(1.8e-5 now; identical at the table's own size, 518 px; the antialiased resize of
+``dinov2_with_registers`` moves by < 1e-5 only). A ``.keras`` file of such a model still
 holds the keras-hub class and keeps its numerics; a model rebuilt from a ``backbone=`` source (a
 run folder's ``config.json`` + ``adapter.npz``, a resumed run) gets the torch table unless
 ``position_interpolation="keras_hub"`` is passed. The normalisation is the source's own
