@@ -29,13 +29,17 @@ def test_numpy_bicubic_matches_torch(shape, antialias):
     torch = pytest.importorskip("torch")
     h, w, out_h, out_w = shape
     grid = np.random.default_rng(h * 100 + w).normal(size=(h, w, 5)).astype("float32")
-    theirs = torch.nn.functional.interpolate(
-        torch.from_numpy(grid.transpose(2, 0, 1)[None].copy()),
-        size=(out_h, out_w),
-        mode="bicubic",
-        align_corners=False,
-        antialias=antialias,
-    )[0].numpy().transpose(1, 2, 0)
+    theirs = (
+        torch.nn.functional.interpolate(
+            torch.from_numpy(grid.transpose(2, 0, 1)[None].copy()),
+            size=(out_h, out_w),
+            mode="bicubic",
+            align_corners=False,
+            antialias=antialias,
+        )[0]
+        .numpy()
+        .transpose(1, 2, 0)
+    )
     ours = dinov2_position.resize_grid(grid, (out_h, out_w), antialias)
     assert ours.dtype == np.float32 and ours.shape == theirs.shape
     np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=2e-6)
