@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from eyegazer_keras.models import dinov2_backbone, dinov2_position
+from eyegazer_keras.models.vit_lora import build_vit_classifier
 
 HIDDEN, PATCH, GRID_SIZE, SIZE = 24, 14, 42, 28
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "hf_dinov2")
@@ -132,6 +133,16 @@ def test_keras_hub_interpolation_is_the_parent_class_bit_for_bit(preset_dir):
     assert np.abs(torch_table - _tables(parent)[1]).max() > 1e-3
     with pytest.raises(ValueError, match="position_interpolation"):
         dinov2_backbone.load_dinov2(str(folder), SIZE, None, position_interpolation="cubic")
+    # What a run's config asks for (backbone_config), e.g. to reload a run made before.
+    for mode in dinov2_position.POSITION_INTERPOLATIONS:
+        classifier = build_vit_classifier(
+            str(folder),
+            num_classes=2,
+            image_size=SIZE,
+            lora_rank=2,
+            backbone_config={"position_interpolation": mode},
+        )
+        assert classifier.get_layer("backbone").position_interpolation == mode
 
 
 @pytest.mark.parametrize(
