@@ -21,8 +21,11 @@ TF's bicubic, 0.006 off on the table and 0.05 on the last hidden state of a 224-
 holds the keras-hub class and keeps its numerics; a model rebuilt from a ``backbone=`` source (a
 run folder's ``config.json`` + ``adapter.npz``, a resumed run) gets the torch table unless
 ``position_interpolation="keras_hub"`` is passed (in a run's config:
-``backbone_config={"position_interpolation": "keras_hub"}``, read by `vit_backbone.load_backbone`). The normalisation is the source's own
-(keras-hub image converter or HF ``preprocessor_config.json``), else ImageNet mean/std, DINOv2's.
+``backbone_config={"position_interpolation": "keras_hub"}``, read by
+`vit_backbone.load_backbone`).
+
+The normalisation is the source's own (keras-hub image converter or HF
+``preprocessor_config.json``), else ImageNet mean/std, DINOv2's.
 
 Both position tables stay frozen, also with ``lora_rank=0`` (full fine-tuning): keras-hub
 saves a trained table only approximately (interpolated back to the pretrained grid), so a trained
