@@ -24,7 +24,7 @@ tell models apart:
   `last_hidden_state`, base logits of `dinov2cls` and `dinov2reg`, and
   `PeftModel.from_pretrained` logits per adapter as `logits_<adapter>`), plus `images_28`
   (`uint8 [2, 28, 28, 3]`) and `logits_current_dinov2cls_28`: HF at 28 px, where torch's bicubic
-  interpolates the 3x3 position grid to 2x2 (keras-hub uses TF's bicubic: not bit-equal).
+  interpolates the 3x3 position grid to 2x2 (`models.dinov2_position` does the same in numpy).
 
 The legacy run re-creates `current_dinov2cls`'s LoRA weights under transformers 4's module names
 (``dinov2.encoder.layer.{i}.attention.attention.{query,value}``), saves them with PEFT 0.17 into

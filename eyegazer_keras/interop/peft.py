@@ -19,10 +19,9 @@ The key names and LoRA layouts are `peft_layout`, reading and its one-line refus
 run's ``dataset.json``) `peft_files`.
 
 A DINOv2 whose input differs from the size of its position table (``image_size`` in its
-``config.json``; e.g. 224 px on facebook/dinov2-*'s 518 px table) is interpolated by keras-hub
-with TF's bicubic, by transformers with torch's: the logits then differ from HF's (by up to
-0.012 on the tiny test model at 28 px from a 42 px table); at the table's own size they agree to
-1e-6.
+``config.json``; e.g. 224 px on facebook/dinov2-*'s 518 px table) gets the table resized as
+transformers does (torch's bicubic, `models.dinov2_position`): the logits match HF's to 2.1e-6 on
+the tiny test model at 28 px from a 42 px table (keras-hub's own TF bicubic gave 0.012).
 """
 
 from __future__ import annotations
@@ -186,12 +185,12 @@ def _warn_other_base(peft, base):
 
 
 def _warn_interpolation(base, base_info):
-    """Logs when a DINOv2 runs at another size than its position table (TF vs torch bicubic)."""
+    """Logs when a DINOv2 runs at another size than its position table (resized as HF does)."""
     grid, size = base_info.get("grid_size"), base_info["image_size"]
     if base_info["family"] == "dinov2" and grid and grid != size:
-        logger.warning(
-            "%s runs at %d px but its position table is for %d px: keras-hub interpolates it "
-            "with TF's bicubic, transformers with torch's, so the logits differ a little from HF's",
+        logger.info(
+            "%s runs at %d px but its position table is for %d px: resized with torch's bicubic "
+            "as transformers does",
             base,
             size,
             grid,

@@ -7,12 +7,24 @@
 local Hugging Face ``Dinov2Model`` directory (``config.json`` + ``model.safetensors``, what
 ``benchmarks/offline_dinov2.py`` writes), or a local ``DINOV2Backbone.save_to_preset`` directory.
 
-`load_dinov2` builds the `keras_hub.models.DINOV2Backbone` at the requested input size: the
+`load_dinov2` builds a `keras_hub.models.DINOV2Backbone` at the requested input size: the
 image side must be a multiple of the patch size (14: 224, 448, 518, ...). keras-hub keeps the
-pretrained position table (``position_embeddings``, e.g. 37x37 for 518 px) and computes the table
-the model uses (``interpolated_position_embeddings``) by TF bicubic interpolation, which differs
-from torch's (HF's) a little: 0.05 on the last hidden state of a 224-px ViT-S/14 (identical at
-518 px). The normalisation is the source's own (keras-hub image converter or HF
+pretrained position table (``position_embeddings``, e.g. 37x37 for 518 px) and the table the
+model uses (``interpolated_position_embeddings``, e.g. 16x16 at 224 px). By default that table is
+resized as Hugging Face transformers does (torch's bicubic, re-implemented in numpy:
+`dinov2_position.TorchBicubicDINOV2Backbone`), so a DINOv2 matches transformers at every size.
+
+Changed numerics: DINOv2 backbones built before this (the keras-hub class itself) resized with
+TF's bicubic, 0.006 off on the table and 0.05 on the last hidden state of a 224-px ViT-S/14
+(1.8e-5 now; identical at the table's own size, 518 px; the antialiased resize of
+``dinov2_with_registers`` moves by < 1e-5 only). A ``.keras`` file of such a model still
+holds the keras-hub class and keeps its numerics; a model rebuilt from a ``backbone=`` source (a
+run folder's ``config.json`` + ``adapter.npz``, a resumed run) gets the torch table unless
+``position_interpolation="keras_hub"`` is passed (in a run's config:
+``backbone_config={"position_interpolation": "keras_hub"}``, read by
+`vit_backbone.load_backbone`).
+
+The normalisation is the source's own (keras-hub image converter or HF
 ``preprocessor_config.json``), else ImageNet mean/std, DINOv2's.
 
 Both position tables stay frozen, also with ``lora_rank=0`` (full fine-tuning): keras-hub
@@ -49,6 +61,8 @@ import os
 import keras
 import keras_hub
 import numpy as np
+
+from eyegazer_keras.models.dinov2_position import TorchBicubicDINOV2Backbone
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +144,9 @@ def _checked_size(image_size: int, patch_size: int) -> int:
     return image_size
 
 
-def load_dinov2(backbone, image_size: int, dtype) -> tuple:
+def load_dinov2(
+    backbone, image_size: int, dtype, position_interpolation: str = "torch_bicubic"
+) -> tuple:
     """Loads a DINOv2 backbone at `image_size` pixels.
 
     Args:
@@ -138,9 +154,12 @@ def load_dinov2(backbone, image_size: int, dtype) -> tuple:
             or a local HF Dinov2 checkpoint directory.
         image_size: int. Input side in pixels, a multiple of the patch size (14).
         dtype: dtype, `keras.DTypePolicy` or None. The backbone's policy.
+        position_interpolation: ``"torch_bicubic"`` (transformers' table) or ``"keras_hub"``
+            (TF bicubic, the numerics of DINOv2 runs made before; see the module docstring).
 
     Returns:
-        ``(DINOV2Backbone, source, normalization)``: the backbone with
+        ``(TorchBicubicDINOV2Backbone, source, normalization)``: the backbone (a
+        `keras_hub.models.DINOV2Backbone`) with
         ``image_shape == (image_size, image_size, 3)``; ``source`` a JSON-able description
         (``{"type": "keras_preset" | "hf_checkpoint", "preset": str, "architecture": "dinov2"}``);
         ``normalization`` ``{"scale", "offset"}`` on 0..255 pixels the source ships, else
@@ -175,12 +194,13 @@ def load_dinov2(backbone, image_size: int, dtype) -> tuple:
     if dtype is not None:
         kwargs["dtype"] = dtype
     model = keras_hub.models.DINOV2Backbone.from_preset(backbone, **kwargs)
-    _freeze_position_table(model)
+    model = _rebuild(model, model.image_shape, position_interpolation)
     logger.info(
-        "DINOv2 %s at %d px (position table %s, bicubic)",
+        "DINOv2 %s at %d px (position table %s, %s)",
         backbone,
         image_size,
         model.position_embedding_shape,
+        position_interpolation,
     )
     source = {"type": kind, "preset": backbone, "architecture": "dinov2"}
     return model, source, _normalization(backbone, kind)
@@ -207,33 +227,61 @@ def _normalization(preset: str, kind: str) -> dict:
     return {"scale": (rescale / std).tolist(), "offset": (-mean / std).tolist()}
 
 
-def resize_dinov2(backbone, image_size: int):
+def resize_dinov2(backbone, image_size: int, position_interpolation: str | None = None):
     """Rebuilds a DINOv2 for `image_size` pixels from its pretrained position table.
 
     Args:
         backbone: `keras_hub.models.DINOV2Backbone`.
         image_size: int. New input side in pixels; a multiple of the patch size.
+        position_interpolation: None (keep the backbone's: ``"keras_hub"`` for the keras-hub
+            class itself), ``"torch_bicubic"`` or ``"keras_hub"``.
 
     Returns:
-        `backbone` itself when the size is unchanged, else a new `DINOV2Backbone` with the same
-        weights whose ``interpolated_position_embeddings`` is interpolated (TF bicubic) from
-        ``position_embeddings`` as keras-hub does on load.
+        `backbone` itself when neither the size nor the interpolation changes, else a new
+        backbone with the same weights whose ``interpolated_position_embeddings`` is resized from
+        ``position_embeddings`` (`dinov2_position`).
 
     Raises:
-        ValueError: `image_size` is not a multiple of the patch size.
+        ValueError: `image_size` is not a multiple of the patch size, or an unknown
+            `position_interpolation`.
     """
     image_size = _checked_size(image_size, backbone.patch_size)
-    if tuple(backbone.image_shape[:2]) == (image_size, image_size):
+    current = getattr(backbone, "position_interpolation", "keras_hub")
+    position_interpolation = position_interpolation or current
+    if (
+        tuple(backbone.image_shape[:2]) == (image_size, image_size)
+        and position_interpolation == current
+    ):
         return backbone
+    return _rebuild(
+        backbone, (image_size, image_size, backbone.image_shape[2]), position_interpolation
+    )
+
+
+def _rebuild(backbone, image_shape, position_interpolation: str):
+    """A `TorchBicubicDINOV2Backbone` at `image_shape` with `backbone`'s weights, tables frozen.
+
+    The used position table is resized from the pretrained one (not copied), so it is the
+    table `position_interpolation` gives; the other weights are copied.
+    """
     config = backbone.get_config()
-    config["image_shape"] = (image_size, image_size, backbone.image_shape[2])
-    new = keras_hub.models.DINOV2Backbone.from_config(config)
+    config.pop("registered_name", None)
+    config["image_shape"] = tuple(image_shape)
+    config["position_interpolation"] = position_interpolation
+    # keras-hub prefixes its sub-layers with a name given at construction; variable paths (and
+    # so adapter files) include them: keep the source's naming.
+    unprefixed = backbone.embeddings.name == "embeddings"
+    if unprefixed:
+        config["name"] = None
+    new = TorchBicubicDINOV2Backbone.from_config(config)
+    if unprefixed:
+        new.name = backbone.name
+    used = new.embeddings.interpolated_position_embeddings
     for old_var, new_var in zip(backbone.weights, new.weights, strict=True):
-        if tuple(old_var.shape) == tuple(new_var.shape):
+        if new_var is not used and tuple(old_var.shape) == tuple(new_var.shape):
             new_var.assign(old_var.value)
     embeddings = new.embeddings
-    _freeze_position_table(new)
-    embeddings.interpolated_position_embeddings.assign(
+    used.assign(
         embeddings._interpolate_position_embeddings(
             embeddings.position_embeddings,
             patch_size=embeddings.patch_size,
@@ -242,6 +290,7 @@ def resize_dinov2(backbone, image_size: int):
             antialias=embeddings.antialias_in_interpolation,
         )
     )
+    _freeze_position_table(new)
     return new
 
 

@@ -48,7 +48,9 @@ def load_backbone(backbone, backbone_config, image_size: int, dtype) -> tuple:
             from `backbone_config`. A DINOv2 source (`dinov2_backbone.is_dinov2`) returns a
             `keras_hub.models.DINOV2Backbone` at `image_size` (`dinov2_backbone.load_dinov2`).
         backbone_config: dict or None. ``ViTBackbone`` kwargs for a random ViT
-            (``image_shape`` is set to `image_size`).
+            (``image_shape`` is set to `image_size`). For a DINOv2 source only its
+            ``position_interpolation`` is read (``"torch_bicubic"`` by default, as transformers;
+            ``"keras_hub"`` for the TF-bicubic table of DINOv2 runs made before it existed).
         image_size: int. Input side in pixels (used for a random ViT; presets keep theirs).
         dtype: dtype, `keras.DTypePolicy` or None. The backbone's policy.
 
@@ -74,7 +76,8 @@ def load_backbone(backbone, backbone_config, image_size: int, dtype) -> tuple:
     from eyegazer_keras.models import dinov2_backbone
 
     if dinov2_backbone.is_dinov2(backbone):
-        return dinov2_backbone.load_dinov2(backbone, image_size, dtype)
+        interpolation = (backbone_config or {}).get("position_interpolation", "torch_bicubic")
+        return dinov2_backbone.load_dinov2(backbone, image_size, dtype, interpolation)
     if os.path.isdir(backbone):
         backbone = os.path.abspath(backbone)
         if not os.path.isfile(os.path.join(backbone, "config.json")):
