@@ -18,7 +18,8 @@ on query/value, 5 classes; random weights: speed does not depend on them), 512x3
   loaded SavedModel), `inter1` (one inter-op thread, as `runtime.configure_runtime` sets on small
   CPUs), `noonednn` (`TF_ENABLE_ONEDNN_OPTS=0`), `xla` (the in-process Keras model on ready
   tensors under `tf.function(jit_compile=True)`, in the variant's precision: the export has no
-  XLA switch, because it did not pay on CPU, see NOTES.md). Each bf16 variant also reports its
+  XLA switch, because it did not pay on CPU, see NOTES.md), `tensors` (the same without XLA:
+  the model's forward pass alone, no decoding or preprocessing). Each bf16 variant also reports its
   max |delta p| against the float32 model on 8 different photos.
 * machine: the TF float32 and bfloat16 2048x2048 matmul rate of this machine (oneDNN), measured
   before and after the variants; each variant prints its matmul GFLOP/s (9.2 GFLOP per ViT-S
@@ -165,12 +166,13 @@ def worker_ours(variant: str, args) -> dict:
         with in_precision():
             got = model(photos).numpy()
         result["max_dp_vs_fp32"] = float(np.abs(got - expected).max())
-    if "xla" in levers:  # in-process, on ready tensors: what XLA would give the export
+    if "xla" in levers or "tensors" in levers:  # in-process, on ready tensors (model only)
+        jit = "xla" in levers
         with in_precision():  # traced in the variant's precision
-            fn = tf.function(lambda x: model(x, training=False), jit_compile=True)
+            fn = tf.function(lambda x: model(x, training=False), jit_compile=jit)
             fn(x32[:1])
             fn(x32)
-        result["kind"] = "keras tensors (jit_compile=True)"
+        result["kind"] = f"keras on tensors, model only (jit_compile={jit})"
         for batch in (1, 32):
             x = x32[:batch]
             result[f"b{batch}"] = timing.timed(
@@ -421,7 +423,7 @@ def part_peer(args) -> int:
             ]
             return max(ok, key=lambda r: r[key]["img_per_s"]) if ok else None
 
-        o, p = best("ours", ("xla",)), best("peer", ("e2e",))
+        o, p = best("ours", ("xla", "tensors")), best("peer", ("e2e",))
         if o and p:
             line = (
                 f"batch {batch}: best bytes endpoint {o['variant']} {o[key]['img_per_s']:.2f} img/s"

@@ -147,3 +147,15 @@ def test_bfloat16_needs_a_backbone(tmp_path):
         export.export_saved_model(plain, tmp_path / "a", precision="bfloat16", **kwargs)
     with pytest.raises(ValueError, match="not one of"):
         export.export_saved_model(plain, tmp_path / "b", precision="half", **kwargs)
+
+
+def test_loading_a_bfloat16_export_without_bf16_units_warns(exports, monkeypatch, caplog):
+    path = exports[3]["bfloat16"].path
+    monkeypatch.setattr(precision, "_cpuinfo", lambda: AVX2_ONLY)
+    with caplog.at_level("WARNING", logger="eyegazer_keras.serving.predict"):
+        predict.load_exported(path)
+    assert "no bf16 units" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="eyegazer_keras.serving.predict"):
+        predict.load_exported(exports[3]["float32"].path)
+    assert "bf16" not in caplog.text
