@@ -140,9 +140,17 @@ def export_saved_model(
         if compute == "bfloat16"
         else contextlib.nullcontext(model)
     )
+    explain_maps = _explain_maps(meta, model, served, explain_method)
+    if explain_maps is not None and compute != "float32":
+        # Explanation maps stay float32 (their ViT walk adds layer outputs itself): traced
+        # here, before the backbone's matmuls switch to bf16.
+        size = served.image_size
+        explain_maps = tf.function(explain_maps).get_concrete_function(
+            tf.TensorSpec([None, size, size, 3], tf.float32)
+        )
+        meta["explanation"]["precision"] = "float32"
     with in_precision:  # the endpoints are traced (in bf16) inside; the model is restored after
         serving = _serving_model(meta, model, served, calibration, tta)
-        explain_maps = _explain_maps(meta, model, served, explain_method)
         meta_json = json.dumps(files.json_safe(meta), indent=2, sort_keys=True)
         endpoints = signatures.serving_endpoints(serving, served, meta_json, explain_maps)
         output_dir = _write_archive(model, endpoints, output_dir, meta_json)
