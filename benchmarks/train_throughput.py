@@ -145,14 +145,17 @@ def ours_step(variant: str, args):
     if matmuls_only and config.jit_compile == "auto":
         config.jit_compile = "fusible"  # what "auto" gives mixed precision on CPU
     runtime.resolve_auto(config)
-    fusion = runtime.xla_fusion(config)  # as train.run_training does
-    fusion.__enter__()
+    # Context managers entered for the rest of this process, referenced by `step` (a generator
+    # context manager that is garbage-collected runs its exit: the setting would be undone).
+    held = [runtime.xla_fusion(config)]  # as train.run_training does
+    held[0].__enter__()
     with strategy.scope():  # as train._run_stage does
         model = runs.build_model(config)
         if matmuls_only:  # stays switched for the whole run (the context is never left)
             from eyegazer_keras.serving import precision
 
-            precision.bfloat16_backbone(model).__enter__()
+            held.append(precision.bfloat16_backbone(model))
+            held[-1].__enter__()
         optimizer = trainer_lib.make_optimizer(config)
         model.compile(optimizer=optimizer)
         optimizer.build(model.trainable_variables)
@@ -164,6 +167,7 @@ def ours_step(variant: str, args):
     def step():
         trainer.train_step(images, labels, weights).numpy()
 
+    step.held = held
     return step, model, config
 
 
