@@ -33,6 +33,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import timing  # noqa: E402
+from timing import train_flops_per_image  # noqa: E402, F401  (kept importable from here)
 from train_throughput import _data, backbone_config, worker_peer  # noqa: E402
 
 MODELS = {
@@ -41,17 +42,6 @@ MODELS = {
     "vit-tiny": dict(patch=16, layers=2, heads=2, hidden=64, mlp=128),  # smoke test only
 }
 COMMON = dict(image=224, classes=5, rank=16)
-
-
-def train_flops_per_image(shape: dict) -> float:
-    """Matmul FLOPs of one LoRA (q+v, frozen base) training image: NOTES.md "GPU on paper"."""
-    h, mlp, n, r = shape["hidden"], shape["mlp"], shape["layers"], shape["rank"]
-    t = (shape["image"] // shape["patch"]) ** 2 + 1
-    p = n * (4 * h * h + 2 * h * mlp)
-    attn = 4 * n * t * t * h
-    lora = 2 * n * 2 * t * (h * r + r * h)  # PEFT layout on both sides: A (h, r), B (r, h)
-    patch = 2 * (3 * shape["patch"] ** 2 * h) * (t - 1)
-    return 4 * p * t + 3 * attn + 3 * lora + patch
 
 
 def worker_ours(shape: dict, args) -> dict:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 
 RESULT = "RESULT "
+# The repository root, so that `eyegazer_keras` imports from this checkout.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def timed(step, warmup: int, steps: int, repeats: int, batch: int) -> dict:
@@ -55,19 +56,89 @@ def timed(step, warmup: int, steps: int, repeats: int, batch: int) -> dict:
 
 
 def machine() -> str:
-    """The CPU model, its bf16/AMX instruction flags and the logical CPU count, in one line."""
-    model = platform.processor() or platform.machine()
+    """The CPU model, its bf16/AMX instruction flags and the logical CPU count, in one line.
+
+    E.g. ``AMD EPYC (family 26 model 2) (avx512_bf16: bf16 units, no AMX), 2 logical CPUs``.
+    """
+    from eyegazer_keras.serving import precision
+
+    model = precision.cpu_model()
+    family = _cpuinfo_field("cpu family"), _cpuinfo_field("model")
+    if all(family):
+        model += f" (family {family[0]} model {family[1]})"
+    flags = precision.cpu_bf16_flags()
+    units = "bf16 units" if flags else "no bf16 units: bf16 is emulated"
+    amx = "AMX" if "amx_bf16" in flags else "no AMX"
+    return f"{model} ({', '.join(flags) or 'no bf16 flags'}: {units}, {amx}), {os.cpu_count()} logical CPUs"
+
+
+def _cpuinfo_field(name: str) -> str | None:
     try:
         with open("/proc/cpuinfo") as f:
-            info = f.read()
-        model = next(
-            line.split(":", 1)[1].strip() for line in info.splitlines() if "model name" in line
-        )
-        flags = next(line for line in info.splitlines() if line.startswith("flags")).split()
-        model += f" ({', '.join(f for f in ('avx512_bf16', 'amx_bf16', 'amx_tile') if f in flags) or 'no bf16 ISA'})"
-    except (OSError, StopIteration):
+            for line in f:
+                if line.split(":", 1)[0].strip() == name:
+                    return line.split(":", 1)[1].strip()
+    except OSError:
         pass
-    return f"{model}, {os.cpu_count()} logical CPUs"
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# FLOPs and the machine's matmul rate (what a variant's fraction is measured against)
+# ------------------------------------------------------------------------------------------------
+def vit_forward_flops(shape: dict) -> float:
+    """Matmul FLOPs (2 per multiply-add) of one ViT image forward: blocks, attention, patches.
+
+    ViT-S/16 at 224 px: 9.2 GFLOP (the issue's "4.6 GFLOP per image" counts multiply-adds).
+    """
+    h, mlp, n = shape["hidden"], shape["mlp"], shape["layers"]
+    t = (shape["image"] // shape["patch"]) ** 2 + 1
+    blocks = 2 * n * (4 * h * h + 2 * h * mlp) * t
+    attn = 4 * n * t * t * h
+    patch = 2 * (3 * shape["patch"] ** 2 * h) * (t - 1)
+    return blocks + attn + patch
+
+
+def train_flops_per_image(shape: dict) -> float:
+    """Matmul FLOPs of one LoRA (q+v, frozen base) training image: NOTES.md "GPU on paper"."""
+    h, mlp, n, r = shape["hidden"], shape["mlp"], shape["layers"], shape["rank"]
+    t = (shape["image"] // shape["patch"]) ** 2 + 1
+    p = n * (4 * h * h + 2 * h * mlp)
+    attn = 4 * n * t * t * h
+    lora = 2 * n * 2 * t * (h * r + r * h)  # PEFT layout on both sides: A (h, r), B (r, h)
+    patch = 2 * (3 * shape["patch"] ** 2 * h) * (t - 1)
+    return 4 * p * t + 3 * attn + 3 * lora + patch
+
+
+def matmul_rates(n: int = 2048, repeats: int = 5) -> dict:
+    """This machine's TensorFlow (oneDNN) float32 and bfloat16 `n x n` matmul GFLOP/s, now.
+
+    Best of `repeats` after one warm-up call, in a `tf.function`, all cores: what a model's
+    matmuls could reach here. Run it in the same process tree and minute as the variants.
+
+    Returns:
+        ``{"fp32": GFLOP/s, "bf16": GFLOP/s}``.
+    """
+    import tensorflow as tf
+
+    rates = {}
+    for name, dtype in (("fp32", tf.float32), ("bf16", tf.bfloat16)):
+        a = tf.cast(tf.random.stateless_normal([n, n], seed=(0, 1)), dtype)
+        b = tf.cast(tf.random.stateless_normal([n, n], seed=(0, 2)), dtype)
+        fn = tf.function(lambda a, b: tf.linalg.matmul(a, b)[0, 0])  # the whole product runs
+        fn(a, b).numpy()
+        best = float("inf")
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn(a, b).numpy()
+            best = min(best, time.perf_counter() - t)
+        rates[name] = 2 * n**3 / best / 1e9
+    return rates
+
+
+def fraction(img_per_s: float, flops_per_image: float, rate_gflops: float) -> float:
+    """Achieved matmul GFLOP/s as a fraction of `rate_gflops` (e.g. 0.31 = 31 %)."""
+    return img_per_s * flops_per_image / 1e9 / rate_gflops
 
 
 def load_average() -> str:

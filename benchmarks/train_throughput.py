@@ -27,6 +27,12 @@ Warm-up steps are excluded; the result per variant is the median of `--repeats` 
 Each line also prints images per CPU-second of the worker process times the core count: on a
 machine shared with other jobs the wall-clock figures swing by 2x between blocks; the CPU-time
 figure is steadier for TF, but penalises torch, whose OpenMP threads spin while waiting.
+
+What it ran on: the CPU model and its bf16/AMX units (`timing.machine`), and this machine's TF
+fp32/bf16 2048x2048 matmul rate measured before and after the variants (`timing.matmul_rates`);
+each variant's matmul GFLOP/s (`timing.train_flops_per_image`: 19.3 GFLOP per ViT-S/16 LoRA
+training image) is printed as a fraction of the better bf16 rate, next to its ratio to the
+peer's best precision.
 """
 
 from __future__ import annotations
@@ -38,10 +44,14 @@ import sys
 import timing
 
 SHAPE = dict(image=224, patch=16, layers=12, heads=6, hidden=384, mlp=1536, classes=5, rank=16)
-OURS_VARIANTS = tuple(f"{p}{s}" for p in ("fp32", "bf16") for s in ("", "-fuse", "-nofuse", "-xla"))
+OURS_VARIANTS = tuple(
+    f"{p}{s}" for p in ("fp32", "bf16", "bf16mm") for s in ("", "-fuse", "-nofuse", "-xla")
+)
 # ours variants: precision + jit_compile. No suffix: jit_compile="auto" (what `eyegazer train`
 # runs; on CPU: "fusible" (XLA for the element-wise ops only) in bf16, off in fp32); "-fuse":
-# "fusible"; "-nofuse": False; "-xla": True (whole step in XLA).
+# "fusible"; "-nofuse": False; "-xla": True (whole step in XLA). "bf16mm": bf16 in the matmul
+# layers only (`serving.precision.bfloat16_backbone`'s layout: residual stream, LayerNorm and
+# the element-wise ops in float32), jit "auto" = "fusible" as under mixed precision.
 _JIT = {"": "auto", "fuse": "fusible", "nofuse": False, "xla": True}
 PEER_VARIANTS = ("fp32", "bf16")
 
@@ -97,11 +107,15 @@ def peer_model(shape: dict = SHAPE):
 # ------------------------------------------------------------------------------------------------
 # Workers (each runs in its own process)
 # ------------------------------------------------------------------------------------------------
-def worker_ours(variant: str, args) -> dict:
+def ours_step(variant: str, args):
+    """`(step, model, config)`: our training step as `eyegazer train` runs it, for `variant`.
+
+    `step()` runs one optimizer step on a constant batch and waits for it. Leaves the XLA
+    fusion setting of the variant switched on in this process (a worker runs one variant).
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import keras
-    import numpy as np
     import tensorflow as tf
 
     from eyegazer_keras import runs
@@ -122,16 +136,26 @@ def worker_ours(variant: str, args) -> dict:
         lora_alpha=SHAPE["rank"],
         lora_layout=args.lora_layout,
         batch_size=args.batch,
-        mixed_precision="bfloat16" if variant.startswith("bf16") else None,
+        mixed_precision="bfloat16" if variant.partition("-")[0] == "bf16" else None,
         jit_compile=_JIT[variant.partition("-")[2]],
         strategy="default",
     )
     strategy = distribute.get_strategy(config.strategy)
+    matmuls_only = variant.partition("-")[0] == "bf16mm"
+    if matmuls_only and config.jit_compile == "auto":
+        config.jit_compile = "fusible"  # what "auto" gives mixed precision on CPU
     runtime.resolve_auto(config)
-    fusion = runtime.xla_fusion(config)  # as train.run_training does
-    fusion.__enter__()
+    # Context managers entered for the rest of this process, referenced by `step` (a generator
+    # context manager that is garbage-collected runs its exit: the setting would be undone).
+    held = [runtime.xla_fusion(config)]  # as train.run_training does
+    held[0].__enter__()
     with strategy.scope():  # as train._run_stage does
         model = runs.build_model(config)
+        if matmuls_only:  # stays switched for the whole run (the context is never left)
+            from eyegazer_keras.serving import precision
+
+            held.append(precision.bfloat16_backbone(model))
+            held[-1].__enter__()
         optimizer = trainer_lib.make_optimizer(config)
         model.compile(optimizer=optimizer)
         optimizer.build(model.trainable_variables)
@@ -143,6 +167,15 @@ def worker_ours(variant: str, args) -> dict:
     def step():
         trainer.train_step(images, labels, weights).numpy()
 
+    step.held = held
+    return step, model, config
+
+
+def worker_ours(variant: str, args) -> dict:
+    import numpy as np
+    import tensorflow as tf
+
+    step, model, config = ours_step(variant, args)
     result = timing.timed(step, args.warmup, args.steps, args.repeats, args.batch)
     trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
     result.update(
@@ -153,7 +186,6 @@ def worker_ours(variant: str, args) -> dict:
         inter_op=tf.config.threading.get_inter_op_parallelism_threads(),
         jit_compile=config.jit_compile,
     )
-    fusion.__exit__(None, None, None)
     return result
 
 
@@ -201,6 +233,36 @@ def worker_peer(variant: str, args, shape: dict = SHAPE) -> dict:
 # ------------------------------------------------------------------------------------------------
 # Driver
 # ------------------------------------------------------------------------------------------------
+def worker_machine(variant: str, args) -> dict:
+    """This machine's TF fp32/bf16 2048x2048 matmul GFLOP/s (`timing.matmul_rates`)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return {"side": "machine", "variant": variant, **timing.matmul_rates()}
+
+
+def _summary(results: list[dict], shape: dict = SHAPE) -> None:
+    """Each variant's matmul GFLOP/s as a fraction of the run's best bf16 matmul rate, and
+    its ratio to the peer's best precision."""
+    rates = [r for r in results if r.get("side") == "machine" and "error" not in r]
+    bf16 = max((r["bf16"] for r in rates), default=None)
+    fp32 = max((r["fp32"] for r in rates), default=None)
+    flops = timing.train_flops_per_image(shape)
+    peer = timing.best(results, "peer")
+    print(
+        f"summary: {flops / 1e9:.1f} GFLOP per training image; this run's best 2048^2 matmul "
+        f"rate fp32 {fp32 or float('nan'):.1f}, bf16 {bf16 or float('nan'):.1f} GFLOP/s"
+    )
+    for r in results:
+        if r.get("side") not in ("ours", "peer") or "error" in r:
+            continue
+        ips = r["img_per_s"]
+        frac = f"{timing.fraction(ips, flops, bf16):6.1%}" if bf16 else "   n/a"
+        ratio = f"{ips / peer['img_per_s']:5.2f}x peer {peer['variant']}" if peer else "no peer"
+        print(
+            f"  {r['side']:4s} {r['variant']:12s} {ips:7.2f} img/s {ips * flops / 1e9:7.1f} "
+            f"GFLOP/s = {frac} of bf16 matmul   {ratio}"
+        )
+
+
 def _run_worker(side: str, variant: str, args) -> dict:
     flags = ("batch", "steps", "warmup", "repeats", "inter_op", "lora_layout")
     worker_args = ["--worker", f"{side}:{variant}"]
@@ -210,6 +272,8 @@ def _run_worker(side: str, variant: str, args) -> dict:
 
 
 def _describe(r: dict) -> str:
+    if r["side"] == "machine":
+        return f"TF 2048^2 matmul GFLOP/s: fp32 {r['fp32']:6.1f}  bf16 {r['bf16']:6.1f}"
     return (
         f"{r['img_per_s']:7.2f} img/s (median)  best block {r['best_block']:6.2f}  "
         f"per-CPU-s x cores {r['cpu_img_per_s']:6.2f}  blocks={r['blocks']}"
@@ -250,20 +314,24 @@ def main(argv=None) -> int:
 
     if args.worker:
         side, variant = args.worker.split(":")
-        timing.print_result((worker_ours if side == "ours" else worker_peer)(variant, args))
+        worker = {"ours": worker_ours, "peer": worker_peer, "machine": worker_machine}[side]
+        timing.print_result(worker(variant, args))
         return 0
 
-    jobs = []
+    jobs = [("machine", "before")]
     if args.only != "peer":
         jobs += [("ours", v) for v in args.ours.split(",") if v]
     if args.only != "ours":
         jobs += [("peer", v) for v in args.peer.split(",") if v]
-    print(f"machine: {timing.machine()}")
+    jobs += [("machine", "after")]
+    print(f"machine: {timing.machine()}; load average before: {timing.load_average()}")
     print(
         f"shape: ViT-S/16 @ {SHAPE['image']}px, LoRA r={SHAPE['rank']} q+v, batch {args.batch}, "
         f"{args.warmup} warm-up + {args.repeats}x{args.steps} timed steps (median block)"
     )
     results = timing.run_jobs(jobs, lambda s, v: _run_worker(s, v, args), _describe, 9)
+    print(f"load average after: {timing.load_average()}")
+    _summary(results)
     o, p = timing.best(results, "ours"), timing.best(results, "peer")
     if o and p:
         print(

@@ -30,7 +30,11 @@ __all__ = ["export_run"]
 
 
 def export_run(
-    workdir: str, output: str, model: keras.Model | None = None, tta: str | None = None
+    workdir: str,
+    output: str,
+    model: keras.Model | None = None,
+    tta: str | None = None,
+    precision: str = "float32",
 ) -> str:
     """`eyegazer export`: SavedModel (bytes + tensor endpoints) and model card from a run.
 
@@ -45,6 +49,9 @@ def export_run(
         output: str. SavedModel directory to write (see `export.export_saved_model`).
         model: keras.Model or None. The trained model, to skip rebuilding it. Defaults to None.
         tta: str or None. "none", "flip" or "flip4". Defaults to the config's `tta`.
+        precision: str. "float32", "bfloat16" or "auto" (bf16 on a CPU with bf16 units):
+            the backbone's compute precision in the export (`serving.precision`). Defaults to
+            "float32".
 
     Returns:
         The SavedModel directory, as a string.
@@ -80,6 +87,7 @@ def export_run(
             class_names=run_data.class_names,
             metadata={"config": configs_lib.to_dict(config)},
             model_card=_run_card(workdir, config, run_data, calibration, tta),
+            precision=precision,
         )
     )
 

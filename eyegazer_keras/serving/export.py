@@ -9,8 +9,8 @@ endpoints (`eyegazer_keras.serving.signatures`: names, outputs per task, their g
   -> named outputs (`signatures.OUTPUTS`) with `gradable` and `ungradable_reason`;
 * `serving_images`: `images` (`uint8 [batch, H, W, 3]`) -> the same outputs;
 * `metadata`: no input -> `metadata_json` (`tf.string` scalar): task, class names, the
-  preprocessing spec, the gate's thresholds, cut-offs, config, versions and the
-  not-a-medical-device notice;
+  preprocessing spec, the gate's thresholds, cut-offs, config, versions, the compute
+  `precision` (`eyegazer_keras.serving.precision`) and the not-a-medical-device notice;
 * `serving_explain` (when `explain_method` is given): `image_bytes` -> the same outputs plus
   `explanation` (`float32 [B, S, S]` in [0, 1], see `eyegazer_keras.evaluation.explain`), computed on
   the model without TTA.
@@ -46,6 +46,7 @@ path = export.export_saved_model(model, "eyegazer_export", task="grade",
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib.metadata
 import json
@@ -61,6 +62,7 @@ import tensorflow as tf
 import eyegazer_keras
 from eyegazer_keras import NOT_A_MEDICAL_DEVICE, files, fundus
 from eyegazer_keras.evaluation import metrics
+from eyegazer_keras.serving import precision as precision_lib
 from eyegazer_keras.serving import signatures
 from eyegazer_keras.serving.model_card import write_model_card
 
@@ -88,6 +90,7 @@ def export_saved_model(
     calibration: Mapping | None = None,
     tta: str = "none",
     explain_method: str | None = None,
+    precision: str = "float32",
 ) -> str:
     """Writes a servable SavedModel (bytes + tensor endpoints, metadata) and its model card.
 
@@ -113,23 +116,44 @@ def export_saved_model(
         tta: str. In-graph test-time augmentation (`models.wrappers.TTA_MODES`); "none".
         explain_method: str or None. Adds `serving_explain` with this `eyegazer_keras.evaluation.explain`
             method (e.g. "grad_cam"). Defaults to None.
+        precision: str. The backbone's compute precision in the export (`precision.PRECISIONS`):
+            "float32", "bfloat16" (its matmuls in bf16; outputs float32) or "auto" (bfloat16
+            on a CPU with bf16 units, `precision.resolve`). Recorded as the metadata's
+            `precision`. Defaults to "float32".
 
     Returns:
         The SavedModel directory as a string.
 
     Raises:
         ValueError: an unknown task, a model output that does not fit it, wrong class names
-            or cut-offs, a reserved metadata key, or a missing/contradicting spec.
+            or cut-offs, a reserved metadata key, a missing/contradicting spec, an unknown
+            precision, or "bfloat16" for a model without a keras-hub backbone.
     """
     spec = resolve_spec(preprocessing, source_size, use_ben_graham)
     served = signatures.ServedTask.create(task, image_size, spec, class_names, cutoffs)
     served.check_model(model)
+    compute = precision_lib.resolve(precision)
     meta = _build_metadata(served, metadata)
-    serving = _serving_model(meta, model, served, calibration, tta)
+    meta["precision"] = precision_lib.describe(precision, compute)
+    in_precision = (
+        precision_lib.bfloat16_backbone(model)
+        if compute == "bfloat16"
+        else contextlib.nullcontext(model)
+    )
     explain_maps = _explain_maps(meta, model, served, explain_method)
-    meta_json = json.dumps(meta, indent=2, sort_keys=True)
-    endpoints = signatures.serving_endpoints(serving, served, meta_json, explain_maps)
-    output_dir = _write_archive(model, endpoints, output_dir, meta_json)
+    if explain_maps is not None and compute != "float32":
+        # Explanation maps stay float32 (their ViT walk adds layer outputs itself): traced
+        # here, before the backbone's matmuls switch to bf16.
+        size = served.image_size
+        explain_maps = tf.function(explain_maps).get_concrete_function(
+            tf.TensorSpec([None, size, size, 3], tf.float32)
+        )
+        meta["explanation"]["precision"] = "float32"
+    with in_precision:  # the endpoints are traced (in bf16) inside; the model is restored after
+        serving = _serving_model(meta, model, served, calibration, tta)
+        meta_json = json.dumps(files.json_safe(meta), indent=2, sort_keys=True)
+        endpoints = signatures.serving_endpoints(serving, served, meta_json, explain_maps)
+        output_dir = _write_archive(model, endpoints, output_dir, meta_json)
     write_model_card(output_dir, meta, model_card)
     logger.info("Exported %s SavedModel to %s", task, output_dir)
     return output_dir

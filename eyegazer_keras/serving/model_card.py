@@ -62,6 +62,7 @@ _TITLES = {
     "intended_use": "Intended use",
     "limits": "Limitations",
     "signatures": "Serving signatures",
+    "precision": "Compute precision",
     "versions": "Versions",
 }
 _HEADER_KEYS = {"model_name", "task", "class_names", "exported_at", "not_a_medical_device"}
@@ -75,7 +76,7 @@ def write_model_card(output_dir: str | os.PathLike, meta: Mapping, card: Mapping
         meta: dict. The SavedModel metadata (`export.export_saved_model`): `task`,
             `class_names`, `preprocessing`, `source_size`, `image_size`, `use_ben_graham`,
             `cutoffs`, `signatures`, `versions`, `exported_at` (+ `preprocessing_spec`,
-            `quality_gate` when present).
+            `quality_gate`, `precision` when present).
         card: dict or None. Content: any of `model_name` (or `model`), `data`, `training` (or
             `training_config`), `validation_metrics`, `preprocessing` (a note; the exact
             pipeline comes from `meta`), `intended_use`, `limits`, plus free keys (kept at
@@ -129,6 +130,7 @@ def _card_content(meta: Mapping, card: Mapping | None) -> dict:
             name: {"inputs": sig["inputs"], "outputs": sorted(sig["outputs"])}
             for name, sig in meta["signatures"].items()
         },
+        "precision": meta.get("precision", NOT_RECORDED),
         "versions": meta["versions"],
         "exported_at": meta["exported_at"],
     }

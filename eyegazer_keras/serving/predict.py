@@ -121,7 +121,23 @@ def load_exported(model_dir: str | os.PathLike) -> ExportedModel:
     raw = loaded.signatures[signatures.METADATA_SIGNATURE]()[signatures.METADATA_OUTPUT]
     meta = json.loads(raw.numpy().decode("utf-8"))
     logger.info("Loaded %s export from %s", meta.get("task"), model_dir)
+    _warn_emulated_bf16(meta, model_dir)
     return ExportedModel(model_dir, loaded, meta)
+
+
+def _warn_emulated_bf16(meta: dict, model_dir: str) -> None:
+    """Logs a warning when a bfloat16 export is loaded on a CPU without bf16 units."""
+    from eyegazer_keras.serving import precision
+
+    compute = (meta.get("precision") or {}).get("compute")
+    if compute == "bfloat16" and not precision.cpu_bf16_flags():
+        if not tf.config.list_physical_devices("GPU"):
+            logger.warning(
+                "%s computes in bfloat16 but this CPU (%s) has no bf16 units: oneDNN emulates "
+                "them, slower than a float32 export. Re-export with --precision float32.",
+                model_dir,
+                precision.cpu_model(),
+            )
 
 
 def tf_error_text(error: tf.errors.OpError) -> str:

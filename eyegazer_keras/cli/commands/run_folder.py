@@ -76,6 +76,15 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
         choices=("none", "flip", "flip4"),
         help="average flipped views inside the SavedModel (default: the run's tta)",
     )
+    p.add_argument(
+        "--precision",
+        choices=("float32", "bfloat16", "auto"),
+        default="float32",
+        help="the backbone's compute precision in the SavedModel: bfloat16 runs its matmuls on "
+        "the CPU's bf16 units (AVX512-BF16, AMX; slower on CPUs without them); auto = bfloat16 "
+        "where this CPU has them. Outputs stay float32; recorded in the metadata (default: "
+        "float32)",
+    )
 
 
 @verb("export", arguments=_export_arguments)
@@ -84,7 +93,7 @@ def _export(args) -> int:
     say_paths(workdir=args.workdir, export_dir=args.output)
     from eyegazer_keras import runs
 
-    path = runs.export_run(args.workdir, args.output, tta=args.tta)
+    path = runs.export_run(args.workdir, args.output, tta=args.tta, precision=args.precision)
     say(f"SavedModel written to {path}")
     return 0
 
