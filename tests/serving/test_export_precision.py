@@ -16,7 +16,7 @@ import tensorflow as tf
 from eyegazer_keras import fundus
 from eyegazer_keras.models import vit_lora
 from eyegazer_keras.serving import export, precision, predict
-from tests.test_export import encode, synthetic_fundus
+from tests.serving.test_export import encode, synthetic_fundus
 
 IMAGE_SIZE, SOURCE_SIZE = 32, 64
 AMD_ZEN4 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
