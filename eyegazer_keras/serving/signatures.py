@@ -318,7 +318,7 @@ def _outputs_fn(served: ServedTask):
 
     if served.task == "regression":
 
-        def regression(out):
+        def regression_outputs(out):
             grade = tf.reshape(tf.cast(out, tf.float32), [-1])
             predicted = digitize(grade)
             return {
@@ -328,7 +328,7 @@ def _outputs_fn(served: ServedTask):
                 "referable": predicted >= metrics.REFERABLE_MIN_GRADE,
             }
 
-        return regression
+        return regression_outputs
 
     def classification(out):
         probs = tf.cast(out, tf.float32)
