@@ -160,3 +160,18 @@ def test_grade_cutoffs_are_tuned_on_the_fitting_half_and_beat_a_collapsed_argmax
     # Binary calibration has no grade decision.
     pb = np.stack([p[:, :2].sum(1), p[:, 2:].sum(1)], 1)
     assert "grade_cutoffs" not in calibrate.fit_calibration((y >= 2).astype(int), pb, "binary")
+
+
+def test_model_card_carries_the_grade_decision():
+    from eyegazer_keras.runs import evaluation
+
+    y, p = _overconfident_keras_model_probs(200)
+    cal = calibrate.fit_calibration(y, p, "grade")
+    section = evaluation.card_sections({}, cal, "none")["grade_decision"]
+    assert section["cutoffs"] == cal["grade_cutoffs"]
+    assert section["qwk_on_report_half"]["cutoffs"] == (
+        cal["report_half"]["grade_decision"]["qwk_cutoffs"]
+    )
+    pb = np.stack([p[:, :2].sum(1), p[:, 2:].sum(1)], 1)
+    binary = calibrate.fit_calibration((y >= 2).astype(int), pb, "binary")
+    assert "grade_decision" not in evaluation.card_sections({}, binary, "none")
