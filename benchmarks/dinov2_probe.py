@@ -7,7 +7,11 @@ prepared split resized by `pipeline.make_dataset`, ImageNet normalisation) for t
 balanced class weights, C chosen by patient-free 3-fold CV on train only), and prints the
 project's metrics on validation (`metrics.classification_metrics`: QWK, accuracy, referable
 AUROC, sensitivity/specificity at p(referable) >= 0.5, ECE). `--random` uses the same network
-with random weights (the "is it the weights?" control).
+with random weights (the "is it the weights?" control). It also grades by the expected grade
+at QWK-tuned cut-offs (`regression.optimize_cutoffs`) tuned on 5-fold out-of-fold predictions
+of *train* (`qwk_cutoffs_train_oof`; validation tunes nothing), and `--save` keeps the
+validation probabilities for `benchmarks/grade_decision.py` (the calibration-half decision that
+`eyegazer train` stores).
 
     python benchmarks/dinov2_probe.py --backbone /tmp/dinov2-s --data-dir /tmp/h4tfds \
         --dataset eyepacs2015 --config 256 --cache /tmp/h4probe
@@ -92,14 +96,15 @@ def main(argv=None) -> int:
     parser.add_argument("--random", action="store_true", help="random weights, same network")
     parser.add_argument("--output", default=None, help="write the metrics as JSON here")
     parser.add_argument("--c", type=float, default=None, help="fixed C (skips the CV grid)")
+    parser.add_argument("--save", default=None, help="write validation y, probs as .npz here")
     args = parser.parse_args(argv)
 
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GridSearchCV
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from eyegazer_keras.evaluation import metrics
+    from eyegazer_keras.evaluation import metrics, regression
 
     start = time.perf_counter()
     model = feature_model(args)
@@ -121,6 +126,12 @@ def main(argv=None) -> int:
     full[:, probe.classes_] = probs
     m = metrics.classification_metrics(y_val, full, "grade", majority_class=0)
     ref = m["referable"]
+    folds = StratifiedKFold(5, shuffle=True, random_state=0)
+    oof = cross_val_predict(probe, x_train, y_train, cv=folds, method="predict_proba")
+    cut = regression.optimize_cutoffs(y_train, regression.expected_grade(oof))
+    decision = regression.grade_decision(y_val, full, cut)
+    if args.save:
+        np.savez(args.save, y=y_val, probs=full)
     result = {
         "backbone": args.backbone,
         "random_weights": args.random,
@@ -129,6 +140,9 @@ def main(argv=None) -> int:
         "n_validation": int(len(y_val)),
         "qwk": m["qwk"],
         "accuracy": m["accuracy"],
+        "qwk_cutoffs_train_oof": decision["qwk_cutoffs"],
+        "accuracy_cutoffs_train_oof": decision["accuracy_cutoffs"],
+        "cutoffs_train_oof": list(cut),
         "referable_auroc": ref["auroc"],
         "referable_sensitivity@0.5": ref["sensitivity"],
         "referable_specificity@0.5": ref["specificity"],

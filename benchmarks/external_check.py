@@ -4,9 +4,13 @@ Reads a folder in Kaggle's EyePACS layout (``trainLabels.csv`` + ``train/<image>
 out every patient that also appears in the ``--exclude`` label CSVs (the training set's patients:
 both eyes share the id prefix), sends each remaining photo's **file bytes** to the SavedModel's
 ``serving_default`` (EXIF, quality gate, crop, resize and normalisation all inside the graph, as
-for any client) and prints, on the photos the gate grades: QWK, accuracy, referable AUROC,
-sensitivity and specificity at the exported operating threshold (the metadata's
-``referable_threshold``), ECE; plus how many photos the gate refused, by reason.
+for any client) and prints, on the photos the gate grades: QWK of the argmax
+(``predicted_class``) and of the exported grade decision (``predicted_grade``: the expected
+grade at the metadata's cut-offs), accuracy of both, referable AUROC, sensitivity and
+specificity at the exported operating threshold (the metadata's ``referable_threshold``), ECE;
+plus how many photos the gate refused, by reason. ``--labels`` takes another labels CSV in the
+same format (e.g. the held-out validation split's photos only); ``--save`` keeps the graded
+photos' grades and probabilities as .npz (for ``benchmarks/grade_decision.py``).
 
     python benchmarks/external_check.py --model runs/dinov2-lora/export \
         --data ../shared/realdata/eyepacs-raw \
@@ -39,6 +43,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", required=True, help="SavedModel directory (eyegazer export)")
     parser.add_argument("--data", required=True, help="folder with trainLabels.csv and train/")
     parser.add_argument("--exclude", nargs="*", default=[], help="labels CSVs of seen patients")
+    parser.add_argument("--labels", default=None, help="labels CSV (default DATA/trainLabels.csv)")
+    parser.add_argument("--save", default=None, help="write y, probabilities as .npz here")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--output", default=None, help="write the figures as JSON here")
     args = parser.parse_args(argv)
@@ -52,18 +58,19 @@ def main(argv=None) -> int:
         set().union(*(patients(pathlib.Path(p)) for p in args.exclude)) if args.exclude else set()
     )
     rows = []
-    with open(data / "trainLabels.csv", newline="") as f:
+    labels = pathlib.Path(args.labels) if args.labels else data / "trainLabels.csv"
+    with open(labels, newline="") as f:
         for number, row in enumerate(csv.DictReader(f), start=2):
             if row["image"].rsplit("_", 1)[0] in seen:
                 continue
             path = data / "train" / f"{row['image']}.jpeg"
             if not path.exists():
-                raise SystemExit(f"{data / 'trainLabels.csv'} row {number}: {path} is missing")
+                raise SystemExit(f"{labels} row {number}: {path} is missing")
             rows.append((path, int(row["level"])))
     loaded = tf.saved_model.load(args.model)
     meta = json.loads(loaded.signatures["metadata"]()["metadata_json"].numpy())
     serve = loaded.signatures["serving_default"]
-    probs, grades, reasons = [], [], collections.Counter()
+    probs, grades, decided, reasons = [], [], [], collections.Counter()
     start = time.perf_counter()
     for i in range(0, len(rows), args.batch):
         chunk = rows[i : i + args.batch]
@@ -72,6 +79,8 @@ def main(argv=None) -> int:
             if bool(out["gradable"][j]):
                 probs.append(out["probabilities"][j].numpy())
                 grades.append(grade)
+                if "predicted_grade" in out:  # exports before the grade decision lack it
+                    decided.append(int(out["predicted_grade"][j]))
             else:
                 reasons[out["ungradable_reason"][j].numpy().decode()] += 1
     seconds = time.perf_counter() - start
@@ -81,6 +90,16 @@ def main(argv=None) -> int:
     m = metrics.classification_metrics(
         grades, probs, "grade", referable_threshold=threshold, majority_class=0
     )
+    decision = None
+    if decided:
+        decided = np.asarray(decided)
+        decision = {
+            "cutoffs": meta.get("cutoffs"),
+            "qwk": metrics.quadratic_weighted_kappa(grades, decided),
+            "accuracy": float((decided == grades).mean()),
+        }
+    if args.save:
+        np.savez(args.save, y=grades, probs=probs)
     result = {
         "model": args.model,
         "data": str(data),
@@ -91,6 +110,7 @@ def main(argv=None) -> int:
         "grades": np.bincount(grades, minlength=5).tolist(),
         "qwk": m["qwk"],
         "accuracy": m["accuracy"],
+        "predicted_grade": decision,
         "referable_auroc": m["referable"]["auroc"],
         "referable_threshold": threshold,
         "referable_sensitivity": m["referable"]["sensitivity"],

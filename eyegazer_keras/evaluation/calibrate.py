@@ -5,7 +5,10 @@ bins); this module *fits* the corrections a run stores in ``calibration.json`` a
 serving apply: one temperature ``T`` (``softmax(logits / T)``, Guo et al. 2017, "On Calibration
 of Modern Neural Networks", ICML) and the threshold on the calibrated positive score (binary:
 ``p(DR)``; grade: referable ``p(2) + p(3) + p(4)``) that reaches a target sensitivity.
-``fit_calibration`` fits both on one half of validation and measures them on the other.
+``fit_calibration`` fits both on one half of validation and measures them on the other; for
+the 5-grade task it also tunes the grade decision there: four QWK-maximising cut-offs on the
+calibrated expected grade ``sum_k k * p_k`` (``regression.optimize_cutoffs``; export serves the
+result as ``predicted_grade``, next to the argmax ``predicted_class``).
 
 Example:
 
@@ -30,7 +33,7 @@ import math
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from eyegazer_keras.evaluation import metrics
+from eyegazer_keras.evaluation import metrics, regression
 from eyegazer_keras.evaluation.metric_inputs import as_labels, as_probs, as_scores, as_threshold
 from eyegazer_keras.files import json_safe
 
@@ -189,6 +192,11 @@ METHOD = (
     "one half of validation (class-stratified alternate rows); before/after "
     "figures measured on the other half"
 )
+GRADE_CUTOFFS_METHOD = (
+    "grade = expected grade sum_k k * p_k of the calibrated probabilities, cut at 4 "
+    "cut-offs maximising QWK on the calibration's fitting half (regression.optimize_cutoffs); "
+    "report_half.grade_decision measures them on the other half"
+)
 
 
 def _positive_score(y: np.ndarray, probs: np.ndarray, task: str) -> tuple[np.ndarray, np.ndarray]:
@@ -237,7 +245,11 @@ def fit_calibration(
         probabilities), ``threshold_output`` (``"p_dr"`` or ``"referable_probability"``),
         ``target_sensitivity``, ``fit_rows``/``report_rows`` (counts), ``method`` (one sentence
         saying what was fitted where) and ``report_half``: ``before`` / ``after`` calibration
-        metrics and ``operating_point`` (sensitivity and specificity at the threshold).
+        metrics and ``operating_point`` (sensitivity and specificity at the threshold). The
+        grade task adds ``grade_cutoffs`` (4 floats on the calibrated expected grade),
+        ``grade_cutoffs_method`` and ``report_half.grade_decision``
+        (``regression.grade_decision``: QWK, accuracy, confusion matrix of the argmax and of
+        the cut-offs).
 
     Raises:
         ValueError: bad inputs, or a fitting half without positives and negatives.
@@ -250,16 +262,23 @@ def fit_calibration(
     calibrated = apply_temperature(p, temperature)
     y_pos, score = _positive_score(y, calibrated, task)
     chosen = threshold_for_sensitivity(y_pos[fit_rows], score[fit_rows], target_sensitivity)
-    return json_safe(
-        {
-            "temperature": temperature,
-            "threshold": chosen["threshold"],
-            "threshold_output": THRESHOLD_OUTPUTS[task],
-            "target_sensitivity": float(target_sensitivity),
-            "fit_rows": int(fit_rows.size),
-            "report_rows": int(report_rows.size),
-            "method": METHOD,
-            "fit_half": {"operating_point": chosen},
-            "report_half": _report_half(y, p, calibrated, task, report_rows, chosen["threshold"]),
-        }
-    )
+    result = {
+        "temperature": temperature,
+        "threshold": chosen["threshold"],
+        "threshold_output": THRESHOLD_OUTPUTS[task],
+        "target_sensitivity": float(target_sensitivity),
+        "fit_rows": int(fit_rows.size),
+        "report_rows": int(report_rows.size),
+        "method": METHOD,
+        "fit_half": {"operating_point": chosen},
+        "report_half": _report_half(y, p, calibrated, task, report_rows, chosen["threshold"]),
+    }
+    if task == "grade":
+        expected = regression.expected_grade(calibrated)
+        cut = regression.optimize_cutoffs(y[fit_rows], expected[fit_rows])
+        result["grade_cutoffs"] = list(cut)
+        result["grade_cutoffs_method"] = GRADE_CUTOFFS_METHOD
+        result["report_half"]["grade_decision"] = regression.grade_decision(
+            y[report_rows], calibrated[report_rows], cut
+        )
+    return json_safe(result)

@@ -6,6 +6,10 @@ cut-offs ``(0.5, 1.5, 2.5, 3.5)``; ``optimize_cutoffs`` moves them to maximise t
 weighted kappa on a tuning split (QWK is the metric the APTOS 2019 Kaggle competition scored).
 ``regression_metrics`` reports a split's errors and its QWK under both.
 
+A 5-grade classifier uses the same cut-offs on its expected grade ``sum_k k * p_k``
+(``expected_grade``): ``grade_decision`` reports QWK with the argmax and with cut-offs tuned on
+another split (``calibrate.fit_calibration`` tunes them on its fitting half).
+
 Example:
 
 ```python
@@ -36,7 +40,7 @@ from sklearn.metrics import (
 
 from eyegazer_keras import GRADE_NAMES
 from eyegazer_keras.evaluation import metrics
-from eyegazer_keras.evaluation.metric_inputs import as_labels, as_scores
+from eyegazer_keras.evaluation.metric_inputs import as_labels, as_probs, as_scores
 from eyegazer_keras.files import json_safe
 
 logger = logging.getLogger(__name__)
@@ -48,6 +52,8 @@ __all__ = [
     "DEFAULT_CUTOFFS",
     "apply_cutoffs",
     "check_cutoffs",
+    "expected_grade",
+    "grade_decision",
     "optimize_cutoffs",
     "regression_metrics",
 ]
@@ -96,6 +102,25 @@ def apply_cutoffs(pred, cutoffs: Sequence[float] = DEFAULT_CUTOFFS) -> np.ndarra
     s = np.atleast_1d(np.asarray(pred, dtype=np.float64))
     s = as_scores(s, s.shape[0], name="pred")
     return np.digitize(s, c).astype(np.int64)
+
+
+def expected_grade(probs) -> np.ndarray:
+    """The expected grade ``sum_k k * p_k`` of 5-grade probabilities.
+
+    Args:
+        probs: float array [n, 5]. probabilities of grades 0..4 (rows summing to 1).
+
+    Returns:
+        float64 array [n] in [0, 4].
+
+    Raises:
+        ValueError: not [n, 5], or naming the first row that is not a probability vector.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != NUM_GRADES:
+        raise ValueError(f"probs has shape {p.shape}; expected [n, {NUM_GRADES}] probabilities.")
+    p = as_probs(p, NUM_GRADES, p.shape[0])
+    return p @ np.arange(NUM_GRADES, dtype=np.float64)
 
 
 # --------------------------------------------------------------------------- the QWK search
@@ -265,3 +290,36 @@ def regression_metrics(y_true, y_pred, cutoffs: Sequence[float] | None = None) -
         },
     }
     return json_safe(out)
+
+
+def grade_decision(y_true, probs, cutoffs: Sequence[float] | None) -> dict:
+    """A 5-grade classifier's grades two ways: the argmax, and cut-offs on the expected grade.
+
+    Args:
+        y_true: int array [n]. true grades 0..4.
+        probs: float array [n, 5]. the classifier's probabilities.
+        cutoffs: 4 strictly increasing floats on ``expected_grade(probs)``, tuned on another
+            split (``optimize_cutoffs``); None uses ``DEFAULT_CUTOFFS`` (rounding).
+
+    Returns:
+        Dict with ``qwk_argmax``, ``accuracy_argmax``, ``confusion_matrix_argmax``,
+        ``qwk_cutoffs``, ``accuracy_cutoffs``, ``confusion_matrix_cutoffs``, ``cutoffs`` and
+        ``cutoffs_source`` (``"given"`` or ``"default"``).
+
+    Raises:
+        ValueError: bad labels, probabilities or cut-offs (naming the first bad row).
+    """
+    y = as_labels(y_true, NUM_GRADES)
+    score = expected_grade(probs)
+    if score.size != y.size:
+        raise ValueError(f"y_true has {y.size} rows but probs has {score.size}.")
+    used = check_cutoffs(DEFAULT_CUTOFFS if cutoffs is None else cutoffs)
+    argmax = np.asarray(probs).argmax(axis=1)
+    return json_safe(
+        {
+            **_graded(y, argmax, "argmax"),
+            **_graded(y, apply_cutoffs(score, used), "cutoffs"),
+            "cutoffs": list(used),
+            "cutoffs_source": "default" if cutoffs is None else "given",
+        }
+    )

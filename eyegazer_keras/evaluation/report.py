@@ -90,7 +90,8 @@ def write_report(
         calibration: dict or None. a run's ``calibrate.fit_calibration`` result (temperature and
             operating threshold). When given, it is stored as ``temperature_scaling``, the
             metrics gain ``calibrated`` (the same split's figures with the temperature applied
-            and the operating threshold) and the reliability diagram draws both. Defaults to
+            and the operating threshold, and for the grade task ``grade_decision``: QWK and
+            accuracy of the argmax and of the calibration's ``grade_cutoffs``) and the reliability diagram draws both. Defaults to
             ``None``.
         curves_title: str or None. Title of ``training_curves.png`` (`plots.plot_training_curves`).
             Defaults to ``None``.
@@ -130,6 +131,11 @@ def _calibrated_figures(y_true, calibrated, task: str, calibration: Mapping, met
         if k in cal
     }
     figures["calibration"] = cal["calibration"]
+    if task == "grade" and calibration.get("grade_cutoffs") is not None:
+        # The exported `predicted_grade`: the calibrated expected grade at the tuned cut-offs.
+        figures["grade_decision"] = regression.grade_decision(
+            y_true, calibrated, calibration["grade_cutoffs"]
+        )
     figures["note"] = (
         f"this split with temperature {calibration['temperature']:.4g} and the operating "
         f"threshold {calibration['threshold']:.4g}; when this split is validation, half of it "

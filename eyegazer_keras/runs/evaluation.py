@@ -150,7 +150,7 @@ def card_sections(val_metrics: dict, calibration: dict | None, tta: str) -> dict
     tta_mode = calibration.get("tta", "none")
     if tta_mode != "none":
         measured_on += f"; measured on the {tta_mode} test-time-augmented outputs the export serves"
-    return {
+    sections = {
         "calibration": {
             "method": calibration.get("method"),
             "temperature": calibration.get("temperature"),
@@ -171,6 +171,19 @@ def card_sections(val_metrics: dict, calibration: dict | None, tta: str) -> dict
         "explanations": maps,
         "uncalibrated_validation_ece": (val_metrics.get("calibration") or {}).get("ece"),
     }
+    decision = half.get("grade_decision")
+    if calibration.get("grade_cutoffs") is not None and decision:
+        sections["grade_decision"] = {
+            "output": "predicted_grade (predicted_class stays the argmax)",
+            "cutoffs": calibration["grade_cutoffs"],
+            "method": calibration.get("grade_cutoffs_method"),
+            "qwk_on_report_half": {
+                "argmax": decision.get("qwk_argmax"),
+                "cutoffs": decision.get("qwk_cutoffs"),
+            },
+            "measured_on": measured_on,
+        }
+    return sections
 
 
 def tta_calibration(workdir: str, calibration: dict, task: str, tta: str, outputs) -> dict:

@@ -183,10 +183,15 @@ def _summary(row: dict, meta: dict) -> str:
     if task == "grade":
         p, what = row["referable_probability"], "Referable probability (grade ≥ 2)"
         decision = "refer" if p >= threshold else "do not refer"
-        lines = [
-            f"- **Predicted grade**: {row['predicted_class']} {row['class_name']}",
-            f"- **Expected grade** (Σ p·k): {row['expected_grade']:.2f}",
-        ]
+        lines = [f"- **Expected grade** (Σ p·k): {row['expected_grade']:.2f}"]
+        if row.get("predicted_grade") is not None:  # exports before the grade decision lack it
+            cut = meta.get("cutoffs")
+            how = "cut-offs " + ", ".join(f"{c:.2f}" for c in cut) if cut else "rounded"
+            grade = int(row["predicted_grade"])
+            lines.insert(0, f"- **Predicted grade** (expected grade, {how}): {grade} {names[grade]}")
+            lines.insert(1, f"- **Most probable grade**: {row['predicted_class']} {row['class_name']}")
+        else:
+            lines.insert(0, f"- **Predicted grade**: {row['predicted_class']} {row['class_name']}")
     else:
         p, what = row["dr_probability"], f"{names[1]} probability"
         decision = names[1] if p >= threshold else names[0]

@@ -17,7 +17,9 @@ endpoints (`eyegazer_keras.serving.signatures`: names, outputs per task, their g
 
 With `calibration` (a run's `calibrate.fit_calibration` result) the probabilities are
 temperature-scaled inside the graph and the metadata carries `calibrated`, `temperature` and
-the `operating_threshold`; with `tta` ("flip", "flip4") the outputs are the mean over flipped
+the `operating_threshold`; for the grade task its `grade_cutoffs` (QWK-tuned cut-offs on the
+calibrated expected grade) become the metadata's `cutoffs` and the `predicted_grade` output
+(`predicted_class` stays the argmax); with `tta` ("flip", "flip4") the outputs are the mean over flipped
 views (`models.wrappers.serving_model`).
 
 The same JSON is written to `assets.extra/eyegazer_metadata.json` (readable without
@@ -107,7 +109,8 @@ def export_saved_model(
         source_size: int. Stored side in pixels; only without `preprocessing`.
         use_ben_graham: bool. Ben Graham stored; only without `preprocessing`. Defaults to False.
         class_names: sequence of str. Defaults to `GRADE_NAMES`; `("no_dr", "dr")` for binary.
-        cutoffs: 4 increasing floats, regression only (`regression.DEFAULT_CUTOFFS`).
+        cutoffs: 4 increasing floats: regression (`regression.DEFAULT_CUTOFFS`) or grade (on
+            the expected grade; defaults to the calibration's `grade_cutoffs`, else rounding).
         metadata: dict. Extra JSON fields of the metadata, e.g. `{"config": {...}}`.
         model_card: dict. Content for `model_card.write_model_card` (model name, data,
             training, validation metrics, ...). Defaults to None ("not recorded" parts).
@@ -130,6 +133,8 @@ def export_saved_model(
             precision, or "bfloat16" for a model without a keras-hub backbone.
     """
     spec = resolve_spec(preprocessing, source_size, use_ben_graham)
+    if task == "grade" and cutoffs is None and calibration is not None:
+        cutoffs = calibration.get("grade_cutoffs")
     served = signatures.ServedTask.create(task, image_size, spec, class_names, cutoffs)
     served.check_model(model)
     compute = precision_lib.resolve(precision)
@@ -289,6 +294,13 @@ def _serving_model(meta, model, served, calibration, tta):
             "chosen_on": calibration.get("method"),
             "report_half": (calibration.get("report_half") or {}).get("operating_point"),
         }
+        if served.task == "grade":
+            meta["grade_decision"] = {
+                "output": "predicted_grade",
+                "cutoffs": served.cutoffs,
+                "chosen_on": calibration.get("grade_cutoffs_method"),
+                "report_half": (calibration.get("report_half") or {}).get("grade_decision"),
+            }
         # The decision threshold under the output's own name.
         key = "referable_threshold" if served.task == "grade" else "dr_threshold"
         meta[key] = float(calibration["threshold"])

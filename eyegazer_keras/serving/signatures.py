@@ -81,6 +81,12 @@ OUTPUTS: dict[str, dict[str, tuple[str, str, str]]] = {
         "predicted_class": ("int64", "[B]", "argmax grade 0..4"),
         "class_name": ("string", "[B]", "name of predicted_class"),
         "expected_grade": ("float32", "[B]", "sum_k p_k * k"),
+        "predicted_grade": (
+            "int64",
+            "[B]",
+            "grade 0..4: expected_grade cut at the metadata's cutoffs (QWK-tuned at calibration; "
+            "rounding when the metadata's cutoffs are null)",
+        ),
         "referable_probability": ("float32", "[B]", "p_2 + p_3 + p_4 (grade >= 2)"),
     },
     "binary": {
@@ -124,7 +130,8 @@ class ServedTask:
         class_names: tuple of str. Name per class id (5 grades, or 2 for binary).
         image_size: int. Model input side in pixels.
         preprocessing: `fundus.PreprocessingSpec`. Photo -> stored image -> model input.
-        cutoffs: list of 4 increasing floats (regression) or None.
+        cutoffs: list of 4 increasing floats or None: on the regression output, or on the
+            grade task's expected grade (`predicted_grade`; None there means rounding).
     """
 
     task: str
@@ -150,15 +157,16 @@ class ServedTask:
             preprocessing: `fundus.PreprocessingSpec`.
             class_names: sequence of str or None. Defaults to `GRADE_NAMES` (grade, regression)
                 or `metrics.BINARY_NAMES` (binary).
-            cutoffs: 4 increasing floats or None. Regression only; defaults to
-                `regression.DEFAULT_CUTOFFS` there.
+            cutoffs: 4 increasing floats or None. Regression: on the output, defaults to
+                `regression.DEFAULT_CUTOFFS`. Grade: on the expected grade (e.g. the
+                calibration's `grade_cutoffs`), None meaning rounding. Not for binary.
 
         Returns:
             A `ServedTask`.
 
         Raises:
             ValueError: an unknown task, the wrong number of class names, invalid cut-offs, or
-                cut-offs for a classifier.
+                cut-offs for the binary task.
         """
         if task not in TASKS:
             raise ValueError(f"task={task!r} is not one of {TASKS}.")
@@ -167,12 +175,15 @@ class ServedTask:
         expected = len(defaults)
         if len(names) != expected:
             raise ValueError(f"task={task!r} needs {expected} class_names, got {list(names)}.")
-        if task == "regression":
-            cutoffs = regression.DEFAULT_CUTOFFS if cutoffs is None else cutoffs
-            regression.apply_cutoffs([0.0], cutoffs)  # raises a ValueError naming the fix
-            cutoffs = [float(c) for c in cutoffs]
-        elif cutoffs is not None:
-            raise ValueError(f"cutoffs only apply to task='regression', not task={task!r}.")
+        if task == "regression" and cutoffs is None:
+            cutoffs = regression.DEFAULT_CUTOFFS
+        if task == "binary" and cutoffs is not None:
+            raise ValueError(
+                "cutoffs apply to task='regression' (its output) or task='grade' (its expected "
+                "grade), not task='binary'."
+            )
+        if cutoffs is not None:
+            cutoffs = list(regression.check_cutoffs(cutoffs))  # a ValueError naming the fix
         return cls(task, names, int(image_size), preprocessing, cutoffs)
 
     def check_model(self, model) -> None:
@@ -299,15 +310,17 @@ def _outputs_fn(served: ServedTask):
     """`fn(model_output) -> dict` building the named outputs of `OUTPUTS[task]`."""
     names = tf.constant(list(served.class_names), tf.string)
 
-    if served.task == "regression":
-        cut = tf.constant(served.cutoffs, tf.float32)
+    cut = tf.constant(served.cutoffs or regression.DEFAULT_CUTOFFS, tf.float32)
 
-        def regression(out):
+    def digitize(grade):
+        # np.digitize(grade, cutoffs), as `regression.apply_cutoffs`.
+        return tf.reduce_sum(tf.cast(grade[:, tf.newaxis] >= cut[tf.newaxis, :], tf.int64), axis=1)
+
+    if served.task == "regression":
+
+        def regression_outputs(out):
             grade = tf.reshape(tf.cast(out, tf.float32), [-1])
-            # np.digitize(grade, cutoffs), as `regression.apply_cutoffs`.
-            predicted = tf.reduce_sum(
-                tf.cast(grade[:, tf.newaxis] >= cut[tf.newaxis, :], tf.int64), axis=1
-            )
+            predicted = digitize(grade)
             return {
                 "grade": grade,
                 "predicted_grade": predicted,
@@ -315,7 +328,7 @@ def _outputs_fn(served: ServedTask):
                 "referable": predicted >= metrics.REFERABLE_MIN_GRADE,
             }
 
-        return regression
+        return regression_outputs
 
     def classification(out):
         probs = tf.cast(out, tf.float32)
@@ -328,6 +341,7 @@ def _outputs_fn(served: ServedTask):
         if served.task == "grade":
             grades = tf.range(len(served.class_names), dtype=tf.float32)
             result["expected_grade"] = tf.reduce_sum(probs * grades, axis=-1)
+            result["predicted_grade"] = digitize(result["expected_grade"])
             result["referable_probability"] = tf.reduce_sum(
                 probs[:, metrics.REFERABLE_MIN_GRADE :], axis=-1
             )

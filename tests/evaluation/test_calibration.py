@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from eyegazer_keras.evaluation import calibrate, metrics, report
+from eyegazer_keras.evaluation import calibrate, metrics, regression, report
 
 
 def test_ece_and_brier_by_hand():
@@ -127,3 +127,51 @@ def test_metrics_files_report_calibration_and_draw_the_reliability_diagram(tmp_p
     calb = calibrate.fit_calibration(yb, pb, "binary")
     assert calb["threshold_output"] == "p_dr"
     assert calb["fit_half"]["operating_point"]["sensitivity"] >= 0.9
+
+
+def test_grade_cutoffs_are_tuned_on_the_fitting_half_and_beat_a_collapsed_argmax(tmp_path):
+    """A ranking-right model whose argmax is nearly always grade 0 (as on imbalanced EyePACS):
+    the tuned cut-offs on its expected grade recover QWK on the half that did not tune them."""
+    rng = np.random.default_rng(0)
+    n = 400
+    y = rng.choice(5, n, p=[0.7, 0.08, 0.14, 0.05, 0.03])
+    severity = y + rng.normal(0, 0.8, n)  # ordered, noisy
+    k = np.arange(5)
+    prior = np.log([0.9, 0.04, 0.03, 0.02, 0.01])  # a strong pull towards grade 0
+    logits = -((k[None] - severity[:, None]) ** 2) / 8 + prior
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    assert (p.argmax(1) == 0).mean() > 0.9  # the argmax collapses
+    cal = calibrate.fit_calibration(y, p, "grade")
+    cut = cal["grade_cutoffs"]
+    assert len(cut) == 4 and list(cut) == sorted(cut)
+    fit_rows, report_rows = calibrate.calibration_halves(y)
+    calibrated = calibrate.apply_temperature(p, cal["temperature"])
+    expected = regression.optimize_cutoffs(
+        y[fit_rows], regression.expected_grade(calibrated[fit_rows])
+    )
+    np.testing.assert_allclose(cut, expected)  # tuned on the fitting half only
+    decision = cal["report_half"]["grade_decision"]
+    assert decision["qwk_cutoffs"] > decision["qwk_argmax"] + 0.2
+    assert sum(map(sum, decision["confusion_matrix_cutoffs"])) == report_rows.size
+    # The metrics file reports the same decision on the whole split, next to the argmax.
+    m = report.write_report(tmp_path, y, p, "grade", calibration=cal)
+    assert m["calibrated"]["grade_decision"]["cutoffs"] == list(cut)
+    assert m["calibrated"]["grade_decision"]["qwk_argmax"] == pytest.approx(m["calibrated"]["qwk"])
+    # Binary calibration has no grade decision.
+    pb = np.stack([p[:, :2].sum(1), p[:, 2:].sum(1)], 1)
+    assert "grade_cutoffs" not in calibrate.fit_calibration((y >= 2).astype(int), pb, "binary")
+
+
+def test_model_card_carries_the_grade_decision():
+    from eyegazer_keras.runs import evaluation
+
+    y, p = _overconfident_keras_model_probs(200)
+    cal = calibrate.fit_calibration(y, p, "grade")
+    section = evaluation.card_sections({}, cal, "none")["grade_decision"]
+    assert section["cutoffs"] == cal["grade_cutoffs"]
+    assert section["qwk_on_report_half"]["cutoffs"] == (
+        cal["report_half"]["grade_decision"]["qwk_cutoffs"]
+    )
+    pb = np.stack([p[:, :2].sum(1), p[:, 2:].sum(1)], 1)
+    binary = calibrate.fit_calibration((y >= 2).astype(int), pb, "binary")
+    assert "grade_decision" not in evaluation.card_sections({}, binary, "none")

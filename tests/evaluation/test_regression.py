@@ -101,3 +101,28 @@ def test_optimize_cutoffs_keeps_initial_when_already_perfect():
     y = np.array([0, 1, 2, 3, 4, 4])
     pred = y.astype(float)
     assert regression.optimize_cutoffs(y, pred) == (0.5, 1.5, 2.5, 3.5)
+
+
+def test_expected_grade_and_grade_decision_by_hand():
+    probs = np.array(
+        [
+            [0.9, 0.1, 0.0, 0.0, 0.0],  # E = 0.1
+            [0.6, 0.1, 0.3, 0.0, 0.0],  # E = 0.7: argmax 0, graded 1 by rounding
+            [0.5, 0.0, 0.2, 0.3, 0.0],  # E = 1.3
+            [0.4, 0.0, 0.0, 0.0, 0.6],  # E = 2.4
+        ]
+    )
+    np.testing.assert_allclose(regression.expected_grade(probs), [0.1, 0.7, 1.3, 2.4])
+    y = np.array([0, 1, 2, 4])
+    rounded = regression.grade_decision(y, probs, None)
+    assert rounded["cutoffs_source"] == "default" and rounded["cutoffs"] == [0.5, 1.5, 2.5, 3.5]
+    assert rounded["accuracy_argmax"] == 0.5  # rows 0 and 3
+    assert rounded["accuracy_cutoffs"] == 0.5  # grades 0, 1, 1, 2: rows 0 and 1
+    tuned = regression.grade_decision(y, probs, (0.5, 1.0, 2.0, 2.2))  # grades 0, 1, 2, 4
+    assert tuned["cutoffs_source"] == "given"
+    assert tuned["accuracy_cutoffs"] == 1.0 and tuned["qwk_cutoffs"] == pytest.approx(1.0)
+    assert tuned["confusion_matrix_argmax"][1][0] == 1  # grade 1 called 0 by the argmax
+    with pytest.raises(ValueError, match=r"\[n, 5\]"):
+        regression.expected_grade(probs[:, :2])
+    with pytest.raises(ValueError, match="rows"):
+        regression.grade_decision(y[:3], probs, None)

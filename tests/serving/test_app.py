@@ -152,6 +152,23 @@ def test_page_always_shows_the_notice_and_hides_what_the_export_lacks(exports):
     assert any(NOT_A_MEDICAL_DEVICE in str(t) for t in texts)
 
 
+def test_summary_gives_the_cutoff_grade_and_the_most_probable_one():
+    meta = {"task": "grade", "class_names": list(GRADE_NAMES), "cutoffs": [0.3, 1.0, 2.0, 3.0]}
+    row = {
+        "predicted_class": 0,
+        "class_name": "no_dr",
+        "expected_grade": 1.2,
+        "predicted_grade": 2,
+        "referable_probability": 0.4,
+    }
+    text = app._summary(row, meta)
+    assert "**Predicted grade** (expected grade, cut-offs 0.30, 1.00, 2.00, 3.00): 2 moderate" in text
+    assert "**Most probable grade**: 0 no_dr" in text
+    assert "rounded): 2 moderate" in app._summary(row, {**meta, "cutoffs": None})
+    old_export = {k: v for k, v in row.items() if k != "predicted_grade"}
+    assert "**Predicted grade**: 0 no_dr" in app._summary(old_export, meta)
+
+
 def test_decision_threshold_comes_from_the_metadata():
     assert app.decision_threshold({}, "grade") == (0.5, "default: the export records no threshold")
     assert app.decision_threshold({"referable_threshold": 0.3}, "grade")[0] == 0.3

@@ -18,7 +18,7 @@ import tensorflow as tf
 from PIL import Image
 
 from eyegazer_keras import GRADE_NAMES, NOT_A_MEDICAL_DEVICE, fundus
-from eyegazer_keras.evaluation import metrics, regression
+from eyegazer_keras.evaluation import calibrate, metrics, regression
 from eyegazer_keras.serving import export, model_card, signatures
 from tests.test_case import (
     exif_tagged_photo,
@@ -238,6 +238,9 @@ def test_outputs_are_consistent(grade_loaded, images):
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     np.testing.assert_array_equal(out["predicted_class"].numpy(), probs.argmax(axis=1))
     np.testing.assert_allclose(out["expected_grade"].numpy(), probs @ np.arange(5), atol=1e-5)
+    # No calibration, no tuned cut-offs: predicted_grade is the rounded expected grade.
+    expected = regression.apply_cutoffs(out["expected_grade"].numpy(), regression.DEFAULT_CUTOFFS)
+    np.testing.assert_array_equal(out["predicted_grade"].numpy(), expected)
     np.testing.assert_allclose(out["referable_probability"].numpy(), probs[:, 2:].sum(1), atol=1e-5)
     names = [GRADE_NAMES[i] for i in probs.argmax(axis=1)]
     assert [n.decode() for n in out["class_name"].numpy()] == names
@@ -333,6 +336,43 @@ def test_regression_export_bakes_in_cutoffs(tmp_path):
     assert meta["cutoffs"] == list(cutoffs)
 
 
+def test_grade_export_serves_the_calibrations_grade_cutoffs(tmp_path, images):
+    """`predicted_grade` = the calibrated expected grade at `grade_cutoffs`; argmax unchanged."""
+    model = tiny_vit_classifier(5, seed=3)
+    cut = [0.1, 0.2, 0.3, 3.9]  # far from rounding, so the test tells them apart
+    calibration = {
+        "temperature": 1.7,
+        "threshold": 0.4,
+        "threshold_output": "referable_probability",
+        "grade_cutoffs": cut,
+        "grade_cutoffs_method": "by hand",
+        "report_half": {"grade_decision": {"qwk_argmax": 0.1, "qwk_cutoffs": 0.3}},
+    }
+    path = export_tiny(model, tmp_path / "cut", calibration=calibration)
+    loaded = tf.saved_model.load(path)
+    blobs = list(images.values())
+    out = loaded.signatures["serving_default"](image_bytes=tf.constant(blobs))
+    probs = out["probabilities"].numpy()
+    raw = np.stack([training_pipeline_probs(model, b) for b in blobs])
+    np.testing.assert_allclose(probs, calibrate.apply_temperature(raw, 1.7), atol=1e-5)
+    expected = out["expected_grade"].numpy()
+    graded = out["gradable"].numpy()
+    want = np.where(graded, regression.apply_cutoffs(np.nan_to_num(expected), cut), -1)
+    np.testing.assert_array_equal(out["predicted_grade"].numpy(), want)
+    assert (want[graded] != regression.apply_cutoffs(expected[graded])).any()  # not rounding
+    np.testing.assert_array_equal(
+        out["predicted_class"].numpy()[graded], probs[graded].argmax(axis=1)
+    )
+    meta = json.loads(loaded.signatures["metadata"]()["metadata_json"].numpy())
+    assert meta["cutoffs"] == cut and meta["grade_decision"]["cutoffs"] == cut
+    assert meta["grade_decision"]["output"] == "predicted_grade"
+    assert meta["grade_decision"]["report_half"]["qwk_cutoffs"] == 0.3
+    # An explicit `cutoffs` argument wins over the calibration's.
+    other = export_tiny(model, tmp_path / "explicit", calibration=calibration, cutoffs=(1, 2, 3, 4))
+    meta = json.loads(tf.saved_model.load(other).signatures["metadata"]()["metadata_json"].numpy())
+    assert meta["cutoffs"] == [1.0, 2.0, 3.0, 4.0]
+
+
 def test_export_rejects_wrong_arguments(tmp_path):
     model = keras.Sequential(
         [
@@ -346,9 +386,14 @@ def test_export_rejects_wrong_arguments(tmp_path):
         export.export_saved_model(model, tmp_path / "a", task="segmentation", **common)
     with pytest.raises(ValueError, match=r"\[batch, 2\]"):
         export.export_saved_model(model, tmp_path / "b", task="binary", **common)
-    with pytest.raises(ValueError, match="cutoffs"):
+    with pytest.raises(ValueError, match="cutoffs"):  # must increase
         export.export_saved_model(
-            model, tmp_path / "c", task="grade", cutoffs=(0.5, 1.5, 2.5, 3.5), **common
+            model, tmp_path / "c", task="grade", cutoffs=(0.5, 1.5, 1.5, 3.5), **common
+        )
+    binary = keras.Sequential([*model.layers[:-1], keras.layers.Dense(2, activation="softmax")])
+    with pytest.raises(ValueError, match="not task='binary'"):
+        export.export_saved_model(
+            binary, tmp_path / "c2", task="binary", cutoffs=(0.5, 1.5, 2.5, 3.5), **common
         )
     with pytest.raises(ValueError, match="reserved"):
         export.export_saved_model(
