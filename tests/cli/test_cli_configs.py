@@ -88,7 +88,7 @@ def test_bad_overrides_name_the_fix():
 
 
 def test_task_replaces_label_mode_and_old_run_configs_still_load():
-    cfg = configs.apply_overrides(configs.get_config("demo"), ["task=binary"])
+    cfg = configs.apply_overrides(configs.get_config("demo"), ["label_mode=binary"])
     assert cfg.task == "binary" and cfg.num_classes == 2
     assert "label_mode" not in configs.to_dict(cfg) and "requires_real_data" not in configs.to_dict(
         cfg
@@ -235,7 +235,7 @@ def test_preview_grid(tiny_data_dir, tmp_path):
     "override,expected",
     [
         ("batch_size=0", "must be > 0"),
-        ("task=regression", "choose one of grade, binary"),
+        ("label_mode=regression", "choose one of grade, binary"),
         ("backbone_config=foo", "JSON object"),
     ],
 )
