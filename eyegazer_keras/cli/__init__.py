@@ -80,14 +80,15 @@ def _expected(err: BaseException) -> bool:
 
 # What TensorFlow/XLA/absl write to the process's stderr (fd 2) at start-up, before and beside
 # any Python logging: absl/glog-format INFO and WARNING lines, CUDA probing errors on machines
-# without a GPU driver, the CPU-instruction notice, and oneDNN's DT_BOOL fallback notice (an
-# "E" line on CPUs TF does not count as AVX-512, e.g. AMD Zen 4: tensorflow 2.21.0 util.cc). TF_CPP_MIN_LOG_LEVEL does not reach the
+# without a GPU driver, the CPU-instruction notice, and oneDNN's "supports DT_BOOL / DT_UINT8
+# only on platforms with AVX-512" fallback notices ("E" lines on CPUs TF does not count as
+# AVX-512, e.g. AMD Zen: tensorflow 2.21.0 util.cc). TF_CPP_MIN_LOG_LEVEL does not reach the
 # lines logged before absl::InitializeLog (tensorflow/tensorflow#100442).
 NATIVE_NOISE = re.compile(
     r"(WARNING: All log messages before absl::InitializeLog\(\) is called"
     r"|[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] "
     r"|E\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] .*(cuInit|CUDA|cuda|cuFFT|cuDNN|cuBLAS)"
-    r"|E\d{4} \d\d:\d\d:\d+\.\d+ +\d+ util\.cc:\d+\] oneDNN supports DT_BOOL only"
+    r"|E\d{4} \d\d:\d\d:\d+\.\d+ +\d+ util\.cc:\d+\] oneDNN supports DT_\w+ only"
     r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IW] "
     r"|To enable the following instructions: .*rebuild TensorFlow)"
     r".*$"  # to the end of the line (it may follow a progress bar's carriage return)

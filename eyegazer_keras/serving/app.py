@@ -188,8 +188,12 @@ def _summary(row: dict, meta: dict) -> str:
             cut = meta.get("cutoffs")
             how = "cut-offs " + ", ".join(f"{c:.2f}" for c in cut) if cut else "rounded"
             grade = int(row["predicted_grade"])
-            lines.insert(0, f"- **Predicted grade** (expected grade, {how}): {grade} {names[grade]}")
-            lines.insert(1, f"- **Most probable grade**: {row['predicted_class']} {row['class_name']}")
+            lines.insert(
+                0, f"- **Predicted grade** (expected grade, {how}): {grade} {names[grade]}"
+            )
+            lines.insert(
+                1, f"- **Most probable grade**: {row['predicted_class']} {row['class_name']}"
+            )
         else:
             lines.insert(0, f"- **Predicted grade**: {row['predicted_class']} {row['class_name']}")
     else:

@@ -169,8 +169,9 @@ def test_model_card_carries_the_grade_decision():
     cal = calibrate.fit_calibration(y, p, "grade")
     section = evaluation.card_sections({}, cal, "none")["grade_decision"]
     assert section["cutoffs"] == cal["grade_cutoffs"]
-    assert section["qwk_on_report_half"]["cutoffs"] == (
-        cal["report_half"]["grade_decision"]["qwk_cutoffs"]
+    assert (
+        section["qwk_on_report_half"]["cutoffs"]
+        == (cal["report_half"]["grade_decision"]["qwk_cutoffs"])
     )
     pb = np.stack([p[:, :2].sum(1), p[:, 2:].sum(1)], 1)
     binary = calibrate.fit_calibration((y >= 2).astype(int), pb, "binary")

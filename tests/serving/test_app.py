@@ -162,7 +162,9 @@ def test_summary_gives_the_cutoff_grade_and_the_most_probable_one():
         "referable_probability": 0.4,
     }
     text = app._summary(row, meta)
-    assert "**Predicted grade** (expected grade, cut-offs 0.30, 1.00, 2.00, 3.00): 2 moderate" in text
+    assert (
+        "**Predicted grade** (expected grade, cut-offs 0.30, 1.00, 2.00, 3.00): 2 moderate" in text
+    )
     assert "**Most probable grade**: 0 no_dr" in text
     assert "rounded): 2 moderate" in app._summary(row, {**meta, "cutoffs": None})
     old_export = {k: v for k, v in row.items() if k != "predicted_grade"}
