@@ -13,6 +13,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _CACHE = tempfile.mkdtemp(prefix="eyegazer-test-cache-")
 os.environ["KAGGLEHUB_CACHE"] = os.path.join(_CACHE, "kagglehub")
 os.environ["HF_HOME"] = os.path.join(_CACHE, "huggingface")
+# The Hugging Face libraries the live tests use in-process (transformers, peft, huggingface_hub)
+# stay offline: a full run once saw a connection to huggingface.co:443 from a test worker.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 import pytest  # noqa: E402
 
 from tests import _netguard  # noqa: E402
