@@ -60,7 +60,6 @@ import os
 
 import keras
 import keras_hub
-import numpy as np
 
 from eyegazer_keras.models.dinov2_position import TorchBicubicDINOV2Backbone
 
@@ -208,23 +207,12 @@ def load_dinov2(
 
 def _normalization(preset: str, kind: str) -> dict:
     """The source's own pixel normalisation, else ImageNet mean/std."""
-    from keras_hub.src.utils import preset_utils
+    from eyegazer_keras.models import vit_backbone  # vit_backbone dispatches to this module
 
-    if kind == "keras_preset":
-        if preset_utils.check_file_exists(preset, preset_utils.IMAGE_CONVERTER_CONFIG_FILE):
-            converter = keras_hub.layers.DINOV2ImageConverter.from_preset(preset)
-            if converter is not None and converter.scale is not None:
-                return {"scale": converter.scale, "offset": converter.offset or 0.0}
-        return dict(IMAGENET_NORMALIZATION)
-    if not preset_utils.check_file_exists(preset, "preprocessor_config.json"):
-        return dict(IMAGENET_NORMALIZATION)
-    hf = preset_utils.load_json(preset, "preprocessor_config.json")
-    rescale = hf.get("rescale_factor", 1 / 255) if hf.get("do_rescale", True) else 1.0
-    if not hf.get("do_normalize", True):
-        return {"scale": rescale, "offset": 0.0}
-    mean = np.asarray(hf.get("image_mean", IMAGENET_NORMALIZATION["mean"]), "float64")
-    std = np.asarray(hf.get("image_std", IMAGENET_NORMALIZATION["std"]), "float64")
-    return {"scale": (rescale / std).tolist(), "offset": (-mean / std).tolist()}
+    own = vit_backbone.preset_normalization(
+        preset, kind, keras_hub.layers.DINOV2ImageConverter, IMAGENET_NORMALIZATION
+    )
+    return own if own is not None else dict(IMAGENET_NORMALIZATION)
 
 
 def resize_dinov2(backbone, image_size: int, position_interpolation: str | None = None):

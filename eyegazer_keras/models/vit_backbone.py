@@ -96,7 +96,7 @@ def load_backbone(backbone, backbone_config, image_size: int, dtype) -> tuple:
     else:
         vit = keras_hub.models.ViTBackbone.from_preset(backbone, **kwargs)
     source = {"type": kind, "preset": backbone}
-    return vit, source, _preset_normalization(backbone, kind)
+    return vit, source, preset_normalization(backbone, kind)
 
 
 def _config_backbone(backbone_config, image_size, dtype):
@@ -132,14 +132,28 @@ def _preset_kind(preset):
     )
 
 
-def _preset_normalization(preset, kind):
-    """Scale/offset that the preset itself ships, or None."""
+def preset_normalization(preset, kind, converter_class=None, defaults=None):
+    """Scale/offset on 0..255 pixels that a preset itself ships, or None.
+
+    Args:
+        preset: str. A keras-hub preset (name or directory) or a Hugging Face checkpoint dir.
+        kind: str. ``"keras_preset"`` (its image converter config) or ``"hf_checkpoint"`` (its
+            ``preprocessor_config.json``).
+        converter_class: the keras-hub image converter class of a keras preset. Defaults to
+            None (`keras_hub.layers.ViTImageConverter`; DINOv2 passes its own).
+        defaults: dict ``{"mean", "std"}`` for keys an HF config leaves out. Defaults to None
+            (`DEFAULT_NORMALIZATION`).
+
+    Returns:
+        ``{"scale", "offset"}`` (floats or per-channel lists), or None when the preset has none.
+    """
     from keras_hub.src.utils import preset_utils
 
+    defaults = defaults or DEFAULT_NORMALIZATION
     if kind == "keras_preset":
         if not preset_utils.check_file_exists(preset, preset_utils.IMAGE_CONVERTER_CONFIG_FILE):
             return None
-        converter = keras_hub.layers.ViTImageConverter.from_preset(preset)
+        converter = (converter_class or keras_hub.layers.ViTImageConverter).from_preset(preset)
         if converter is None or converter.scale is None:
             return None
         return {"scale": converter.scale, "offset": converter.offset or 0.0}
@@ -149,8 +163,8 @@ def _preset_normalization(preset, kind):
     rescale = hf.get("rescale_factor", 1 / 255) if hf.get("do_rescale", True) else 1.0
     if not hf.get("do_normalize", True):
         return {"scale": rescale, "offset": 0.0}
-    mean = np.asarray(hf.get("image_mean", DEFAULT_NORMALIZATION["mean"]), "float64")
-    std = np.asarray(hf.get("image_std", DEFAULT_NORMALIZATION["std"]), "float64")
+    mean = np.asarray(hf.get("image_mean", defaults["mean"]), "float64")
+    std = np.asarray(hf.get("image_std", defaults["std"]), "float64")
     return {"scale": (rescale / std).tolist(), "offset": (-mean / std).tolist()}
 
 
